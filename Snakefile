@@ -1,0 +1,22 @@
+# segsweep: cardiac-MRI DICOM + contours → CLAHE images/masks → splits → one training job per cell →
+# tables → figures → reports/report.html + report.pdf.  See docs/architecture.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/split.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_OUTPUTS,
+    default_target: True

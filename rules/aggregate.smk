@@ -1,0 +1,88 @@
+# Per study: the tidy per-cell table, the pivot in the study's layout, and its figures.
+
+
+rule aggregate:
+    input:
+        study_metrics,
+    output:
+        cells=report(
+            "results/studies/{study}/cells.csv",
+            category="{study}",
+            subcategory="tables",
+            caption="../workflow/report/cells.rst",
+        ),
+        table=report(
+            "results/studies/{study}/table.csv",
+            category="{study}",
+            subcategory="tables",
+            caption="../workflow/report/table.rst",
+        ),
+        table_json="results/studies/{study}/table.json",
+    params:
+        study=study_dict,
+        cells_dir=CELLS_DIR,
+        logs_dir="logs/train",
+    log:
+        "logs/aggregate/{study}.log",
+    benchmark:
+        "benchmarks/runs/aggregate/{study}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/aggregate.py"
+
+
+rule figures:
+    input:
+        cells="results/studies/{study}/cells.csv",
+    output:
+        figures=report(
+            directory("results/studies/{study}/figures"),
+            patterns=["{name}.svg", "{name}.png"],
+            category="{study}",
+            subcategory="figures",
+            caption="../workflow/report/figures.rst",
+        ),
+    params:
+        study=study_dict,
+        cells_dir=CELLS_DIR,
+    log:
+        "logs/figures/{study}.log",
+    benchmark:
+        "benchmarks/runs/figures/{study}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    script:
+        "../workflow/scripts/figures.py"
+
+
+rule data_figures:
+    input:
+        data=DATA_DIR,
+    output:
+        figures=report(
+            directory("results/data_figures"),
+            patterns=["{name}.svg", "{name}.png"],
+            category="data",
+            caption="../workflow/report/data.rst",
+        ),
+    log:
+        "logs/data_figures.log",
+    benchmark:
+        "benchmarks/runs/data_figures.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/data_figures.py"

@@ -1,0 +1,47 @@
+# Config validation and the cell table, built once per Snakemake invocation (O(cells)).
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the in-repo package, also under --use-conda
+
+from snakemake.exceptions import WorkflowError
+from segsweep import config as sscfg
+from segsweep.cells import build_plan, study_to_dict
+from segsweep.errors import SegsweepError
+from segsweep.resources import train_runtime_min
+
+# Names the offending key on a typo (and fills defaults); study_files are merged and checked again below.
+validate(config, sscfg.schema_path())
+try:
+    CFG = sscfg.prepare(config, base_dir=workflow.basedir)
+    PLAN = build_plan(CFG)
+except SegsweepError as exc:
+    raise WorkflowError(f"segsweep: {exc}") from None
+
+CELLS = PLAN.cells
+STUDIES = PLAN.studies
+DATA_DIR = "results/data"
+CELLS_DIR = "results/cells"
+MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
+
+
+wildcard_constraints:
+    cell="[0-9a-f]{12}",
+    study="|".join(STUDIES) or "NONE",
+    split=r"seed\d+(-cv\d+)?",
+
+
+def cell_split(wc):
+    return f"results/splits/{CELLS[wc.cell].split}.json"
+
+
+def study_metrics(wc):
+    return [f"{CELLS_DIR}/{c}/metrics.json" for c in STUDIES[wc.study].cell_ids]
+
+
+def study_dict(wc):
+    return study_to_dict(STUDIES[wc.study])
+
+
+REPORT_OUTPUTS = ["reports/report.html", "reports/report.pdf"]

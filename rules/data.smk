@@ -1,0 +1,49 @@
+# Raw data → ingested arrays + QC manifest.
+
+
+if PLAN.data.source == "phantom":
+
+    rule phantom:
+        output:
+            manifest=f"{sscfg.PHANTOM_ROOT}/MANIFEST.json",
+        params:
+            phantom=asdict(PLAN.data.phantom),
+        log:
+            "logs/phantom.log",
+        benchmark:
+            "benchmarks/runs/phantom.tsv"
+        conda:
+            "../envs/data.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        script:
+            "../workflow/scripts/phantom.py"
+
+    RAW_INPUT = rules.phantom.output.manifest
+else:
+    # A user's data root is read in place; rerun ingestion with `-R ingest` after changing files there.
+    RAW_INPUT = []
+
+
+rule ingest:
+    input:
+        RAW_INPUT,
+    output:
+        data=directory(DATA_DIR),
+    params:
+        data=asdict(PLAN.data),
+        preprocess=asdict(PLAN.preprocess),
+    log:
+        "logs/ingest.log",
+    benchmark:
+        "benchmarks/runs/ingest.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: CFG["resources"]["ingest_threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    script:
+        "../workflow/scripts/ingest.py"

@@ -1,0 +1,28 @@
+# The report: one self-contained HTML and its A4 PDF. A report-only change (title, layout) reruns only this.
+
+
+rule report:
+    input:
+        tables=expand("results/studies/{study}/table.json", study=STUDIES),
+        figures=expand("results/studies/{study}/figures", study=STUDIES),
+        data_figures="results/data_figures",
+        data=DATA_DIR,
+    output:
+        html="reports/report.html",
+        pdf="reports/report.pdf",
+    params:
+        config=CFG,
+        studies=[study_to_dict(s) for s in STUDIES.values()],
+        results_dir="results",
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/runs/report.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    script:
+        "../workflow/scripts/report.py"

@@ -1,0 +1,22 @@
+# Patient-level splits: one file per split seed (and per fold count for cross-validation cells).
+
+
+rule split:
+    input:
+        data=DATA_DIR,
+    output:
+        "results/splits/{split}.json",
+    params:
+        spec=lambda wc: PLAN.split_specs[wc.split],
+    log:
+        "logs/split/{split}.log",
+    benchmark:
+        "benchmarks/runs/split/{split}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../workflow/scripts/split.py"

@@ -1,0 +1,32 @@
+# One job per cell. The cell id is a content hash of its parameters (+ data and split identity), so this
+# rule's only wildcard needs no parsing: everything comes from the CELLS table built in common.smk.
+# Only metrics.json is a declared output: checkpoints (last.pt) must survive a killed job so the rerun resumes.
+
+
+rule train:
+    input:
+        data=DATA_DIR,
+        split=cell_split,
+    output:
+        metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
+    params:
+        cell=lambda wc: CELLS[wc.cell].params.to_dict(),
+        device=CFG["resources"]["device"],
+        max_attempts=MAX_ATTEMPTS,
+    log:
+        "logs/train/{cell}.log",
+    benchmark:
+        "benchmarks/runs/train/{cell}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: CFG["resources"]["train_threads"]
+    retries: MAX_ATTEMPTS - 1
+    resources:
+        mem_mb=CFG["resources"]["train_mem_mb"],
+        runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
+        gpu=CFG["resources"]["train_gpus"],
+        attempt=lambda wc, attempt: attempt,
+    group:
+        "cells" if CFG["resources"]["group_cells"] > 1 else None
+    script:
+        "../workflow/scripts/train.py"

@@ -1,0 +1,19 @@
+# Thin adapter: unpack `snakemake`, call the library. The sys.path line lets conda envs (which install
+# only the dependencies) import the in-repo package; in the project venv it is installed anyway.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
+
+from segsweep import aggregate, runner  # noqa: E402
+from segsweep.cells import study_from_dict  # noqa: E402
+
+smk = snakemake  # noqa: F821
+runner.run(
+    smk,
+    aggregate.aggregate_study,
+    study_from_dict(smk.params.study),
+    Path(smk.params.cells_dir),
+    Path(smk.output.cells).parent,
+    Path(smk.params.logs_dir),
+)

@@ -1,0 +1,19 @@
+# Thin adapter: unpack `snakemake`, call the library. The sys.path line lets conda envs (which install
+# only the dependencies) import the in-repo package; in the project venv it is installed anyway.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
+
+from segsweep import ingest, runner  # noqa: E402
+from segsweep.config import data_from_dict, preprocess_from_dict  # noqa: E402
+
+smk = snakemake  # noqa: F821
+runner.run(
+    smk,
+    ingest.run,
+    data_from_dict(smk.params.data),
+    preprocess_from_dict(smk.params.preprocess),
+    Path(smk.output.data),
+    workers=smk.threads,
+)

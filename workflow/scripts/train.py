@@ -1,0 +1,23 @@
+# Thin adapter: unpack `snakemake`, call the library. The sys.path line lets conda envs (which install
+# only the dependencies) import the in-repo package; in the project venv it is installed anyway.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
+
+from segsweep import jobs, runner  # noqa: E402
+from segsweep.config import CellParams  # noqa: E402
+
+smk = snakemake  # noqa: F821
+runner.run(
+    smk,
+    jobs.run_train_job,
+    CellParams.from_dict(smk.params.cell),
+    data_dir=Path(smk.input.data),
+    split_path=Path(smk.input.split),
+    out_dir=Path(smk.output.metrics).parent,
+    threads=smk.threads,
+    device=smk.params.device,
+    attempt=int(smk.resources.attempt),
+    max_attempts=int(smk.params.max_attempts),
+)
