@@ -129,6 +129,14 @@ def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
         raise ConfigError(
             f"config key 'scale': unknown preset '{cfg['scale']}' (known: full, {', '.join(cfg['scales'])})"
         )
+    if cfg["select"]:
+        unknown = [s for s in cfg["select"] if s not in cfg["studies"]]
+        if unknown:
+            raise ConfigError(
+                f"config key 'select': unknown stud{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
+                f"(declared: {', '.join(cfg['studies'])})"
+            )
+        cfg["studies"] = {k: v for k, v in cfg["studies"].items() if k in cfg["select"]}
     if not cfg["studies"]:
         raise ConfigError("config key 'studies': no study is declared")
     return cfg

@@ -1,0 +1,81 @@
+"""The shipped seed studies resolve to the cell counts of their definitions, at full and smoke scale."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segsweep import config as sc
+from segsweep.cells import build_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Rows of the seed reports: axis sizes multiplied out by hand (repeats / folds included).
+FULL = {
+    "seed000_lr_optimizer": 5 * 3 * 5,
+    "seed001_lr_schedule": 4 * 3 * 5,
+    "seed002_regularizers": 3 * 5 * 5,
+    "seed003_dropout_fraction": 5 * 5,
+    "seed003_dropout_two_level": 4 * 4,
+    "seed003_dropout_lambda": 3 * 3 * 3,
+    "seed004_losses": 7 * 5,
+    "seed004_losses_switching": 9 * 3,
+    "seed005_weight_decay": 4 * 3 * 3,
+    "seed005_per_layer_dropout": 1 + 2 + 2 + 2,  # one-factor-at-a-time around the no-dropout base
+    "seed005_tiny_l1": 4 * 3,
+    "seed005_l1_l2": 3 * 3,
+    "seed006_optimizer_schedule": 2 * 2 * 3 * 3,
+    "seed006_kfold": 3 * 2 * 5,
+}
+
+
+def seed_config(**over):
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    seeds = yaml.safe_load((ROOT / "config" / "seed_studies.yaml").read_text())
+    return sc.prepare(sc.deep_merge(sc.deep_merge(base, seeds), over), base_dir=ROOT)
+
+
+def test_every_study_file_is_listed():
+    listed = set(yaml.safe_load((ROOT / "config" / "seed_studies.yaml").read_text())["study_files"])
+    on_disk = {f"config/studies/{p.name}" for p in (ROOT / "config" / "studies").glob("*.yaml")}
+    assert listed == on_disk
+
+
+def test_full_scale_cell_counts():
+    plan = build_plan(seed_config())
+    assert {name: len(s.cells) for name, s in plan.studies.items()} == FULL
+    # identical cells shared between studies are trained once
+    assert len(plan.cells) < sum(FULL.values())
+
+
+def test_layouts_match_the_seed_tables():
+    plan = build_plan(seed_config())
+    t = plan.studies["seed000_lr_optimizer"].table
+    assert (t.rows, t.cols, t.value) == (("optimizer", "fraction"), ("lr",), "best_val_dice")
+    assert plan.studies["seed001_lr_schedule"].axis_values["schedule"] == (
+        "none", "inverse time", "exponential", "staircase")
+
+
+def test_smoke_scale_shrinks_every_study():
+    plan = build_plan(seed_config(scale="smoke"))
+    assert set(plan.studies) == set(FULL)
+    for name, study in plan.studies.items():
+        assert 0 < len(study.cells) <= 16, name
+    assert {c.params.epochs for c in plan.cells.values()} == {2}
+    assert plan.preprocess.size == (48, 40)
+
+
+@pytest.mark.slow
+def test_smoke_dag_builds(tmp_path):
+    """`snakemake -n` over every seed study at smoke scale (the whole DAG, no training)."""
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run(
+        [snakemake, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "2", "--quiet", "rules",
+         "--configfile", str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "seed_studies.yaml"), "--config", "scale=smoke"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    n_cells = len(build_plan(seed_config(scale="smoke")).cells)
+    assert any(line.split()[:2] == ["train", str(n_cells)] for line in out.splitlines()), out[-2000:]
