@@ -1,0 +1,249 @@
+"""train_cell end to end on a tiny synthetic data set (bright discs on noise, 32×32): learning, output
+files, determinism, resume equivalence, divergence and early stopping. CPU, one thread, seconds."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segsweep.config import CellParams
+from segsweep.errors import ConfigError, DataError
+from segsweep.train import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
+
+torch.set_num_threads(1)
+
+PATIENTS = ["p0000000a", "p0000000b", "p0000000c", "p0000000d"]
+
+
+def _write_dataset(root, n_per_patient=4, size=32, nan_in=None, seed=0):
+    """4 patients × 4 images: a disc (random centre/radius) brighter than the noisy background."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    for pid in PATIENTS:
+        images, masks = [], []
+        for _ in range(n_per_patient):
+            cy, cx = rng.uniform(10, size - 10, 2)
+            r = rng.uniform(4, 8)
+            m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+            img = np.clip(0.25 + 0.5 * m + rng.normal(0, 0.08, m.shape), 0, 1).astype(np.float32)
+            images.append(img)
+            masks.append(m)
+        image = np.stack(images)
+        raw = (image * 255).astype(np.uint8)
+        if pid == nan_in:
+            image[0, 5, 5] = np.nan
+        np.savez(root / f"{pid}.npz", image=image, raw=raw, mask=np.stack(masks),
+                 spacing=np.full((n_per_patient, 2), 1.25, np.float32),
+                 slice=np.arange(n_per_patient, dtype=np.int32))
+    (root / "dataset.json").write_text(json.dumps({
+        "source": "phantom", "layout": "rvsc", "target": "endo", "n_classes": 1, "size": [size, size],
+        "patients": [{"id": p, "n_images": n_per_patient} for p in PATIENTS],
+        "n_images": n_per_patient * len(PATIENTS), "qc_counts": {},
+    }))
+    split = root / "split.json"
+    split.write_text(json.dumps({"seed": 0, "val": [PATIENTS[3]], "pool": PATIENTS[:3],
+                                 "folds": [{"val": [PATIENTS[0]], "pool": PATIENTS[1:]}]}))
+    return root, split
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _write_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _params(**kw):
+    base = {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 4, "lr": 0.01, "optimizer": "adam",
+            "loss": "dice + bce"}
+    base.update(kw)
+    return CellParams.from_config(base)
+
+
+def _read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _strip_times(metrics):
+    """Metrics without what legitimately differs between two identical runs: time and folder name."""
+    return {k: v for k, v in metrics.items() if k not in ("wall_s", "cell")}
+
+
+def test_learns_and_writes_every_output(data, tmp_path):
+    data_dir, split = data
+    out = tmp_path / "cell"
+    m = train_cell(_params(epochs=12), data_dir, split, out)
+    assert m["status"] == "ok" and m["reason"] is None
+    assert m["best_val_dice"] > 0.5
+    assert m["n_train"] == 12 and m["n_val"] == 4 and m["epochs_run"] == 12 and m["device"] == "cpu"
+    assert json.loads((out / "metrics.json").read_text()) == m
+    assert set(m) >= {"cell", "status", "reason", "best_val_dice", "best_epoch", "final_val_dice", "best_val_iou",
+                      "best_val_hd95_mm", "epochs_run", "wall_s", "device", "hardware", "n_train", "n_val", "params"}
+    assert m["params"] == _params(epochs=12).to_dict()
+    hist = _read_csv(out / "history.csv")
+    assert tuple(hist[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in hist] == list(range(1, 13))
+    assert float(hist[0]["val_dice"]) < float(hist[m["best_epoch"] - 1]["val_dice"])  # it improved
+    assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
+    # the final evaluation restores best.pt: its Dice is the best epoch's, not the last one's
+    assert m["best_val_dice"] == pytest.approx(float(hist[m["best_epoch"] - 1]["val_dice"]), abs=1e-6)
+    assert m["final_val_dice"] == pytest.approx(float(hist[-1]["val_dice"]))
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == m["best_epoch"]
+    rows = _read_csv(out / "per_image.csv")
+    assert tuple(rows[0]) == PER_IMAGE_COLUMNS and len(rows) == 4
+    assert {r["patient"] for r in rows} == {PATIENTS[3]} and [int(r["slice"]) for r in rows] == [0, 1, 2, 3]
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(m["best_val_dice"], abs=1e-6)
+    hd = [float(r["hd95_mm"]) for r in rows if r["hd95_mm"]]
+    assert m["best_val_hd95_mm"] == pytest.approx(np.mean(hd)) and all(h >= 0 for h in hd)
+    with np.load(out / "predictions.npz") as z:
+        assert z["pred"].shape == z["mask"].shape == z["image"].shape == (4, 32, 32)
+        assert z["pred"].dtype == np.uint8 and set(np.unique(z["pred"])) <= {0, 1}
+        assert list(z["patient"]) == [PATIENTS[3]] * 4 and list(z["slice"]) == [0, 1, 2, 3]
+        assert sorted(z.files) == ["image", "mask", "patient", "pred", "slice"]
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert len(ckpt["history"]) == 12 and ckpt["schedule"]["step_count"] == 12 * 3
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(data, tmp_path):
+    data_dir, split = data
+    kw = dict(epochs=2, augment={"flip": True, "rotate_deg": 10, "scale": 0.1, "intensity": 0.1},
+              dropout=0.2, dropout_mode="spatial")
+    a = train_cell(_params(**kw), data_dir, split, tmp_path / "a")
+    b = train_cell(_params(**kw), data_dir, split, tmp_path / "b")
+    c = train_cell(_params(seed=1, **kw), data_dir, split, tmp_path / "c")
+    ha, hb, hc = (torch.load(tmp_path / x / "last.pt", weights_only=True)["history"] for x in "abc")
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_s"} for r in h]  # noqa: E731
+    assert strip(ha) == strip(hb) and _strip_times(a) == _strip_times(b)
+    assert strip(ha) != strip(hc)
+    wa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_identical_results(data, tmp_path):
+    data_dir, split = data
+    # per-step schedule, augmentation, dropout and a penalty: every piece of state must survive the restart
+    p = _params(epochs=4, schedule="cosine", augment={"flip": True, "rotate_deg": 15, "intensity": 0.1},
+                dropout=0.1, regularizer="l2", reg_lambda=1e-4, grad_clip=1.0, optimizer="sgd", lr=0.05)
+    whole = train_cell(p, data_dir, split, tmp_path / "whole")
+
+    def kill_after_two(row):
+        if row["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_cell(p, data_dir, split, tmp_path / "split", on_epoch=kill_after_two)
+    assert not (tmp_path / "split" / "metrics.json").exists()
+    assert len(_read_csv(tmp_path / "split" / "history.csv")) == 2
+    seen = []
+    resumed = train_cell(p, data_dir, split, tmp_path / "split", on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [3, 4]  # only the missing epochs were trained
+    assert _strip_times(resumed) == _strip_times(whole)
+    h1 = [{k: v for k, v in r.items() if k != "epoch_s"} for r in _read_csv(tmp_path / "whole" / "history.csv")]
+    h2 = [{k: v for k, v in r.items() if k != "epoch_s"} for r in _read_csv(tmp_path / "split" / "history.csv")]
+    assert h1 == h2
+    for name in ("predictions.npz",):
+        with np.load(tmp_path / "whole" / name) as z1, np.load(tmp_path / "split" / name) as z2:
+            assert all(np.array_equal(z1[k], z2[k]) for k in z1.files)
+    # a finished run's last.pt makes a rerun skip training and reproduce the evaluation
+    again = train_cell(p, data_dir, split, tmp_path / "split", on_epoch=lambda r: pytest.fail("retrained"))
+    assert _strip_times(again) == _strip_times(resumed)
+
+
+def test_checkpoint_of_other_parameters_is_not_resumed(data, tmp_path):
+    data_dir, split = data
+    train_cell(_params(epochs=1), data_dir, split, tmp_path / "x")
+    seen = []
+    m = train_cell(_params(epochs=2, lr=0.02), data_dir, split, tmp_path / "x",
+                   on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [1, 2] and m["epochs_run"] == 2
+
+
+def test_nan_in_the_data_diverges_cleanly(tmp_path):
+    data_dir, split = _write_dataset(tmp_path / "d", nan_in=PATIENTS[0])
+    out = tmp_path / "cell"
+    m = train_cell(_params(epochs=5), data_dir, split, out)
+    assert m["status"] == "diverged"
+    assert m["epochs_run"] == 1 and "epoch 1" in m["reason"] and "nan" in m["reason"]
+    assert m["best_val_dice"] is None and m["final_val_dice"] is None and m["best_val_iou"] is None
+    assert m["best_epoch"] is None and m["best_val_hd95_mm"] is None
+    assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
+    assert _read_csv(out / "per_image.csv") == []
+    with np.load(out / "predictions.npz") as z:
+        assert z["pred"].shape == (0, 32, 32)
+
+
+def test_huge_learning_rate_diverges(data, tmp_path):
+    data_dir, split = data
+    # plain SGD at lr 1e6 without batch norm: the weights overflow to inf within the first epochs
+    m = train_cell(_params(optimizer="sgd", lr=1e6, momentum=0.0, batch_norm=False, loss="bce", epochs=10),
+                   data_dir, split, tmp_path / "c")
+    assert m["status"] == "diverged" and m["epochs_run"] < 10
+    assert m["best_val_dice"] is None and "non-finite" in m["reason"]
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(data, tmp_path):
+    data_dir, split = data
+    # a learning rate too small to make progress: val Dice stalls and patience runs out
+    m = train_cell(_params(epochs=40, lr=1e-6, patience=2), data_dir, split, tmp_path / "e")
+    hist = _read_csv(tmp_path / "e" / "history.csv")
+    dice = [float(r["val_dice"]) for r in hist]
+    assert m["status"] == "ok" and m["epochs_run"] == len(hist) < 40
+    assert m["reason"].startswith("early stop after epoch")
+    assert m["best_epoch"] == int(np.argmax(dice)) + 1
+    assert m["epochs_run"] == m["best_epoch"] + 2  # exactly `patience` epochs without a strict gain
+    assert m["best_val_dice"] == pytest.approx(max(dice), abs=1e-6)
+
+
+def test_fold_fraction_and_three_channels(data, tmp_path):
+    data_dir, split = data
+    m = train_cell(_params(epochs=1, fold=0, fraction=0.34, in_channels=3), data_dir, split, tmp_path / "f")
+    # fold 0: val = patient a, pool = [b, c, d]; fraction 0.34 → round(1.02) = 1 patient
+    assert m["n_val"] == 4 and m["n_train"] == 4
+    assert {r["patient"] for r in _read_csv(tmp_path / "f" / "per_image.csv")} == {PATIENTS[0]}
+
+
+def test_user_errors_name_the_file(data, tmp_path):
+    data_dir, split = data
+    bad_split = tmp_path / "split.json"
+    bad_split.write_text(json.dumps({"seed": 0, "val": ["p_missing"], "pool": PATIENTS[:2], "folds": []}))
+    with pytest.raises(DataError, match="split.json"):
+        train_cell(_params(epochs=1), data_dir, bad_split, tmp_path / "o")
+    with pytest.raises(DataError, match="seed"):
+        train_cell(_params(epochs=1, split_seed=3), data_dir, split, tmp_path / "o")
+    with pytest.raises(DataError, match="dataset.json"):
+        train_cell(_params(epochs=1), tmp_path / "nowhere", split, tmp_path / "o")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="resources.device"):
+            train_cell(_params(epochs=1), data_dir, split, tmp_path / "o", device="cuda")
+
+
+def test_history_values_are_finite_numbers(data, tmp_path):
+    data_dir, split = data
+    train_cell(_params(epochs=2, schedule={"name": "step", "gamma": 0.5, "step_epochs": 1}), data_dir, split,
+               tmp_path / "h")
+    hist = _read_csv(tmp_path / "h" / "history.csv")
+    assert [float(r["lr"]) for r in hist] == [0.01, 0.005]  # the LR of each epoch's first step
+    assert all(math.isfinite(float(r[c])) for r in hist for c in HISTORY_COLUMNS)
+
+
+def test_amp_and_channels_last_options_run(data, tmp_path):
+    # GPU speed options; on the CPU they exercise the same code path (bf16 autocast, NHWC layout)
+    data_dir, split = data
+    m = train_cell(_params(epochs=2, in_channels=3), data_dir, split, tmp_path / "amp", amp=True, channels_last=True)
+    assert m["status"] == "ok" and 0.0 <= m["best_val_dice"] <= 1.0
+    assert m["params"] == _params(epochs=2, in_channels=3).to_dict()  # not part of the cell's parameters
+
+
+def test_unreadable_checkpoint_starts_afresh(data, tmp_path):
+    data_dir, split = data
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "last.pt").write_bytes(b"not a checkpoint")
+    seen = []
+    m = train_cell(_params(epochs=2), data_dir, split, tmp_path / "u", on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [1, 2] and m["status"] == "ok"
