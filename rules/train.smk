@@ -12,6 +12,8 @@ rule train:
     params:
         cell=lambda wc: CELLS[wc.cell].params.to_dict(),
         device=CFG["resources"]["device"],
+        amp=CFG["resources"]["amp"],
+        channels_last=CFG["resources"]["channels_last"],
         max_attempts=MAX_ATTEMPTS,
     log:
         "logs/train/{cell}.log",

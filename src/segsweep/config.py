@@ -426,6 +426,8 @@ class ResourceConfig:
     train_gpus: int = 0
     train_runtime_min: int | None = None
     device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
     ingest_threads: int = 2
     train_retries: int = 1
     group_cells: int = 1

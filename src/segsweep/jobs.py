@@ -30,12 +30,15 @@ def run_train_job(
     device: str = "auto",
     attempt: int = 1,
     max_attempts: int = 1,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> dict:
     from .train import train_cell  # torch import only when a cell really trains
 
     t0 = time.time()
     try:
-        return train_cell(params, data_dir, split_path, out_dir, threads=threads, device=device, log=log)
+        return train_cell(params, data_dir, split_path, out_dir, threads=threads, device=device, log=log,
+                          amp=amp, channels_last=channels_last)
     except Exception as exc:  # noqa: BLE001 - any crash becomes a retry or a recorded failure
         if attempt < max_attempts:
             log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
@@ -55,6 +58,8 @@ def run_train_job(
             "wall_s": round(time.time() - t0, 2),
             "device": device,
             "hardware": None,
+            "n_train": None,
+            "n_val": None,
             "params": params.to_dict(),
         }
         write_json(out_dir / "metrics.json", metrics)

@@ -20,4 +20,6 @@ runner.run(
     device=smk.params.device,
     attempt=int(smk.resources.attempt),
     max_attempts=int(smk.params.max_attempts),
+    amp=bool(smk.params.amp),
+    channels_last=bool(smk.params.channels_last),
 )
