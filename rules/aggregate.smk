@@ -18,10 +18,17 @@ rule aggregate:
             caption="../workflow/report/table.rst",
         ),
         table_json="results/studies/{study}/table.json",
+        stats=report(
+            "results/studies/{study}/stats.json",
+            category="{study}",
+            subcategory="tables",
+            caption="../workflow/report/stats.rst",
+        ),
     params:
         study=study_dict,
         cells_dir=CELLS_DIR,
         logs_dir="logs/train",
+        seed=CFG["seed"],
     log:
         "logs/aggregate/{study}.log",
     benchmark:
@@ -45,7 +52,7 @@ rule figures:
             patterns=["{name}.svg", "{name}.png"],
             category="{study}",
             subcategory="figures",
-            caption="../workflow/report/figures.rst",
+            caption="../workflow/report/study_figures.rst",
         ),
     params:
         study=study_dict,
@@ -69,10 +76,10 @@ rule data_figures:
         data=DATA_DIR,
     output:
         figures=report(
-            directory("results/data_figures"),
+            directory("results/figures/data"),
             patterns=["{name}.svg", "{name}.png"],
             category="data",
-            caption="../workflow/report/data.rst",
+            caption="../workflow/report/data_figures.rst",
         ),
     log:
         "logs/data_figures.log",

@@ -4,8 +4,11 @@
 rule report:
     input:
         tables=expand("results/studies/{study}/table.json", study=STUDIES),
+        cells=expand("results/studies/{study}/cells.csv", study=STUDIES),
+        stats=expand("results/studies/{study}/stats.json", study=STUDIES),
         figures=expand("results/studies/{study}/figures", study=STUDIES),
-        data_figures="results/data_figures",
+        data_figures="results/figures/data",
+        splits=[f"results/splits/{s}.json" for s in PLAN.split_specs],
         data=DATA_DIR,
     output:
         html="reports/report.html",

@@ -16,4 +16,5 @@ runner.run(
     Path(smk.params.cells_dir),
     Path(smk.output.cells).parent,
     Path(smk.params.logs_dir),
+    seed=int(smk.params.seed),
 )

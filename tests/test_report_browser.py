@@ -1,0 +1,137 @@
+"""The rendered report in a real browser (headless Chromium) and as PDF (poppler's pdftotext / pdftoppm)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_results import built_fixture
+from PIL import Image
+
+from segsweep.provenance import collect
+from segsweep.report import render_report
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium "
+                       "(apt-get install chromium)"),
+    pytest.mark.skipif(not shutil.which("pdftoppm") or not shutil.which("pdftotext"),
+                       reason="needs poppler-utils (pdftoppm, pdftotext)"),
+]
+SORT_JS = Path(__file__).parents[1] / "src" / "segsweep" / "templates" / "sort.js"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    fx = built_fixture(tmp_path_factory)
+    out = tmp_path_factory.mktemp("browser")
+    render_report(config=fx.config, studies=fx.studies, results_dir=fx.results, out_html=out / "report.html",
+                  out_pdf=out / "report.pdf", provenance=collect(fx.config, fx.root))
+    return out
+
+
+def chromium(tmp: Path, *args: str, width: int = 1280, height: int = 900) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+           "--v=0", f"--user-data-dir={tmp / 'chromium-profile'}", f"--window-size={width},{height}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def console(res: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
+
+
+def test_loads_without_console_errors_and_script_runs(report, tmp_path):
+    res = chromium(tmp_path, "--dump-dom", (report / "report.html").as_uri())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert console(res) == []
+    dom = res.stdout
+    assert "<h1>Fixture segmentation study</h1>" in dom
+    # sort.js ran: every header of a sortable table became focusable
+    assert dom.count('title="sort by this column"') >= 30
+
+
+def test_sort_script_sorts_numbers_and_puts_statuses_last(tmp_path):
+    page = tmp_path / "sort.html"
+    page.write_text(
+        "<!DOCTYPE html><html><body><table class='sortable'><thead><tr><th>name</th><th>dice</th></tr></thead>"
+        "<tbody><tr><td>b</td><td data-sort='0.7'>0.7</td></tr><tr><td>a</td><td data-sort=''>diverged</td></tr>"
+        "<tr><td>c</td><td data-sort='0.9'>0.9</td></tr><tr><td>d</td><td data-sort='0.65'>0.65</td></tr></tbody>"
+        f"</table><script>{SORT_JS.read_text()}</script><script>"
+        "document.addEventListener('DOMContentLoaded', function () {"
+        " var th = document.querySelectorAll('th')[1]; th.click(); var up = names();"
+        " th.click(); document.title = up + '|' + names(); });"
+        "function names() { return Array.prototype.map.call(document.querySelectorAll('tbody tr'),"
+        " function (r) { return r.cells[0].textContent; }).join(''); }"
+        "</script></body></html>")
+    res = chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert console(res) == []
+    assert "<title>dbca|cbda</title>" in res.stdout
+
+
+def framed(tmp: Path, html: Path, width: int, height: int) -> Path:
+    """A page showing ``html`` in an iframe ``width`` px wide. Headless Chromium lays pages out at least 500 px
+    wide whatever --window-size says; an iframe gives the report a true phone-width viewport (media queries
+    included). The wrapper reports the report's own viewport and scroll width in its title."""
+    page = tmp / f"frame-{width}.html"
+    page.write_text(
+        f"<!DOCTYPE html><html><head><style>body{{margin:0}} iframe{{border:0;display:block;width:{width}px;"
+        f"height:{height}px}}</style></head><body><iframe id='f' src='{html.as_uri()}'></iframe><script>"
+        "document.getElementById('f').addEventListener('load', function () {"
+        " document.title = 'W' + this.contentWindow.innerWidth + '/' +"
+        " this.contentDocument.documentElement.scrollWidth; });</script></body></html>")
+    return page
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_screenshots_and_no_page_overflow(report, tmp_path, width):
+    page = framed(tmp_path, report / "report.html", width, 2400)
+    shot = tmp_path / f"report-{width}.png"
+    res = chromium(tmp_path, "--allow-file-access-from-files", f"--screenshot={shot}", page.as_uri(),
+                   width=max(width, 500), height=2400)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    assert console(res) == []
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)[:, :width]
+    assert img.std() > 10  # a rendered page, not a blank one
+    # the page itself never scrolls sideways: wide tables and figures scroll inside their own boxes
+    res = chromium(tmp_path, "--allow-file-access-from-files", "--dump-dom", "--virtual-time-budget=3000",
+                   page.as_uri(), width=max(width, 500))
+    m = re.search(r"<title>W(\d+)/(\d+)</title>", res.stdout)
+    assert m and int(m.group(1)) == width and int(m.group(2)) <= width, res.stdout[:300]
+
+
+def _pdf_pages(pdf: Path) -> list[str]:
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return text.split("\f")[:-1]
+
+
+def test_pdf_pages_numbers_and_sections(report, tmp_path):
+    pages = _pdf_pages(report / "report.pdf")
+    n = len(pages)
+    assert n > 10
+    for i, p in enumerate(pages, start=1):
+        assert f"Page {i} of {n}" in p
+    text = "\n".join(pages)
+    for title in ("Summary", "Data", "Optimizer × learning rate", "Statistics", "Secondary metrics", "Failures",
+                  "Provenance"):
+        assert re.search(rf"^\s*\d+\s+{re.escape(title)}\s*$", text, re.M), title
+    assert "diverged" in text and "0.820 ± 0.020 (3)" in text
+    subprocess.run(["pdftoppm", "-r", "60", "-png", "-f", "1", "-l", "2", str(report / "report.pdf"),
+                    str(tmp_path / "page")], check=True)
+    assert len(list(tmp_path.glob("page-*.png"))) == 2
+
+
+def test_pdf_long_table_repeats_its_header_row(report):
+    pages = _pdf_pages(report / "report.pdf")
+    start = next(i for i, p in enumerate(pages) if "Every run: status, epochs" in p)
+    end = next(i for i, p in enumerate(pages) if "Resolved configuration" in p)
+    assert end > start, "the per-run table should span several pages"
+    row = re.compile(r"^\s*[0-9a-f]{12}\s+(optimizer_lr|fraction_loss|schedules|random_search)", re.M)
+    header = re.compile(r"run\s+studies\s+configuration\s+seed idx\s+fold\s+status\s+epochs\s+wall time \(s\)")
+    spanned = [p for p in pages[start:end + 1] if row.search(p)]
+    assert len(spanned) >= 2
+    for p in spanned:
+        assert header.search(p), p[:400]
