@@ -22,6 +22,9 @@ def setup_logging(log_path: str | os.PathLike | None, level: int = logging.INFO)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
     )
+    # weasyprint and fontTools log every layout step at INFO; only their warnings belong in a job log.
+    for noisy in ("weasyprint", "fontTools", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger("segsweep")
 
 
