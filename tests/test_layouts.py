@@ -1,0 +1,157 @@
+"""Layout discovery on generated trees of every layout and on the real Sunnybrook subset."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from segsweep import layouts
+from segsweep.errors import DataError
+
+
+def items_with(rec, *fields):
+    return [it for it in rec.items if all(getattr(it, f) is not None for f in fields)]
+
+
+@pytest.mark.parametrize("layout", layouts.LAYOUT_NAMES)
+def test_discover_matches_the_phantom_manifest(phantom_trees, layout):
+    root = phantom_trees[layout]
+    manifest = json.loads((root / "MANIFEST.json").read_text())
+    recs = layouts.discover(layout, root)
+    assert len(recs) == manifest["n_patients"] == 3
+    assert [r.key for r in recs] == sorted(r.key for r in recs)
+    for rec, info in zip(sorted(recs, key=lambda r: r.key), manifest["patients"]):
+        assert len(items_with(rec, "image")) == info["images"]
+        contoured = [it for it in rec.items if it.image and (it.inner or it.outer)]
+        assert len(contoured) == info["contoured"]
+        assert sum(1 for it in rec.items if it.inner and not it.outer) == info["inner_only"]
+        for it in contoured:  # the contour file names carry the image's number
+            assert f"{it.number:04d}" in it.inner.name
+        assert all(a for a in rec.aliases)
+        if layout == "sunnybrook":  # the localizer series is reported, not paired
+            assert {n.reason for n in rec.notes} == {"series_not_selected"}
+            assert all("IM-0004-" in it.image.name for it in items_with(rec, "image"))
+        else:
+            assert rec.notes == []
+
+
+def test_detect_recognises_each_layout(phantom_trees, tmp_path):
+    for layout, root in phantom_trees.items():
+        assert layouts.detect(root) == layout
+        bare = tmp_path / layout
+        shutil.copytree(root, bare)
+        (bare / "MANIFEST.json").unlink()  # names alone
+        assert layouts.detect(bare) == layout
+
+
+def test_real_sunnybrook_sample(phantom_sunnybrook_sample):
+    recs = layouts.discover("sunnybrook_flat", phantom_sunnybrook_sample)
+    assert [r.key for r in recs] == ["SCD0000101", "SCD0000201"]
+    a, b = recs
+    assert a.aliases == ("SCD0000101", "SC-HF-I-1")
+    assert [it.number for it in a.items] == [59, 68, 79]
+    assert [it.number for it in items_with(a, "image", "inner", "outer")] == [59, 79]
+    assert [it.number for it in b.items] == [60, 67, 80]
+    assert a.items[0].image.name == "59.dcm" and a.items[0].inner.name == "IM-0001-0059-icontour-manual.txt"
+    assert a.notes == b.notes == []
+
+
+@pytest.mark.parametrize("layout", layouts.LAYOUT_NAMES)
+def test_missing_empty_and_file_roots_raise_data_error(tmp_path, layout):
+    with pytest.raises(DataError, match="does not exist") as err:
+        layouts.discover(layout, tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(err.value) and layout in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        layouts.discover(layout, tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        layouts.discover(layout, tmp_path / "file")
+
+
+@pytest.mark.parametrize("configured, actual", [("rvsc", "sunnybrook_flat"), ("sunnybrook_flat", "rvsc"),
+                                                ("sunnybrook", "rvsc"), ("rvsc", "sunnybrook")])
+def test_root_of_another_layout_is_named_in_the_error(phantom_trees, configured, actual):
+    with pytest.raises(DataError) as err:
+        layouts.discover(configured, phantom_trees[actual])
+    msg = str(err.value)
+    assert str(phantom_trees[actual]) in msg
+    assert layouts.expected(configured) in msg
+    assert f"looks like a '{actual}' tree" in msg
+
+
+def test_unknown_layout_name():
+    with pytest.raises(DataError, match="unknown data layout 'nifti'"):
+        layouts.discover("nifti", ".")
+
+
+def test_stray_files_become_notes_not_crashes(phantom_copy):
+    root = phantom_copy("rvsc")
+    pdir = root / "TrainingSet" / "patient01"
+    (pdir / "P01dicom" / "notes.txt").write_text("scanner notes")
+    (pdir / "P01dicom" / ".DS_Store").write_bytes(b"\x00\x01")
+    (pdir / "P01contours-manual" / "P01-0001-icontour-auto.txt").write_text("1 2\n")
+    (pdir / "extra").mkdir()
+    with open(pdir / "P01list.txt", "a") as fh:
+        fh.write(".\\patient01\\P01contours-manual\\P01-0099-icontour-manual.txt\r\n")
+    rec = next(r for r in layouts.discover("rvsc", root) if r.key == "TrainingSet/patient01")
+    notes = {(n.path.name, n.reason) for n in rec.notes}
+    assert notes == {("notes.txt", "unexpected_file"), (".DS_Store", "unexpected_file"),
+                     ("P01-0001-icontour-auto.txt", "unexpected_file"), ("extra", "unexpected_file"),
+                     ("P01-0099-icontour-manual.txt", "listed_contour_missing")}
+
+
+def test_rvsc_patient_folders_directly_under_root(phantom_copy, tmp_path):
+    src = phantom_copy("rvsc")
+    flat = tmp_path / "flat"
+    shutil.copytree(src / "TrainingSet", flat)
+    recs = layouts.discover("rvsc", flat)
+    assert [r.key for r in recs] == ["patient01", "patient02", "patient03"]
+    assert recs[0].aliases == ("patient01", "P01")
+
+
+def test_rvsc_missing_image_folder(phantom_copy):
+    root = phantom_copy("rvsc")
+    shutil.rmtree(root / "TrainingSet" / "patient02" / "P02dicom")
+    rec = next(r for r in layouts.discover("rvsc", root) if r.key.endswith("patient02"))
+    assert [n.reason for n in rec.notes] == ["image_folder_missing"]
+    assert all(it.image is None for it in rec.items) and rec.items
+
+
+def test_sunnybrook_series_choice_and_override(phantom_copy):
+    root = phantom_copy("sunnybrook")
+    case = next((root / "challenge_training").iterdir())
+    # a second full copy of the cine images under another series number: a tie
+    for f in sorted(case.glob("IM-0004-*.dcm")):
+        shutil.copy(f, case / f.name.replace("IM-0004-", "IM-0009-"))
+    rec = next(r for r in layouts.discover("sunnybrook", root) if r.key == case.name)
+    assert "series_ambiguous" in {n.reason for n in rec.notes}
+    assert all(it.image.name.startswith("IM-0004-") for it in items_with(rec, "image"))
+    (root / "series_map.csv").write_text(f"case,series\n{case.name},9\n")
+    rec = next(r for r in layouts.discover("sunnybrook", root) if r.key == case.name)
+    assert all(it.image.name.startswith("IM-0009-") for it in items_with(rec, "image"))
+    assert "series_ambiguous" not in {n.reason for n in rec.notes}
+    (root / "series_map.csv").write_text("patient\nfoo\n")
+    with pytest.raises(DataError, match="series_map.csv"):
+        layouts.discover("sunnybrook", root)
+
+
+def test_sunnybrook_padded_contour_case_matches_unpadded_image_case(phantom_trees):
+    recs = layouts.discover("sunnybrook", phantom_trees["sunnybrook"])
+    for rec in recs:
+        assert len(rec.aliases) == 2  # "SC-HF-I-1" (images) and "SC-HF-I-01" (contours)
+        prefix, num = rec.key.rsplit("-", 1)
+        assert set(rec.aliases) == {f"{prefix}-{int(num)}", f"{prefix}-{int(num):02d}"}
+
+
+def test_flat_unlinked_folders_become_their_own_patients(phantom_sunnybrook_sample):
+    root = phantom_sunnybrook_sample
+    (root / "link.csv").write_text("patient_id,original_id\nSCD0000101,SC-HF-I-1\n")
+    recs = {r.key: r for r in layouts.discover("sunnybrook_flat", root)}
+    assert set(recs) == {"SCD0000101", "SCD0000201", "contours:SC-HF-I-2"}
+    assert all(it.inner is None for it in recs["SCD0000201"].items)
+    assert all(it.image is None for it in recs["contours:SC-HF-I-2"].items)
+    (root / "link.csv").write_text("patient_id,original_id\nSCD0000101,\n")
+    with pytest.raises(DataError, match="link.csv line 2"):
+        layouts.discover("sunnybrook_flat", root)
