@@ -1,6 +1,7 @@
 # One job per cell. The cell id is a content hash of its parameters (+ data and split identity), so this
 # rule's only wildcard needs no parsing: everything comes from the CELLS table built in common.smk.
 # Only metrics.json is a declared output: checkpoints (last.pt) must survive a killed job so the rerun resumes.
+# Packing several cells into one Slurm job is the profile's business (groups + group-components).
 
 
 rule train:
@@ -28,7 +29,5 @@ rule train:
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
-    group:
-        "cells" if CFG["resources"]["group_cells"] > 1 else None
     script:
         "../workflow/scripts/train.py"

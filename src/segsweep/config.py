@@ -430,7 +430,6 @@ class ResourceConfig:
     channels_last: bool = False
     ingest_threads: int = 2
     train_retries: int = 1
-    group_cells: int = 1
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "ResourceConfig":

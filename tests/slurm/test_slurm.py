@@ -1,0 +1,240 @@
+"""The real Snakefile through profiles/slurm on a real one-node Slurm cluster (tests/slurm/cluster.sh).
+
+One tiny study (4 cells) runs twice with the same config: locally (profiles/local) and through Slurm
+(profiles/slurm, unchanged except for where to submit, set the way a user sets it: environment variables).
+During the Slurm run the first training job is cancelled with scancel while it trains a cell.
+Checked: every non-local rule went through sbatch (job ids in sacct, slurmctld's log and
+.snakemake/slurm_logs), with the profile's account and partitions and the stand-in GPU; training cells were
+packed several to one sbatch with a GPU/CPU request that did not grow with the pack; the cancelled job was
+resubmitted and the workflow completed; and the study table is identical to the local run's.
+
+Run:  tests/slurm/cluster.sh start && .venv/bin/pytest -m slurm tests/slurm   (about 3 min on 2 cores)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TINY = ROOT / "tests" / "e2e" / "tiny_config.yaml"
+SLURMCTLD_LOG = Path("/var/log/slurm/slurmctld.log")
+# What tests/slurm/cluster.sh builds: the default account/partition and the ones the test asks for.
+ACCOUNT, CPU_PARTITION, GPU_PARTITION = "ci-alt", "cpu", "gpu"
+GROUP = 3  # cells per sbatch: 4 cells -> one job of 3 + one of 1
+RUN_LIMIT_S = 300
+
+pytestmark = pytest.mark.slurm
+
+
+@functools.cache  # once per session: a failing module fixture is re-run for every test
+def _cluster_skip_reason() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "Slurm client tools not installed (run: tests/slurm/cluster.sh start)"
+    # find_spec, not import: importing the plugin queries `scontrol show config` (10 s without a controller).
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm not installed (pip install -e .[slurm])"
+    try:
+        # A stopped slurmctld makes sinfo retry for ~20 s; 5 s is plenty for a local one that is up.
+        out = subprocess.run(["sinfo", "-h", "-r", "-o", "%P %t"], capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: slurmctld not reachable (run: tests/slurm/cluster.sh start)"
+    states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+    if out.returncode != 0 or not states:
+        return f"Slurm cluster not up ({(out.stderr or 'no responding node').strip()}); run tests/slurm/cluster.sh start"
+    for part in (f"{CPU_PARTITION}*", GPU_PARTITION):
+        if states.get(part) not in {"idle", "mix", "alloc"}:
+            return f"partition {part.rstrip('*')} missing or not usable ({states}): not the cluster of tests/slurm/cluster.sh"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster_up():
+    """Skip (not fail) without the cluster; checked here, not at import, so `-m "not slurm"` costs nothing."""
+    reason = _cluster_skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def _config(wd: Path) -> Path:
+    """The tiny e2e config, pinned to the CPU, with one GPU per training job (the cluster's stand-in GPU)."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.setdefault("resources", {}).update(device="cpu", train_gpus=1)
+    path = wd / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _snakemake_cmd(wd: Path, profile: str, *extra: str) -> list[str]:
+    return [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml"),
+            "--profile", str(ROOT / "profiles" / profile), *extra]
+
+
+def _jobs_in(wd: Path, since: str) -> list[dict]:
+    """This run's Slurm jobs (allocations only), from accounting."""
+    fields = ["JobID", "Partition", "Account", "State", "AllocTRES", "Comment", "WorkDir", "Timelimit"]
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", since, "-E", "now", "-o", ",".join(fields)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+    return [r for r in rows if r["WorkDir"].rstrip("/") == str(wd)]
+
+
+def _job_log(wd: Path, jobid: str) -> Path | None:
+    logs = list((wd / ".snakemake" / "slurm_logs").rglob(f"{jobid}.log"))
+    return logs[0] if logs else None
+
+
+def _cells_in_log(text: str) -> list[str]:
+    return sorted(set(re.findall(r"wildcards: cell=([0-9a-f]{12})", text)))
+
+
+def _minutes(limit: str) -> int:
+    days, _, hms = limit.rpartition("-")
+    h, m, s = (int(x) for x in hms.split(":"))
+    return (int(days or 0) * 24 + h) * 60 + m + (s > 0)
+
+
+def _cancel_first_training_job(wd: Path, stop: threading.Event, found: dict) -> None:
+    """scancel the first training job once it runs a cell (its srun step has logged `localrule train:`)."""
+    while not stop.is_set():
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            jobid, _, workdir = line.partition("|")
+            log = _job_log(wd, jobid) if workdir.rstrip("/") == str(wd) else None
+            if log and "localrule train:" in log.read_text():
+                time.sleep(1.0)  # inside the training step, not between cells
+                subprocess.run(["scancel", jobid], check=True)
+                found["jobid"] = jobid
+                return
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    # Resolved: Slurm records the real path as the job's WorkDir, which is how this run's jobs are found.
+    local_wd = tmp_path_factory.mktemp("local").resolve()
+    slurm_wd = tmp_path_factory.mktemp("slurm").resolve()
+    _config(local_wd)
+    _config(slurm_wd)
+
+    t0 = time.monotonic()
+    local = subprocess.run(_snakemake_cmd(local_wd, "local", "--cores", "2"), capture_output=True, text=True,
+                           timeout=RUN_LIMIT_S)
+    assert local.returncode == 0, f"local run failed:\n{local.stdout[-3000:]}\n{local.stderr[-5000:]}"
+    local_s = time.monotonic() - t0
+
+    env = dict(os.environ, SEGSWEEP_SLURM_ACCOUNT=ACCOUNT, SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
+               SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION)
+    # Only test speed-ups on top of the profile: a 2 s first status check (default 40 s), kept job logs.
+    cmd = _snakemake_cmd(slurm_wd, "slurm", "--slurm-init-seconds-before-status-checks", "2",
+                         "--slurm-keep-successful-logs", "--group-components", f"cells={GROUP}")
+    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    stop, cancelled = threading.Event(), {}
+    canceller = threading.Thread(target=_cancel_first_training_job, args=(slurm_wd, stop, cancelled), daemon=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    canceller.start()
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        # ONE SIGINT makes Snakemake scancel its jobs and exit; a second one (as `timeout` sends to a process
+        # group) would interrupt that cancellation. SIGTERM does not stop a polling Snakemake.
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
+    finally:
+        stop.set()
+        canceller.join(timeout=10)
+        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
+        if leftover:
+            subprocess.run(["scancel", *leftover])
+    slurm_s = time.monotonic() - t0
+    assert proc.returncode == 0, f"Slurm run failed ({proc.returncode}):\n{out[-8000:]}"
+    print(f"local run {local_s:.0f}s, Slurm run {slurm_s:.0f}s")
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "jobs": _jobs_in(slurm_wd, since),
+            "cancelled": cancelled.get("jobid")}
+
+
+def test_every_rule_went_through_slurm_with_the_profiles_placement(runs):
+    wd, jobs = runs["slurm"], runs["jobs"]
+    assert jobs, "sacct lists no job of this run"
+    # The plugin's --comment: rule_<rule>[_wildcards_<values>], or rule_<group>_<rules> for a group job.
+    rules = {re.sub(r"_wildcards_.*$", "", re.sub(r"^rule_(cells_)?", "", j["Comment"])) for j in jobs}
+    assert {"phantom", "ingest", "split", "train", "aggregate", "figures", "data_figures", "report"} <= rules, rules
+    submitted = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", SLURMCTLD_LOG.read_text()))
+    for job in jobs:
+        assert job["JobID"] in submitted, f"job {job['JobID']} not in {SLURMCTLD_LOG}"
+        assert _job_log(wd, job["JobID"]) is not None, f"no .snakemake/slurm_logs/**/{job['JobID']}.log"
+        assert job["Account"] == ACCOUNT, job  # not root's default account `ci`: the profile's -A went through
+        if "train" in job["Comment"]:
+            assert job["Partition"] == GPU_PARTITION and "gres/gpu=1" in job["AllocTRES"], job
+        else:
+            assert job["Partition"] == CPU_PARTITION and "gres/gpu" not in job["AllocTRES"], job
+    assert re.search(r"submitted with SLURM jobid \d+", runs["out"])
+
+
+def test_cells_are_packed_into_one_sbatch(runs):
+    wd = runs["slurm"]
+    packed = []
+    for job in runs["jobs"]:
+        if job["Comment"] == "rule_cells_train" and job["State"] == "COMPLETED":
+            text = _job_log(wd, job["JobID"]).read_text()
+            cells = _cells_in_log(text)
+            if len(cells) > 1:
+                packed.append(job["JobID"])
+                assert len(cells) <= GROUP
+                # One GPU and one core for the pack (cells run one after another), the runtimes summed.
+                assert "gres/gpu=1," in job["AllocTRES"] and "cpu=1," in job["AllocTRES"], job
+                # The log prints each cell's block twice (group job, then its srun step): key by cell.
+                runtimes = dict(re.findall(r"wildcards: cell=([0-9a-f]{12})\n\s+resources: .*?\bruntime=(\d+)", text))
+                assert sorted(runtimes) == cells, runtimes
+                assert _minutes(job["Timelimit"]) == sum(map(int, runtimes.values())), (job, runtimes)
+    assert packed, f"no Slurm job trained more than one cell: {runs['jobs']}"
+
+
+def test_cancelled_training_job_is_retried(runs):
+    wd, jobid = runs["slurm"], runs["cancelled"]
+    assert jobid, "the training job was never seen running: nothing was cancelled"
+    job = next(j for j in runs["jobs"] if j["JobID"] == jobid)
+    assert job["State"].startswith("CANCELLED"), job
+    cancelled_cells = _cells_in_log(_job_log(wd, jobid).read_text())
+    assert cancelled_cells
+    later = [j for j in runs["jobs"] if "train" in j["Comment"] and j["State"] == "COMPLETED"
+             and int(j["JobID"]) > int(jobid)]
+    redone = {c for j in later for c in _cells_in_log(_job_log(wd, j["JobID"]).read_text())}
+    assert set(cancelled_cells) <= redone, (cancelled_cells, redone)
+    for cell in cancelled_cells:
+        assert json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())["status"] == "ok"
+    assert "Trying to restart job" in runs["out"]
+
+
+def test_table_equals_the_local_run(runs):
+    for name in ("table.csv", "table.json"):
+        local = (runs["local"] / "results" / "studies" / "tiny" / name).read_text()
+        slurm = (runs["slurm"] / "results" / "studies" / "tiny" / name).read_text()
+        assert slurm == local, name
+    cols = ["cell", "status", "best_val_dice", "best_epoch", "final_val_dice", "epochs_run"]
+    local = pd.read_csv(runs["local"] / "results" / "studies" / "tiny" / "cells.csv")[cols].sort_values("cell")
+    slurm = pd.read_csv(runs["slurm"] / "results" / "studies" / "tiny" / "cells.csv")[cols].sort_values("cell")
+    pd.testing.assert_frame_equal(local.reset_index(drop=True), slurm.reset_index(drop=True))
+    assert (runs["slurm"] / "reports" / "report.pdf").read_bytes().startswith(b"%PDF")
