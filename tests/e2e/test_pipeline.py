@@ -100,3 +100,15 @@ def test_config_typo_names_the_key(tmp_path):
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
     assert "learning_rate" in proc.stdout + proc.stderr
+
+
+def test_snakemake_report_zip(run_dir):
+    """`snakemake --report report.zip` packs the flagged tables and figures with their captions."""
+    import zipfile
+
+    wd, _ = run_dir
+    snakemake(wd, "--report", str(wd / "report.zip"))
+    names = zipfile.ZipFile(wd / "report.zip").namelist()
+    assert any(n.endswith("/heatmap.svg") for n in names), names
+    assert any(n.endswith("/table.csv") for n in names), names
+    assert any(n.endswith("report.html") for n in names), names
