@@ -16,7 +16,7 @@ rule report:
     params:
         config=CFG,
         studies=[study_to_dict(s) for s in STUDIES.values()],
-        results_dir="results",
+        results_dir=lambda wc, input: str(Path(input.data).parent),
     log:
         "logs/report.log",
     benchmark:

@@ -113,3 +113,13 @@ def test_envs_cover_what_each_rule_imports():
         need = imports_of((ROOT / "rules" / script).resolve(), set())
         missing = need - have
         assert not missing, f"rule {name}: {env_file.name} lacks {sorted(missing)}"
+
+
+def test_snakemake_lint_is_clean():
+    """`snakemake --lint` exits 1 whenever it prints any lint."""
+    import subprocess
+
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
