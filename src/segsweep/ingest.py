@@ -88,9 +88,12 @@ class _Namer:
         # (so case "SC-HF-I-1" does not match inside "SC-HF-I-10", but "P01" matches in "P01dicom")
         pats = [re.escape(a) for a in sorted(set(aliases), key=len, reverse=True) if a]
         self.rx = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(pats) + r")(?![0-9])") if pats else None
+        # a patient's files sit in a few folders: each folder is translated once. A match never spans a
+        # "/" (no alias holds one) and "/" satisfies both look-arounds, so the parts translate apart.
+        self.dirs: dict[str, str] | None = None if any("/" in a for a in aliases) else {}
 
     def text(self, s: str) -> str:
-        return self.rx.sub(self.pid, s) if self.rx else s
+        return self.rx.sub(self.pid, s) if self.rx and s else s
 
     def path(self, p: Path) -> str:
         s = str(p)
@@ -101,7 +104,13 @@ class _Namer:
                 rel = Path(p).relative_to(self.root).as_posix()
             except ValueError:
                 rel = Path(p).name
-        return self.text(rel)
+        head, sep, tail = rel.rpartition("/")
+        if not sep or self.dirs is None:
+            return self.text(rel)
+        folder = self.dirs.get(head)
+        if folder is None:
+            folder = self.dirs[head] = self.text(head)
+        return folder + "/" + self.text(tail)
 
 
 def _row(rows, namer: _Namer, path, reason: str = "", message: str = "", warnings=()):
@@ -115,16 +124,35 @@ def _row(rows, namer: _Namer, path, reason: str = "", message: str = "", warning
 
 
 def _compose(target: str, inner, outer):
+    # bool → uint8 0/1 as a view: the masks are not used after this, so no copy is needed
     if target == "endo":
-        return inner.astype(np.uint8)
+        return inner.view(np.uint8)
     if target == "epi":
-        return outer.astype(np.uint8)
+        return outer.view(np.uint8)
     if target == "myo":
         return (outer & ~inner).astype(np.uint8)
     m = np.zeros(inner.shape, np.uint8)
     m[outer] = 2
     m[inner] = 1
     return m
+
+
+# Contoured images of a patient go through the stages of _process_batch this many at a time: each stage
+# (pydicom, contour geometry, window, resize/CLAHE) then runs on several images in a row and finds its code
+# and data still in the CPU caches (measured 10-15% less CPU per image than one image through all stages
+# at a time on the benchmark phantom).
+_BATCH = 16
+
+
+class _Job:
+    """One contoured image on its way through the stages. ``rows`` is its item's QC-row list; rows from
+    ``mark`` on are the job's own (replaced by a processing_error row if a stage raises)."""
+
+    __slots__ = ("item", "used", "rows", "mark", "im", "contours", "masks", "notes", "u8")
+
+    def __init__(self, item, used: dict, rows: list):
+        self.item, self.used, self.rows, self.mark = item, used, rows, len(rows)
+        self.im = self.contours = self.masks = self.notes = self.u8 = None
 
 
 def _process_patient(task: _Task) -> tuple[str, int, list]:
@@ -136,109 +164,172 @@ def _process_patient(task: _Task) -> tuple[str, int, list]:
         _row(rows, namer, note.path, note.reason, note.message)
     need_i, need_o = NEEDS[target]
     out = {"image": [], "raw": [], "mask": [], "spacing": [], "slice": []}
+    slots: list[list] = []  # QC rows per item, in item order (batched jobs fill theirs later)
+    batch: list[_Job] = []
     for item in rec.items:
+        slots.append(slot := [])
         files = {"inner": item.inner, "outer": item.outer}
         if item.image is None:
             for path in files.values():
                 if path is not None:
-                    _row(rows, namer, path, "contour_without_image", f"no image number {item.number}")
+                    _row(slot, namer, path, "contour_without_image", f"no image number {item.number}")
             continue
         if item.inner is None and item.outer is None:
-            _row(rows, namer, item.image, "image_without_contour", "")
+            _row(slot, namer, item.image, "image_without_contour", "")
             continue
         wanted = {"inner": need_i, "outer": need_o}
         missing = [k for k, w in wanted.items() if w and files[k] is None]
         if missing:
-            _row(rows, namer, item.image, "contour_missing_for_target",
+            _row(slot, namer, item.image, "contour_missing_for_target",
                  f"target {target} needs the {' and '.join(missing)} contour")
             for k, p in files.items():
                 if p is not None:
-                    _row(rows, namer, p, "contour_unused", f"the {' and '.join(missing)} contour is missing")
+                    _row(slot, namer, p, "contour_unused", f"the {' and '.join(missing)} contour is missing")
             continue
         for k, p in files.items():
             if p is not None and not wanted[k]:
-                _row(rows, namer, p, "contour_unused", f"target {target} does not use {k} contours")
-        used = {k: p for k, p in files.items() if wanted[k]}
-        mark = len(rows)
-        try:
-            _one_image(item, used, target, prep, namer, rows, out)
-        except Exception as exc:  # a bug or an exotic input must not stop the other files
-            del rows[mark:]  # still one row per file
-            _row(rows, namer, item.image, "processing_error", type(exc).__name__)
-            for p in used.values():
-                _row(rows, namer, p, "contour_unused", "its image could not be processed")
+                _row(slot, namer, p, "contour_unused", f"target {target} does not use {k} contours")
+        batch.append(_Job(item, {k: p for k, p in files.items() if wanted[k]}, slot))
+        if len(batch) == _BATCH:
+            _process_batch(batch, target, prep, namer, out)
+            batch = []
+    _process_batch(batch, target, prep, namer, out)
+    for slot in slots:
+        rows += slot
     n = len(out["slice"])
     path = task.out_dir / f"{task.pid}.npz"
     if n:
-        write_npz(path, {
-            "image": np.stack(out["image"]).astype(np.float32),
-            "raw": np.stack(out["raw"]).astype(np.uint8),
-            "mask": np.stack(out["mask"]).astype(np.uint8),
+        write_npz(path, {  # image/raw/mask: lists of equal arrays, stacked while writing (float32/uint8)
+            "image": out["image"],
+            "raw": out["raw"],
+            "mask": out["mask"],
             "spacing": np.asarray(out["spacing"], dtype=np.float32).reshape(n, 2),
             "slice": np.asarray(out["slice"], dtype=np.int32),
         })
     return task.pid, n, rows
 
 
-def _one_image(item, used: dict, target, prep, namer: _Namer, rows: list, out: dict) -> None:
+def _process_batch(jobs: list, target: str, prep: PreprocessConfig, namer: _Namer, out: dict) -> None:
+    """Run the jobs stage by stage (each stage over all jobs still going); successes are appended to
+    ``out`` in job order. Same rows and outputs as running each image through all stages in turn."""
+    for stage in (_read_image, _read_contours, _window, _finish):
+        if stage is _read_contours:
+            _rasterise_all(jobs)
+        going = []
+        for job in jobs:
+            try:
+                keep = stage(job, target, prep, namer, out)
+            except Exception as exc:  # a bug or an exotic input must not stop the other files
+                keep = False
+                del job.rows[job.mark:]  # still one row per file
+                _row(job.rows, namer, job.item.image, "processing_error", type(exc).__name__)
+                for p in job.used.values():
+                    _row(job.rows, namer, p, "contour_unused", "its image could not be processed")
+            if keep:
+                going.append(job)
+            else:  # finished, skipped or failed: drop its arrays now
+                job.im = job.contours = job.masks = job.u8 = None
+        jobs = going
+
+
+def _skip(job: _Job, namer: _Namer, reason: str, message: str, why_unused: str) -> bool:
+    _row(job.rows, namer, job.item.image, reason, message)
+    for p in job.used.values():
+        _row(job.rows, namer, p, "contour_unused", why_unused)
+    return False
+
+
+def _read_image(job: _Job, target, prep, namer: _Namer, out) -> bool:
     try:
-        im = dcm.read(item.image, describe=False)
+        im = dcm.read(job.item.image, describe=False)
     except dcm.DicomError as exc:
-        _row(rows, namer, item.image, exc.reason, exc.detail)
-        for p in used.values():
-            _row(rows, namer, p, "contour_unused", "its image could not be read")
-        return
+        return _skip(job, namer, exc.reason, exc.detail, "its image could not be read")
     if im.n_frames > 1:
-        _row(rows, namer, item.image, "dicom_multiframe", f"{im.n_frames} frames")
-        for p in used.values():
-            _row(rows, namer, p, "contour_unused", "its image is multi-frame")
-        return
-    shape = (im.rows, im.cols)
+        return _skip(job, namer, "dicom_multiframe", f"{im.n_frames} frames", "its image is multi-frame")
+    job.im = im
+    return True
+
+
+def _rasterise_all(jobs: list) -> None:
+    """Parse and rasterise the used contours of all jobs in one contours.read_masks call (its results
+    are those of parse + to_mask per file, exceptions included); _read_contours reads them in order."""
+    try:
+        files = [(p, (job.im.rows, job.im.cols)) for job in jobs for p in job.used.values()]
+        results = iter(ctr.read_masks(files))
+        for job in jobs:
+            job.contours = {kind: next(results) for kind in job.used}
+    except Exception:  # unexpected: _read_contours then works file by file, errors land on their image
+        for job in jobs:
+            job.contours = None
+
+
+def _contour_mask(job: _Job, kind: str, path, shape):
+    """(mask, notes) of one used contour: the batch result, or parse + to_mask now; raises what they raise."""
+    if job.contours is None:
+        return ctr.to_mask(ctr.parse(path), shape, path)
+    res = job.contours[kind]
+    if isinstance(res, BaseException):
+        raise res
+    return res
+
+
+def _read_contours(job: _Job, target, prep, namer: _Namer, out) -> bool:
+    used, rows = job.used, job.rows
+    shape = (job.im.rows, job.im.cols)
     masks, notes, failed = {}, {}, []
     for kind, p in used.items():
         try:
-            c = ctr.parse(p)
-            masks[kind], notes[kind] = ctr.to_mask(c, shape, p)
+            masks[kind], notes[kind] = _contour_mask(job, kind, p, shape)
         except ctr.ContourError as exc:
             _row(rows, namer, p, exc.reason, exc.detail)
             failed.append(kind)
     if failed:
-        _row(rows, namer, item.image, "contour_invalid", f"{' and '.join(failed)} contour failed")
+        _row(rows, namer, job.item.image, "contour_invalid", f"{' and '.join(failed)} contour failed")
         for kind in masks:
             _row(rows, namer, used[kind], "contour_unused", f"the {' and '.join(failed)} contour failed")
-        return
+        return False
     if "inner" in masks and "outer" in masks:
         stray = int(np.count_nonzero(masks["inner"] & ~masks["outer"]))
         if stray:
             notes["outer"] = notes["outer"] + (
                 ("contour_inner_outside_outer", f"{stray} inner-contour pixels outside the outer contour"),)
-    u8, lo, hi = pre.window_dicom(im, 0, prep.window)
+    job.masks, job.notes = masks, notes
+    return True
+
+
+def _window(job: _Job, target, prep, namer: _Namer, out) -> bool:
+    u8, lo, hi = pre.window_dicom(job.im, 0, prep.window)
     if not hi > lo:
-        _row(rows, namer, item.image, "image_blank", "the window percentiles are equal")
-        for p in used.values():
-            _row(rows, namer, p, "contour_unused", "its image is blank")
-        return
+        return _skip(job, namer, "image_blank", "the window percentiles are equal", "its image is blank")
+    job.u8 = u8
+    return True
+
+
+def _finish(job: _Job, target, prep, namer: _Namer, out) -> bool:
+    masks = job.masks
     mask = _compose(target, masks.get("inner"), masks.get("outer"))
-    res = pre.prepare(u8, mask, im.pixel_spacing, prep)
-    if not res.mask.any():
-        _row(rows, namer, item.image, "mask_empty", f"target {target} mask is empty at {prep.size}")
-        for p in used.values():
-            _row(rows, namer, p, "contour_unused", "the target mask is empty")
-        return
-    _row(rows, namer, item.image, warnings=im.warnings)
-    for kind, p in used.items():
-        _row(rows, namer, p, warnings=notes[kind])
+    res = pre.prepare(job.u8, mask, job.im.pixel_spacing, prep)
+    if not np.count_nonzero(res.mask):
+        return _skip(job, namer, "mask_empty", f"target {target} mask is empty at {prep.size}",
+                     "the target mask is empty")
+    _row(job.rows, namer, job.item.image, warnings=job.im.warnings)
+    for kind, p in job.used.items():
+        _row(job.rows, namer, p, warnings=job.notes[kind])
     out["image"].append(res.image)
     out["raw"].append(res.raw)
     out["mask"].append(res.mask)
     out["spacing"].append(res.spacing)
-    out["slice"].append(item.number)
+    out["slice"].append(job.item.number)
+    return False  # done
 
 
 # ------------------------------------------------------------------------------------------ writers
 def write_npz(path: Path, arrays: dict) -> None:
     """Write an uncompressed .npz with fixed member timestamps (identical bytes for identical arrays),
-    atomically (temporary file + rename)."""
+    atomically (temporary file + rename).
+
+    A value may be a list of arrays of one shape and dtype: it is written exactly as ``np.stack(value)``
+    would be, slice by slice, without building the stacked array (no large temporary per patient)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -246,12 +337,44 @@ def write_npz(path: Path, arrays: dict) -> None:
             for name, arr in arrays.items():
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = 0o644 << 16
+                parts = _npy_parts(arr)
                 with zf.open(info, "w", force_zip64=True) as fh:
-                    np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                    if parts is None:
+                        np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                        continue
+                    header, chunks = parts
+                    # what write_array writes (header 1.0, C order), without its tobytes() copy of the data;
+                    # a list goes out as one buffer: one write and one CRC update instead of one per slice
+                    np.lib.format.write_array_header_1_0(fh, header)
+                    views = [memoryview(c).cast("B") for c in chunks]
+                    fh.write(views[0] if len(views) == 1 else b"".join(views))
+        # Drop an older file first: on ext4 (auto_da_alloc) a rename over an existing file forces a
+        # synchronous flush of the new data, ~1 ms per patient. Readers never see a partial file either
+        # way, and dataset.json (removed at the start of run(), written last) marks a complete ingest.
+        path.unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _npy_parts(arr):
+    """(npy header dict, C-contiguous chunks) for a numeric array or a list of equal ones; None: let
+    np.lib.format.write_array handle it (object/str dtypes, empty arrays)."""
+    if isinstance(arr, (list, tuple)):
+        chunks = [np.ascontiguousarray(a) for a in arr]
+        if not chunks:
+            return None
+        first = chunks[0]
+        if any(c.shape != first.shape or c.dtype != first.dtype for c in chunks):
+            raise ValueError("write_npz: a list value needs arrays of one shape and dtype")
+        shape, dtype = (len(chunks), *first.shape), first.dtype
+    else:
+        chunks = [np.ascontiguousarray(arr)]
+        shape, dtype = chunks[0].shape, chunks[0].dtype
+    if dtype.kind not in "biuf" or not all(c.size for c in chunks):
+        return None
+    return {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}, chunks
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
