@@ -22,14 +22,14 @@ each (or the exception it raises), with the geometry vectorised over all polygon
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import QCError
+from .io import read_file
 
 REASONS: dict[str, tuple[str, str]] = {
     "contour_unreadable": ("failure", "file cannot be opened or is not text"),
@@ -45,15 +45,10 @@ REASONS: dict[str, tuple[str, str]] = {
 }
 
 
-class ContourError(DataError):
+class ContourError(QCError):
     """A contour file that cannot be used; ``reason`` is a stable QC code (see REASONS)."""
 
-    def __init__(self, reason: str, message: str, path: str | Path | None = None):
-        assert reason in REASONS, reason
-        self.reason = reason
-        self.path = None if path is None else Path(path)
-        self.detail = message
-        super().__init__(f"{path}: {message}" if path is not None else message)
+    reasons = REASONS
 
 
 @dataclass(frozen=True)
@@ -150,7 +145,7 @@ def parse(path: str | Path) -> Contour:
 
 def _read_text(path: Path) -> str:
     try:
-        raw = read_bytes(path)
+        raw = read_file(path)[0]
     except OSError as exc:
         raise ContourError("contour_unreadable", f"cannot read file ({type(exc).__name__})", path) from None
     try:
@@ -163,28 +158,6 @@ def _read_text(path: Path) -> str:
     if "\x00" in text:
         raise ContourError("contour_unreadable", "not a text file (NUL bytes)", path)
     return text
-
-
-def read_bytes(path: str | Path) -> bytes:
-    """The whole file, like ``Path.read_bytes`` (same OSError subclasses), with fewer system calls."""
-    return read_file(path)[0]
-
-
-def read_file(path: str | Path) -> tuple[bytes, int]:
-    """(content, st_size at open) of a file: open, fstat, read, close. ``Path.read_bytes`` makes ~7 calls
-    (isatty, seek, buffer set-up); with thousands of small files per ingest that shows."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        data = os.read(fd, size + 1)  # a short read of a regular file is its end
-        if len(data) > size:  # grew since fstat (or not a regular file): read on to the end
-            parts = [data]
-            while chunk := os.read(fd, 1 << 20):
-                parts.append(chunk)
-            data = b"".join(parts)
-        return data, size
-    finally:
-        os.close(fd)
 
 
 def self_intersects(pts: np.ndarray) -> bool:

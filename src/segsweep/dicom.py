@@ -26,8 +26,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .contours import read_file
-from .errors import DataError
+from .io import read_file
+from .errors import QCError
 
 # reason code -> (severity, one-line meaning); severities: "failure" (the file is unusable),
 # "warning" (used, with a caveat). docs/qc.md lists the same codes.
@@ -60,15 +60,10 @@ _LE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 _INT_DTYPES = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2", (32, 0): "<u4", (32, 1): "<i4"}
 
 
-class DicomError(DataError):
+class DicomError(QCError):
     """A DICOM file that cannot be used; ``reason`` is a stable QC code (see REASONS)."""
 
-    def __init__(self, reason: str, message: str, path: str | Path | None = None):
-        assert reason in REASONS, reason
-        self.reason = reason
-        self.path = None if path is None else Path(path)
-        self.detail = message
-        super().__init__(f"{path}: {message}" if path is not None else message)
+    reasons = REASONS
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ def study_sentences(view: StudyView) -> list[str]:
         if comp and comp.get("p") is not None:
             s += f"; paired Wilcoxon p = {describe_p(comp['p'])} over {comp['n_pairs']} seeds/folds"
             if comp["note"].startswith("too few pairs"):
-                s += f", which cannot fall below 0.05 with so few pairs"
+                s += ", which cannot fall below 0.05 with so few pairs"
             elif comp["p"] >= 0.05:
                 s += ", so the difference is not established"
         elif comp:
