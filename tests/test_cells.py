@@ -136,4 +136,6 @@ def test_demo_config_cells():
     plan = build_plan(sc.load_config("config/config.yaml"))
     assert len(plan.studies["lr_optimizer"].cells) == 3 * 2 * 4
     assert len(plan.studies["losses"].cells) == 5 * 2
-    assert len(plan.cells) == 24 + 10 - 1  # Adam / 1e-3 / fraction 1.0 / dice / seed 0 is shared
+    # Adam / 1e-3 / fraction 1.0 / dice / seed 0 is shared by the first two studies, Adam / 1e-2 / no schedule
+    # by the first and the third
+    assert len(plan.cells) == 24 + 10 - 1 + 4 - 1
