@@ -37,12 +37,15 @@ REASONS: dict[str, tuple[str, str]] = {
     "contour_not_numeric": ("failure", "a token is not a number"),
     "contour_odd_values": ("failure", "odd number of values: not x y pairs"),
     "contour_bad_line": ("failure", "a line does not hold exactly one x y pair"),
-    "contour_nonfinite": ("failure", "NaN or infinite coordinate"),
+    "contour_nonfinite": ("failure", "NaN, infinite or absurdly large (> 1e9) coordinate"),
     "contour_too_few_points": ("failure", "fewer than 3 distinct points"),
     "contour_empty_mask": ("failure", "polygon covers no pixel centre (zero area or outside the image)"),
     "contour_outside_image": ("warning", "points outside the image: the polygon is clipped to the image"),
     "contour_self_intersecting": ("warning", "polygon crosses itself: rasterised with the nonzero rule"),
 }
+
+
+_MAX_COORD = 1e9
 
 
 class ContourError(QCError):
@@ -91,8 +94,9 @@ def _points(text: str, path: str | Path | None) -> np.ndarray:
             n = len(line.split())
             if n != 2 and n != 0:
                 raise ContourError("contour_bad_line", f"line {lineno} holds {n} values, expected 2", path)
-    if not np.isfinite(values).all():
-        raise ContourError("contour_nonfinite", "NaN or infinite coordinate", path)
+    # |x| > 1e9 is no pixel coordinate of any scanner, and near 1e308 edge arithmetic overflows to inf/NaN
+    if not (np.abs(values) <= _MAX_COORD).all():
+        raise ContourError("contour_nonfinite", "NaN, infinite or absurdly large (> 1e9) coordinate", path)
     pts = values.reshape(-1, 2)
     # one complex number per point: == / != compare x and y together (same float equality as per column)
     z = values.view(np.complex128)

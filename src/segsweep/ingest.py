@@ -340,7 +340,8 @@ def write_npz(path: Path, arrays: dict) -> None:
                 parts = _npy_parts(arr)
                 with zf.open(info, "w", force_zip64=True) as fh:
                     if parts is None:
-                        np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                        value = np.stack(arr) if isinstance(arr, (list, tuple)) else np.asarray(arr)
+                        np.lib.format.write_array(fh, value, allow_pickle=False)
                         continue
                     header, chunks = parts
                     # what write_array writes (header 1.0, C order), without its tobytes() copy of the data;
@@ -361,8 +362,9 @@ def write_npz(path: Path, arrays: dict) -> None:
 def _npy_parts(arr):
     """(npy header dict, C-contiguous chunks) for a numeric array or a list of equal ones; None: let
     np.lib.format.write_array handle it (object/str dtypes, empty arrays)."""
+    # np.asarray(order="C") keeps 0-d shapes (ascontiguousarray makes them 1-d) and copies only if needed
     if isinstance(arr, (list, tuple)):
-        chunks = [np.ascontiguousarray(a) for a in arr]
+        chunks = [np.asarray(a, order="C") for a in arr]
         if not chunks:
             return None
         first = chunks[0]
@@ -370,10 +372,15 @@ def _npy_parts(arr):
             raise ValueError("write_npz: a list value needs arrays of one shape and dtype")
         shape, dtype = (len(chunks), *first.shape), first.dtype
     else:
-        chunks = [np.ascontiguousarray(arr)]
+        chunks = [np.asarray(arr, order="C")]
         shape, dtype = chunks[0].shape, chunks[0].dtype
-    if dtype.kind not in "biuf" or not all(c.size for c in chunks):
+    if dtype.kind not in "biuf" or not all(c.size for c in chunks) or not shape:
         return None
+    if not dtype.isnative:  # np.stack of a list yields native byte order; match it
+        dtype = dtype.newbyteorder("=")
+        chunks = [c.astype(dtype) for c in chunks] if isinstance(arr, (list, tuple)) else chunks
+        if not isinstance(arr, (list, tuple)):
+            return None  # a single non-native array keeps its byte order, as np.save does
     return {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}, chunks
 
 

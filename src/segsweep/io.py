@@ -51,8 +51,10 @@ def read_file(path: str | Path) -> tuple[bytes, int]:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        data = os.read(fd, size + 1)  # a short read of a regular file is its end
-        if len(data) > size:  # grew since fstat (or not a regular file): read on to the end
+        data = os.read(fd, size + 1)
+        # read on unless that one call provably reached the end: Linux returns at most ~2 GiB per read, and
+        # a file that grew since fstat (or /proc files with st_size 0) holds more than st_size
+        if len(data) > size or len(data) < size:
             parts = [data]
             while chunk := os.read(fd, 1 << 20):
                 parts.append(chunk)
