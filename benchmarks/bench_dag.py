@@ -4,7 +4,6 @@ Run: .venv/bin/python benchmarks/bench_dag.py   → benchmarks/results/dag.json
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402
+from machine import machine, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -69,10 +68,7 @@ def main() -> None:
         "passed": big_t / small_t <= 12,
         "machine": machine(),
     }
-    out = ROOT / "benchmarks" / "results" / "dag.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save("dag", result)
 
 
 if __name__ == "__main__":

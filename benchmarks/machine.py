@@ -1,8 +1,12 @@
-"""Machine facts recorded beside every benchmark result."""
+"""Machine facts recorded beside every benchmark result, and where results go."""
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
@@ -24,3 +28,12 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+def save(name: str, result: dict) -> Path:
+    """Write benchmarks/results/<name>.json and print it."""
+    out = RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return out

@@ -223,19 +223,10 @@ def _on_box(p, q, r):
     )
 
 
-def _winding_box(points: np.ndarray, shape: tuple[int, int]):
-    """Winding numbers on the polygon's bounding box within the image: (float64 [rb-ra, cb-ca], ra, ca), or
-    None if no pixel centre can be inside. Outside the box the winding number is 0 (see ``winding``)."""
-    h, w = int(shape[0]), int(shape[1])
-    p = np.asarray(points, dtype=np.float64)
-    q = np.concatenate((p[1:], p[:1]))
-    x0, y0, x1, y1 = p[:, 0], p[:, 1], q[:, 0], q[:, 1]
-    nonflat = y0 != y1
-    if not nonflat.all():
-        x0, y0, x1, y1 = x0[nonflat], y0[nonflat], x1[nonflat], y1[nonflat]
+def _row_crossings(x0, y0, x1, y1, h):
+    """Where each non-flat edge crosses the pixel-centre rows of an image of height ``h`` (a number, or one
+    per edge): (edge index, row, x) per crossing, plus the crossing count per edge; None if there are none."""
     n = x0.size
-    if n == 0:
-        return None
     # rows of each edge: clip(ceil(y_min), 0, h) <= r < clip(ceil(y_max), 0, h), both ends in one array
     # (ufuncs with out= and ndarray methods: numpy's module-level wrappers cost ~1 µs per call)
     lim = np.empty((2, n))
@@ -259,6 +250,26 @@ def _winding_box(points: np.ndarray, shape: tuple[int, int]):
     # snap float noise so that a crossing that is exactly on a pixel centre keeps the tie rule
     xr = np.rint(x)
     x = np.where(np.abs(x - xr) < 1e-9, xr, x)
+    return edge, rows, x, dye, counts
+
+
+def _winding_box(points: np.ndarray, shape: tuple[int, int]):
+    """Winding numbers on the polygon's bounding box within the image: (float64 [rb-ra, cb-ca], ra, ca), or
+    None if no pixel centre can be inside. Outside the box the winding number is 0 (see ``winding``)."""
+    h, w = int(shape[0]), int(shape[1])
+    p = np.asarray(points, dtype=np.float64)
+    q = np.concatenate((p[1:], p[:1]))
+    x0, y0, x1, y1 = p[:, 0], p[:, 1], q[:, 0], q[:, 1]
+    nonflat = y0 != y1
+    if not nonflat.all():
+        x0, y0, x1, y1 = x0[nonflat], y0[nonflat], x1[nonflat], y1[nonflat]
+    n = x0.size
+    if n == 0:
+        return None
+    crossings = _row_crossings(x0, y0, x1, y1, h)
+    if crossings is None:
+        return None
+    edge, rows, x, dye, counts = crossings
     # work on the polygon's bounding box only: outside it the winding number is 0
     ra, rb = int(np.minimum.reduce(rows)), int(np.maximum.reduce(rows)) + 1
     # clip(floor(min x), 0, w) and clip(ceil(max x) + 1, 0, w) in plain Python (numpy scalars cost µs each)
@@ -459,25 +470,10 @@ def _winding_boxes(polys: list[np.ndarray], shapes: list[tuple[int, int]]) -> li
     boxes: list = [None] * m
     if n == 0:
         return boxes
-    lim = np.empty((2, n))
-    np.minimum(y0, y1, out=lim[0])
-    np.maximum(y0, y1, out=lim[1])
-    np.ceil(lim, out=lim)
-    np.maximum(lim, 0, out=lim)
-    np.minimum(lim, hs[g], out=lim)  # each edge clipped to its own image height
-    r_start, r_end = lim.astype(np.int64)
-    counts = r_end - r_start
-    np.maximum(counts, 0, out=counts)
-    total = int(np.add.reduce(counts))
-    if total == 0:
+    crossings = _row_crossings(x0, y0, x1, y1, hs[g])  # each edge clipped to its own image height
+    if crossings is None:
         return boxes
-    edge = np.arange(n).repeat(counts)
-    rows = np.arange(total) - (counts.cumsum() - counts - r_start)[edge]
-    y0e, dye = y0[edge], (y1 - y0)[edge]
-    t = (rows - y0e) / dye
-    x = x0[edge] + t * (x1 - x0)[edge]
-    xr = np.rint(x)
-    x = np.where(np.abs(x - xr) < 1e-9, xr, x)
+    edge, rows, x, dye, counts = crossings
     # crossings come grouped by polygon (edges are in polygon order): per-polygon row range by reduceat
     per = np.bincount(g, weights=counts, minlength=m).astype(np.int64)
     start = per.cumsum() - per
