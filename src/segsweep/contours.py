@@ -198,7 +198,11 @@ def self_intersects(pts: np.ndarray) -> bool:
     if not keep.any():
         return False
     i, j = i[keep], j[keep]
-    p1, p2, q1, q2 = a[i], b[i], a[j], b[j]
+    return bool(_segments_meet(a[i], b[i], a[j], b[j]).any())
+
+
+def _segments_meet(p1, p2, q1, q2):
+    """Per pair: do segments p1-p2 and q1-q2 cross or touch (exact orientation tests)?"""
     d1 = _orient(q1, q2, p1)
     d2 = _orient(q1, q2, p2)
     d3 = _orient(p1, p2, q1)
@@ -209,7 +213,7 @@ def self_intersects(pts: np.ndarray) -> bool:
         ((d1 == 0) & _on_box(q1, q2, p1)) | ((d2 == 0) & _on_box(q1, q2, p2))
         | ((d3 == 0) & _on_box(p1, p2, q1)) | ((d4 == 0) & _on_box(p1, p2, q2))
     )
-    return bool((proper | touch).any())
+    return proper | touch
 
 
 def _orient(p, q, r):
@@ -441,17 +445,7 @@ def _self_intersections(polys: list[np.ndarray]) -> np.ndarray:
     if not keep.any():
         return hit
     i, j = i[keep], j[keep]
-    p1, p2, q1, q2 = P[i], Q[i], P[j], Q[j]
-    d1 = _orient(q1, q2, p1)
-    d2 = _orient(q1, q2, p2)
-    d3 = _orient(p1, p2, q1)
-    d4 = _orient(p1, p2, q2)
-    proper = (d1 * d2 < 0) & (d3 * d4 < 0)
-    touch = (
-        ((d1 == 0) & _on_box(q1, q2, p1)) | ((d2 == 0) & _on_box(q1, q2, p2))
-        | ((d3 == 0) & _on_box(p1, p2, q1)) | ((d4 == 0) & _on_box(p1, p2, q2))
-    )
-    hit[g[i[proper | touch]]] = True
+    hit[g[i[_segments_meet(P[i], Q[i], P[j], Q[j])]]] = True
     return hit
 
 
