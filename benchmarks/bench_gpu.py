@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
 from bench_train import write_synthetic_dataset  # noqa: E402
-from segsweep.config import CellParams  # noqa: E402
-from segsweep.device import hardware_description  # noqa: E402
+from segsweep.training.params import CellParams  # noqa: E402
+from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.io import write_json  # noqa: E402
-from segsweep.train import train_cell  # noqa: E402
+from segsweep.training.loop import train_cell  # noqa: E402
 
 STUDY_FILE = ROOT / "config" / "studies" / "seed000_lr_optimizer.yaml"
 MODES = {"fp32": {"amp": False, "channels_last": False}, "amp_bf16_cl": {"amp": True, "channels_last": True}}

@@ -34,8 +34,10 @@ import cv2
 import numpy as np
 import pydicom
 
-from segsweep import ingest, layouts, phantom
-from segsweep.config import DataConfig, PhantomConfig, PreprocessConfig
+from segsweep.data import ingest
+from segsweep.data import layouts
+from segsweep.data import phantom
+from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -123,8 +125,8 @@ def data_config(root: Path) -> DataConfig:
 RSS_CHILD = """
 import json, resource, sys
 from pathlib import Path
-from segsweep import ingest
-from segsweep.config import DataConfig, PhantomConfig, PreprocessConfig
+from segsweep.data import ingest
+from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 root, out = sys.argv[1], sys.argv[2]
 ds = ingest.run(DataConfig("rvsc", root, "endo", False, "bench", PhantomConfig()), PreprocessConfig(), Path(out))
 print(json.dumps({"n_images": ds["n_images"], "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))

@@ -34,11 +34,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segsweep.config import CellParams  # noqa: E402
-from segsweep.device import hardware_description  # noqa: E402
+from segsweep.plan.config import cell_params
+from segsweep.training.params import CellParams  # noqa: E402
+from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.io import write_json  # noqa: E402
-from segsweep.model import UNet  # noqa: E402
-from segsweep.train import train_cell  # noqa: E402
+from segsweep.training.model import UNet  # noqa: E402
+from segsweep.training.loop import train_cell  # noqa: E402
 
 BAR = 1.05
 
@@ -171,7 +172,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    params = CellParams.from_config({
+    params = cell_params({
         "depth": 3, "base_width": 8, "batch_size": 8, "epochs": args.epochs, "optimizer": "adam", "lr": 1e-3,
         "loss": "dice", "augment": {"flip": True, "rotate_deg": 10, "scale": 0.1, "intensity": 0.1},
     })

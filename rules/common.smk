@@ -6,10 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the in-repo package, also under --use-conda
 
 from snakemake.exceptions import WorkflowError
-from segsweep import config as sscfg
-from segsweep.cells import build_plan, study_to_dict
+from segsweep.data.config import PHANTOM_ROOT
+from segsweep.plan import config as sscfg
+from segsweep.plan.cells import build_plan
+from segsweep.study import study_to_dict
 from segsweep.errors import SegsweepError
-from segsweep.resources import train_runtime_min
+from segsweep.plan.resources import train_runtime_min
 
 # Names the offending key on a typo (and fills defaults); study_files are merged and checked again below.
 validate(config, sscfg.schema_path())

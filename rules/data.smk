@@ -1,35 +1,29 @@
 # Raw data → ingested arrays + QC manifest.
 
 
-if PLAN.data.source == "phantom":
-
-    rule phantom:
-        output:
-            manifest=f"{sscfg.PHANTOM_ROOT}/MANIFEST.json",
-        params:
-            phantom=asdict(PLAN.data.phantom),
-        log:
-            "logs/phantom.log",
-        benchmark:
-            "benchmarks/runs/phantom.tsv"
-        conda:
-            "../envs/data.yaml"
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=10,
-        script:
-            "../workflow/scripts/phantom.py"
-
-    RAW_INPUT = rules.phantom.output.manifest
-else:
-    # A user's data root is read in place; rerun ingestion with `-R ingest` after changing files there.
-    RAW_INPUT = []
+rule phantom:
+    output:
+        manifest=f"{PHANTOM_ROOT}/MANIFEST.json",
+    params:
+        phantom=asdict(PLAN.data.phantom),
+    log:
+        "logs/phantom.log",
+    benchmark:
+        "benchmarks/runs/phantom.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/phantom.py"
 
 
 rule ingest:
     input:
-        RAW_INPUT,
+        # The phantom is generated; a user's data root is read in place.
+        rules.phantom.output.manifest if PLAN.data.source == "phantom" else [],
     output:
         data=directory(DATA_DIR),
     params:

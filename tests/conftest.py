@@ -29,8 +29,8 @@ def phantom_phi() -> dict[str, str]:
 def phantom_trees(tmp_path_factory, phantom_phi) -> dict[str, Path]:
     """One small phantom per layout (3 patients × 4 slices, 64×56, seed 7, phantom_phi headers), generated
     once per session. Read-only: copy it (``phantom_copy``) before changing files."""
-    from segsweep import phantom
-    from segsweep.config import PhantomConfig
+    from segsweep.data import phantom
+    from segsweep.data.config import PhantomConfig
 
     base = tmp_path_factory.mktemp("phantom")
     trees = {}
@@ -62,8 +62,8 @@ def phantom_make(tmp_path, phantom_phi):
     default_phi = phantom_phi
 
     def make(layout: str = "rvsc", phi="default", **kw) -> Path:
-        from segsweep import phantom
-        from segsweep.config import PhantomConfig
+        from segsweep.data import phantom
+        from segsweep.data.config import PhantomConfig
 
         n[0] += 1
         root = tmp_path / f"phantom{n[0]}-{layout}"

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segsweep.cells import Plan, Study, build_plan
-from segsweep.config import prepare
-from segsweep.splits import make_split, select_patients
+from segsweep.plan.cells import Plan, build_plan
+from segsweep.study import Study
+from segsweep.plan.config import prepare
+from segsweep.data.splits import make_split, select_patients
 
 H, W = 48, 40
 N_PATIENTS = 8
@@ -268,8 +269,8 @@ _BUILT: dict[str, Fixture] = {}
 def built_fixture(tmp_path_factory) -> Fixture:
     """The fixture with every study aggregated and every figure made — built once per test session."""
     if "fx" not in _BUILT:
-        from segsweep.aggregate import aggregate_study
-        from segsweep.plots import make_data_figures, make_study_figures
+        from segsweep.analysis.aggregate import aggregate_study
+        from segsweep.report.plots import make_data_figures, make_study_figures
 
         fx = make_results(tmp_path_factory.mktemp("fixture"))
         for s in fx.studies:

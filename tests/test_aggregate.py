@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from fixtures_results import HAND_CHECKED, built_fixture
 
-from segsweep.aggregate import (
+from segsweep.analysis.aggregate import (
     NO_METRICS_REASON,
     aggregate_study,
     config_groups,
@@ -17,8 +17,8 @@ from segsweep.aggregate import (
     read_cells_csv,
     summarize,
 )
-from segsweep.cells import Study, StudyCell
-from segsweep.config import TableLayout
+from segsweep.study import Study, StudyCell
+from segsweep.study import TableLayout
 from segsweep.errors import DataError
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (tables)

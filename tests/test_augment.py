@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from segsweep.augment import Augmenter, rotation_scale_theta
-from segsweep.config import AugmentParams
+from segsweep.training.augment import Augmenter, rotation_scale_theta
+from segsweep.training.params import AugmentParams
 
 torch.set_num_threads(1)
 

@@ -3,8 +3,10 @@ import copy
 
 import pytest
 
-from segsweep import config as sc
-from segsweep.cells import build_plan, format_value, study_from_dict, study_to_dict
+from segsweep.plan import config as sc
+from segsweep.labels import format_value
+from segsweep.plan.cells import build_plan
+from segsweep.study import study_from_dict, study_to_dict
 from segsweep.errors import ConfigError
 
 

@@ -1,7 +1,9 @@
 """Config validation names the key at fault; typed parameters normalise no-op differences."""
 import pytest
 
-from segsweep import config as sc
+from segsweep.data.config import DataConfig
+from segsweep.plan import config as sc
+from segsweep.training.params import CellParams, parse_loss
 from segsweep.errors import ConfigError
 
 MIN_STUDY = {"axes": {"lr": [0.1]}, "table": {"rows": ["lr"], "cols": []}}
@@ -48,48 +50,48 @@ def test_unknown_scale_preset():
 def test_real_data_needs_root():
     cfg = prep(data={"source": "rvsc"})
     with pytest.raises(ConfigError, match="data.root"):
-        sc.DataConfig.from_config(cfg)
+        DataConfig.from_config(cfg)
 
 
 def test_loss_string_and_list_forms_agree():
-    a = sc.parse_loss("0.5*tversky + dice + 0.5 * bce")
-    b = sc.parse_loss([{"name": "tversky", "weight": 0.5}, {"name": "dice"}, {"name": "bce", "weight": 0.5}])
+    a = parse_loss("0.5*tversky + dice + 0.5 * bce")
+    b = parse_loss([{"name": "tversky", "weight": 0.5}, {"name": "dice"}, {"name": "bce", "weight": 0.5}])
     assert a == b
     assert [t.name for t in a] == ["tversky", "dice", "bce"]
     assert a[0].get("alpha") == 0.3 and a[0].get("beta") == 0.7  # schema-documented defaults
     with pytest.raises(ConfigError, match="dicee"):
-        sc.parse_loss("dicee + bce")
+        parse_loss("dicee + bce")
 
 
 def test_irrelevant_keys_do_not_change_params():
     base = sc.cell_defaults()
-    adam1 = sc.CellParams.from_config({**base, "optimizer": "adam", "momentum": 0.9})
-    adam2 = sc.CellParams.from_config({**base, "optimizer": "adam", "momentum": 0.5})
+    adam1 = CellParams.from_config({**base, "optimizer": "adam", "momentum": 0.9})
+    adam2 = CellParams.from_config({**base, "optimizer": "adam", "momentum": 0.5})
     assert adam1 == adam2  # Adam has no momentum argument
-    sgd1 = sc.CellParams.from_config({**base, "optimizer": "sgd", "momentum": 0.9})
-    sgd2 = sc.CellParams.from_config({**base, "optimizer": "sgd", "momentum": 0.5})
+    sgd1 = CellParams.from_config({**base, "optimizer": "sgd", "momentum": 0.9})
+    sgd2 = CellParams.from_config({**base, "optimizer": "sgd", "momentum": 0.5})
     assert sgd1 != sgd2
-    e1 = sc.CellParams.from_config({**base, "schedule": {"name": "exponential", "gamma": 0.1}})
-    e2 = sc.CellParams.from_config({**base, "schedule": "exponential"})
+    e1 = CellParams.from_config({**base, "schedule": {"name": "exponential", "gamma": 0.1}})
+    e2 = CellParams.from_config({**base, "schedule": "exponential"})
     assert e1 == e2  # gamma is not an exponential-decay parameter
 
 
 def test_dropout_forms_resolve_per_block():
     base = sc.cell_defaults()
-    p = sc.CellParams.from_config({**base, "dropout": 0.2, "dropout_blocks": 0.4, "dropout_body": 0.5})
+    p = CellParams.from_config({**base, "dropout": 0.2, "dropout_blocks": 0.4, "dropout_body": 0.5})
     assert (p.dropout_down, p.dropout_bottleneck, p.dropout_up) == (0.4, 0.5, 0.4)
-    q = sc.CellParams.from_config({**base, "dropout": 0.3, "dropout_up": 0.1})
+    q = CellParams.from_config({**base, "dropout": 0.3, "dropout_up": 0.1})
     assert (q.dropout_down, q.dropout_bottleneck, q.dropout_up) == (0.3, 0.3, 0.1)
 
 
 def test_params_round_trip_through_json():
     import json
 
-    p = sc.CellParams.from_config(
+    p = CellParams.from_config(
         {**sc.cell_defaults(), "loss": "dice+bce", "schedule": {"name": "step", "gamma": 0.5}, "regularizer": "l2",
          "reg_lambda": 0.01}
     )
-    assert sc.CellParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert CellParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
 
 def test_demo_config_loads():

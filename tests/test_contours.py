@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as MplPath
 
-from segsweep import contours as C
+from segsweep.data import contours as C
 
 SAMPLE = __import__("pathlib").Path(__file__).parent / "data" / "sunnybrook" / "contourfiles"
 

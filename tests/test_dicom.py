@@ -11,7 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from segsweep import dicom
+from segsweep.data import dicom
 
 # every image-holding file of pydicom's shipped corpus → expected outcome ("ok" or a reason code)
 CORPUS = {

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segsweep import contours as C
-from segsweep import ingest
+from segsweep.data import contours as C
+from segsweep.data import ingest
 from segsweep.io import read_file
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segsweep import contours, ingest, layouts
-from segsweep.config import DataConfig, PhantomConfig, PreprocessConfig
+from segsweep.data import contours
+from segsweep.data import ingest
+from segsweep.data import layouts
+from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 from segsweep.errors import DataError
 
 PREP = PreprocessConfig(size=(48, 40))

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from segsweep import layouts
+from segsweep.data import layouts
 from segsweep.errors import DataError
 
 

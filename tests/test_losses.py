@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segsweep.config import parse_loss
+from segsweep.training.params import parse_loss
 from segsweep.errors import ConfigError
-from segsweep.losses import (
+from segsweep.training.losses import (
     LOSSES,
     BCELoss,
     ComboLoss,
@@ -226,7 +226,7 @@ def test_build_loss_from_config_terms():
 
 
 def test_every_config_loss_builds():
-    from segsweep.config import LOSS_KEYS
+    from segsweep.training.params import LOSS_KEYS
 
     assert set(LOSSES) == set(LOSS_KEYS)
     for name in LOSS_KEYS:
@@ -235,7 +235,7 @@ def test_every_config_loss_builds():
 
 
 def test_build_loss_errors_name_the_key():
-    from segsweep.config import LossTerm
+    from segsweep.training.params import LossTerm
 
     with pytest.raises(ConfigError, match="'loss'.*unknown loss"):
         build_loss([LossTerm("dicey")])

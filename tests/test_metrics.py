@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from segsweep.metrics import dice_per_image, hd95_mm, hd95_per_image, iou_per_image
+from segsweep.training.metrics import dice_per_image, hd95_mm, hd95_per_image, iou_per_image
 
 torch.set_num_threads(1)
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from segsweep.config import CellParams
-from segsweep.model import UNet, n_parameters
+from segsweep.plan.config import cell_params
+from segsweep.training.params import CellParams
+from segsweep.training.model import UNet, n_parameters
 
 torch.set_num_threads(1)
 
@@ -92,7 +93,7 @@ def test_bad_arguments():
 
 
 def test_from_params():
-    p = CellParams.from_config({"depth": 2, "base_width": 4, "in_channels": 3, "dropout_blocks": 0.2,
+    p = cell_params({"depth": 2, "base_width": 4, "in_channels": 3, "dropout_blocks": 0.2,
                                 "dropout_body": 0.4, "dropout_mode": "spatial", "batch_norm": False})
     m = UNet.from_params(p)
     assert m.in_channels == 3 and m.depth == 2

@@ -5,15 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from segsweep.config import CellParams
+from segsweep.plan.config import cell_params
+from segsweep.training.params import CellParams
 from segsweep.errors import ConfigError
-from segsweep.optim import build_optimizer
+from segsweep.training.optim import build_optimizer
 
 torch.set_num_threads(1)
 
 
 def cell(**kw):
-    return CellParams.from_config(kw)
+    return cell_params(kw)
 
 
 def toy():

@@ -9,8 +9,11 @@ import pydicom
 import pytest
 from pydicom.uid import MRImageStorage
 
-from segsweep import contours, dicom, layouts, phantom
-from segsweep.config import PhantomConfig
+from segsweep.data import contours
+from segsweep.data import dicom
+from segsweep.data import layouts
+from segsweep.data import phantom
+from segsweep.data.config import PhantomConfig
 from segsweep.errors import DataError
 
 

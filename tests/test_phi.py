@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segsweep import ingest, layouts
-from segsweep.config import DataConfig, PhantomConfig, PreprocessConfig
+from segsweep.data import ingest
+from segsweep.data import layouts
+from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 
 
 def needles(phi: dict, n_patients: int) -> set[str]:

@@ -9,7 +9,7 @@ import pytest
 from fixtures_results import built_fixture
 from PIL import Image
 
-from segsweep.plots import FIGURE_FILES, make_data_figures, make_study_figures
+from segsweep.report.plots import FIGURE_FILES, make_data_figures, make_study_figures
 
 EXPECTED = {
     "optimizer_lr": {"heatmap", "curves", "lr", "per_patient", "overlays"},

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segsweep import dicom, preprocess as P
-from segsweep.config import PreprocessConfig
+from segsweep.data import dicom
+from segsweep.data import preprocess as P
+from segsweep.data.config import PreprocessConfig
 
 
 def test_quantiles_match_numpy_linear_percentiles():

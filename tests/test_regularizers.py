@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from segsweep.errors import ConfigError
-from segsweep.regularizers import penalty, regularized_parameters
+from segsweep.training.regularizers import penalty, regularized_parameters
 
 torch.set_num_threads(1)
 
@@ -75,7 +75,7 @@ def test_linear_included_tied_counted_once_no_bias_is_zero():
 
 
 def test_unet_penalty_matches_a_plain_loop():
-    from segsweep.model import UNet
+    from segsweep.training.model import UNet
 
     model = UNet(depth=2, base_width=4, batch_norm=True)
     kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]

@@ -10,9 +10,9 @@ import pytest
 from fixtures_results import LEAK_PROBE, SECRET_KEY, built_fixture
 
 from segsweep.errors import DataError
-from segsweep.plots import DATA_FIGURE_FILES, FIGURE_FILES
-from segsweep.provenance import collect, git_info, redacted
-from segsweep.report import inline_svg, render_report
+from segsweep.report.plots import DATA_FIGURE_FILES, FIGURE_FILES
+from segsweep.report.provenance import collect, git_info, redacted
+from segsweep.report.render import inline_svg, render_report
 
 SECTIONS = ("summary", "data", "statistics", "secondary", "failures", "provenance")
 
@@ -168,10 +168,10 @@ def test_snakemake_captions_render(caption):
 
 def test_study_where_nothing_finished(tmp_path):
     """No run wrote metrics and there is no data folder: the report still renders and says so plainly."""
-    from segsweep.aggregate import aggregate_study
-    from segsweep.cells import Study, StudyCell
-    from segsweep.config import TableLayout
-    from segsweep.plots import make_study_figures
+    from segsweep.analysis.aggregate import aggregate_study
+    from segsweep.study import Study, StudyCell
+    from segsweep.study import TableLayout
+    from segsweep.report.plots import make_study_figures
 
     res = tmp_path / "results"
     cells = tuple(StudyCell(f"c{i}", (("lr", lr),), r, None) for i, (lr, r) in

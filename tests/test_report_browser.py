@@ -11,8 +11,8 @@ import pytest
 from fixtures_results import built_fixture
 from PIL import Image
 
-from segsweep.provenance import collect
-from segsweep.report import render_report
+from segsweep.report.provenance import collect
+from segsweep.report.render import render_report
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("pdftoppm") or not shutil.which("pdftotext"),
                        reason="needs poppler-utils (pdftoppm, pdftotext)"),
 ]
-SORT_JS = Path(__file__).parents[1] / "src" / "segsweep" / "templates" / "sort.js"
+SORT_JS = Path(__file__).parents[1] / "src" / "segsweep" / "report" / "templates" / "sort.js"
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from segsweep.config import SCHEDULE_KEYS, ScheduleParams, parse_schedule
+from segsweep.training.params import SCHEDULE_KEYS, ScheduleParams, parse_schedule
 from segsweep.errors import ConfigError
-from segsweep.schedules import LRSchedule, lr_at
+from segsweep.training.schedules import LRSchedule, lr_at
 
 torch.set_num_threads(1)
 

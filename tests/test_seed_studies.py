@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segsweep import config as sc
-from segsweep.cells import build_plan
+from segsweep.plan import config as sc
+from segsweep.plan.cells import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 import pytest
 
 from segsweep.errors import DataError
-from segsweep.splits import make_split, n_train, select_patients
+from segsweep.data.splits import make_split, n_train, select_patients
 
 PATIENTS = [f"p{i:02d}" for i in range(20)]
 FRACTIONS = [0.2, 0.4, 0.6, 0.8, 1.0]

@@ -8,7 +8,7 @@ import pytest
 from fixtures_results import built_fixture
 from scipy import stats as sps
 
-from segsweep.stats import (
+from segsweep.analysis.stats import (
     bootstrap_mean_ci,
     compare,
     compare_study,

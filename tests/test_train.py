@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from segsweep.config import CellParams
+from segsweep.plan.config import cell_params
+from segsweep.training.params import CellParams
 from segsweep.errors import ConfigError, DataError
-from segsweep.train import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
+from segsweep.training.loop import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
 
 torch.set_num_threads(1)
 
@@ -58,7 +59,7 @@ def _params(**kw):
     base = {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 4, "lr": 0.01, "optimizer": "adam",
             "loss": "dice + bce"}
     base.update(kw)
-    return CellParams.from_config(base)
+    return cell_params(base)
 
 
 def _read_csv(path):

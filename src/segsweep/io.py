@@ -1,6 +1,7 @@
-"""Atomic file writes: an interrupted job never leaves a half-written output behind."""
+"""Atomic file writes (an interrupted job never leaves a half-written output behind) and canonical JSON digests."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -62,3 +63,9 @@ def read_file(path: str | Path) -> tuple[bytes, int]:
         return data, size
     finally:
         os.close(fd)
+
+
+def digest(obj: Any, n: int = 12) -> str:
+    """Short sha256 of canonical JSON: key order and float formatting do not matter."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import SegsweepError
+from segsweep.errors import SegsweepError
 
 
 def setup_logging(log_path: str | os.PathLike | None, level: int = logging.INFO) -> logging.Logger:

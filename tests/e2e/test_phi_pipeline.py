@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segsweep import layouts, phantom
-from segsweep.config import PhantomConfig
+from segsweep.data import layouts
+from segsweep.data import phantom
+from segsweep.data.config import PhantomConfig
 from test_phi import needles, output_blobs, scan  # the ingest-level scanner (tests/test_phi.py)
 
 from .test_pipeline import TINY, snakemake

@@ -1,0 +1,1 @@
+"""Analysis: per-study aggregation of cell results and paired statistics."""

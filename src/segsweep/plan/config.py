@@ -1,0 +1,128 @@
+"""Configuration: load a YAML config, validate it against the schema (filling defaults), merge study files.
+
+Every key is named in ``config.schema.yaml`` beside this module. The typed objects each stage works with are
+defined in that stage (``data.config``, ``training.params``, ``segsweep.study``); this module only checks and
+completes the dict they are built from.
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+from segsweep.errors import ConfigError
+from segsweep.training.params import CellParams
+
+# --------------------------------------------------------------------------------------------- schema
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    text = resources.files("segsweep.plan").joinpath("config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def schema_path() -> str:
+    return str(resources.files("segsweep.plan").joinpath("config.schema.yaml"))
+
+
+def cell_defaults() -> dict:
+    return copy.deepcopy(schema()["properties"]["train"]["default"])
+
+
+def _validator():
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    validate_props = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sch):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from validate_props(validator, properties, instance, sch)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema())
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate(cfg: dict) -> dict:
+    """Validate in place (filling defaults); raise ConfigError naming the key on the first problem."""
+    errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            best = err
+            if err.context:  # oneOf: report the branch that got furthest
+                best = max(err.context, key=lambda e: len(e.absolute_path))
+            lines.append(f"config key '{_where(best.absolute_path)}': {best.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
+    """Read a YAML config (plus its `study_files`), apply overrides, validate, fill defaults."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return prepare(cfg, base_dir=path.parent.parent if path.parent.name == "config" else path.parent)
+
+
+def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
+    """Merge study files into `studies`, validate, and fill every default (idempotent)."""
+    cfg = copy.deepcopy(dict(cfg))
+    for rel in cfg.get("study_files", []) or []:
+        sp = Path(rel) if Path(rel).is_absolute() else Path(base_dir) / rel
+        try:
+            extra = yaml.safe_load(sp.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config key 'study_files': file not found: {sp}") from None
+        if not isinstance(extra, dict) or not isinstance(extra.get("studies"), dict):
+            raise ConfigError(f"study file {sp} must hold a mapping 'studies: {{name: study}}'")
+        for name, study in extra["studies"].items():
+            cfg.setdefault("studies", {}).setdefault(name, study)
+    cfg["study_files"] = []
+    validate(cfg)
+    cfg["train"] = deep_merge(cell_defaults(), cfg.get("train") or {})
+    if cfg["scale"] != "full" and cfg["scale"] not in cfg["scales"]:
+        raise ConfigError(
+            f"config key 'scale': unknown preset '{cfg['scale']}' (known: full, {', '.join(cfg['scales'])})"
+        )
+    if cfg["select"]:
+        unknown = [s for s in cfg["select"] if s not in cfg["studies"]]
+        if unknown:
+            raise ConfigError(
+                f"config key 'select': unknown stud{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
+                f"(declared: {', '.join(cfg['studies'])})"
+            )
+        cfg["studies"] = {k: v for k, v in cfg["studies"].items() if k in cfg["select"]}
+    if not cfg["studies"]:
+        raise ConfigError("config key 'studies': no study is declared")
+    return cfg
+
+
+def deep_merge(a: Mapping, b: Mapping) -> dict:
+    out = copy.deepcopy(dict(a))
+    for k, v in b.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def cell_params(overrides: Mapping | None = None) -> CellParams:
+    """``CellParams`` of the schema's training defaults updated by ``overrides`` (tests, benchmarks)."""
+    return CellParams.from_config(deep_merge(cell_defaults(), overrides or {}))

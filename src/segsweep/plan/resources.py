@@ -1,0 +1,42 @@
+"""Job resources derived from the config (Snakemake `resources:`), so a cluster request fits the work."""
+from __future__ import annotations
+
+import math
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from segsweep.data.config import PreprocessConfig
+from segsweep.training.params import CellParams
+
+# Seconds per training image-epoch at 256×216 for a base-width-16 U-Net: ~0.3 s on 2 CPU cores
+# (stack-notes), ~0.002 s on a current GPU. Used only to size the Slurm time limit, with headroom.
+_CPU_S, _GPU_S = 0.3, 0.004
+_REF_PIXELS, _REF_WIDTH = 256 * 216, 16
+
+
+def train_runtime_min(params: CellParams, prep: PreprocessConfig, res: ResourceConfig, n_images: int = 300) -> int:
+    """Time limit (minutes) for one training job: epochs × images × per-image cost, ×3 headroom."""
+    if res.train_runtime_min:
+        return res.train_runtime_min
+    scale = (prep.size[0] * prep.size[1] / _REF_PIXELS) * (params.base_width / _REF_WIDTH) ** 2
+    per_image = (_GPU_S if res.train_gpus else _CPU_S) * max(scale, 0.05)
+    seconds = params.epochs * n_images * params.fraction * per_image * 1.3  # + validation
+    return max(10, math.ceil(3 * seconds / 60))
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    train_threads: int = 1
+    train_mem_mb: int = 3000
+    train_gpus: int = 0
+    train_runtime_min: int | None = None
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    ingest_threads: int = 2
+    train_retries: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "ResourceConfig":
+        return cls(**cfg["resources"])

@@ -1,0 +1,1 @@
+"""Report: the plot style, figures, provenance and the HTML + PDF report."""

@@ -1,0 +1,485 @@
+"""The report: one self-contained HTML file (figures, CSS and a small sort script inlined; no network) and an
+A4 PDF of the same document (WeasyPrint).
+
+`render_report` only reads files the earlier steps wrote:
+
+* ``results/data/dataset.json``, ``results/data/qc.csv``, ``results/splits/*.json``
+* ``results/figures/data/figures.json`` (+ figures) from `plots.make_data_figures`
+* per study ``results/studies/{study}/{cells.csv, table.json, stats.json}`` from `aggregate.aggregate_study`
+  and ``results/studies/{study}/figures/figures.json`` (+ figures) from `plots.make_study_figures`
+
+Every sentence of the summary is generated from these numbers. Only pseudonymous patient ids appear.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup, escape
+
+from segsweep.analysis.aggregate import config_groups, fmt, label_number, ranked, read_cells_csv
+from segsweep.errors import DataError
+from segsweep.io import atomic_path, write_text
+from segsweep.data.splits import n_train
+from segsweep.analysis.stats import describe_p
+from segsweep.report.style import label_for
+
+if TYPE_CHECKING:
+    from segsweep.study import Study
+
+DATA_FIGURES = Path("figures") / "data"
+STUDIES = Path("studies")
+MAX_RUN_ROWS = 2000  # per-run provenance rows; beyond this the table points to cells.csv
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def pretty_config(labels: Mapping[str, str]) -> str:
+    """'optimizer adam, lr 0.001' — configuration names in sentences."""
+    return ", ".join(f"{a} {v}" for a, v in labels.items()) or "the base configuration"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def mean_ci_text(g: Mapping, value: str) -> str:
+    """'0.820 (95 % CI 0.770–0.870, n = 3)'."""
+    if g.get("mean") is None:
+        return g.get("status", "–")
+    if g.get("ci_low") is None:
+        return f"{fmt(g['mean'], value)} (n = {g['n']}, no interval from one run)"
+    return f"{fmt(g['mean'], value)} (95 % CI {fmt(g['ci_low'], value)}–{fmt(g['ci_high'], value)}, n = {g['n']})"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+_ID_RE = re.compile(r'\bid="([^"]+)"')
+
+
+def inline_svg(text: str, prefix: str) -> Markup:
+    """An SVG file as inline markup: XML prolog dropped, ids prefixed so several figures can share a page."""
+    text = re.sub(r"^.*?(?=<svg\b)", "", text, flags=re.S)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = _ID_RE.sub(lambda m: f'id="{prefix}{m.group(1)}"', text)
+    text = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m.group(1)})", text)
+    text = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m.group(1)}"', text)
+    text = text.replace("<svg ", '<svg role="img" ', 1)
+    return Markup(text)
+
+
+def figure_html(path: Path, prefix: str, alt: str) -> Markup:
+    if path.suffix == ".svg":
+        return inline_svg(path.read_text(), prefix)
+    from PIL import Image
+
+    with Image.open(path) as im:  # show the PNG at its physical size (pixels / dpi), like the SVGs
+        dpi = float((im.info.get("dpi") or (96, 96))[0]) or 96.0
+        width = round(im.width * 96 / dpi)
+    data = base64.b64encode(path.read_bytes()).decode()
+    mime = "image/png" if path.suffix == ".png" else "image/jpeg"
+    return Markup(f'<img src="data:{mime};base64,{data}" width="{width}" alt="{escape(alt)}">')
+
+
+def load_figures(fig_dir: Path, prefix: str) -> list[dict]:
+    """Figures listed in ``figures.json`` of a figures folder, with their HTML (missing folder: [])."""
+    index = fig_dir / "figures.json"
+    if not index.exists():
+        return []
+    out = []
+    for i, f in enumerate(json.loads(index.read_text()).get("figures", [])):
+        p = fig_dir / f["file"]
+        if p.exists():
+            out.append({**f, "html": figure_html(p, f"{prefix}{i}-", f.get("title", f["file"])),
+                        "id": f"{prefix}{f['kind']}"})
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (run the aggregate step first)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+# ------------------------------------------------------------------------------------------- study
+@dataclass
+class StudyView:
+    study: Any
+    cells: pd.DataFrame
+    groups: list[dict]
+    table: dict
+    stats: dict
+    figures: list[dict]
+    sentences: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    @property
+    def value(self) -> str:
+        return self.study.table.value
+
+    @property
+    def best(self) -> dict | None:
+        r = ranked(self.groups, self.study.table.higher_is_better)
+        return r[0] if r else None
+
+    @property
+    def anchor(self) -> str:
+        return "study-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.name)
+
+    @property
+    def repeats(self) -> int:
+        return int(self.cells["repeat"].max()) + 1 if len(self.cells) else 0
+
+    @property
+    def folds(self) -> int:
+        f = self.cells["fold"].dropna()
+        return int(f.max()) + 1 if len(f) else 0
+
+
+def failure_sentences(view: StudyView) -> list[str]:
+    """'All 3 diverged runs used optimizer sgd (3 of 9 sgd runs).' — attribute non-ok runs to an axis label
+    when they all share one; otherwise give the plain count."""
+    df = view.cells
+    out = []
+    for status in ("diverged", "failed"):
+        bad = df[df["status"] == status]
+        if bad.empty:
+            continue
+        n, total = len(bad), len(df)
+        if n == 1:
+            r = bad.iloc[0]
+            where = pretty_config({a: r[a] for a in view.study.axes})
+            run = f"seed index {r['repeat']}" + (f", fold {r['fold']}" if not pd.isna(r["fold"]) else "")
+            why = f": {r['reason']}" if r["reason"] else ""
+            out.append(f"One of {total} runs {status} ({where}; {run}){why}.")
+            continue
+        shared = [(a, bad[a].iloc[0]) for a in view.study.axes if bad[a].nunique() == 1]
+        # the most specific shared label: the one with the fewest runs in the study
+        shared = [(a, v, int((df[a] == v).sum())) for a, v in shared if (df[a] == v).sum() < total]
+        if shared:
+            a, v, k = min(shared, key=lambda t: t[2])
+            out.append(f"{n} of {total} runs {status}, all with {a} {v} ({n} of the {k} runs with {a} {v}).")
+        elif (edge := _threshold(df, bad, view.study.axes)) is not None:
+            out.append(f"{n} of {total} runs {status}: every run with {edge}.")
+        else:
+            out.append(f"{n} of {total} runs {status}.")
+    return out
+
+
+def _threshold(df: pd.DataFrame, bad: pd.DataFrame, axes: Sequence[str]) -> str | None:
+    """'lr ≥ 0.0448' when the bad runs are exactly the runs at or beyond some value of a numeric axis."""
+    for a in axes:
+        x = df[a].map(label_number)
+        if x.isna().any() or x.nunique() < 3:
+            continue
+        xb = x[bad.index]
+        for op, edge, sel in (("≥", xb.min(), x >= xb.min()), ("≤", xb.max(), x <= xb.max())):
+            if sel.sum() == len(bad) and set(df.index[sel]) == set(bad.index):
+                return f"{a} {op} {edge:g}"
+    return None
+
+
+def study_sentences(view: StudyView) -> list[str]:
+    best = view.best
+    value = label_for(view.value)
+    if best is None:
+        return [f"No run of this study finished: {view.table['n_diverged']} diverged, "
+                f"{view.table['n_failed']} failed."]
+    out = [f"The best configuration is {pretty_config(best['labels'])}: mean {value} "
+           f"{mean_ci_text(best, view.value)}."]
+    if best["status"] == "partial":
+        out[-1] = out[-1][:-1] + f" ({best['note']})."
+    r = ranked(view.groups, view.study.table.higher_is_better)
+    if len(r) > 1:
+        second = r[1]
+        comp = next((c for c in view.stats.get("comparisons", []) if c["other"] == second["config"]), None)
+        diff = abs(best["mean"] - second["mean"])
+        s = (f"The runner-up, {pretty_config(second['labels'])}, reaches {fmt(second['mean'], view.value)} "
+             f"({fmt(diff, view.value)} {'lower' if view.study.table.higher_is_better else 'higher'})")
+        if comp and comp.get("p") is not None:
+            s += f"; paired Wilcoxon p = {describe_p(comp['p'])} over {comp['n_pairs']} seeds/folds"
+            if comp["note"].startswith("too few pairs"):
+                s += ", which cannot fall below 0.05 with so few pairs"
+            elif comp["p"] >= 0.05:
+                s += ", so the difference is not established"
+        elif comp:
+            s += f" ({comp['note']})"
+        out.append(s + ".")
+    out += failure_sentences(view)
+    return out
+
+
+def load_study(study: "Study", results_dir: Path) -> StudyView:
+    d = results_dir / STUDIES / study.name
+    if not (d / "cells.csv").exists():
+        raise DataError(f"{d / 'cells.csv'}: missing (run the aggregate step first)")
+    cells = read_cells_csv(d / "cells.csv", study.axes)
+    view = StudyView(study=study, cells=cells, groups=config_groups(study, cells), table=_read_json(d / "table.json"),
+                     stats=_read_json(d / "stats.json"), figures=load_figures(d / "figures", f"f-{study.name}-"))
+    view.sentences = study_sentences(view)
+    return view
+
+
+# ------------------------------------------------------------------------------------------ tables
+def table_html_rows(view: StudyView) -> dict:
+    """Header and body of the layout table, each body cell with its CSS classes and sort key."""
+    t = view.table
+    rows = []
+    for row, line in zip(t["rows"], t["cells"]):
+        cells = []
+        for x in line:
+            cls = [f"st-{x['status'].replace('/', '-')}"]
+            if x.get("best_in_row"):
+                cls.append("best-row")
+            if x.get("best_in_col"):
+                cls.append("best-col")
+            if x.get("best_overall"):
+                cls.append("best-all")
+            num = x["mean"] is not None
+            cells.append({"text": x["text"], "note": x["note"], "cls": " ".join(cls),
+                          "sort": x["mean"] if num else "", "status": x["status"], "num": num})
+        rows.append({"labels": list(row["labels"].values()), "cells": cells})
+    # column headers carry values only: the axis names head the row above
+    cols = [", ".join(c["labels"].values()) if t["col_axes"] else label_for(t["value"]) for c in t["cols"]]
+    return {"row_axes": t["row_axes"], "cols": cols, "rows": rows}
+
+
+def secondary_rows(view: StudyView) -> list[dict]:
+    """Per configuration: mean ± sd of IoU, HD95 (mm), final Dice, best epoch, epochs, over ok runs."""
+    out = []
+    for g in view.groups:
+        sub = view.cells[view.cells["config"] == g["config"]]
+        ok = sub[sub["status"] == "ok"]
+
+        def ms(col: str, d: int = 3) -> tuple[str, Any]:
+            x = ok[col].dropna()
+            if x.empty:
+                return "–", ""
+            if x.nunique() == 1:  # e.g. every run stopped at the last epoch: "12", not "12.0 ± 0.0"
+                v = float(x.iloc[0])
+                return (f"{v:.0f}" if v.is_integer() and d < 3 else f"{v:.{d}f}"), v
+            return f"{x.mean():.{d}f} ± {x.std(ddof=1):.{d}f}", float(x.mean())
+
+        out.append({"config": g["config"], "status": g["status"], "n_ok": g["n_ok"], "n_total": g["n_total"],
+                    "dice": ms("best_val_dice"), "final": ms("final_val_dice"), "iou": ms("best_val_iou"),
+                    "hd95": ms("best_val_hd95_mm", 2), "epoch": ms("best_epoch", 1), "epochs": ms("epochs_run", 1)})
+    return out
+
+
+def stats_rows(view: StudyView) -> tuple[list[dict], int]:
+    """Rows of the comparisons that could be made, and how many could not (fewer than 2 pairs)."""
+    value = view.value
+    out = []
+    comps = view.stats.get("comparisons", [])
+    for c in comps:
+        if c["mean_diff"] is None:
+            continue
+        out.append({
+            "other": c["other"], "status": c["other_status"], "n": c["n_pairs"],
+            "diff": fmt(c["mean_diff"], value) if c["mean_diff"] is not None else "–",
+            "ci": (f"{fmt(c['ci_low'], value)} to {fmt(c['ci_high'], value)}" if c["ci_low"] is not None else "–"),
+            "p": describe_p(c["p"]), "p_holm": describe_p(c.get("p_holm")), "note": c["note"],
+            "sort_p": "" if c["p"] is None else c["p"], "sort_diff": "" if c["mean_diff"] is None else c["mean_diff"],
+        })
+    out.sort(key=lambda r: r["sort_diff"])
+    return out, len(comps) - len(out)
+
+
+# -------------------------------------------------------------------------------------------- data
+def data_context(results_dir: Path, config: Mapping, studies: Sequence["Study"]) -> dict:
+    d = results_dir / "data"
+    ds = json.loads((d / "dataset.json").read_text()) if (d / "dataset.json").exists() else None
+    qc = None
+    if (d / "qc.csv").exists():
+        q = pd.read_csv(d / "qc.csv", dtype=str, keep_default_na=False)
+        if not q.empty:
+            counts = q.groupby(["status", "reason"]).size().reset_index(name="n")
+            order = {"skipped": 0, "warning": 1, "ok": 2}
+            counts = counts.sort_values(["status", "n"], key=lambda s: s.map(order) if s.name == "status" else -s)
+            qc = {"rows": counts.to_dict("records"), "n_files": len(q),
+                  "by_status": {k: int(v) for k, v in q["status"].value_counts().items()}}
+    if qc is None and ds and ds.get("qc_counts"):  # no qc.csv: fall back to the counts in dataset.json
+        rows = [{"status": "", "reason": k, "n": int(v)} for k, v in sorted(ds["qc_counts"].items(),
+                                                                           key=lambda kv: -kv[1])]
+        qc = {"rows": rows, "n_files": sum(r["n"] for r in rows), "by_status": {}}
+    fractions = set()
+    for s in studies:
+        for lab in s.axis_values.get("fraction", ()):
+            if label_number(lab) is not None:
+                fractions.add(float(label_number(lab)))
+        base = (config.get("studies", {}).get(s.name, {}) or {}).get("base", {}) or {}
+        fractions.add(float(base.get("fraction", config.get("train", {}).get("fraction", 1.0))))
+    splits = []
+    for p in sorted((results_dir / "splits").glob("*.json")):
+        sp = json.loads(p.read_text())
+        if sp.get("folds"):
+            for k, f in enumerate(sp["folds"]):
+                splits.append({"name": p.stem, "part": f"fold {k}", "val": len(f["val"]), "pool": len(f["pool"]),
+                               "train": {fr: n_train(len(f["pool"]), fr) for fr in sorted(fractions)}})
+        else:
+            splits.append({"name": p.stem, "part": "holdout", "val": len(sp["val"]), "pool": len(sp["pool"]),
+                           "train": {fr: n_train(len(sp["pool"]), fr) for fr in sorted(fractions)}})
+    per_patient = [p["n_images"] for p in ds["patients"]] if ds and ds.get("patients") else []
+    return {"dataset": ds, "qc": qc, "splits": splits, "fractions": sorted(fractions),
+            "images_min": min(per_patient) if per_patient else None,
+            "images_max": max(per_patient) if per_patient else None,
+            "figures": load_figures(results_dir / DATA_FIGURES, "f-data-")}
+
+
+# --------------------------------------------------------------------------------------- summary
+def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
+    """Best configurations across studies for each study's table value (ranked within each value)."""
+    rows = []
+    for v in views:
+        for rank, g in enumerate(ranked(v.groups, v.study.table.higher_is_better), start=1):
+            rows.append({"study": v.study.title, "anchor": v.anchor, "config": g["config"], "value": v.value,
+                         "mean": g["mean"], "text": mean_ci_text(g, v.value), "n": g["n"], "note": g["note"],
+                         "higher": v.study.table.higher_is_better, "rank": rank})
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    out = []
+    for val in values:
+        sub = [r for r in rows if r["value"] == val]
+        sub.sort(key=lambda r: (r["note"] != "", -r["mean"] if r["higher"] else r["mean"]))
+        out += sub[:top_n]
+    return out
+
+
+def overall_sentence(views: Sequence[StudyView]) -> str | None:
+    cands = [(v, v.best) for v in views if v.best is not None and v.value == "best_val_dice"]
+    if len(cands) < 2:
+        return None
+    v, b = max(cands, key=lambda t: (t[1]["status"] == "ok", t[1]["mean"]))
+    return (f"Across the {len(cands)} studies that rank by best validation Dice, the highest mean is "
+            f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(b['labels'])}); studies differ in their "
+            f"fixed settings, so compare across studies with care.")
+
+
+def run_table(views: Sequence[StudyView]) -> pd.DataFrame:
+    """One row per cell (runs shared by studies once), with the studies that use it."""
+    parts = []
+    for v in views:
+        df = v.cells.copy()
+        df["study"] = v.name
+        parts.append(df)
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    studies = df.groupby("cell")["study"].agg(lambda s: ", ".join(dict.fromkeys(s)))
+    first = df.drop_duplicates("cell").set_index("cell")
+    first["studies"] = studies
+    return first.reset_index()
+
+
+def log_groups(failures: Sequence[Mapping]) -> list[dict]:
+    """Identical log tails shown once, with every run that ended that way."""
+    groups: dict[str, dict] = {}
+    for r in failures:
+        if r.get("log_tail"):
+            g = groups.setdefault(r["log_tail"], {"log": r["log_tail"], "cells": [], "statuses": []})
+            g["cells"].append(r["cell"])
+            g["statuses"].append(r["status"])
+    for g in groups.values():
+        g["status"] = "/".join(dict.fromkeys(g["statuses"]))
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------------------------- entry
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("segsweep.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["duration"] = duration
+    env.filters["label"] = label_for
+    env.filters["f3"] = lambda x: "–" if x is None else f"{x:.3f}"
+    return env
+
+
+def build_context(*, config: Mapping, studies: Sequence["Study"], results_dir: Path, provenance: Mapping) -> dict:
+    results_dir = Path(results_dir)
+    views = [load_study(s, results_dir) for s in studies]
+    runs = run_table(views)
+    total_wall = float(runs["wall_s"].fillna(0).sum()) if len(runs) else 0.0
+    status_counts = Counter(runs["status"]) if len(runs) else Counter()
+    failures = runs[runs["status"] != "ok"].to_dict("records") if len(runs) else []
+    hardware = []
+    if len(runs):
+        hw = runs.assign(device=runs["device"].replace("", "unknown"),
+                         hardware=runs["hardware"].replace("", "unknown (no metrics.json)"))
+        for (dev, h), sub in hw.groupby(["device", "hardware"], sort=True):
+            hardware.append({"device": dev, "hardware": h, "n": len(sub), "wall": float(sub["wall_s"].fillna(0).sum()),
+                             "median": float(sub["wall_s"].median()) if sub["wall_s"].notna().any() else None})
+    css = (Path(__file__).parent / "templates" / "report.css").read_text()
+    js = (Path(__file__).parent / "templates" / "sort.js").read_text()
+    report_cfg = config.get("report", {}) or {}
+    date = provenance.get("date") or dt.datetime.now(dt.timezone.utc).isoformat()
+    return {
+        "title": config.get("title") or "segsweep study report",
+        "author": config.get("author") or "",
+        "date": date[:10],
+        "css": Markup(css),
+        "js": Markup(js),
+        "views": views,
+        "data": data_context(results_dir, config, studies),
+        "top": top_rows(views, int(report_cfg.get("top_n", 10))),
+        "overall": overall_sentence(views),
+        "n_studies": len(views),
+        "n_configs": sum(len(v.groups) for v in views),
+        "n_cells": len(runs),
+        "status_counts": status_counts,
+        "total_wall": total_wall,
+        "failures": failures,
+        "log_groups": log_groups(failures),
+        "hardware": hardware,
+        "runs": runs.head(MAX_RUN_ROWS).to_dict("records") if len(runs) else [],
+        "runs_truncated": max(0, len(runs) - MAX_RUN_ROWS),
+        "prov": provenance,
+        "table_html_rows": table_html_rows,
+        "secondary_rows": secondary_rows,
+        "stats_rows": stats_rows,
+        "stats_method": next((v.stats.get("method") for v in views if v.stats.get("method")), ""),
+        "min_pairs": next((v.stats.get("min_pairs_for_alpha") for v in views if v.stats), 6),
+    }
+
+
+def render_html(context: Mapping) -> str:
+    return _env().get_template("report.html.j2").render(**context)
+
+
+def render_report(*, config: Mapping, studies: Sequence["Study"], results_dir: Path, out_html: Path,
+                  out_pdf: Path | None, provenance: Mapping) -> None:
+    """Write the self-contained HTML report and, when ``out_pdf`` is given, its A4 PDF."""
+    ctx = build_context(config=config, studies=studies, results_dir=Path(results_dir), provenance=provenance)
+    html = render_html(ctx)
+    write_text(out_html, html)
+    if out_pdf is not None:
+        import logging
+
+        from weasyprint import HTML
+
+        # WeasyPrint logs every unsupported CSS property (e.g. screen-only rules) as a warning; not news.
+        logging.getLogger("weasyprint").setLevel(logging.ERROR)
+        with atomic_path(out_pdf) as tmp:
+            HTML(string=html, base_url=str(Path(out_html).parent)).write_pdf(tmp)

@@ -1,0 +1,80 @@
+"""A study as every stage after planning sees it: its cells with their axis labels, and its table layout.
+
+Built by ``segsweep.plan`` and passed to rules as plain JSON (``study_to_dict``), so aggregation and the report
+need no planning code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    rows: tuple[str, ...]
+    cols: tuple[str, ...]
+    value: str = "best_val_dice"
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class StudyCell:
+    """One row of a study: a cell plus the study's labels for it."""
+
+    cell_id: str
+    labels: tuple[tuple[str, str], ...]
+    repeat: int
+    fold: int | None
+
+    def label(self, axis: str) -> str:
+        return dict(self.labels)[axis]
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    description: str
+    mode: str
+    axes: tuple[str, ...]
+    table: TableLayout
+    cells: tuple[StudyCell, ...]
+    axis_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def cell_ids(self) -> list[str]:
+        return sorted({c.cell_id for c in self.cells})
+
+
+# ------------------------------------------------------------------ (de)serialising a study for a rule
+def study_to_dict(study: Study) -> dict:
+    """JSON-able form, passed as a rule param (so a layout change reruns only aggregation)."""
+    return {
+        "name": study.name,
+        "title": study.title,
+        "description": study.description,
+        "mode": study.mode,
+        "axes": list(study.axes),
+        "table": {
+            "rows": list(study.table.rows),
+            "cols": list(study.table.cols),
+            "value": study.table.value,
+            "higher_is_better": study.table.higher_is_better,
+        },
+        "cells": [[c.cell_id, [list(x) for x in c.labels], c.repeat, c.fold] for c in study.cells],
+        "axis_values": {a: list(v) for a, v in study.axis_values.items()},
+    }
+
+
+def study_from_dict(d: Mapping) -> Study:
+    t = d["table"]
+    return Study(
+        name=d["name"],
+        title=d["title"],
+        description=d["description"],
+        mode=d["mode"],
+        axes=tuple(d["axes"]),
+        table=TableLayout(tuple(t["rows"]), tuple(t["cols"]), t["value"], t["higher_is_better"]),
+        cells=tuple(StudyCell(c[0], tuple(tuple(x) for x in c[1]), c[2], c[3]) for c in d["cells"]),
+        axis_values={a: tuple(v) for a, v in d["axis_values"].items()},
+    )

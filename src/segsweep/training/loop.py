@@ -1,0 +1,486 @@
+"""Train one cell: in-memory tensors, batched on-device augmentation, early stopping, checkpoints + resume.
+
+Decisions (the contract the rest of the pipeline relies on):
+
+* **Data.** All training and validation images of the cell's patients are loaded once, as float32 tensors
+  on the training device (a study's data set is a few hundred 2D slices: tens of MB). ``in_channels = 3``
+  replicates the grey channel *after* augmentation (an ``expand``, no copy in memory).
+* **Batches.** Each epoch visits the training images in a new random order drawn from a generator seeded by
+  the cell seed. The last, smaller batch is **kept**: with small training fractions (a few patients) dropping
+  it would discard a noticeable share of the data, and keeping it means every image is seen every epoch.
+  Steps per epoch = ceil(n_train / batch_size); schedules are told that number.
+* **No per-step host syncs.** Losses and validation sums accumulate in device tensors; the host reads them
+  once per epoch (one ``tolist()``). Hence divergence is detected at the epoch's end: a non-finite mean
+  training (or validation) loss stops the run with status ``diverged`` — a normal return, not an error.
+  Its metrics.json has every quality field (Dice, IoU, HD95, best_epoch) null, ``epochs_run`` = the epoch
+  it diverged in and ``reason`` naming epoch and value; per_image.csv is header-only, predictions.npz empty.
+* **Logged LR** (``history.csv`` column ``lr``) is the LR of the epoch's *first* optimizer step; per-step
+  schedules move it within the epoch. ``train_loss`` is the mean data loss over the epoch's images
+  (without the regulariser penalty, so cells with and without a penalty compare); ``val_loss`` likewise
+  over validation images; ``val_dice`` / ``val_iou`` are means of per-image scores (both masks empty → 1)
+  of ``sigmoid(logits) > 0.5``.
+* **Early stopping** on validation Dice: stop after ``patience`` epochs without a strict improvement.
+  ``best.pt`` holds the best epoch's weights; it is restored for the final evaluation (``per_image.csv``,
+  ``predictions.npz``, HD95), which runs once at the end because HD95 is computed in numpy.
+* **Resume.** ``last.pt`` is written atomically after every epoch (model, optimizer, schedule, every random
+  generator's state, early-stopping state, history). When it exists at start (same parameters) training
+  continues from it; on the CPU the result is bit-identical to an uninterrupted run. A finished run's
+  ``last.pt`` makes a rerun only redo the (deterministic) final evaluation.
+* **Failures.** A crash (CUDA OOM, I/O error...) propagates: `segsweep.jobs.run_train_job` decides between a
+  Snakemake retry (which resumes from ``last.pt``) and recording status ``failed``. User errors (missing
+  files, bad split) raise `DataError` / `ConfigError` naming the file.
+* **Privacy.** Outputs carry only pseudonymous patient ids (the npz names) and slice indices; no DICOM
+  header value ever reaches this module.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from segsweep.training.augment import Augmenter
+from segsweep.training.params import CellParams
+from segsweep.training.device import hardware_description, resolve_device
+from segsweep.errors import DataError
+from segsweep.io import atomic_path, write_json, write_text
+from segsweep.training.model import UNet
+from segsweep.data.splits import select_patients
+
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s")
+PER_IMAGE_COLUMNS = ("patient", "slice", "dice", "iou", "hd95_mm")
+CHECKPOINT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class CellData:
+    """The cell's images as device tensors ([N,1,H,W] float32; masks 0/1) + validation metadata."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    val_patient: np.ndarray  # str [M]
+    val_slice: np.ndarray  # int32 [M]
+    val_spacing: np.ndarray  # float32 [M, 2] (row, col) mm
+    train_patients: list[str]
+    val_patients: list[str]
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return int(self.x_val.shape[0])
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _load_patients(data_dir: Path, pids: list[str]) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {"image": [], "mask": [], "spacing": [], "slice": [], "patient": []}
+    for pid in pids:
+        path = data_dir / f"{pid}.npz"
+        try:
+            with np.load(path) as z:
+                image, mask = z["image"].astype(np.float32), z["mask"]
+                spacing, slices = z["spacing"].astype(np.float32), z["slice"].astype(np.int32)
+        except FileNotFoundError:
+            raise DataError(f"patient file not found: {path} (listed in the split, missing from the data)") from None
+        except KeyError as exc:
+            raise DataError(f"patient file {path} lacks the array {exc}") from None
+        if image.ndim != 3 or image.shape != mask.shape or len(spacing) != len(image) or len(slices) != len(image):
+            raise DataError(
+                f"patient file {path}: image {image.shape}, mask {mask.shape}, spacing {spacing.shape} and "
+                f"slice {slices.shape} do not describe the same [N,H,W] images"
+            )
+        parts["image"].append(image)
+        parts["mask"].append(mask)
+        parts["spacing"].append(spacing)
+        parts["slice"].append(slices)
+        parts["patient"].append(np.full(len(image), pid))
+    sizes = {a.shape[1:] for a in parts["image"]}
+    if len(sizes) > 1:
+        raise DataError(f"images in {data_dir} differ in size {sorted(sizes)}; ingest resizes them to one size")
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    if out["mask"].size and out["mask"].max() > 1:
+        raise DataError(f"masks in {data_dir} hold class ids > 1: training supports binary targets only")
+    return out
+
+
+def load_cell_data(
+    params: CellParams, data_dir: Path, split_path: Path, device: torch.device
+) -> CellData:
+    """Read ``dataset.json``, the split and the patients' npz files; return device tensors."""
+    data_dir, split_path = Path(data_dir), Path(split_path)
+    dataset = _read_json(data_dir / "dataset.json", "data set manifest")
+    n_classes = int(dataset.get("n_classes", 1))
+    if n_classes > 2:
+        raise DataError(
+            f"{data_dir / 'dataset.json'}: target '{dataset.get('target')}' has {n_classes} classes; "
+            "training supports binary targets (endo, epi, myo) only"
+        )
+    split = _read_json(split_path, "split file")
+    if "seed" in split and int(split["seed"]) != params.split_seed:
+        raise DataError(
+            f"split file {split_path} was made with seed {split['seed']}, the cell asks for split_seed {params.split_seed}"
+        )
+    try:
+        train_ids, val_ids = select_patients(split, params.fraction, params.fold)
+    except KeyError as exc:
+        raise DataError(f"split file {split_path} lacks the key {exc}") from None
+    except DataError as exc:
+        raise DataError(f"split file {split_path}: {exc}") from None
+    known = {p["id"] for p in dataset.get("patients", [])}
+    unknown = sorted(set(train_ids + val_ids) - known)
+    if unknown:
+        raise DataError(f"split file {split_path} names patients not in {data_dir / 'dataset.json'}: {unknown[:5]}")
+    if not train_ids or not val_ids:
+        raise DataError(f"split file {split_path}: no training or no validation patients")
+    tr, va = _load_patients(data_dir, train_ids), _load_patients(data_dir, val_ids)
+    if len(tr["image"]) == 0 or len(va["image"]) == 0:
+        raise DataError(f"split file {split_path}: the selected patients have no training or no validation images")
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1).to(device)
+
+    return CellData(
+        x_train=t(tr["image"]), y_train=t(tr["mask"]), x_val=t(va["image"]), y_val=t(va["mask"]),
+        val_patient=va["patient"], val_slice=va["slice"], val_spacing=va["spacing"],
+        train_patients=train_ids, val_patients=val_ids,
+    )
+
+
+# ----------------------------------------------------------------------------------------- components
+def _seeds(seed: int) -> tuple[int, int]:
+    """Independent seeds for the shuffle and augmentation streams, derived from the cell seed."""
+    a, b = np.random.SeedSequence([int(seed), 0x5E65]).generate_state(2)
+    return int(a), int(b)
+
+
+def _format_row(row: dict) -> list[str]:
+    return [str(row[c]) if not isinstance(row[c], float) else repr(row[c]) for c in HISTORY_COLUMNS]
+
+
+def _history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HISTORY_COLUMNS)
+    for row in history:
+        w.writerow(_format_row(row))
+    return buf.getvalue()
+
+
+def _finite_or_none(v) -> float | None:
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def _save_torch(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class _Trainer:
+    """One cell's training state; `train_cell` drives it. Kept small: the loop lives in `run_epoch`."""
+
+    def __init__(self, params: CellParams, data: CellData, device: torch.device, amp: bool, channels_last: bool):
+        from segsweep.training.losses import build_loss
+        from segsweep.training.optim import build_optimizer
+        from segsweep.training.regularizers import penalty
+        from segsweep.training.schedules import LRSchedule
+
+        self.p, self.data, self.device = params, data, device
+        self.amp, self.channels_last = amp, channels_last
+        torch.manual_seed(params.seed)  # weight init + dropout masks (global generators, CPU and CUDA)
+        # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
+        self.model = UNet.from_params(params).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = build_loss(params.loss).to(device)
+        self.optimizer = build_optimizer(params, self.model)
+        self.steps_per_epoch = math.ceil(data.n_train / params.batch_size)
+        self.schedule = LRSchedule(params.schedule, self.optimizer, params.lr, self.steps_per_epoch, params.epochs)
+        self._penalty = penalty
+        shuffle_seed, aug_seed = _seeds(params.seed)
+        self.shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
+        self.augmenter = Augmenter(params.augment, aug_seed, device)
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+
+    # -- one batch's input in the model's layout
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self) -> tuple[float, torch.Tensor]:
+        """One pass over the training images. Returns (LR of the first step, device sum of batch losses × size)."""
+        p, d = self.p, self.data
+        self.model.train()
+        perm = torch.randperm(d.n_train, generator=self.shuffle_gen).to(self.device, non_blocking=True)
+        loss_sum = torch.zeros((), device=self.device)
+        lr_first = float(self.schedule.lr)
+        reg = p.regularizer != "none"
+        for start in range(0, d.n_train, p.batch_size):
+            idx = perm[start : start + p.batch_size]
+            x, y = d.x_train[idx], d.y_train[idx]
+            if self.augmenter.active:
+                x, y = self.augmenter(x, y)
+            with torch.autocast(**self.autocast):
+                logits = self.model(self._input(x))
+            loss = self.loss_fn(logits, y)
+            total = loss
+            if reg:
+                total = loss + self._penalty(self.model, p.regularizer, p.reg_lambda, p.reg_l1_ratio, p.reg_on)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if p.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+            logged = loss.detach()
+            if reg:  # log the data loss, but let a blown-up penalty turn it NaN so divergence is still seen
+                logged = logged + 0.0 * total.detach()
+            loss_sum += logged * idx.numel()
+        return lr_first, loss_sum
+
+    def predict(self, x_all: torch.Tensor, y_all: torch.Tensor, keep_pred: bool = False):
+        """Validation in batches: (loss sum, per-image Dice [M], per-image IoU [M], optional pred uint8 [M,H,W])."""
+        from segsweep.training.metrics import dice_per_image, iou_per_image
+
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        dice, iou, preds = [], [], []
+        bs = self.p.batch_size  # as in training, so validation never needs more memory than training
+        with torch.inference_mode():
+            for start in range(0, x_all.shape[0], bs):
+                x, y = x_all[start : start + bs], y_all[start : start + bs]
+                with torch.autocast(**self.autocast):
+                    logits = self.model(self._input(x))
+                loss_sum += self.loss_fn(logits, y) * x.shape[0]
+                pred = logits > 0  # sigmoid(z) > 0.5  ⇔  z > 0, without computing the sigmoid
+                truth = y > 0.5
+                dice.append(dice_per_image(pred, truth))
+                iou.append(iou_per_image(pred, truth))
+                if keep_pred:
+                    preds.append(pred[:, 0].to(torch.uint8))
+        out = (loss_sum, torch.cat(dice), torch.cat(iou))
+        return out + ((torch.cat(preds) if keep_pred else None),)
+
+    # -- checkpoints
+    def rng_state(self) -> dict:
+        state = {
+            "torch": torch.get_rng_state(),
+            "shuffle": self.shuffle_gen.get_state(),
+            "augment": self.augmenter.state_dict(),
+            "device_type": self.device.type,
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_rng_state(self, state: dict, log: logging.Logger) -> None:
+        torch.set_rng_state(state["torch"])
+        self.shuffle_gen.set_state(state["shuffle"])
+        if state.get("device_type") == self.device.type:
+            self.augmenter.load_state_dict(state["augment"])
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], self.device)
+        else:
+            log.warning("resuming on %s a run checkpointed on %s: augmentation and dropout random streams "
+                        "differ from an uninterrupted run", self.device.type, state.get("device_type"))
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def train_cell(
+    params: CellParams,
+    data_dir: Path,
+    split_path: Path,
+    out_dir: Path,
+    *,
+    threads: int = 1,
+    device: str = "auto",
+    log: logging.Logger | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train one cell and write its outputs to ``out_dir``; return the metrics dict (also metrics.json).
+
+    ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
+    the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
+    with each epoch's history row after ``last.pt`` is written (progress reporting; tests use it to
+    interrupt a run).
+    """
+    t_start = time.perf_counter()
+    log = log or logging.getLogger("segsweep.train")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(threads))
+    dev = resolve_device(device, log)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    data = load_cell_data(params, Path(data_dir), Path(split_path), dev)
+    log.info("cell %s: %d training images (%d patients), %d validation images (%d patients), device %s",
+             out_dir.name, data.n_train, len(data.train_patients), data.n_val, len(data.val_patients), dev)
+    tr = _Trainer(params, data, dev, amp, channels_last)
+
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    history: list[dict] = []
+    best = {"dice": -math.inf, "epoch": None}
+    bad_epochs, stopped, reason, wall_before = 0, None, None, 0.0
+    ckpt = _load_checkpoint(last_path, log) if last_path.exists() else None
+    if ckpt is not None:
+        if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("params") != params.to_dict():
+            log.warning("%s belongs to other parameters or another version: starting afresh", last_path)
+        else:
+            tr.model.load_state_dict(ckpt["model"])
+            tr.optimizer.load_state_dict(ckpt["optimizer"])
+            tr.schedule.load_state_dict(ckpt["schedule"])
+            tr.load_rng_state(ckpt["rng"], log)
+            history, best, bad_epochs = ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
+            stopped, reason, wall_before = ckpt["stopped"], ckpt["reason"], ckpt["wall_s"]
+            log.info("resuming from %s after epoch %d", last_path, len(history))
+            if best["epoch"] is not None and best_path.exists():
+                saved = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
+                if saved != best["epoch"]:
+                    log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, best["epoch"])
+
+    while stopped is None and len(history) < params.epochs:
+        epoch = len(history) + 1
+        t0 = time.perf_counter()
+        lr, train_sum = tr.train_epoch()
+        val_sum, dice, iou, _ = tr.predict(data.x_val, data.y_val)
+        # The one host sync of the epoch.
+        tl, vl, vd, vi = torch.stack([train_sum / data.n_train, val_sum / data.n_val, dice.mean(), iou.mean()]).tolist()
+        row = {"epoch": epoch, "lr": lr, "train_loss": tl, "val_loss": vl, "val_dice": vd, "val_iou": vi,
+               "epoch_s": round(time.perf_counter() - t0, 4)}
+        history.append(row)
+        if not math.isfinite(tl) or not math.isfinite(vl):
+            which, value = ("training", tl) if not math.isfinite(tl) else ("validation", vl)
+            stopped, reason = "diverged", f"non-finite {which} loss ({value}) in epoch {epoch}"
+            log.warning("cell %s diverged: %s", out_dir.name, reason)
+        else:
+            log.info("epoch %d/%d lr %.3g train_loss %.4f val_loss %.4f val_dice %.4f val_iou %.4f (%.1f s)",
+                     epoch, params.epochs, lr, tl, vl, vd, vi, row["epoch_s"])
+            if vd > best["dice"]:
+                best, bad_epochs = {"dice": vd, "epoch": epoch}, 0
+                _save_torch({"model": tr.model.state_dict(), "epoch": epoch, "val_dice": vd,
+                             "params": params.to_dict()}, best_path)
+            else:
+                bad_epochs += 1
+                if params.patience is not None and bad_epochs >= params.patience:
+                    stopped = "early_stop"
+                    reason = f"early stop after epoch {epoch}: no val Dice gain in {params.patience} epochs"
+                    log.info("%s", reason)
+        _save_torch({
+            "version": CHECKPOINT_VERSION, "epoch": epoch, "params": params.to_dict(), "model": tr.model.state_dict(),
+            "optimizer": tr.optimizer.state_dict(), "schedule": tr.schedule.state_dict(), "rng": tr.rng_state(),
+            "history": history, "best": best, "bad_epochs": bad_epochs, "stopped": stopped, "reason": reason,
+            "wall_s": wall_before + time.perf_counter() - t_start,
+        }, last_path)
+        write_text(out_dir / "history.csv", _history_csv(history))
+        if on_epoch is not None:
+            on_epoch(dict(row))
+
+    write_text(out_dir / "history.csv", _history_csv(history))
+    metrics = {
+        "cell": out_dir.name, "status": "ok", "reason": reason, "best_val_dice": None, "best_epoch": best["epoch"],
+        "final_val_dice": None, "best_val_iou": None, "best_val_hd95_mm": None, "epochs_run": len(history),
+        "device": dev.type, "hardware": hardware_description(dev), "n_train": data.n_train, "n_val": data.n_val,
+        "params": params.to_dict(),
+    }
+    if stopped == "diverged":
+        # no model of this run is reported: every quality field stays null; epochs_run is the diverging epoch
+        metrics.update(status="diverged", best_epoch=None)
+        _write_empty_evaluation(out_dir, data)
+    else:
+        metrics.update(_final_evaluation(tr, data, best_path, out_dir))
+        metrics["final_val_dice"] = history[-1]["val_dice"]
+    metrics["wall_s"] = round(wall_before + time.perf_counter() - t_start, 3)
+    write_json(out_dir / "metrics.json", metrics)
+    log.info("cell %s: %s, best val Dice %s at epoch %s, %.1f s", out_dir.name, metrics["status"],
+             metrics["best_val_dice"], metrics["best_epoch"], metrics["wall_s"])
+    return metrics
+
+
+def _load_checkpoint(path: Path, log: logging.Logger) -> dict | None:
+    """last.pt, or None (start afresh) if it cannot be read, e.g. written by an incompatible torch version.
+
+    Loaded onto the CPU: generator states must be CPU byte tensors, and ``load_state_dict`` of the model
+    and optimizer copies the rest onto the parameters' device.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not make every retry crash
+        log.warning("cannot read %s (%s: %s): starting afresh", path, type(exc).__name__, exc)
+        return None
+
+
+def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Path) -> dict:
+    """Restore best.pt, predict the validation images once more, per-image Dice/IoU/HD95, write the files."""
+    from segsweep.training.metrics import hd95_per_image
+
+    state = torch.load(best_path, map_location="cpu", weights_only=True)
+    tr.model.load_state_dict(state["model"])
+    _, dice, iou, pred = tr.predict(data.x_val, data.y_val, keep_pred=True)
+    dice, iou, pred = dice.cpu().numpy(), iou.cpu().numpy(), pred.cpu().numpy()
+    mask = data.y_val[:, 0].to(torch.uint8).cpu().numpy()
+    hd = hd95_per_image(pred, mask, data.val_spacing)
+    rows = [
+        {"patient": data.val_patient[i], "slice": int(data.val_slice[i]), "dice": float(dice[i]),
+         "iou": float(iou[i]), "hd95_mm": float(hd[i])}
+        for i in range(len(pred))
+    ]
+    _write_per_image(out_dir, rows)
+    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh, pred=pred, image=data.x_val[:, 0].cpu().numpy(), mask=mask,
+            patient=data.val_patient.astype(str), slice=data.val_slice,
+        )
+    finite_hd = hd[np.isfinite(hd)]
+    return {
+        "best_val_dice": float(dice.mean()),
+        "best_val_iou": float(iou.mean()),
+        # mean over images where both masks are non-empty (HD95 is undefined otherwise); null if none
+        "best_val_hd95_mm": float(finite_hd.mean()) if finite_hd.size else None,
+    }
+
+
+def _write_per_image(out_dir: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PER_IMAGE_COLUMNS)
+    for r in rows:
+        w.writerow([r["patient"], r["slice"], repr(r["dice"]), repr(r["iou"]),
+                    repr(r["hd95_mm"]) if math.isfinite(r["hd95_mm"]) else ""])
+    write_text(out_dir / "per_image.csv", buf.getvalue())
+
+
+def _write_empty_evaluation(out_dir: Path, data: CellData) -> None:
+    """A diverged cell has no model worth evaluating: header-only per_image.csv, empty predictions."""
+    _write_per_image(out_dir, [])
+    h, w = data.x_val.shape[-2:]
+    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh, pred=np.zeros((0, h, w), np.uint8), image=np.zeros((0, h, w), np.float32),
+            mask=np.zeros((0, h, w), np.uint8), patient=np.zeros(0, dtype="<U1"), slice=np.zeros(0, np.int32),
+        )

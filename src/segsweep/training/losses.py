@@ -1,0 +1,400 @@
+"""Segmentation losses: one ``nn.Module`` per loss, each called as ``loss(logits, target)``.
+
+Conventions shared by every class:
+
+* ``logits`` is ``[B, C, H, W]`` (any number of trailing spatial dims works). With ``C == 1`` the
+  probability is ``p = sigmoid(logits)``; with ``C > 1`` it is ``softmax`` over channels and the target is
+  one-hot (or soft) of the same shape. ``target`` holds {0, 1} floats (any real/integer dtype is cast).
+* Region losses (Dice, inverse Dice, IoU, Tversky) are computed **per (sample, channel)** by summing over
+  the spatial dims only, then averaged over B and C (MONAI's default ``batch=False``). So one image with an
+  empty mask does not borrow overlap from another image in the batch.
+* Pixel losses (BCE, weighted CE, focal) are averaged over every element.
+* Every loss returns a scalar (0-dim) tensor and is computed in float32, also under autocast, because the
+  spatial sums of a 16-bit tensor lose precision.
+* Smoothing ``s`` is added to numerator and denominator. An empty prediction *and* empty target give a
+  ratio of ``s / s = 1`` i.e. loss 0; with ``s = 0`` that case is 0/0, which we define as ratio 1 (loss 0)
+  too, with a gradient of 0 instead of NaN.
+
+``build_loss`` turns the config's ``LossTerm`` list into a ``WeightedSum``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segsweep.training.params import LOSS_KEYS, LossTerm
+from segsweep.errors import ConfigError
+
+__all__ = [
+    "DiceLoss",
+    "InverseDiceLoss",
+    "IoULoss",
+    "BCELoss",
+    "WeightedCELoss",
+    "FocalLoss",
+    "TverskyLoss",
+    "ComboLoss",
+    "SwitchingLoss",
+    "WeightedSum",
+    "LOSSES",
+    "build_loss",
+]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    if logits.ndim < 3:
+        raise ValueError(f"logits must be [B, C, H, W], got shape {tuple(logits.shape)}")
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal logits shape {tuple(logits.shape)} "
+            "(binary: [B,1,H,W]; multi-class: one-hot [B,C,H,W])"
+        )
+    logits = logits.float()
+    return logits, target.to(logits.dtype)
+
+
+def _probs(logits: Tensor) -> Tensor:
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def _overlap(p: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Per (sample, channel) sums over the spatial dims: (Σp·g, Σp, Σg) each [B, C], and the pixel count N."""
+    dims = tuple(range(2, p.ndim))
+    n = float(math.prod(p.shape[2:]))
+    return (p * g).sum(dims), p.sum(dims), g.sum(dims), n
+
+
+def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, with 0/0 := 1 (both masks empty and no smoothing) and a zero (not NaN) gradient there."""
+    empty = den <= 0
+    return torch.where(empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den))
+
+
+def _binary_only(name: str, logits: Tensor) -> None:
+    if logits.shape[1] != 1:
+        raise ConfigError(
+            f"config key 'loss': '{name}' is a binary (sigmoid) loss but the model has "
+            f"{logits.shape[1]} output channels; use dice, iou, tversky, bce or switching for multi-class"
+        )
+
+
+def _check_smooth(smooth: float) -> float:
+    smooth = float(smooth)
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0, got {smooth}")
+    return smooth
+
+
+def _wce_elementwise(logits: Tensor, target: Tensor, pos_weight: float) -> Tensor:
+    # -[w·g·log σ(x) + (1-g)·log(1-σ(x))] = w·g·softplus(-x) + (1-g)·softplus(x): stable for large |x|,
+    # and a Python-float weight needs no device tensor (no host→device copy per step).
+    return pos_weight * target * F.softplus(-logits) + (1.0 - target) * F.softplus(logits)
+
+
+# -------------------------------------------------------------------------------------------- region losses
+class DiceLoss(nn.Module):
+    """Soft Dice loss.
+
+    ``L = mean_{b,c} [ 1 − (2·Σ p·g + s) / (Σ p + Σ g + s) ]``, sums over the spatial dims of one (sample,
+    channel); ``p`` = sigmoid (C=1) or softmax (C>1) of the logits, ``g`` the target, ``s = smooth``.
+
+    Reference: Milletari, Navab & Ahmadi, "V-Net", 3DV 2016 (with the linear, not squared, denominator and
+    MONAI's ``smooth_nr = smooth_dr = s`` smoothing; equals ``monai.losses.DiceLoss(sigmoid=True)``).
+
+    Empty masks: an image whose prediction and target are both empty scores loss 0 (``s/s``); an empty
+    target with a non-empty prediction scores ≈ 1.
+    """
+
+    def __init__(self, smooth: float = 1e-5):
+        super().__init__()
+        self.smooth = _check_smooth(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        inter, ps, gs, _ = _overlap(_probs(logits), target)
+        s = self.smooth
+        return (1.0 - _safe_ratio(2.0 * inter + s, ps + gs + s)).mean()
+
+
+class InverseDiceLoss(nn.Module):
+    """Inverse Dice loss: the Dice loss of the complements ``1 − p`` and ``1 − g`` (the background).
+
+    ``L = mean_{b,c} [ 1 − (2·Σ(1−p)(1−g) + s) / (Σ(1−p) + Σ(1−g) + s) ]``. The complement sums are
+    derived from the foreground ones: ``Σ(1−p)(1−g) = N − Σp − Σg + Σpg`` with N pixels per image.
+
+    Reference: Anand, Patel, Dang & Sethi, "Switching loss for generalized nucleus detection in
+    histopathology", MICCAI 2020 (arXiv:2008.03750), where it is the background counterpart of Dice.
+
+    Empty masks: empty prediction and target → complements are all ones → loss 0. It is ≈ 0 whenever the
+    background agrees, so it is small for any image that is mostly background; useful only mixed with Dice.
+    """
+
+    def __init__(self, smooth: float = 1e-5):
+        super().__init__()
+        self.smooth = _check_smooth(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        inter, ps, gs, n = _overlap(_probs(logits), target)
+        return _inverse_dice(inter, ps, gs, n, self.smooth).mean()
+
+
+def _inverse_dice(inter: Tensor, ps: Tensor, gs: Tensor, n: float, s: float) -> Tensor:
+    inter_c = n - ps - gs + inter
+    return 1.0 - _safe_ratio(2.0 * inter_c + s, (n - ps) + (n - gs) + s)
+
+
+class IoULoss(nn.Module):
+    """Soft IoU (Jaccard) loss.
+
+    ``L = mean_{b,c} [ 1 − (Σ p·g + s) / (Σ p + Σ g − Σ p·g + s) ]``.
+
+    Reference: Rahman & Wang, "Optimizing intersection-over-union in deep neural networks for image
+    segmentation", ISVC 2016. MONAI's ``DiceLoss(jaccard=True)`` computes ``1 − (2I + s_nr)/(2U + s_dr)``,
+    i.e. the same loss with half the smoothing: ours equals MONAI's with ``smooth_nr = smooth_dr = 2s``.
+
+    Empty masks: both empty → loss 0; empty target, non-empty prediction → ≈ 1.
+    """
+
+    def __init__(self, smooth: float = 1e-5):
+        super().__init__()
+        self.smooth = _check_smooth(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        inter, ps, gs, _ = _overlap(_probs(logits), target)
+        s = self.smooth
+        return (1.0 - _safe_ratio(inter + s, ps + gs - inter + s)).mean()
+
+
+class TverskyLoss(nn.Module):
+    """Tversky loss: Dice with separate weights for false positives and false negatives.
+
+    ``TP = Σ p·g, FP = Σ p·(1−g), FN = Σ (1−p)·g`` per (sample, channel);
+    ``L = mean [ 1 − (TP + s) / (TP + α·FP + β·FN + s) ]``: ``alpha`` weights FP, ``beta`` weights FN, so
+    ``β > α`` favours recall. ``α = β = 0.5`` is the Dice loss with smoothing ``2s``.
+
+    Reference: Salehi, Erdogmus & Gholipour, "Tversky loss function for image segmentation using 3D fully
+    convolutional deep networks", MLMI 2017. Equals ``monai.losses.TverskyLoss(sigmoid=True, alpha, beta)``.
+
+    Empty masks: both empty → loss 0.
+    """
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1e-5):
+        super().__init__()
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.smooth = _check_smooth(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        tp, ps, gs, _ = _overlap(_probs(logits), target)
+        fp, fn = ps - tp, gs - tp
+        s = self.smooth
+        return (1.0 - _safe_ratio(tp + s, tp + self.alpha * fp + self.beta * fn + s)).mean()
+
+
+# --------------------------------------------------------------------------------------------- pixel losses
+class BCELoss(nn.Module):
+    """Binary cross-entropy on logits (C=1), or softmax cross-entropy with a one-hot target (C>1).
+
+    ``L = −mean [ g·log σ(x) + (1−g)·log(1−σ(x)) ]`` (``F.binary_cross_entropy_with_logits``);
+    for C>1 ``L = −mean_{b,pixels} Σ_c g_c·log softmax(x)_c`` (``F.cross_entropy`` with probability targets).
+
+    Reference: the standard log-likelihood loss (e.g. Goodfellow, Bengio & Courville, Deep Learning, §6.2).
+
+    Empty masks: no special case; an empty target is an ordinary all-background image.
+    """
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        if logits.shape[1] == 1:
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.cross_entropy(logits, target)
+
+
+class WeightedCELoss(nn.Module):
+    """Weighted binary cross-entropy: foreground pixels weighted by ``pos_weight`` (binary only).
+
+    ``L = mean [ w·g·softplus(−x) + (1−g)·softplus(x) ] = −mean [ w·g·log σ(x) + (1−g)·log(1−σ(x)) ]``,
+    identical to ``F.binary_cross_entropy_with_logits(x, g, pos_weight=w)`` and Keras'
+    ``weighted_cross_entropy_with_logits``.
+
+    Reference: e.g. Ronneberger, Fischer & Brox, "U-Net", MICCAI 2015 (class-frequency weighting of CE).
+
+    Empty masks: an empty target leaves only the background term.
+    """
+
+    def __init__(self, pos_weight: float = 2.0):
+        super().__init__()
+        if pos_weight <= 0:
+            raise ValueError(f"pos_weight must be > 0, got {pos_weight}")
+        self.pos_weight = float(pos_weight)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        _binary_only("wce", logits)
+        return _wce_elementwise(logits, target, self.pos_weight).mean()
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss (binary only).
+
+    ``p_t = p if g = 1 else 1 − p``, ``α_t = α if g = 1 else 1 − α``;
+    ``L = mean [ −α_t · (1 − p_t)^γ · log p_t ]``. ``(1 − p_t)^γ`` is evaluated as
+    ``exp(γ·logsigmoid(−x·(2g−1)))`` so it stays finite for large logits.
+
+    Reference: Lin, Goyal, Girshick, He & Dollár, "Focal loss for dense object detection", ICCV 2017 (α
+    weights the positive class). Equals ``monai.losses.FocalLoss(use_softmax=False, gamma, alpha)`` and
+    ``torchvision.ops.sigmoid_focal_loss(..., reduction="mean")``.
+
+    Empty masks: no special case (pixel-wise).
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"focal alpha must lie in [0, 1], got {alpha}")
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        _binary_only("focal", logits)
+        ce = _wce_elementwise(logits, target, 1.0)  # −log p_t
+        log_one_minus_pt = F.logsigmoid(-logits * (2.0 * target - 1.0))
+        alpha_t = self.alpha * target + (1.0 - self.alpha) * (1.0 - target)
+        return (alpha_t * torch.exp(self.gamma * log_one_minus_pt) * ce).mean()
+
+
+# ----------------------------------------------------------------------------------------------- compounds
+class ComboLoss(nn.Module):
+    """Combo loss: ``L = r · WCE_w + (1 − r) · DiceLoss_s`` with ``r = ce_ratio``, ``w = pos_weight``.
+
+    Reference: Taghanaki et al., "Combo loss: handling input and output imbalance in multi-organ
+    segmentation", CMIG 2019, which writes ``α·L_mBCE − (1−α)·DSC`` with
+    ``L_mBCE = −mean[β·g·log p + (1−β)(1−g)·log(1−p)]``. The form chosen here differs only by constants:
+    (1) the Dice *loss* ``1 − DSC`` replaces ``−DSC`` (adds ``1 − r``, so the loss is ≥ 0; same gradient);
+    (2) the paper's β-weighted CE equals ``(1 − β)·WCE_w`` with ``w = β/(1 − β)``, so ``pos_weight`` is that
+    odds ratio and a global factor ``1 − β`` is dropped. With ``pos_weight = 1`` it equals
+    ``monai.losses.DiceCELoss(sigmoid=True, lambda_ce=r, lambda_dice=1−r)``.
+
+    Binary only. Empty masks: those of ``DiceLoss`` (both empty → Dice part 0) and ``WeightedCELoss``.
+    """
+
+    def __init__(self, ce_ratio: float = 0.5, pos_weight: float = 1.0, smooth: float = 1e-5):
+        super().__init__()
+        if not 0.0 <= ce_ratio <= 1.0:
+            raise ValueError(f"ce_ratio must lie in [0, 1], got {ce_ratio}")
+        self.ce_ratio = float(ce_ratio)
+        self.wce = WeightedCELoss(pos_weight)
+        self.dice = DiceLoss(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        _binary_only("combo", logits)
+        r = self.ce_ratio
+        return r * self.wce(logits, target) + (1.0 - r) * self.dice(logits, target)
+
+
+class SwitchingLoss(nn.Module):
+    """Switching loss: ``L = L_BCE + λ·L_Dice + (1 − λ)·L_InverseDice``.
+
+    Reference: Anand, Patel, Dang & Sethi, "Switching loss for generalized nucleus detection in
+    histopathology", MICCAI 2020 (arXiv:2008.03750). The paper switches λ per mini-batch from the
+    foreground fraction; here λ (``lam``) is a fixed hyperparameter chosen by the study.
+
+    Works for C=1 (BCE) and C>1 (softmax CE, per-channel Dice). Empty masks: those of the three parts
+    (both empty → Dice and inverse Dice parts 0).
+    """
+
+    def __init__(self, lam: float = 0.5, smooth: float = 1e-5):
+        super().__init__()
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+        self.lam = float(lam)
+        self.smooth = _check_smooth(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits, target = _prepare(logits, target)
+        if logits.shape[1] == 1:
+            ce = F.binary_cross_entropy_with_logits(logits, target)
+        else:
+            ce = F.cross_entropy(logits, target)
+        # One set of sums feeds both region terms.
+        inter, ps, gs, n = _overlap(_probs(logits), target)
+        s = self.smooth
+        dice = 1.0 - _safe_ratio(2.0 * inter + s, ps + gs + s)
+        inv = _inverse_dice(inter, ps, gs, n, s)
+        return ce + self.lam * dice.mean() + (1.0 - self.lam) * inv.mean()
+
+
+class WeightedSum(nn.Module):
+    """``L = Σ_i w_i · L_i(logits, target)`` over the given loss modules and weights."""
+
+    def __init__(self, losses: Sequence[nn.Module], weights: Sequence[float]):
+        super().__init__()
+        if len(losses) != len(weights) or not losses:
+            raise ValueError("WeightedSum needs one weight per loss and at least one loss")
+        self.losses = nn.ModuleList(losses)
+        self.weights = tuple(float(w) for w in weights)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        total = None
+        for w, loss in zip(self.weights, self.losses):
+            term = loss(logits, target)
+            term = term if w == 1.0 else w * term
+            total = term if total is None else total + term
+        return total
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}"
+
+
+# Config name → class; constructor keyword names are exactly the keys of config.LOSS_KEYS[name].
+LOSSES: dict[str, type[nn.Module]] = {
+    "dice": DiceLoss,
+    "inverse_dice": InverseDiceLoss,
+    "iou": IoULoss,
+    "bce": BCELoss,
+    "wce": WeightedCELoss,
+    "focal": FocalLoss,
+    "tversky": TverskyLoss,
+    "combo": ComboLoss,
+    "switching": SwitchingLoss,
+}
+
+
+def build_loss(terms: Sequence[LossTerm]) -> nn.Module:
+    """Build ``WeightedSum(term.weight · LOSSES[term.name](**params))`` from the config's loss terms.
+
+    Parameters missing from a term take the defaults of ``config.LOSS_KEYS``. Raises ``ConfigError``
+    (naming the key ``loss``) for an unknown name, an unknown parameter or an invalid value.
+    """
+    if not terms:
+        raise ConfigError("config key 'loss': at least one loss term is required")
+    modules, weights = [], []
+    for term in terms:
+        if term.name not in LOSSES:
+            raise ConfigError(f"config key 'loss': unknown loss '{term.name}' (known: {', '.join(LOSSES)})")
+        defaults = LOSS_KEYS[term.name]
+        given = dict(term.params)
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ConfigError(
+                f"config key 'loss': loss '{term.name}' takes no parameter(s) {', '.join(unknown)} "
+                f"(it reads: {', '.join(defaults) or 'none'})"
+            )
+        try:
+            modules.append(LOSSES[term.name](**{**defaults, **given}))
+        except ValueError as exc:
+            raise ConfigError(f"config key 'loss': term '{term.name}': {exc}") from None
+        weights.append(float(term.weight))
+    return WeightedSum(modules, weights)
