@@ -48,7 +48,7 @@ def test_inverse_dice_by_hand():
     # smooth 1: 1 - (3.6 + 1)/(2 + 3 + 1) = 1 - 4.6/6
     assert _val(InverseDiceLoss(smooth=1.0)) == pytest.approx(1 - 4.6 / 6, abs=1e-6)
     # and it is literally the Dice loss of the complements (logit of 1-p is -logit)
-    assert _val(InverseDiceLoss(smooth=1.0)) == pytest.approx(_val(DiceLoss(1.0), -LOGITS, 1 - TARGET), abs=1e-6)
+    assert _val(InverseDiceLoss(smooth=1.0)) == pytest.approx(_val(DiceLoss(smooth=1.0), -LOGITS, 1 - TARGET), abs=1e-6)
 
 
 def test_iou_by_hand():
@@ -58,11 +58,11 @@ def test_iou_by_hand():
 
 def test_tversky_by_hand():
     # α=0.3 (FP), β=0.7 (FN), smooth 1: 1 - 1.8/(0.8 + 0.3·1.2 + 0.7·0.2 + 1) = 1 - 1.8/2.3
-    assert _val(TverskyLoss(0.3, 0.7, smooth=1.0)) == pytest.approx(1 - 1.8 / 2.3, abs=1e-6)
+    assert _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=1.0)) == pytest.approx(1 - 1.8 / 2.3, abs=1e-6)
     # swapping α and β: 1 - 1.8/(0.8 + 0.7·1.2 + 0.3·0.2 + 1) = 1 - 1.8/2.7 — FP now costs more here
-    assert _val(TverskyLoss(0.7, 0.3, smooth=1.0)) == pytest.approx(1 - 1.8 / 2.7, abs=1e-6)
+    assert _val(TverskyLoss(alpha=0.7, beta=0.3, smooth=1.0)) == pytest.approx(1 - 1.8 / 2.7, abs=1e-6)
     # α = β = 0.5 is Dice with doubled smoothing: (I + s)/(I + FP/2 + FN/2 + s) = (2I + 2s)/(Σp + Σg + 2s)
-    assert _val(TverskyLoss(0.5, 0.5, smooth=1.0)) == pytest.approx(_val(DiceLoss(2.0)), abs=1e-6)
+    assert _val(TverskyLoss(alpha=0.5, beta=0.5, smooth=1.0)) == pytest.approx(_val(DiceLoss(smooth=2.0)), abs=1e-6)
 
 
 def test_bce_and_weighted_ce_by_hand():
@@ -87,10 +87,10 @@ def test_focal_by_hand():
 
 def test_combo_and_switching_by_hand():
     # combo, ce_ratio 0.3, pos_weight 1: 0.3·BCE + 0.7·Dice
-    assert _val(ComboLoss(0.3, 1.0, smooth=1.0)) == pytest.approx(0.3 * BCE + 0.7 * DICE_S1, abs=1e-6)
+    assert _val(ComboLoss(ce_ratio=0.3, pos_weight=1.0, smooth=1.0)) == pytest.approx(0.3 * BCE + 0.7 * DICE_S1, abs=1e-6)
     # switching λ = 0.25: BCE + 0.25·Dice + 0.75·InverseDice
     inv = 1 - 4.6 / 6
-    assert _val(SwitchingLoss(0.25, smooth=1.0)) == pytest.approx(BCE + 0.25 * DICE_S1 + 0.75 * inv, abs=1e-6)
+    assert _val(SwitchingLoss(lam=0.25, smooth=1.0)) == pytest.approx(BCE + 0.25 * DICE_S1 + 0.75 * inv, abs=1e-6)
 
 
 def test_region_losses_average_per_image():
@@ -98,9 +98,9 @@ def test_region_losses_average_per_image():
     # two per-image losses, not the loss of pooled sums.
     logits = torch.cat([LOGITS, -LOGITS])
     target = torch.cat([TARGET, 1 - TARGET])
-    d1 = _val(DiceLoss(1.0))
-    d2 = _val(DiceLoss(1.0), -LOGITS, 1 - TARGET)
-    assert _val(DiceLoss(1.0), logits, target) == pytest.approx((d1 + d2) / 2, abs=1e-6)
+    d1 = _val(DiceLoss(smooth=1.0))
+    d2 = _val(DiceLoss(smooth=1.0), -LOGITS, 1 - TARGET)
+    assert _val(DiceLoss(smooth=1.0), logits, target) == pytest.approx((d1 + d2) / 2, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------- empty masks
@@ -119,7 +119,7 @@ def test_zero_smoothing_empty_case_is_zero_not_nan():
     # sigmoid(-200) underflows to exactly 0 in float32: Σp = Σg = 0 and smooth 0 would be 0/0.
     target = torch.zeros(1, 1, 3, 3)
     logits = torch.full((1, 1, 3, 3), -200.0, requires_grad=True)
-    for loss in (DiceLoss(0.0), IoULoss(0.0), TverskyLoss(smooth=0.0)):
+    for loss in (DiceLoss(smooth=0.0), IoULoss(smooth=0.0), TverskyLoss(smooth=0.0)):
         value = loss(logits, target)
         value.backward()
         assert value.item() == 0.0
@@ -170,15 +170,15 @@ def test_matches_monai():
     logits, target = _batch()
     s = 1e-5
     pairs = [
-        (DiceLoss(s), monai_losses.DiceLoss(sigmoid=True, smooth_nr=s, smooth_dr=s)),
+        (DiceLoss(smooth=s), monai_losses.DiceLoss(sigmoid=True, smooth_nr=s, smooth_dr=s)),
         # MONAI's Jaccard is 1 - (2I + s)/(2U + s): ours with smoothing s equals MONAI's with 2s
-        (IoULoss(s), monai_losses.DiceLoss(sigmoid=True, jaccard=True, smooth_nr=2 * s, smooth_dr=2 * s)),
-        (TverskyLoss(0.3, 0.7, s),
+        (IoULoss(smooth=s), monai_losses.DiceLoss(sigmoid=True, jaccard=True, smooth_nr=2 * s, smooth_dr=2 * s)),
+        (TverskyLoss(alpha=0.3, beta=0.7, smooth=s),
          monai_losses.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=s, smooth_dr=s)),
-        (FocalLoss(0.25, 2.0), monai_losses.FocalLoss(use_softmax=False, gamma=2.0, alpha=0.25)),
-        (FocalLoss(0.6, 1.5), monai_losses.FocalLoss(use_softmax=False, gamma=1.5, alpha=0.6)),
+        (FocalLoss(alpha=0.25, gamma=2.0), monai_losses.FocalLoss(use_softmax=False, gamma=2.0, alpha=0.25)),
+        (FocalLoss(alpha=0.6, gamma=1.5), monai_losses.FocalLoss(use_softmax=False, gamma=1.5, alpha=0.6)),
         # DiceCELoss with C=1 uses BCEWithLogits; its `weight` would also scale the Dice part, so pos_weight 1
-        (ComboLoss(0.4, 1.0, s),
+        (ComboLoss(ce_ratio=0.4, pos_weight=1.0, smooth=s),
          monai_losses.DiceCELoss(sigmoid=True, lambda_ce=0.4, lambda_dice=0.6, smooth_nr=s, smooth_dr=s)),
     ]
     for ours, theirs in pairs:
@@ -189,10 +189,10 @@ def test_multiclass_matches_monai_and_torch():
     monai_losses = pytest.importorskip("monai.losses")
     logits, target = _batch(c=3)
     s = 1e-5
-    assert _val(DiceLoss(s), logits, target) == pytest.approx(
+    assert _val(DiceLoss(smooth=s), logits, target) == pytest.approx(
         float(monai_losses.DiceLoss(softmax=True, smooth_nr=s, smooth_dr=s)(logits, target)), rel=1e-5)
     ref = monai_losses.TverskyLoss(softmax=True, alpha=0.3, beta=0.7, smooth_nr=s, smooth_dr=s)
-    assert _val(TverskyLoss(0.3, 0.7, s), logits, target) == pytest.approx(float(ref(logits, target)), rel=1e-5)
+    assert _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=s), logits, target) == pytest.approx(float(ref(logits, target)), rel=1e-5)
     assert _val(BCELoss(), logits, target) == pytest.approx(float(F.cross_entropy(logits, target.argmax(1))), rel=1e-5)
     with pytest.raises(ConfigError, match="binary"):
         WeightedCELoss()(logits, target)
@@ -203,14 +203,14 @@ def test_weighted_ce_matches_torch_and_is_stable():
     logits = torch.randn(2, 1, 5, 5, generator=g) * 40  # |x| up to ~100
     target = (torch.rand(2, 1, 5, 5, generator=g) > 0.5).float()
     ref = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor([3.0]))
-    assert _val(WeightedCELoss(3.0), logits, target) == pytest.approx(float(ref), rel=1e-5)
+    assert _val(WeightedCELoss(pos_weight=3.0), logits, target) == pytest.approx(float(ref), rel=1e-5)
 
 
 def test_focal_matches_torchvision():
     tv_ops = pytest.importorskip("torchvision.ops")
     logits, target = _batch(seed=5)
     ref = tv_ops.sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, reduction="mean")
-    assert _val(FocalLoss(0.25, 2.0), logits, target) == pytest.approx(float(ref), rel=1e-5)
+    assert _val(FocalLoss(alpha=0.25, gamma=2.0), logits, target) == pytest.approx(float(ref), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------- build_loss
@@ -218,7 +218,7 @@ def test_build_loss_from_config_terms():
     logits, target = _batch(seed=2)
     loss = build_loss(parse_loss("0.5*tversky + dice"))
     assert isinstance(loss, WeightedSum) and loss.weights == (0.5, 1.0)
-    expected = 0.5 * _val(TverskyLoss(0.3, 0.7, 1e-5), logits, target) + _val(DiceLoss(1e-5), logits, target)
+    expected = 0.5 * _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=1e-5), logits, target) + _val(DiceLoss(smooth=1e-5), logits, target)
     assert _val(loss, logits, target) == pytest.approx(expected, rel=1e-6)
     # term parameters reach the module
     focal = build_loss(parse_loss([{"name": "focal", "alpha": 0.9, "gamma": 0.5, "weight": 2}]))
@@ -226,10 +226,7 @@ def test_build_loss_from_config_terms():
 
 
 def test_every_config_loss_builds():
-    from segsweep.training.params import LOSS_KEYS
-
-    assert set(LOSSES) == set(LOSS_KEYS)
-    for name in LOSS_KEYS:
+    for name in LOSSES.names():
         loss = build_loss(parse_loss(name))
         assert torch.isfinite(loss(LOGITS, TARGET))
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from segsweep.training.params import SCHEDULE_KEYS, ScheduleParams, parse_schedule
+from segsweep.training.params import ScheduleParams, parse_schedule
 from segsweep.errors import ConfigError
-from segsweep.training.schedules import LRSchedule, lr_at
+from segsweep.training.schedules import SCHEDULES, LRSchedule, lr_at
 
 torch.set_num_threads(1)
 
@@ -103,7 +103,7 @@ def test_one_cycle_matches_torch_over_a_full_run(spe, epochs, factor, pct):
     assert lr_at(s, LR0, spe * epochs + 5, spe, epochs) == lrs[-1]  # held after the run
 
 
-@pytest.mark.parametrize("name", sorted(SCHEDULE_KEYS))
+@pytest.mark.parametrize("name", sorted(SCHEDULES.names()))
 def test_lrschedule_drives_a_real_optimizer(name):
     s = spec(name, **({"decay_steps": 3} if name in ("exponential", "staircase", "inverse_time") else {}),
              **({"step_epochs": 2} if name in ("step", "delayed_step") else {}),

@@ -7,6 +7,9 @@ from typing import Mapping
 from segsweep.errors import ConfigError
 
 PHANTOM_ROOT = "results/raw/phantom"
+TARGETS = ("endo", "epi", "myo", "multiclass")
+# number of label values in the mask, background included (binary targets: 0/1)
+N_CLASSES = {"endo": 2, "epi": 2, "myo": 2, "multiclass": 3}
 
 
 @dataclass(frozen=True)

@@ -10,32 +10,25 @@ not once per cell.
 from __future__ import annotations
 
 import copy
-import itertools
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-import jsonschema
-import numpy as np
-
-from segsweep.data.config import DataConfig, PreprocessConfig, SplitConfig
+from segsweep.data.config import N_CLASSES, DataConfig, PreprocessConfig, SplitConfig
 from segsweep.errors import ConfigError
-from segsweep.io import digest
+from segsweep.io import digest, identity
 from segsweep.labels import format_value
-from segsweep.plan.config import deep_merge, schema
+from segsweep.plan.config import deep_merge
 from segsweep.plan.resources import ResourceConfig
+from segsweep.plan.search import SEARCH_MODES
+from segsweep.plan.validate import check_plan
 from segsweep.study import Study, StudyCell, TableLayout
-from segsweep.training.params import CellParams
+from segsweep.training.params import TRAINABLE_CLASSES, CellParams
 
 @dataclass(frozen=True)
 class Cell:
     id: str
     params: CellParams
     split: str  # name of the split file (without .json) under results/splits/
-
-    @property
-    def uses_cv(self) -> bool:
-        return self.params.fold is not None
 
 
 @dataclass(frozen=True)
@@ -53,10 +46,6 @@ class Plan:
 
 
 # ------------------------------------------------------------------------------------- expansion
-def _cell_keys() -> dict:
-    return schema()["definitions"]["cell"]["properties"]
-
-
 def _set(d: dict, axis: str, value: Any) -> None:
     """Set a cell key; dotted axes ('augment.flip', 'schedule.rate') set one nested key."""
     if "." in axis:
@@ -71,110 +60,15 @@ def _set(d: dict, axis: str, value: Any) -> None:
         d[axis] = value
 
 
-def _check_axis_values(study: str, axis: str, values: list) -> None:
-    """Validate each value of an axis once against the schema of its key (names the key on error)."""
-    keys = _cell_keys()
-    head = axis.split(".", 1)[0]
-    if head not in keys:
-        raise ConfigError(
-            f"config key 'studies.{study}.axes.{axis}': unknown hyperparameter '{head}' "
-            f"(known: {', '.join(sorted(keys))})"
-        )
-    sub = keys[head]
-    if "." in axis:
-        return  # nested values are checked when the cell resolves
-    validator = jsonschema.Draft202012Validator({**sub, "definitions": schema()["definitions"]})
-    for v in values:
-        probe = {k: x for k, x in v.items() if k != "label"} if isinstance(v, Mapping) and head != "loss" and head != "schedule" else v
-        err = jsonschema.exceptions.best_match(validator.iter_errors(probe))
-        if err is not None:
-            raise ConfigError(f"config key 'studies.{study}.axes.{axis}': value {v!r}: {err.message}")
-
-
-def _subsample(values: list, limit: int | None) -> list:
-    if not limit or len(values) <= limit:
-        return values
-    idx = sorted({round(i * (len(values) - 1) / (limit - 1)) for i in range(limit)}) if limit > 1 else [0]
-    return [values[i] for i in idx]
-
-
-def _sample(study: str, axis: str, dist: Any, rng: np.random.Generator) -> Any:
-    if isinstance(dist, list):
-        return dist[int(rng.integers(len(dist)))]
-    if isinstance(dist, Mapping) and len(dist) == 1:
-        (kind, arg), = dist.items()
-        if kind == "choice":
-            return arg[int(rng.integers(len(arg)))]
-        if kind in ("uniform", "loguniform") and isinstance(arg, list) and len(arg) == 2:
-            lo, hi = float(arg[0]), float(arg[1])
-            if kind == "uniform":
-                return float(f"{rng.uniform(lo, hi):.4g}")
-            if lo > 0 and hi > lo:
-                return float(f"{math.exp(rng.uniform(math.log(lo), math.log(hi))):.3g}")
-    raise ConfigError(
-        f"config key 'studies.{study}.axes.{axis}': expected a list, {{choice: [...]}}, "
-        f"{{uniform: [lo, hi]}} or {{loguniform: [lo, hi]}} with 0 < lo < hi, got {dist!r}"
-    )
-
-
-def _points(name: str, spec: Mapping, base: dict, limit: int | None) -> tuple[list[dict], dict[str, list]]:
-    """Axis-value combinations as {axis: value} dicts, plus the declared value order per axis."""
-    axes = dict(spec["axes"])
-    mode = spec.get("mode", "grid")
-    if mode == "random":
-        if "n" not in spec:
-            raise ConfigError(f"config key 'studies.{name}.n': required for mode 'random'")
-        rng = np.random.default_rng(spec.get("sample_seed", 0))
-        pts, seen = [], set()
-        for _ in range(spec["n"] * 20):  # bounded retries: duplicates are dropped
-            p = {a: _sample(name, a, d, rng) for a, d in axes.items()}
-            key = digest(p)
-            if key not in seen:
-                seen.add(key)
-                pts.append(p)
-            if len(pts) == spec["n"]:
-                break
-        for a in axes:
-            _check_axis_values(name, a, [p[a] for p in pts])
-        order = {a: [] for a in axes}
-        for p in pts:
-            for a in axes:
-                if p[a] not in order[a]:
-                    order[a].append(p[a])
-        return pts, order
-    for a, vals in axes.items():
-        if not isinstance(vals, list) or not vals:
-            raise ConfigError(f"config key 'studies.{name}.axes.{a}': expected a non-empty list of values")
-        _check_axis_values(name, a, vals)
-    axes = {a: _subsample(v, limit) for a, v in axes.items()}
-    if mode == "grid":
-        pts = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    else:  # oneway: the base point, then each axis varied alone around it
-        def base_value(a):
-            cur: Any = base
-            for part in a.split("."):
-                cur = cur.get(part) if isinstance(cur, Mapping) else None
-            return cur
-
-        anchor = {a: base_value(a) for a in axes}
-        pts, seen = [], set()
-        for a, vals in axes.items():
-            for v in vals:
-                p = {**anchor, a: v}
-                key = digest(p)
-                if key not in seen:
-                    seen.add(key)
-                    pts.append(p)
-        for a in axes:
-            if anchor[a] not in axes[a]:
-                axes[a] = [anchor[a], *axes[a]]
-    return pts, {a: list(v) for a, v in axes.items()}
-
-
 def build_plan(cfg: Mapping) -> Plan:
     """Expand every study of a validated config (see config.prepare) into cells."""
     preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
     data = DataConfig.from_config(cfg)
+    if N_CLASSES[data.target] > TRAINABLE_CLASSES:
+        raise ConfigError(
+            f"config key 'data.target': training cannot serve '{data.target}' yet ({N_CLASSES[data.target]} label "
+            f"values); it trains binary targets only: {', '.join(t for t, n in N_CLASSES.items() if n <= TRAINABLE_CLASSES)}"
+        )
     prep = PreprocessConfig.from_config(cfg, size_override=preset.get("size"))
     splits = SplitConfig.from_config(cfg)
     data_fp = data_fingerprint(data, prep)
@@ -186,7 +80,8 @@ def build_plan(cfg: Mapping) -> Plan:
     for name, spec in cfg["studies"].items():
         base = deep_merge(cfg["train"], {"split_seed": splits.seed})
         base = deep_merge(base, spec.get("base") or {})
-        pts, order = _points(name, spec, base, preset.get("axes_limit"))
+        mode = SEARCH_MODES.entry(spec.get("mode", "grid"), key=f"studies.{name}.mode").obj
+        pts, order = mode(name, spec, base, preset.get("axes_limit"))
         axes = tuple(spec["axes"])
         layout = TableLayout(
             rows=tuple(spec["table"]["rows"]),
@@ -232,13 +127,7 @@ def build_plan(cfg: Mapping) -> Plan:
                             "val_fraction": splits.val_fraction,
                             "folds": splits.folds if f is not None else None,
                         }
-                        cid = digest(
-                            {
-                                "params": params.to_dict(),
-                                "data": data_fp,
-                                "split": split_fingerprint(splits, params.split_seed, f is not None),
-                            }
-                        )
+                        cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None))
                         by_params[key] = cid
                         cells.setdefault(cid, Cell(cid, params, sname))
                     rows.append(StudyCell(cid, labels, r, f))
@@ -252,11 +141,18 @@ def build_plan(cfg: Mapping) -> Plan:
             cells=tuple(rows),
             axis_values={a: tuple(dict.fromkeys(format_value(v) for v in order[a])) for a in axes},
         )
+    check_plan(cells, studies)  # build each distinct loss/schedule/optimizer/... once: bad values fail now
     return Plan(data, prep, splits, ResourceConfig.from_config(cfg), cells, studies, split_specs, data_fp)
 
 
+# ------------------------------------------------------------------------------------------ identity
+def cell_id(params: CellParams, data_fp: str, split_fp: dict) -> str:
+    """12 hex of sha256 over canonical JSON of the cell's identity form (docs/architecture.md, "Cell ids")."""
+    return digest({"params": params.to_dict(identity=True), "data": data_fp, "split": split_fp})
+
+
 def data_fingerprint(data: DataConfig, prep: PreprocessConfig) -> str:
-    return digest({"data": asdict(data), "preprocess": asdict(prep)})
+    return digest({"data": identity(data), "preprocess": identity(prep)})
 
 
 def split_fingerprint(split: SplitConfig, split_seed: int, cv: bool) -> dict:

@@ -15,34 +15,36 @@ Conventions shared by every class:
   ratio of ``s / s = 1`` i.e. loss 0; with ``s = 0`` that case is 0/0, which we define as ratio 1 (loss 0)
   too, with a gradient of 0 instead of NaN.
 
-``build_loss`` turns the config's ``LossTerm`` list into a ``WeightedSum``.
+Every loss is registered in ``LOSSES`` under its config name; its hyperparameters are the keyword-only
+arguments of its ``__init__``, and their defaults are the config's defaults (``Registry.params``). A new loss
+is one class with its ``@LOSSES.register("name")`` line (plus the name in the schema's ``loss_term`` enum).
+Invalid values raise ``ConfigError`` naming the key ``loss``; the plan constructs every distinct loss once
+(``segsweep.plan.validate``), so such a value fails at plan time. ``build_loss`` turns the config's
+``LossTerm`` list into a ``WeightedSum``.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segsweep.training.params import LOSS_KEYS, LossTerm
 from segsweep.errors import ConfigError
+from segsweep.registry import Registry
 
-__all__ = [
-    "DiceLoss",
-    "InverseDiceLoss",
-    "IoULoss",
-    "BCELoss",
-    "WeightedCELoss",
-    "FocalLoss",
-    "TverskyLoss",
-    "ComboLoss",
-    "SwitchingLoss",
-    "WeightedSum",
-    "LOSSES",
-    "build_loss",
-]
+
+class Term(Protocol):
+    """One config loss term (``segsweep.training.params.LossTerm``, which imports this module for LOSSES)."""
+
+    name: str
+    weight: float
+    params: tuple[tuple[str, float], ...]
+
+
+LOSSES: Registry[type[nn.Module]] = Registry("loss", "loss")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -83,10 +85,14 @@ def _binary_only(name: str, logits: Tensor) -> None:
         )
 
 
+def _invalid(message: str) -> ConfigError:
+    return ConfigError(f"config key '{LOSSES.key}': {message}")
+
+
 def _check_smooth(smooth: float) -> float:
     smooth = float(smooth)
     if smooth < 0:
-        raise ValueError(f"smooth must be >= 0, got {smooth}")
+        raise _invalid(f"smooth must be >= 0, got {smooth}")
     return smooth
 
 
@@ -97,6 +103,7 @@ def _wce_elementwise(logits: Tensor, target: Tensor, pos_weight: float) -> Tenso
 
 
 # -------------------------------------------------------------------------------------------- region losses
+@LOSSES.register("dice")
 class DiceLoss(nn.Module):
     """Soft Dice loss.
 
@@ -110,7 +117,7 @@ class DiceLoss(nn.Module):
     target with a non-empty prediction scores ≈ 1.
     """
 
-    def __init__(self, smooth: float = 1e-5):
+    def __init__(self, *, smooth: float = 1e-5):
         super().__init__()
         self.smooth = _check_smooth(smooth)
 
@@ -121,6 +128,7 @@ class DiceLoss(nn.Module):
         return (1.0 - _safe_ratio(2.0 * inter + s, ps + gs + s)).mean()
 
 
+@LOSSES.register("inverse_dice")
 class InverseDiceLoss(nn.Module):
     """Inverse Dice loss: the Dice loss of the complements ``1 − p`` and ``1 − g`` (the background).
 
@@ -134,7 +142,7 @@ class InverseDiceLoss(nn.Module):
     background agrees, so it is small for any image that is mostly background; useful only mixed with Dice.
     """
 
-    def __init__(self, smooth: float = 1e-5):
+    def __init__(self, *, smooth: float = 1e-5):
         super().__init__()
         self.smooth = _check_smooth(smooth)
 
@@ -149,6 +157,7 @@ def _inverse_dice(inter: Tensor, ps: Tensor, gs: Tensor, n: float, s: float) -> 
     return 1.0 - _safe_ratio(2.0 * inter_c + s, (n - ps) + (n - gs) + s)
 
 
+@LOSSES.register("iou")
 class IoULoss(nn.Module):
     """Soft IoU (Jaccard) loss.
 
@@ -161,7 +170,7 @@ class IoULoss(nn.Module):
     Empty masks: both empty → loss 0; empty target, non-empty prediction → ≈ 1.
     """
 
-    def __init__(self, smooth: float = 1e-5):
+    def __init__(self, *, smooth: float = 1e-5):
         super().__init__()
         self.smooth = _check_smooth(smooth)
 
@@ -172,6 +181,7 @@ class IoULoss(nn.Module):
         return (1.0 - _safe_ratio(inter + s, ps + gs - inter + s)).mean()
 
 
+@LOSSES.register("tversky")
 class TverskyLoss(nn.Module):
     """Tversky loss: Dice with separate weights for false positives and false negatives.
 
@@ -185,10 +195,10 @@ class TverskyLoss(nn.Module):
     Empty masks: both empty → loss 0.
     """
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1e-5):
+    def __init__(self, *, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1e-5):
         super().__init__()
         if alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+            raise _invalid(f"tversky alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.smooth = _check_smooth(smooth)
 
@@ -201,6 +211,7 @@ class TverskyLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- pixel losses
+@LOSSES.register("bce")
 class BCELoss(nn.Module):
     """Binary cross-entropy on logits (C=1), or softmax cross-entropy with a one-hot target (C>1).
 
@@ -219,6 +230,7 @@ class BCELoss(nn.Module):
         return F.cross_entropy(logits, target)
 
 
+@LOSSES.register("wce")
 class WeightedCELoss(nn.Module):
     """Weighted binary cross-entropy: foreground pixels weighted by ``pos_weight`` (binary only).
 
@@ -231,10 +243,10 @@ class WeightedCELoss(nn.Module):
     Empty masks: an empty target leaves only the background term.
     """
 
-    def __init__(self, pos_weight: float = 2.0):
+    def __init__(self, *, pos_weight: float = 2.0):
         super().__init__()
         if pos_weight <= 0:
-            raise ValueError(f"pos_weight must be > 0, got {pos_weight}")
+            raise _invalid(f"pos_weight must be > 0, got {pos_weight}")
         self.pos_weight = float(pos_weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -243,6 +255,7 @@ class WeightedCELoss(nn.Module):
         return _wce_elementwise(logits, target, self.pos_weight).mean()
 
 
+@LOSSES.register("focal")
 class FocalLoss(nn.Module):
     """Sigmoid focal loss (binary only).
 
@@ -257,12 +270,12 @@ class FocalLoss(nn.Module):
     Empty masks: no special case (pixel-wise).
     """
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
+    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"focal alpha must lie in [0, 1], got {alpha}")
+            raise _invalid(f"focal alpha must lie in [0, 1], got {alpha}")
         if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+            raise _invalid(f"focal gamma must be >= 0, got {gamma}")
         self.alpha, self.gamma = float(alpha), float(gamma)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -275,6 +288,7 @@ class FocalLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- compounds
+@LOSSES.register("combo")
 class ComboLoss(nn.Module):
     """Combo loss: ``L = r · WCE_w + (1 − r) · DiceLoss_s`` with ``r = ce_ratio``, ``w = pos_weight``.
 
@@ -289,13 +303,13 @@ class ComboLoss(nn.Module):
     Binary only. Empty masks: those of ``DiceLoss`` (both empty → Dice part 0) and ``WeightedCELoss``.
     """
 
-    def __init__(self, ce_ratio: float = 0.5, pos_weight: float = 1.0, smooth: float = 1e-5):
+    def __init__(self, *, ce_ratio: float = 0.5, pos_weight: float = 1.0, smooth: float = 1e-5):
         super().__init__()
         if not 0.0 <= ce_ratio <= 1.0:
-            raise ValueError(f"ce_ratio must lie in [0, 1], got {ce_ratio}")
+            raise _invalid(f"combo ce_ratio must lie in [0, 1], got {ce_ratio}")
         self.ce_ratio = float(ce_ratio)
-        self.wce = WeightedCELoss(pos_weight)
-        self.dice = DiceLoss(smooth)
+        self.wce = WeightedCELoss(pos_weight=pos_weight)
+        self.dice = DiceLoss(smooth=smooth)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits, target = _prepare(logits, target)
@@ -304,6 +318,7 @@ class ComboLoss(nn.Module):
         return r * self.wce(logits, target) + (1.0 - r) * self.dice(logits, target)
 
 
+@LOSSES.register("switching")
 class SwitchingLoss(nn.Module):
     """Switching loss: ``L = L_BCE + λ·L_Dice + (1 − λ)·L_InverseDice``.
 
@@ -315,10 +330,10 @@ class SwitchingLoss(nn.Module):
     (both empty → Dice and inverse Dice parts 0).
     """
 
-    def __init__(self, lam: float = 0.5, smooth: float = 1e-5):
+    def __init__(self, *, lam: float = 0.5, smooth: float = 1e-5):
         super().__init__()
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+            raise _invalid(f"switching lam must lie in [0, 1], got {lam}")
         self.lam = float(lam)
         self.smooth = _check_smooth(smooth)
 
@@ -358,33 +373,18 @@ class WeightedSum(nn.Module):
         return f"weights={self.weights}"
 
 
-# Config name → class; constructor keyword names are exactly the keys of config.LOSS_KEYS[name].
-LOSSES: dict[str, type[nn.Module]] = {
-    "dice": DiceLoss,
-    "inverse_dice": InverseDiceLoss,
-    "iou": IoULoss,
-    "bce": BCELoss,
-    "wce": WeightedCELoss,
-    "focal": FocalLoss,
-    "tversky": TverskyLoss,
-    "combo": ComboLoss,
-    "switching": SwitchingLoss,
-}
-
-
-def build_loss(terms: Sequence[LossTerm]) -> nn.Module:
+def build_loss(terms: Sequence[Term]) -> nn.Module:
     """Build ``WeightedSum(term.weight · LOSSES[term.name](**params))`` from the config's loss terms.
 
-    Parameters missing from a term take the defaults of ``config.LOSS_KEYS``. Raises ``ConfigError``
+    Parameters missing from a term take the class's defaults (``LOSSES.params``). Raises ``ConfigError``
     (naming the key ``loss``) for an unknown name, an unknown parameter or an invalid value.
     """
     if not terms:
         raise ConfigError("config key 'loss': at least one loss term is required")
     modules, weights = [], []
     for term in terms:
-        if term.name not in LOSSES:
-            raise ConfigError(f"config key 'loss': unknown loss '{term.name}' (known: {', '.join(LOSSES)})")
-        defaults = LOSS_KEYS[term.name]
+        cls = LOSSES[term.name]
+        defaults = LOSSES.params(term.name)
         given = dict(term.params)
         unknown = sorted(set(given) - set(defaults))
         if unknown:
@@ -392,9 +392,6 @@ def build_loss(terms: Sequence[LossTerm]) -> nn.Module:
                 f"config key 'loss': loss '{term.name}' takes no parameter(s) {', '.join(unknown)} "
                 f"(it reads: {', '.join(defaults) or 'none'})"
             )
-        try:
-            modules.append(LOSSES[term.name](**{**defaults, **given}))
-        except ValueError as exc:
-            raise ConfigError(f"config key 'loss': term '{term.name}': {exc}") from None
+        modules.append(cls(**{**defaults, **given}))
         weights.append(float(term.weight))
     return WeightedSum(modules, weights)

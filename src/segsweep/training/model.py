@@ -18,19 +18,28 @@ suits convolutional features whose neighbouring activations are strongly correla
 Inputs of any size ≥ 2^depth pixels work: max pooling floors odd sizes, and the expanding path zero-pads the
 upsampled map (by at most one pixel per level, bottom/right) to its skip connection's size, so the output
 always has the input's spatial size.
+
+Architectures are registered in ``MODELS``: a builder ``f(params: CellParams, n_classes) -> nn.Module``.
+The plan builds every distinct architecture of a config once, on the meta device (no memory, no weight
+init), so an invalid value fails at plan time (``segsweep.plan.validate``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segsweep.errors import ConfigError
+from segsweep.registry import Registry
+
 if TYPE_CHECKING:  # pragma: no cover
     from segsweep.training.params import CellParams
 
 DROPOUT_MODES = ("element", "spatial")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model")
 
 
 def _dropout(p: float, mode: str) -> nn.Module:
@@ -132,6 +141,15 @@ class UNet(nn.Module):
             dropout_up=p.dropout_up,
             dropout_mode=p.dropout_mode,
         )
+
+
+@MODELS.register("unet")
+def unet(params: CellParams, n_classes: int = 1) -> UNet:
+    """The U-Net of a cell: depth, base width, batch norm, input channels and dropout per part."""
+    try:
+        return UNet.from_params(params, n_classes=n_classes)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'model': unet: {exc}") from None
 
 
 def n_parameters(model: nn.Module) -> int:

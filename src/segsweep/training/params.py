@@ -10,28 +10,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from segsweep.errors import ConfigError
+from segsweep.io import is_neutral
+from segsweep.training.losses import LOSSES
+from segsweep.training.optim import OPTIMIZERS
+from segsweep.training.regularizers import REGULARIZERS
+from segsweep.training.schedules import SCHEDULES
 
-SCHEDULE_KEYS: dict[str, dict[str, float]] = {
-    "none": {},
-    "inverse_time": {"rate": 0.5, "decay_steps": 100},
-    "exponential": {"rate": 0.96, "decay_steps": 100},
-    "staircase": {"rate": 0.96, "decay_steps": 100},
-    "step": {"gamma": 0.5, "step_epochs": 10},
-    "delayed_step": {"gamma": 0.8, "step_epochs": 10, "delay_epochs": 50},
-    "cosine": {"eta_min": 0.0},
-    "one_cycle": {"max_lr_factor": 10.0, "pct_start": 0.3},
-}
-LOSS_KEYS: dict[str, dict[str, float]] = {
-    "dice": {"smooth": 1e-5},
-    "inverse_dice": {"smooth": 1e-5},
-    "iou": {"smooth": 1e-5},
-    "bce": {},
-    "wce": {"pos_weight": 2.0},
-    "focal": {"alpha": 0.25, "gamma": 2.0},
-    "tversky": {"alpha": 0.3, "beta": 0.7, "smooth": 1e-5},
-    "combo": {"ce_ratio": 0.5, "pos_weight": 1.0, "smooth": 1e-5},
-    "switching": {"lam": 0.5, "smooth": 1e-5},
-}
+# The registries above hold every variant's name and defaults (its keyword-only arguments). Planning imports
+# them from here, so it imports torch (about 1.5-2 s, once per Snakemake invocation).
 
 
 @dataclass(frozen=True)
@@ -82,27 +68,35 @@ def parse_loss(value: Any, key: str = "loss") -> tuple[LossTerm, ...]:
         terms = []
         for part in value.split("+"):
             m = _TERM_RE.match(part)
-            if not m or m.group(2) not in LOSS_KEYS:
+            if not m or m.group(2) not in LOSSES:
                 raise ConfigError(
                     f"config key '{key}': cannot read loss term '{part.strip()}' in '{value}' "
-                    f"(known: {', '.join(LOSS_KEYS)})"
+                    f"(known: {', '.join(LOSSES.names())})"
                 )
             terms.append({"name": m.group(2), "weight": float(m.group(1) or 1.0)})
         value = terms
     out = []
     for t in value:
-        if t["name"] not in LOSS_KEYS:
-            raise ConfigError(f"config key '{key}': unknown loss '{t['name']}'")
-        defaults = LOSS_KEYS[t["name"]]
+        defaults = LOSSES.params(LOSSES.entry(t["name"], key).name)  # ConfigError for an unknown name
+        unknown = sorted(set(t) - {"name", "weight"} - set(defaults))
+        if unknown:
+            raise ConfigError(
+                f"config key '{key}': loss '{t['name']}' takes no parameter(s) {', '.join(unknown)} "
+                f"(it reads: {', '.join(defaults) or 'none'})"
+            )
         params = tuple(sorted((k, float(t.get(k, d))) for k, d in defaults.items()))
         out.append(LossTerm(t["name"], float(t.get("weight", 1.0)), params))
     return tuple(out)
 
 
 def parse_schedule(value: Any) -> ScheduleParams:
+    """A schedule name or {name, <parameters>}: the keys the schedule reads, defaults from its function.
+
+    Keys the schedule does not read are dropped (a `schedule.rate` axis crossed with a schedule axis).
+    """
     if isinstance(value, str):
         value = {"name": value}
-    defaults = SCHEDULE_KEYS[value["name"]]
+    defaults = SCHEDULES.params(value["name"])  # ConfigError for an unknown name
     return ScheduleParams(value["name"], tuple(sorted((k, value.get(k, d)) for k, d in defaults.items())))
 
 
@@ -155,16 +149,18 @@ class CellParams:
         reg = d["regularizer"]
         if reg != "none" and float(d["reg_lambda"]) == 0.0:
             reg = "none"
+        # A key the optimizer / regulariser does not read (its keyword parameters) gets one neutral value.
+        opt_reads, reg_reads = OPTIMIZERS.params(opt), REGULARIZERS.params(reg)
         return cls(
             lr=float(d["lr"]),
             optimizer=opt,
-            momentum=float(d["momentum"]) if opt in ("sgd", "rmsprop") else None,
-            nesterov=bool(d["nesterov"]) if opt == "sgd" else False,
+            momentum=float(d["momentum"]) if "momentum" in opt_reads else None,
+            nesterov=bool(d["nesterov"]) if "nesterov" in opt_reads else False,
             weight_decay=float(d["weight_decay"]),
             schedule=parse_schedule(d["schedule"]),
             regularizer=reg,
             reg_lambda=float(d["reg_lambda"]) if reg != "none" else 0.0,
-            reg_l1_ratio=float(d["reg_l1_ratio"]) if reg == "elastic" else None,
+            reg_l1_ratio=float(d["reg_l1_ratio"]) if "l1_ratio" in reg_reads else None,
             reg_on=tuple(sorted(set(d["reg_on"]))) if reg != "none" else (),
             dropout_down=first(d["dropout_down"], d["dropout_blocks"], g),
             dropout_bottleneck=first(d["dropout_bottleneck"], d["dropout_body"], g),
@@ -186,11 +182,18 @@ class CellParams:
             split_seed=int(d["split_seed"]),
         )
 
-    def to_dict(self) -> dict:
-        """Canonical JSON-able form (hashed; written to metrics.json; read back by `from_dict`)."""
+    def to_dict(self, identity: bool = False) -> dict:
+        """Canonical JSON-able form (written to metrics.json; read back by `from_dict`).
+
+        ``identity=True``: the form a cell id hashes and the train rule passes as its ``params`` (Snakemake
+        reruns a job whose params change): fields added after 0.1.0 are left out while they hold their
+        neutral value (``segsweep.io.added_field``), so adding a field keeps every finished cell.
+        """
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if identity and is_neutral(f, v):
+                continue
             if f.name == "loss":
                 v = [t.to_dict() for t in v]
             elif f.name == "schedule":
@@ -204,6 +207,7 @@ class CellParams:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "CellParams":
+        """Inverse of ``to_dict`` (either form: an absent added field takes its neutral default)."""
         kw = dict(d)
         kw["loss"] = parse_loss(kw["loss"])
         kw["schedule"] = parse_schedule(kw["schedule"])
@@ -211,6 +215,7 @@ class CellParams:
         kw["reg_on"] = tuple(kw["reg_on"])
         return cls(**kw)
 
-    @property
-    def has_dropout(self) -> bool:
-        return max(self.dropout_down, self.dropout_bottleneck, self.dropout_up) > 0
+
+# Label values (background included) that training can learn: one sigmoid output, i.e. binary targets.
+# The plan rejects a data.target with more (segsweep.plan.cells), so no train job fails on it.
+TRAINABLE_CLASSES = 2

@@ -11,19 +11,24 @@
 ``kernel_regularizer``) and/or *biases* (their ``bias``). Normalisation layers (BatchNorm, GroupNorm, ...)
 and any other parameters are never penalised. Unlike optimizer weight decay, the penalty is part of the
 loss, so its gradient goes through the optimizer's adaptive scaling (Adam, RMSprop).
+
+Each kind is one function registered in ``REGULARIZERS``: ``R(params, *, <keys>) -> Tensor``, the penalty
+before the factor λ. Its keyword-only arguments with defaults are the cell keys it reads, prefixed ``reg_``
+(elastic: ``l1_ratio`` ↔ ``reg_l1_ratio``); `CellParams.from_config` normalises the others away.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from segsweep.errors import ConfigError
+from segsweep.registry import Registry
 
-__all__ = ["penalty", "regularized_parameters", "KINDS", "TARGETS"]
+__all__ = ["penalty", "regularized_parameters", "REGULARIZERS", "TARGETS"]
 
-KINDS = ("none", "l1", "l2", "elastic")
+REGULARIZERS: Registry[Callable[..., Tensor]] = Registry("regularizer", "regularizer")
 TARGETS = ("kernel", "bias")
 # _ConvNd is the common base of Conv1d/2d/3d and ConvTranspose1d/2d/3d (and their lazy variants).
 _LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -46,19 +51,58 @@ def regularized_parameters(model: nn.Module, on: Sequence[str]) -> list[Tensor]:
     return out
 
 
-def penalty(model: nn.Module, kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> Tensor:
-    """The regularisation term for ``model`` as a 0-dim tensor on the model's device (see module doc).
+# ---------------------------------------------------------------------------------- the penalties R(w)
+# The sums use ``torch._foreach_norm`` (one multi-tensor kernel per norm on CUDA), not one kernel per tensor.
+def _l1(params: Sequence[Tensor]) -> Tensor:
+    return torch.stack(torch._foreach_norm(params, 1)).sum()
 
-    ``kind == "none"`` (or ``lam == 0``) returns a constant zero without building any graph. The sums use
-    ``torch._foreach_norm`` (one multi-tensor kernel per norm on CUDA) instead of one kernel per parameter.
+
+def _l2(params: Sequence[Tensor]) -> Tensor:
+    # Σw² = Σ‖w‖₂²; the norm's backward is defined as 0 at w = 0, so the gradient 2w stays finite.
+    return torch.stack(torch._foreach_norm(params, 2)).square().sum()
+
+
+@REGULARIZERS.register("none")
+def no_penalty(params: Sequence[Tensor]) -> Tensor:
+    """No penalty (`penalty` returns a constant zero before calling this)."""
+    return torch.zeros((), device=params[0].device if params else None)
+
+
+@REGULARIZERS.register("l1")
+def l1(params: Sequence[Tensor]) -> Tensor:
+    """``Σ|w|``"""
+    return _l1(params)
+
+
+@REGULARIZERS.register("l2")
+def l2(params: Sequence[Tensor]) -> Tensor:
+    """``Σw²``"""
+    return _l2(params)
+
+
+@REGULARIZERS.register("elastic")
+def elastic(params: Sequence[Tensor], *, l1_ratio: float = 0.5) -> Tensor:
+    """``r · Σ|w| + (1 − r) · Σw²`` with ``r = l1_ratio`` (r = 1 is L1, r = 0 is L2)."""
+    if l1_ratio is None or not 0.0 <= float(l1_ratio) <= 1.0:
+        raise ConfigError(f"config key 'reg_l1_ratio': elastic net needs a value in [0, 1], got {l1_ratio}")
+    r = float(l1_ratio)
+    if r == 1.0:
+        return _l1(params)
+    if r == 0.0:
+        return _l2(params)
+    return r * _l1(params) + (1.0 - r) * _l2(params)
+
+
+def penalty(model: nn.Module, kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> Tensor:
+    """The regularisation term ``λ · R(w)`` for ``model`` as a 0-dim tensor on the model's device.
+
+    ``kind == "none"`` (or ``lam == 0``) returns a constant zero without building any graph. ``l1_ratio`` is
+    passed to the kinds that read it (``REGULARIZERS.params``).
     """
-    if kind not in KINDS:
-        raise ConfigError(f"config key 'regularizer': unknown kind '{kind}' (known: {', '.join(KINDS)})")
+    fn = REGULARIZERS[kind]  # ConfigError naming 'regularizer' for an unknown kind
     lam = float(lam)
     if lam < 0:
         raise ConfigError(f"config key 'reg_lambda': must be >= 0, got {lam}")
-    if kind == "elastic" and (l1_ratio is None or not 0.0 <= float(l1_ratio) <= 1.0):
-        raise ConfigError(f"config key 'reg_l1_ratio': elastic net needs a value in [0, 1], got {l1_ratio}")
     if kind != "none" and not on:
         raise ConfigError("config key 'reg_on': choose at least one of kernel, bias")
     first = next(iter(model.parameters()), None)
@@ -68,21 +112,5 @@ def penalty(model: nn.Module, kind: str, lam: float, l1_ratio: float | None, on:
     params = regularized_parameters(model, on)
     if not params:  # e.g. reg_on=[bias] on a model whose convolutions have no bias
         return torch.zeros((), device=device)
-
-    def l1() -> Tensor:
-        return torch.stack(torch._foreach_norm(params, 1)).sum()
-
-    def l2() -> Tensor:
-        # Σw² = Σ‖w‖₂²; the norm's backward is defined as 0 at w = 0, so the gradient 2w stays finite.
-        return torch.stack(torch._foreach_norm(params, 2)).square().sum()
-
-    if kind == "l1":
-        return lam * l1()
-    if kind == "l2":
-        return lam * l2()
-    r = float(l1_ratio)
-    if r == 1.0:
-        return lam * l1()
-    if r == 0.0:
-        return lam * l2()
-    return lam * (r * l1() + (1.0 - r) * l2())
+    keys = {"l1_ratio": l1_ratio}
+    return lam * fn(params, **{k: keys[k] for k in REGULARIZERS.params(kind)})
