@@ -29,12 +29,12 @@ def phantom_phi() -> dict[str, str]:
 def phantom_trees(tmp_path_factory, phantom_phi) -> dict[str, Path]:
     """One small phantom per layout (3 patients × 4 slices, 64×56, seed 7, phantom_phi headers), generated
     once per session. Read-only: copy it (``phantom_copy``) before changing files."""
-    from segsweep.data import phantom
+    from segsweep.data import layouts, phantom
     from segsweep.data.config import PhantomConfig
 
     base = tmp_path_factory.mktemp("phantom")
     trees = {}
-    for layout in ("rvsc", "sunnybrook", "sunnybrook_flat"):
+    for layout in layouts.LAYOUT_NAMES:
         cfg = PhantomConfig(patients=3, slices=4, rows=64, cols=56, layout=layout, no_contour_fraction=0.25,
                             seed=7)
         phantom.generate(cfg, base / layout, phi=phantom_phi)

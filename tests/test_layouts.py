@@ -1,10 +1,14 @@
 """Layout discovery on generated trees of every layout and on the real Sunnybrook subset."""
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+from importlib import resources
+from pathlib import Path
 
 import pytest
+import yaml
 
 from segsweep.data import layouts
 from segsweep.errors import DataError
@@ -79,6 +83,35 @@ def test_root_of_another_layout_is_named_in_the_error(phantom_trees, configured,
     assert str(phantom_trees[actual]) in msg
     assert layouts.expected(configured) in msg
     assert f"looks like a '{actual}' tree" in msg
+
+
+def test_schema_enums_match_the_layout_registry():
+    """data.source offers "phantom" plus every registered layout; data.phantom.layout every layout."""
+    schema = yaml.safe_load(resources.files("segsweep.plan").joinpath("config.schema.yaml").read_text())
+    data = schema["properties"]["data"]["properties"]
+    names = set(layouts.LAYOUTS.names())
+    assert names == set(layouts.LAYOUT_NAMES) and len(names) >= 3
+    assert set(data["source"]["enum"]) == {"phantom", *names}, "add the layout to data.source in config.schema.yaml"
+    assert set(data["phantom"]["properties"]["layout"]["enum"]) == names, \
+        "add the layout to data.phantom.layout in config.schema.yaml"
+
+
+def test_layout_modules_import_only_base():
+    """No import cycle: base imports no layout module, a layout module imports base only (not the package,
+    not another layout), also not inside a function."""
+    folder = Path(layouts.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        mods = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods.add(node.module)
+            elif isinstance(node, ast.Import):
+                mods.update(a.name for a in node.names)
+        own = {m for m in mods if m.startswith("segsweep.data.layouts")}
+        assert own == (set() if path.name == "base.py" else {"segsweep.data.layouts.base"}), path.name
+        assert path.stem in layouts.LAYOUTS or path.name == "base.py", f"{path.name} registers no layout"
 
 
 def test_unknown_layout_name():

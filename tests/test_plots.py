@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import string
 import xml.etree.ElementTree as ET
 
 import pytest
 from fixtures_results import built_fixture
 from PIL import Image
 
-from segsweep.report.plots import FIGURE_FILES, make_data_figures, make_study_figures
+from segsweep.report.plots import DATA_FIGURES, FIGURE_FILES, STUDY_FIGURES, make_data_figures, make_study_figures
 
 EXPECTED = {
     "optimizer_lr": {"heatmap", "curves", "lr", "per_patient", "overlays"},
@@ -42,6 +44,18 @@ def test_figures_that_apply_and_only_those(fx, name):
         else:
             with Image.open(p) as im:
                 assert im.info["dpi"][0] >= 150
+
+
+def test_index_captions_are_the_registered_ones_filled_from_the_data(fx):
+    indices = [(fx.results / "studies" / s.name / "figures" / "figures.json", STUDY_FIGURES) for s in fx.studies]
+    indices.append((fx.results / "figures" / "data" / "figures.json", DATA_FIGURES))
+    for index, reg in indices:
+        for f in json.loads(index.read_text())["figures"]:
+            meta = reg.entry(f["kind"]).meta
+            assert f["file"] == meta["file"] and f["title"] == meta["title"]
+            pattern = "".join(re.escape(text) + ("(.*)" if field is not None else "")
+                              for text, field, _, _ in string.Formatter().parse(meta["caption"]))
+            assert re.fullmatch(pattern, f["caption"], re.DOTALL), (index, f["kind"])
 
 
 def test_heatmap_names_statuses_as_words(fx):

@@ -1,13 +1,14 @@
 """Atomic file writes (an interrupted job never leaves a half-written output behind) and canonical JSON digests."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,6 +34,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -69,3 +75,33 @@ def digest(obj: Any, n: int = 12) -> str:
     """Short sha256 of canonical JSON: key order and float formatting do not matter."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+# ------------------------------------------------------------------------------------ identity of typed objects
+NEUTRAL = "segsweep_neutral"  # dataclass field metadata key
+
+
+def added_field(neutral: Any) -> Any:
+    """A dataclass field added after 0.1.0, with default ``neutral``: the value that reproduces what the
+    code did before the field existed. ``identity`` leaves it out while it holds that value, so adding a
+    field never changes the id of a finished cell (docs/architecture.md, "Cell ids")."""
+    return dataclasses.field(default=neutral, metadata={NEUTRAL: neutral})
+
+
+def is_neutral(f: dataclasses.Field, value: Any) -> bool:
+    return NEUTRAL in f.metadata and value == f.metadata[NEUTRAL]
+
+
+def identity(obj: Any) -> Any:
+    """JSON-able form of a (nested) dataclass for hashing: like ``asdict``, minus fields at their neutral value."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: identity(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not is_neutral(f, getattr(obj, f.name))
+        }
+    if isinstance(obj, (list, tuple)):
+        return [identity(x) for x in obj]
+    if isinstance(obj, Mapping):
+        return {k: identity(v) for k, v in obj.items()}
+    return obj

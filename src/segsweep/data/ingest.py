@@ -31,12 +31,10 @@ from segsweep.data import contours as ctr
 from segsweep.data import dicom as dcm
 from segsweep.data import layouts
 from segsweep.data import preprocess as pre
-from segsweep.data.config import DataConfig, PreprocessConfig
+from segsweep.data.config import N_CLASSES, TARGETS, DataConfig, PreprocessConfig
 from segsweep.errors import DataError
+from segsweep.io import atomic_path, write_bytes
 
-TARGETS = ("endo", "epi", "myo", "multiclass")
-# number of label values in the mask, background included (binary targets: 0/1)
-N_CLASSES = {"endo": 2, "epi": 2, "myo": 2, "multiclass": 3}
 # which contours a target needs: (inner, outer)
 NEEDS = {"endo": (True, False), "epi": (False, True), "myo": (True, True), "multiclass": (True, True)}
 
@@ -331,8 +329,7 @@ def write_npz(path: Path, arrays: dict) -> None:
     A value may be a list of arrays of one shape and dtype: it is written exactly as ``np.stack(value)``
     would be, slice by slice, without building the stacked array (no large temporary per patient)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, arr in arrays.items():
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -349,14 +346,11 @@ def write_npz(path: Path, arrays: dict) -> None:
                     np.lib.format.write_array_header_1_0(fh, header)
                     views = [memoryview(c).cast("B") for c in chunks]
                     fh.write(views[0] if len(views) == 1 else b"".join(views))
-        # Drop an older file first: on ext4 (auto_da_alloc) a rename over an existing file forces a
-        # synchronous flush of the new data, ~1 ms per patient. Readers never see a partial file either
-        # way, and dataset.json (removed at the start of run(), written last) marks a complete ingest.
+        # Drop an older file first (atomic_path renames after the block): on ext4 (auto_da_alloc) a rename
+        # over an existing file forces a synchronous flush of the new data, ~1 ms per patient. Readers never
+        # see a partial file either way, and dataset.json (removed at the start of run(), written last) marks
+        # a complete ingest.
         path.unlink(missing_ok=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _npy_parts(arr):
@@ -382,13 +376,6 @@ def _npy_parts(arr):
         if not isinstance(arr, (list, tuple)):
             return None  # a single non-native array keeps its byte order, as np.save does
     return {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}, chunks
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _qc_csv(rows) -> bytes:
@@ -435,7 +422,7 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
     for entry in os.scandir(out_dir):  # stale patients of an earlier run
         if _NPZ_RE.match(entry.name) and entry.name not in keep:
             os.remove(entry.path)
-    _atomic_write(out_dir / "qc.csv", _qc_csv(rows))
+    write_bytes(out_dir / "qc.csv", _qc_csv(rows))
 
     failures = [r for r in rows if r[3] and severity(r[3]) == "failure"]
     if data.strict and failures:
@@ -460,7 +447,7 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
         "n_images": n_images,
         "qc_counts": dict(sorted(counts.items())),
     }
-    _atomic_write(out_dir / "dataset.json", (json.dumps(dataset, indent=1) + "\n").encode())
+    write_bytes(out_dir / "dataset.json", (json.dumps(dataset, indent=1) + "\n").encode())
     log.info("ingest: %d images of %d patients (target %s) from a %s root; QC: %s", n_images, len(patients),
              data.target, data.layout, ", ".join(f"{k} {v}" for k, v in dataset["qc_counts"].items()) or "clean")
     return dataset

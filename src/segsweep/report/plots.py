@@ -2,58 +2,69 @@
 
 `make_study_figures` reads what `aggregate.aggregate_study` wrote (cells.csv, table.json) plus the cells'
 history.csv / per_image.csv / predictions.npz, and writes into ``out_dir`` the figures that apply to the
-study, with fixed names (FIGURE_FILES) and an index ``figures.json``:
+study, with fixed names and an index ``figures.json``:
 ``{"figures": [{"file", "kind", "title", "caption"}, ...]}`` in report order. A figure that does not apply
 (e.g. ``fraction.svg`` for a study without a fraction axis) is not written, and a stale one is removed, so a
 Snakemake rule declares the folder (``directory()``) and reads the index.
 
 `make_data_figures` does the same for the ingested data (CLAHE before/after, intensity distributions).
 
+Each figure is one function registered in ``STUDY_FIGURES`` or ``DATA_FIGURES`` (report order = file order)
+with its file name, title and caption, written once, there. The caption is a ``str.format`` template: the
+function returns the values of its fields from the data ({} if it has none; None: the figure does not apply),
+which fill the caption in figures.json (the HTML/PDF report). The captions of ``snakemake --report``
+(workflow/report/study_figures.rst, data_figures.rst) are generated from the same registrations by
+`captions_rst`, with the registration's ``generic`` text (or ``GENERIC_FIELDS``) in the fields:
+``python -m segsweep.report.plots --write-captions`` rewrites them (tests/test_figure_registry.py checks).
+
 Where a study has more combinations than a figure can show legibly, the figure shows a slice: the other axes
 held at the best configuration's labels (the caption says so).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import string
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+# .style first: it selects the Agg backend before pyplot is imported
+# isort: off
 from segsweep.report import style
-from segsweep.analysis.aggregate import (
-    best_group,
-    config_groups,
-    config_label,
-    fmt,
-    label_number,
-    label_sort_key,
-    layout_axes,
-    ranked,
-    read_cells_csv,
-)
-from segsweep.io import write_json
+from segsweep.analysis.aggregate import config_groups, config_label, layout_axes, read_cells_csv
+from segsweep.analysis.ranking import best_group, ranked
+from segsweep.io import write_json, write_text
+from segsweep.labels import fmt, label_number, label_sort_key
+from segsweep.registry import Registry
 
-import matplotlib.pyplot as plt  # noqa: E402  (after .style, which selects the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+# isort: on
 
 if TYPE_CHECKING:
     from segsweep.study import Study
 
-FIGURE_FILES = {
-    "heatmap": "heatmap.svg",
-    "curves": "curves.svg",
-    "fraction": "fraction.svg",
-    "lr": "lr.svg",
-    "schedule": "schedule_lr.svg",
-    "loss": "loss.svg",
-    "per_patient": "per_patient.svg",
-    "overlays": "overlays.png",
-}
-DATA_FIGURE_FILES = {"clahe": "clahe.png", "intensity": "intensity.svg"}
+# register(name, file=..., title=..., caption=..., generic={field: text for snakemake --report}); the key is
+# only quoted in the message for an unknown name (figures are not chosen in the config)
+STUDY_FIGURES: Registry[Callable[[_Ctx, Path], dict | None]] = Registry("study figure", "figures")
+DATA_FIGURES: Registry[Callable[[list, Path], dict | None]] = Registry("data figure", "figures")
+# what a caption field says where the data are not known (snakemake --report); a registration's ``generic``
+# adds to or overrides these
+GENERIC_FIELDS = {"value": "table value", "held": ""}
+
+
+def _register(reg: Registry, name: str, *, file: str, title: str, caption: str, generic: dict | None = None):
+    """``reg.register`` with the metadata every figure has (a typo in a keyword fails at import)."""
+    return reg.register(name, file=file, title=title, caption=caption, generic=dict(generic or {}))
+
+
 INDEX = "figures.json"
 MAX_HEATMAP_ROWS, MAX_HEATMAP_COLS = 30, 16
 MAX_PANELS = 12
@@ -64,7 +75,7 @@ TOP_PATIENT_CONFIGS = 5
 class _Ctx:
     """Everything a study figure needs, loaded once."""
 
-    def __init__(self, study: "Study", study_dir: Path, cells_dir: Path):
+    def __init__(self, study: Study, study_dir: Path, cells_dir: Path):
         self.study = study
         self.cells_dir = Path(cells_dir)
         self.df = read_cells_csv(Path(study_dir) / "cells.csv", study.axes)
@@ -113,6 +124,12 @@ def _label_width(labels: Sequence[str]) -> float:
 
 
 # ------------------------------------------------------------------------------------------ heatmap
+@_register(STUDY_FIGURES, "heatmap", file="heatmap.svg", title="Mean per configuration (heatmap)",
+           caption="Mean {value} per configuration over repeats/folds (n = runs that finished). The boxed cell is "
+                   "the best configuration. Hatched cells name the status of configurations whose runs all "
+                   "diverged or failed; they carry no number.{partial}",
+           generic={"partial": " An asterisk marks configurations where only some runs finished; the mean is "
+                               "over those."})
 def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     t = c.table
     nr, nc = len(t["rows"]), len(t["cols"])
@@ -168,15 +185,17 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
     cb.set_label(f"mean {style.label_for(t['value'])}")
     style.save(fig, path)
-    cap = (f"Mean {style.label_for(t['value'])} per configuration over repeats/folds (n = runs that finished). "
-           f"The boxed cell is the best configuration. Hatched cells name the status of configurations "
-           f"whose runs all diverged or failed; they carry no number.")
-    if partial:
-        cap += " * some runs of this configuration diverged or failed; the mean is over the rest."
-    return {"title": "Mean per configuration (heatmap)", "caption": cap}
+    return {"value": style.label_for(t["value"]),
+            "partial": " * some runs of this configuration diverged or failed; the mean is over the rest."
+            if partial else ""}
 
 
 # ------------------------------------------------------------------------------------------- curves
+@_register(STUDY_FIGURES, "curves", file="curves.svg", title="Validation Dice per epoch",
+           caption="Validation Dice per epoch: thin lines are single runs (seeds/folds), thick lines their mean. "
+                   "{panels} × marks the last epoch of a run that diverged or failed.",
+           generic={"panels": "One panel per row of the study table (if there are too many, the six best "
+                              "configurations)."})
 def fig_curves(c: _Ctx, path: Path) -> dict | None:
     row_axes, col_axes = layout_axes(c.study)
     panel_axes = list(row_axes)
@@ -243,9 +262,7 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
     fig.legend(handles=hs, loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     style.save(fig, path)
-    return {"title": "Validation Dice per epoch",
-            "caption": f"Validation Dice per epoch: thin lines are single runs (seeds/folds), thick lines their "
-                       f"mean. {note} × marks the last epoch of a run that diverged or failed."}
+    return {"panels": note}
 
 
 def ncol_fig_width(axes) -> float:
@@ -310,6 +327,10 @@ def _value_vs_axis(c: _Ctx, path: Path, axis: str, *, log: bool, group_axes: Seq
     return {}, held
 
 
+@_register(STUDY_FIGURES, "fraction", file="fraction.svg", title="Effect of the training fraction",
+           caption="Mean {value} against the share of the training pool used (number of training patients in "
+                   "brackets); error bars are 95 % t-intervals over repeats/folds. Smaller fractions are subsets "
+                   "of larger ones and the validation set is fixed.{held}")
 def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     if "fraction" not in c.study.axes:
         return None
@@ -322,13 +343,14 @@ def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     res, held = _value_vs_axis(c, path, "fraction", log=False, xlabels=xl)
     if res is None:
         return None
-    return {"title": "Effect of the training fraction",
-            "caption": f"Mean {style.label_for(c.value)} against the share of the training pool used (number of "
-                       f"training patients in brackets); error bars are 95 % t-intervals over repeats/folds. "
-                       f"Smaller fractions are subsets of larger ones and the validation set is fixed."
-                       + _held_text(held)}
+    return {"value": style.label_for(c.value), "held": _held_text(held)}
 
 
+@_register(STUDY_FIGURES, "lr", file="lr.svg", title="Effect of the learning rate",
+           caption="Mean {value} against the initial learning rate (log scale){per_optimizer}; error bars are "
+                   "95 % t-intervals over repeats/folds, × marks configurations whose runs all diverged or "
+                   "failed.{held}",
+           generic={"per_optimizer": ", one line per optimizer where the study varies it"})
 def fig_lr(c: _Ctx, path: Path) -> dict | None:
     if "lr" not in c.study.axes:
         return None
@@ -336,14 +358,15 @@ def fig_lr(c: _Ctx, path: Path) -> dict | None:
                                group_axes=["optimizer"] if "optimizer" in c.study.axes else [])
     if res is None:
         return None
-    return {"title": "Effect of the learning rate",
-            "caption": f"Mean {style.label_for(c.value)} against the initial learning rate (log scale)"
-                       + (", one line per optimizer" if "optimizer" in c.study.axes else "")
-                       + "; error bars are 95 % t-intervals over repeats/folds, × marks configurations whose "
-                         "runs all diverged or failed." + _held_text(held)}
+    return {"value": style.label_for(c.value),
+            "per_optimizer": ", one line per optimizer" if "optimizer" in c.study.axes else "",
+            "held": _held_text(held)}
 
 
 # ----------------------------------------------------------------------------------------- schedules
+@_register(STUDY_FIGURES, "schedule", file="schedule_lr.svg", title="Learning rate applied per epoch",
+           caption="The learning rate the optimizer actually used in each epoch (from history.csv), one "
+                   "representative run per schedule.{held}")
 def fig_schedule(c: _Ctx, path: Path) -> dict | None:
     if "schedule" not in c.study.axes:
         return None
@@ -377,12 +400,12 @@ def fig_schedule(c: _Ctx, path: Path) -> dict | None:
     ax.set_ylabel("learning rate applied")
     _outside_legend(ax, title="schedule")
     style.save(fig, path)
-    return {"title": "Learning rate applied per epoch",
-            "caption": "The learning rate the optimizer actually used in each epoch (from history.csv), one "
-                       "representative run per schedule." + _held_text(held)}
+    return {"held": _held_text(held)}
 
 
 # --------------------------------------------------------------------------------------------- losses
+@_register(STUDY_FIGURES, "loss", file="loss.svg", title="Loss functions compared",
+           caption="Mean {value} per loss with its 95 % t-interval; short ticks are single runs.{held}")
 def fig_loss(c: _Ctx, path: Path) -> dict | None:
     if "loss" not in c.study.axes:
         return None
@@ -417,9 +440,7 @@ def fig_loss(c: _Ctx, path: Path) -> dict | None:
     if ns > 1:
         _outside_legend(ax)
     style.save(fig, path)
-    return {"title": "Loss functions compared",
-            "caption": f"Mean {style.label_for(c.value)} per loss with its 95 % t-interval; short ticks are "
-                       f"single runs." + _held_text(held)}
+    return {"value": style.label_for(c.value), "held": _held_text(held)}
 
 
 # ---------------------------------------------------------------------------------------- per patient
@@ -436,6 +457,10 @@ def _patient_dice(c: _Ctx, g: dict) -> pd.Series | None:
     return pd.concat(parts, axis=1).mean(axis=1).dropna()
 
 
+@_register(STUDY_FIGURES, "per_patient", file="per_patient.svg", title="Per-patient Dice of the top configurations",
+           caption="Distribution over validation patients ({n_patients} per configuration; dots are patients, "
+                   "boxes show quartiles and median) for the {n_configs} best configurations, best first.",
+           generic={"n_patients": "all", "n_configs": f"{TOP_PATIENT_CONFIGS}"})
 def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
     top = []
     for g in ranked(c.groups, c.higher):
@@ -447,7 +472,7 @@ def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
     if not top:
         return None
     labels = [g["config"] for g, _ in top]
-    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.5 * len(top) + 0.0 * _label_width(labels)))
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.5 * len(top)))
     data = [s.values for _, s in top]
     ax.boxplot(data, orientation="horizontal", widths=0.55, showfliers=False, patch_artist=True,
                boxprops={"facecolor": "#E8EEF6", "edgecolor": "#555555"},
@@ -463,10 +488,7 @@ def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
     ax.grid(axis="y", visible=False)
     style.save(fig, path)
     n_pat = sorted({len(s) for _, s in top})
-    return {"title": "Per-patient Dice of the top configurations",
-            "caption": f"Distribution over validation patients ({'/'.join(map(str, n_pat))} per configuration; "
-                       f"dots are patients, boxes show quartiles and median) for the {len(top)} best "
-                       f"configurations, best first."}
+    return {"n_patients": "/".join(map(str, n_pat)), "n_configs": str(len(top))}
 
 
 # ------------------------------------------------------------------------------------------- overlays
@@ -476,6 +498,10 @@ def _contour(ax, m: np.ndarray, colour: str, ls: str) -> None:
         ax.contour(m, levels=levels, colors=[colour], linewidths=1.6, linestyles=ls)
 
 
+@_register(STUDY_FIGURES, "overlays", file="overlays.png", title="Best, median and worst validation images",
+           caption="Validation images of the best configuration{run} with the best, median and worst Dice: "
+                   "ground truth solid, prediction dashed. Patients are named by pseudonym.",
+           generic={"run": ""})
 def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     if c.best is None:
         return None
@@ -512,47 +538,33 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     style.save(fig, path)
     rep = f"seed {r['repeat']}" + (f", fold {r['fold']}" if r["fold"] is not None else "")
-    return {"title": "Best, median and worst validation images",
-            "caption": f"Validation images of the best configuration ({c.best['config']}; run {r['cell']}, {rep}) "
-                       f"with the best, median and worst Dice: ground truth solid, prediction dashed. Patients "
-                       f"are named by pseudonym."}
+    return {"run": f" ({c.best['config']}; run {r['cell']}, {rep})"}
 
 
-STUDY_FIGURES: dict[str, Callable[[_Ctx, Path], dict | None]] = {
-    "heatmap": fig_heatmap,
-    "curves": fig_curves,
-    "fraction": fig_fraction,
-    "lr": fig_lr,
-    "schedule": fig_schedule,
-    "loss": fig_loss,
-    "per_patient": fig_per_patient,
-    "overlays": fig_overlays,
-}
-
-
-def _run(figs: dict, files: dict, ctx, out_dir: Path) -> list[Path]:
+def _run(figs: Registry, ctx, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made, index = [], []
     with style.use():
-        for kind, fn in figs.items():
-            path = out_dir / files[kind]
-            meta = fn(ctx, path)
-            if meta is None:
+        for e in figs:
+            path = out_dir / e.meta["file"]
+            fields = e.obj(ctx, path)
+            if fields is None:
                 path.unlink(missing_ok=True)  # a figure that no longer applies must not linger
                 continue
             made.append(path)
-            index.append({"file": files[kind], "kind": kind, **meta})
+            index.append({"file": e.meta["file"], "kind": e.name, "title": e.meta["title"],
+                          "caption": e.meta["caption"].format(**fields)})
     write_json(out_dir / INDEX, {"figures": index})
     return made
 
 
-def make_study_figures(study: "Study", study_dir: Path, cells_dir: Path, out_dir: Path) -> list[Path]:
-    """Write the figures that apply to ``study`` (names in FIGURE_FILES) + ``figures.json``; return their paths.
+def make_study_figures(study: Study, study_dir: Path, cells_dir: Path, out_dir: Path) -> list[Path]:
+    """Write the figures that apply to ``study`` (STUDY_FIGURES) + ``figures.json``; return their paths.
 
     ``study_dir`` holds the aggregate outputs (cells.csv, table.json); ``cells_dir`` the cells' folders.
     """
-    return _run(STUDY_FIGURES, FIGURE_FILES, _Ctx(study, Path(study_dir), Path(cells_dir)), out_dir)
+    return _run(STUDY_FIGURES, _Ctx(study, Path(study_dir), Path(cells_dir)), out_dir)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -573,6 +585,10 @@ def _examples(data_dir: Path, k: int = 4) -> list[tuple[str, dict]]:
     return out
 
 
+@_register(DATA_FIGURES, "clahe", file="clahe.png", title="Preprocessing: before and after CLAHE",
+           caption="Example slices (the one with the largest mask per patient) after intensity windowing (top) "
+                   "and after contrast-limited adaptive histogram equalisation (bottom); the ground-truth contour "
+                   "is drawn in green. Patients are named by pseudonym.")
 def fig_clahe(examples: list, path: Path) -> dict | None:
     if not examples:
         return None
@@ -592,12 +608,13 @@ def fig_clahe(examples: list, path: Path) -> dict | None:
         axes[1, 0].set_ylabel("after CLAHE")
     fig.tight_layout()
     style.save(fig, path)
-    return {"title": "Preprocessing: before and after CLAHE",
-            "caption": "Example slices (the one with the largest mask per patient) after intensity windowing "
-                       "(top) and after contrast-limited adaptive histogram equalisation (bottom); the "
-                       "ground-truth contour is drawn in green. Patients are named by pseudonym."}
+    return {}
 
 
+@_register(DATA_FIGURES, "intensity", file="intensity.svg", title="Intensity distribution before and after CLAHE",
+           caption="Pixel intensity histograms of the {n} example slices above, before and after CLAHE "
+                   "(normalised to 0–1).",
+           generic={"n": "selected"})
 def fig_intensity(examples: list, path: Path) -> dict | None:
     if not examples:
         return None
@@ -613,12 +630,92 @@ def fig_intensity(examples: list, path: Path) -> dict | None:
     ax.set_ylabel("density")
     ax.legend()
     style.save(fig, path)
-    return {"title": "Intensity distribution before and after CLAHE",
-            "caption": f"Pixel intensity histograms of the {len(examples)} example slices above, before and after "
-                       f"CLAHE (normalised to 0–1)."}
+    return {"n": str(len(examples))}
 
 
 def make_data_figures(data_dir: Path, out_dir: Path) -> list[Path]:
     """CLAHE before/after examples and intensity histograms from ``results/data/*.npz`` (+ figures.json)."""
     ex = _examples(Path(data_dir))
-    return _run({"clahe": fig_clahe, "intensity": fig_intensity}, DATA_FIGURE_FILES, ex, out_dir)
+    return _run(DATA_FIGURES, ex, out_dir)
+
+
+# kind -> file name (callers that only need the names)
+FIGURE_FILES = {e.name: e.meta["file"] for e in STUDY_FIGURES}
+DATA_FIGURE_FILES = {e.name: e.meta["file"] for e in DATA_FIGURES}
+
+
+# ------------------------------------------------------------------------- captions of snakemake --report
+CAPTION_FILES = {"study": "workflow/report/study_figures.rst", "data": "workflow/report/data_figures.rst"}
+_RST = {  # kind: (registry, what the rule declares, heading prefix, fallback heading, closing text)
+    "study": (STUDY_FIGURES,
+              'report(directory("results/studies/{study}/figures"), patterns=["{name}.svg", "{name}.png"]).\n'
+              "    Snakemake gives this template the pattern wildcard `name` beside the rule's `study`.",
+              "Study {{ study }}: ", "**Study {{ study }}: {{ name }}.**",
+              "Figures that do not apply to a study (for example the learning-rate plot when the learning rate is "
+              "not an axis) are not produced."),
+    "data": (DATA_FIGURES, 'report(directory("results/figures/data"), patterns=["{name}.svg", "{name}.png"]).',
+             "", "**Data figure {{ name }}.**", ""),
+}
+REGENERATE = "python -m segsweep.report.plots --write-captions"
+
+
+def caption_fields(caption: str) -> set[str]:
+    """The ``{field}`` names of a caption template."""
+    return {f for _, f, _, _ in string.Formatter().parse(caption) if f is not None}
+
+
+def captions_rst(kind: str) -> str:
+    """The ``snakemake --report`` caption of the figures folder of ``kind`` ("study" or "data"): one Jinja
+    branch per registered figure, keyed on the file name's stem (the rule's ``{name}`` pattern wildcard)."""
+    reg, declared, prefix, fallback, closing = _RST[kind]
+    lines = ["{#- GENERATED from the figure registry in src/segsweep/report/plots.py: edit the captions there,",
+             f"    then run `{REGENERATE}` (tests/test_figure_registry.py checks it).",
+             f"    Caption for {declared} -#}}"]
+    if kind == "study":
+        lines.append("{% set study = snakemake.wildcards.study %}")
+    lines.append("{% set name = snakemake.wildcards.name %}")
+    for i, e in enumerate(reg):
+        lines.append(f'{{% {"if" if i == 0 else "elif"} name == "{Path(e.meta["file"]).stem}" %}}')
+        lines.append(f"**{prefix}{e.meta['title']}.**")
+        text = e.meta["caption"].format(**{**GENERIC_FIELDS, **e.meta["generic"]})
+        lines += textwrap.wrap(text, 112, break_long_words=False, break_on_hyphens=False)
+    lines += ["{% else %}", fallback, "{% endif %}"]
+    lines += textwrap.wrap(closing, 112, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+def write_captions(root: str | Path = ".") -> list[Path]:
+    """(Re)write the ``snakemake --report`` captions (CAPTION_FILES) under the project root ``root``."""
+    out = []
+    for kind, rel in CAPTION_FILES.items():
+        path = Path(root) / rel
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"{path.parent}: no such folder (run this from the project root or pass --root)")
+        write_text(path, captions_rst(kind))
+        out.append(path)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m segsweep.report.plots",
+                                 description="Generate the snakemake --report figure captions from the registry.")
+    ap.add_argument("--write-captions", action="store_true", help=f"rewrite {', '.join(CAPTION_FILES.values())}")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a caption file is not current")
+    ap.add_argument("--root", default=".", help="project root (default: the current folder)")
+    args = ap.parse_args(argv)
+    if args.write_captions:
+        for path in write_captions(args.root):
+            print(path)
+        return 0
+    if args.check:
+        stale = [rel for kind, rel in CAPTION_FILES.items()
+                 if not (Path(args.root) / rel).is_file() or (Path(args.root) / rel).read_text() != captions_rst(kind)]
+        for rel in stale:
+            print(f"{rel}: not current; run `{REGENERATE}`")
+        return 1 if stale else 0
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

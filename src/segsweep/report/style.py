@@ -8,15 +8,17 @@ give byte-identical files.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: never a display, also on headless cluster nodes
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+from segsweep.io import atomic_path  # noqa: E402
 
 # Okabe–Ito, without black (kept for text/axes) and yellow last (weak on white).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -62,7 +64,6 @@ RC = {
     "hatch.linewidth": 0.8,
 }
 
-DICE_LABEL = "validation Dice (best epoch)"
 AXIS_LABELS = {
     "best_val_dice": "best validation Dice",
     "final_val_dice": "final validation Dice",
@@ -101,13 +102,10 @@ def use() -> Iterator[None]:
 def save(fig, path: Path) -> Path:
     """Save deterministically (no creation date) and close; SVG or PNG by suffix, PNG at ≥ 150 dpi."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"Date": None} if path.suffix == ".svg" else {"Software": None}
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        fig.savefig(tmp, metadata=meta, dpi=max(150, RC["savefig.dpi"]))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, metadata=meta, dpi=max(150, RC["savefig.dpi"]))
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path

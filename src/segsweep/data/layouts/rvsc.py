@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from segsweep.data.layouts import Item, Note, PatientRecord, PhantomPaths, list_files
+from segsweep.data.layouts.base import Item, Layout, Note, PatientRecord, PhantomPaths, list_files, register
 
 EXPECTED = "patientNN/PNNdicom/PNN-XXXX.dcm + patientNN/PNNcontours-manual/PNN-XXXX-{i,o}contour-manual.txt"
 
@@ -31,6 +31,23 @@ def _patient_dirs(root: Path) -> list[Path]:
             if e.is_dir():
                 found += [Path(s.path) for s in os.scandir(e.path) if s.is_dir() and _PATIENT.match(s.name)]
     return sorted(found)
+
+
+def _detect(root: Path) -> bool:
+    """patientNN folders at the root or one level below it."""
+    try:
+        top = [e for e in os.scandir(root) if e.is_dir()]
+    except OSError:
+        return False
+    if any(_PATIENT.match(e.name) for e in top):
+        return True
+    for e in top:
+        try:
+            if any(s.is_dir() and _PATIENT.match(s.name) for s in os.scandir(e.path)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def discover(root: Path) -> list[PatientRecord]:
@@ -98,3 +115,5 @@ PHANTOM = PhantomPaths(
     finish=_finish,
     instance_offset=1,
 )
+
+register(Layout("rvsc", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=20))

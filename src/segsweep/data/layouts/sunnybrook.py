@@ -17,8 +17,8 @@ import csv
 import re
 from pathlib import Path
 
+from segsweep.data.layouts.base import Item, Layout, Note, PatientRecord, PhantomPaths, _walk, register
 from segsweep.errors import DataError
-from segsweep.data.layouts import Item, Note, PatientRecord, PhantomPaths, _walk
 
 EXPECTED = ("SC-XX-N/IM-SSSS-NNNN.dcm image folders + SC-XX-0N/contours-manual/<expert>/"
             "IM-0001-NNNN-{i,o}contour-manual.txt contour folders")
@@ -45,6 +45,12 @@ def _series_map(root: Path) -> dict[str, str]:
             except (KeyError, ValueError, TypeError, AttributeError):
                 raise DataError(f"{path}: expected columns 'case,series' with a series number") from None
     return out
+
+
+def _detect(root: Path) -> bool:
+    """A case folder (SC-XX-N) up to four levels down. Broad (a flat tree's contourfiles/SC-HF-I-1 matches
+    too), hence tried last."""
+    return any(_CASE.match(d) for _, dirnames, _ in _walk(root, 4) for d in dirnames)
 
 
 def discover(root: Path) -> list[PatientRecord]:
@@ -154,3 +160,5 @@ PHANTOM = PhantomPaths(
     finish=lambda root, patients: None,
     extra_images=lambda root, p: [_image(root, p, n, series=1) for n in (1, 2)],  # a localizer series
 )
+
+register(Layout("sunnybrook", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=30))

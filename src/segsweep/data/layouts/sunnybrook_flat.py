@@ -17,8 +17,17 @@ import os
 import re
 from pathlib import Path
 
+from segsweep.data.layouts.base import (
+    Item,
+    Layout,
+    Note,
+    PatientRecord,
+    PhantomPaths,
+    list_files,
+    register,
+    wrong_layout_message,
+)
 from segsweep.errors import DataError
-from segsweep.data.layouts import Item, Note, PatientRecord, PhantomPaths, list_files
 
 EXPECTED = ("link.csv + dicoms/<patient_id>/<N>.dcm + "
             "contourfiles/<original_id>/{i,o}-contours/IM-0001-NNNN-{i,o}contour-manual.txt")
@@ -49,11 +58,13 @@ def _subdirs(folder: Path) -> list[str]:
         return []
 
 
+def _detect(root: Path) -> bool:
+    return (root / "link.csv").is_file() or ((root / "dicoms").is_dir() and (root / "contourfiles").is_dir())
+
+
 def discover(root: Path) -> list[PatientRecord]:
     link, dicoms, ctrs = root / "link.csv", root / "dicoms", root / "contourfiles"
     if not link.is_file() or not dicoms.is_dir() or not ctrs.is_dir():
-        from segsweep.data.layouts import wrong_layout_message
-
         missing = [p.name for p in (link, dicoms, ctrs) if not p.exists()]
         raise DataError(wrong_layout_message(root, "sunnybrook_flat", f"missing {', '.join(missing) or 'entries'}"))
     links = read_links(link)
@@ -118,3 +129,5 @@ PHANTOM = PhantomPaths(
     / f"IM-0001-{n:04d}-{kind}contour-manual.txt",
     finish=_finish,
 )
+
+register(Layout("sunnybrook_flat", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=10))
