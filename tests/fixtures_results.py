@@ -29,6 +29,7 @@ from segsweep.plan.cells import Plan, build_plan
 from segsweep.study import Study
 from segsweep.plan.config import prepare
 from segsweep.data.splits import make_split, select_patients
+from segsweep.training.record import CellMetrics
 
 H, W = 48, 40
 N_PATIENTS = 8
@@ -210,17 +211,16 @@ def write_cell(cell, results: Path, logs: Path, splits: dict, arrays: dict) -> N
     pd.DataFrame(hist, columns=["epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s"]).to_csv(
         d / "history.csv", index=False)
     ok = status == "ok"
-    metrics = {
-        "cell": cell.id, "status": status, "reason": reason,
-        "best_val_dice": round(best, 6) if ok else None, "best_epoch": p.epochs if ok else n_ep,
-        "final_val_dice": round(best - 0.005, 6) if ok else None,
-        "best_val_iou": round(best * 0.85, 6) if ok else None,
-        "best_val_hd95_mm": round(12 * (1 - best) + 1, 4) if ok else None,
-        "epochs_run": n_ep, "wall_s": round(6.0 * n_ep + p.seed, 2), "device": "cpu",
-        "hardware": "Fixture CPU @ 2.0GHz (2 threads)", "n_train": len(train), "n_val": len(val),
-        "params": p.to_dict(),
-    }
-    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    CellMetrics(
+        cell=cell.id, status=status, reason=reason,
+        best_val_dice=round(best, 6) if ok else None, best_epoch=p.epochs if ok else n_ep,
+        final_val_dice=round(best - 0.005, 6) if ok else None,
+        best_val_iou=round(best * 0.85, 6) if ok else None,
+        best_val_hd95_mm=round(12 * (1 - best) + 1, 4) if ok else None,
+        epochs_run=n_ep, wall_s=round(6.0 * n_ep + p.seed, 2), device="cpu",
+        hardware="Fixture CPU @ 2.0GHz (2 threads)", n_train=len(train), n_val=len(val),
+        params=p.to_dict(),
+    ).write(d / "metrics.json")
     if status != "ok":
         (logs / f"{cell.id}.log").write_text(f"epoch 1/12 train_loss 0.70\n{reason}\n")
         return

@@ -219,3 +219,32 @@ def test_non_ok_values_are_never_averaged(tmp_path):
     g = config_groups(study, df)[0]
     assert g["mean"] == 0.5 and g["note"] == "1 of 2 diverged"
     assert pivot(study, [g])["cells"][0][0]["status"] == "partial"
+
+
+def test_analysis_imports_are_top_level_and_acyclic():
+    """Every segsweep import in analysis/ is at module level, and analysis modules form no import cycle."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "src" / "segsweep" / "analysis"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(pkg.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        deps = graph.setdefault(path.stem, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("segsweep"):
+                assert id(node) in top or node.module == "segsweep.study", f"{path.name}:{node.lineno}"
+                assert not node.module.startswith(("segsweep.report", "segsweep.plan")), f"{path.name}:{node.lineno}"
+                if node.module.startswith("segsweep.analysis."):
+                    deps.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("segsweep") for a in node.names) or id(node) in top
+
+    def visit(mod: str, stack: tuple[str, ...]) -> None:
+        assert mod not in stack, f"import cycle: {' -> '.join(stack + (mod,))}"
+        for dep in graph.get(mod, ()):
+            visit(dep, stack + (mod,))
+
+    for mod in graph:
+        visit(mod, ())

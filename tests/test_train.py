@@ -10,8 +10,9 @@ import torch
 
 from segsweep.plan.config import cell_params
 from segsweep.training.params import CellParams
-from segsweep.errors import ConfigError, DataError
+from segsweep.errors import ConfigError, DataError, SegsweepError
 from segsweep.training.loop import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
+from segsweep.training.record import CellMetrics
 
 torch.set_num_threads(1)
 
@@ -69,34 +70,36 @@ def _read_csv(path):
 
 def _strip_times(metrics):
     """Metrics without what legitimately differs between two identical runs: time and folder name."""
-    return {k: v for k, v in metrics.items() if k not in ("wall_s", "cell")}
+    return {k: v for k, v in metrics.to_json().items() if k not in ("wall_s", "cell")}
 
 
 def test_learns_and_writes_every_output(data, tmp_path):
     data_dir, split = data
     out = tmp_path / "cell"
     m = train_cell(_params(epochs=12), data_dir, split, out)
-    assert m["status"] == "ok" and m["reason"] is None
-    assert m["best_val_dice"] > 0.5
-    assert m["n_train"] == 12 and m["n_val"] == 4 and m["epochs_run"] == 12 and m["device"] == "cpu"
-    assert json.loads((out / "metrics.json").read_text()) == m
-    assert set(m) >= {"cell", "status", "reason", "best_val_dice", "best_epoch", "final_val_dice", "best_val_iou",
-                      "best_val_hd95_mm", "epochs_run", "wall_s", "device", "hardware", "n_train", "n_val", "params"}
-    assert m["params"] == _params(epochs=12).to_dict()
+    assert m.status == "ok" and m.reason is None
+    assert m.best_val_dice > 0.5
+    assert m.n_train == 12 and m.n_val == 4 and m.epochs_run == 12 and m.device == "cpu"
+    assert isinstance(m, CellMetrics) and CellMetrics.read(out / "metrics.json") == m
+    assert json.loads((out / "metrics.json").read_text()) == m.to_json()
+    assert set(m.to_json()) == {"cell", "status", "reason", "best_val_dice", "best_epoch", "final_val_dice",
+                                "best_val_iou", "best_val_hd95_mm", "epochs_run", "wall_s", "device", "hardware",
+                                "n_train", "n_val", "params"}
+    assert m.params == _params(epochs=12).to_dict()
     hist = _read_csv(out / "history.csv")
     assert tuple(hist[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in hist] == list(range(1, 13))
-    assert float(hist[0]["val_dice"]) < float(hist[m["best_epoch"] - 1]["val_dice"])  # it improved
+    assert float(hist[0]["val_dice"]) < float(hist[m.best_epoch - 1]["val_dice"])  # it improved
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
     # the final evaluation restores best.pt: its Dice is the best epoch's, not the last one's
-    assert m["best_val_dice"] == pytest.approx(float(hist[m["best_epoch"] - 1]["val_dice"]), abs=1e-6)
-    assert m["final_val_dice"] == pytest.approx(float(hist[-1]["val_dice"]))
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == m["best_epoch"]
+    assert m.best_val_dice == pytest.approx(float(hist[m.best_epoch - 1]["val_dice"]), abs=1e-6)
+    assert m.final_val_dice == pytest.approx(float(hist[-1]["val_dice"]))
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == m.best_epoch
     rows = _read_csv(out / "per_image.csv")
     assert tuple(rows[0]) == PER_IMAGE_COLUMNS and len(rows) == 4
     assert {r["patient"] for r in rows} == {PATIENTS[3]} and [int(r["slice"]) for r in rows] == [0, 1, 2, 3]
-    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(m["best_val_dice"], abs=1e-6)
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(m.best_val_dice, abs=1e-6)
     hd = [float(r["hd95_mm"]) for r in rows if r["hd95_mm"]]
-    assert m["best_val_hd95_mm"] == pytest.approx(np.mean(hd)) and all(h >= 0 for h in hd)
+    assert m.best_val_hd95_mm == pytest.approx(np.mean(hd)) and all(h >= 0 for h in hd)
     with np.load(out / "predictions.npz") as z:
         assert z["pred"].shape == z["mask"].shape == z["image"].shape == (4, 32, 32)
         assert z["pred"].dtype == np.uint8 and set(np.unique(z["pred"])) <= {0, 1}
@@ -162,17 +165,17 @@ def test_checkpoint_of_other_parameters_is_not_resumed(data, tmp_path):
     seen = []
     m = train_cell(_params(epochs=2, lr=0.02), data_dir, split, tmp_path / "x",
                    on_epoch=lambda r: seen.append(r["epoch"]))
-    assert seen == [1, 2] and m["epochs_run"] == 2
+    assert seen == [1, 2] and m.epochs_run == 2
 
 
 def test_nan_in_the_data_diverges_cleanly(tmp_path):
     data_dir, split = _write_dataset(tmp_path / "d", nan_in=PATIENTS[0])
     out = tmp_path / "cell"
     m = train_cell(_params(epochs=5), data_dir, split, out)
-    assert m["status"] == "diverged"
-    assert m["epochs_run"] == 1 and "epoch 1" in m["reason"] and "nan" in m["reason"]
-    assert m["best_val_dice"] is None and m["final_val_dice"] is None and m["best_val_iou"] is None
-    assert m["best_epoch"] is None and m["best_val_hd95_mm"] is None
+    assert m.status == "diverged"
+    assert m.epochs_run == 1 and "epoch 1" in m.reason and "nan" in m.reason
+    assert m.best_val_dice is None and m.final_val_dice is None and m.best_val_iou is None
+    assert m.best_epoch is None and m.best_val_hd95_mm is None
     assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
     assert _read_csv(out / "per_image.csv") == []
     with np.load(out / "predictions.npz") as z:
@@ -184,8 +187,8 @@ def test_huge_learning_rate_diverges(data, tmp_path):
     # plain SGD at lr 1e6 without batch norm: the weights overflow to inf within the first epochs
     m = train_cell(_params(optimizer="sgd", lr=1e6, momentum=0.0, batch_norm=False, loss="bce", epochs=10),
                    data_dir, split, tmp_path / "c")
-    assert m["status"] == "diverged" and m["epochs_run"] < 10
-    assert m["best_val_dice"] is None and "non-finite" in m["reason"]
+    assert m.status == "diverged" and m.epochs_run < 10
+    assert m.best_val_dice is None and "non-finite" in m.reason
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch(data, tmp_path):
@@ -194,18 +197,18 @@ def test_early_stopping_stops_and_restores_the_best_epoch(data, tmp_path):
     m = train_cell(_params(epochs=40, lr=1e-6, patience=2), data_dir, split, tmp_path / "e")
     hist = _read_csv(tmp_path / "e" / "history.csv")
     dice = [float(r["val_dice"]) for r in hist]
-    assert m["status"] == "ok" and m["epochs_run"] == len(hist) < 40
-    assert m["reason"].startswith("early stop after epoch")
-    assert m["best_epoch"] == int(np.argmax(dice)) + 1
-    assert m["epochs_run"] == m["best_epoch"] + 2  # exactly `patience` epochs without a strict gain
-    assert m["best_val_dice"] == pytest.approx(max(dice), abs=1e-6)
+    assert m.status == "ok" and m.epochs_run == len(hist) < 40
+    assert m.reason.startswith("early stop after epoch")
+    assert m.best_epoch == int(np.argmax(dice)) + 1
+    assert m.epochs_run == m.best_epoch + 2  # exactly `patience` epochs without a strict gain
+    assert m.best_val_dice == pytest.approx(max(dice), abs=1e-6)
 
 
 def test_fold_fraction_and_three_channels(data, tmp_path):
     data_dir, split = data
     m = train_cell(_params(epochs=1, fold=0, fraction=0.34, in_channels=3), data_dir, split, tmp_path / "f")
     # fold 0: val = patient a, pool = [b, c, d]; fraction 0.34 → round(1.02) = 1 patient
-    assert m["n_val"] == 4 and m["n_train"] == 4
+    assert m.n_val == 4 and m.n_train == 4
     assert {r["patient"] for r in _read_csv(tmp_path / "f" / "per_image.csv")} == {PATIENTS[0]}
 
 
@@ -237,8 +240,8 @@ def test_amp_and_channels_last_options_run(data, tmp_path):
     # GPU speed options; on the CPU they exercise the same code path (bf16 autocast, NHWC layout)
     data_dir, split = data
     m = train_cell(_params(epochs=2, in_channels=3), data_dir, split, tmp_path / "amp", amp=True, channels_last=True)
-    assert m["status"] == "ok" and 0.0 <= m["best_val_dice"] <= 1.0
-    assert m["params"] == _params(epochs=2, in_channels=3).to_dict()  # not part of the cell's parameters
+    assert m.status == "ok" and 0.0 <= m.best_val_dice <= 1.0
+    assert m.params == _params(epochs=2, in_channels=3).to_dict()  # not part of the cell's parameters
 
 
 def test_unreadable_checkpoint_starts_afresh(data, tmp_path):
@@ -247,4 +250,84 @@ def test_unreadable_checkpoint_starts_afresh(data, tmp_path):
     (tmp_path / "u" / "last.pt").write_bytes(b"not a checkpoint")
     seen = []
     m = train_cell(_params(epochs=2), data_dir, split, tmp_path / "u", on_epoch=lambda r: seen.append(r["epoch"]))
-    assert seen == [1, 2] and m["status"] == "ok"
+    assert seen == [1, 2] and m.status == "ok"
+
+
+# ------------------------------------------------------------------------------------ the job wrapper
+def _job(data, out, **kw):
+    from segsweep.training.job import run_train_job
+
+    data_dir, split = data
+    kw.setdefault("split_path", split)
+    return run_train_job(_params(epochs=1), data_dir=data_dir, out_dir=out, **kw)
+
+
+def test_user_error_fails_at_once_and_is_never_a_failed_cell(data, tmp_path, monkeypatch):
+    from segsweep.training import loop
+    from segsweep.training.job import USER_ERROR_MARKER
+
+    out = tmp_path / "cell"
+    bad_split = tmp_path / "missing_split.json"
+    with pytest.raises(DataError, match="missing_split.json") as first:
+        _job(data, out, split_path=bad_split, attempt=1, max_attempts=3)
+    assert not (out / "metrics.json").exists()
+    assert (out / USER_ERROR_MARKER).read_text() == f"{first.value}\n"
+    # Snakemake's retries (the last one included) fail with the same message, without training
+    monkeypatch.setattr(loop, "train_cell", lambda *a, **k: pytest.fail("a retry after a user error trained"))
+    for attempt in (2, 3):
+        with pytest.raises(SegsweepError) as again:
+            _job(data, out, split_path=bad_split, attempt=attempt, max_attempts=3)
+        assert str(again.value) == str(first.value)
+    assert not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    # a fresh invocation (attempt 1) after the fix drops the marker and trains
+    m = _job(data, out, attempt=1, max_attempts=3)
+    assert m.status == "ok" and not (out / USER_ERROR_MARKER).exists()
+
+
+def test_runtime_failure_is_retried_then_recorded_as_failed(data, tmp_path, monkeypatch):
+    from segsweep.analysis.aggregate import read_cell
+    from segsweep.training import loop
+
+    def crash(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(loop, "train_cell", crash)
+    out = tmp_path / "c0ffee"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _job(data, out, attempt=1, max_attempts=2, device="cpu")
+    assert not (out / "metrics.json").exists()
+    m = _job(data, out, attempt=2, max_attempts=2, device="cpu")
+    assert m.status == "failed" and m.reason == "RuntimeError: CUDA out of memory" and m.cell == "c0ffee"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == m.to_json() and on_disk["params"] == _params(epochs=1).to_dict()
+    assert {k for k, v in on_disk.items() if v is not None} == {"cell", "status", "reason", "wall_s", "device",
+                                                                 "params"}
+    row = read_cell("c0ffee", tmp_path)
+    assert row["status"] == "failed" and row["reason"] == m.reason
+
+
+def test_runner_turns_a_user_error_into_one_line(data, tmp_path, capsys):
+    import logging
+    from types import SimpleNamespace
+
+    from segsweep import runner
+    from segsweep.training.job import run_train_job
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    smk = SimpleNamespace(log=[str(tmp_path / "train.log")], rule="train")
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runner.run(smk, run_train_job, _params(epochs=1), data_dir=data[0], split_path=tmp_path / "nope.json",
+                       out_dir=tmp_path / "cell", attempt=1, max_attempts=3)
+    finally:
+        for h in root.handlers:  # runner.setup_logging replaced the root handlers: put pytest's back
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert exit_.value.code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("segsweep: error:")]
+    assert len(err) == 1 and "nope.json" in err[0]
+    assert "Traceback" not in (tmp_path / "train.log").read_text()

@@ -1,6 +1,15 @@
-"""Labels: how values are written in tables, figures and the report (one formatter for each kind of value)."""
+"""Labels: how values are written in tables, figures and the report (one formatter for each kind of value).
+
+* `format_value`: a config value (an axis value: number, name, loss terms, schedule dict) → its label,
+  e.g. ``1e-4`` → ``"0.0001"``. Labels are what cells.csv, tables and figures show and group by.
+* `fmt` (with `value_decimals`): a metric number → text with the metric's decimals, ``"–"`` for none.
+* `label_number` / `label_sort_key`: reading a label back as a number, and sorting labels numerically.
+
+Display *names* of metrics and axes ("best validation Dice") are another job: `segsweep.report.style.label_for`.
+"""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 
@@ -22,3 +31,28 @@ def format_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
+
+
+def value_decimals(value: str) -> int:
+    """Decimals for the metric named ``value``: Dice and IoU are fractions (3); distances and counts read
+    better with 2."""
+    return 3 if any(k in value for k in ("dice", "iou")) else 2
+
+
+def fmt(x: float | None, value: str) -> str:
+    """A number of the metric named ``value`` as text (``"–"`` for None/NaN)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{value_decimals(value)}f}"
+
+
+def label_number(label: str) -> float | None:
+    """The number a label names ("0.001" → 0.001), or None for a name ("adam")."""
+    try:
+        return float(label)
+    except (TypeError, ValueError):
+        return None
+
+
+def label_sort_key(label: str) -> tuple:
+    """Sort key: numeric labels first, in numeric order, then names alphabetically."""
+    x = label_number(label)
+    return (0, x, "") if x is not None else (1, 0.0, str(label))

@@ -14,7 +14,8 @@ Per configuration, over the runs whose status is ``ok`` (n of them):
   the word, never a number), ``missing`` (the layout has no run for this combination, e.g. one-factor studies).
 
 Outputs (written atomically) in the study folder: ``cells.csv``, ``table.csv``, ``table.json``,
-``stats.json`` (see ``segsweep.stats``).
+``stats.json`` (see `segsweep.analysis.stats`). Each cell's ``metrics.json`` is a
+`segsweep.training.record.CellMetrics`; the best configuration is `segsweep.analysis.ranking.best_group`.
 """
 from __future__ import annotations
 
@@ -28,27 +29,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from segsweep.analysis.ranking import best_group, rank_key
+from segsweep.analysis.stats import compare_study
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_json
+from segsweep.labels import fmt, label_sort_key
+from segsweep.training.record import FIELDS, NUMERIC_FIELDS, QUALITY_FIELDS, CellMetrics
 
 if TYPE_CHECKING:  # only for annotations: aggregation works on any object with the Study fields
     from segsweep.study import Study
 
-STATUSES = ("ok", "diverged", "failed")
-METRIC_COLUMNS = (
-    "best_val_dice",
-    "best_epoch",
-    "final_val_dice",
-    "best_val_iou",
-    "best_val_hd95_mm",
-    "epochs_run",
-    "wall_s",
-    "n_train",
-    "n_val",
-    "device",
-    "hardware",
-)
-NUMERIC_METRICS = METRIC_COLUMNS[:-2]
+# cells.csv metric columns: every CellMetrics field but the run's identity, status/reason and parameters
+METRIC_COLUMNS = tuple(k for k in FIELDS if k not in ("cell", "status", "reason", "params"))
+NUMERIC_METRICS = tuple(k for k in METRIC_COLUMNS if k in NUMERIC_FIELDS)
 RUN_COLUMNS = ("repeat", "fold", "cell", "config", "status", "reason")
 LOG_TAIL_LINES = 15
 NO_METRICS_REASON = "no metrics (job failed)"
@@ -74,20 +67,18 @@ def read_cell(cell_id: str, cells_dir: Path, logs_dir: Path | None = None) -> di
     path = Path(cells_dir) / cell_id / "metrics.json"
     out: dict[str, Any] = {k: None for k in METRIC_COLUMNS}
     try:
-        m = json.loads(path.read_text())
+        m = CellMetrics.read(path)
     except FileNotFoundError:
         out.update(status="failed", reason=NO_METRICS_REASON)
     except json.JSONDecodeError as exc:
         out.update(status="failed", reason=f"metrics.json unreadable ({exc.msg} at line {exc.lineno})")
     else:
-        if not isinstance(m, dict) or m.get("status") not in STATUSES:
-            raise DataError(f"{path}: 'status' must be one of {', '.join(STATUSES)}")
         for k in METRIC_COLUMNS:
-            out[k] = m.get(k)
-        out["status"] = m["status"]
-        out["reason"] = m.get("reason") or ""
-        if m["status"] != "ok":  # a number next to a non-ok status would be averaged by mistake
-            for k in ("best_val_dice", "final_val_dice", "best_val_iou", "best_val_hd95_mm"):
+            out[k] = getattr(m, k)
+        out["status"] = m.status
+        out["reason"] = m.reason or ""
+        if m.status != "ok":  # a number next to a non-ok status would be averaged by mistake
+            for k in QUALITY_FIELDS:
                 out[k] = None
     out["log_tail"] = "\n".join(tail_lines(Path(logs_dir) / f"{cell_id}.log")) if (
         logs_dir is not None and out["status"] != "ok") else ""
@@ -149,15 +140,6 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> dict:
     sd = float(x.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def value_decimals(value: str) -> int:
-    """Dice and IoU are fractions (3 decimals); distances and counts read better with 2."""
-    return 3 if any(k in value for k in ("dice", "iou")) else 2
-
-
-def fmt(x: float | None, value: str) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{value_decimals(value)}f}"
 
 
 def _status(n_total: int, n_ok: int, n_div: int, n_fail: int) -> tuple[str, str]:
@@ -239,23 +221,6 @@ def cell_text(g: dict, value: str) -> str:
     return f"{txt} ({g['n']})"
 
 
-def rank_key(g: dict, higher_is_better: bool) -> tuple:
-    """Sort key, larger = better: configurations whose runs all finished beat partial ones, then the mean."""
-    if g["mean"] is None:
-        return (0, 0, -math.inf)
-    return (1, int(g["status"] == "ok"), g["mean"] if higher_is_better else -g["mean"])
-
-
-def best_group(groups: Sequence[dict], higher_is_better: bool) -> dict | None:
-    cands = [g for g in groups if g["mean"] is not None]
-    return max(cands, key=lambda g: rank_key(g, higher_is_better)) if cands else None
-
-
-def ranked(groups: Sequence[dict], higher_is_better: bool) -> list[dict]:
-    return sorted((g for g in groups if g["mean"] is not None), key=lambda g: rank_key(g, higher_is_better),
-                  reverse=True)
-
-
 # --------------------------------------------------------------------------------------------- layout
 def layout_axes(study: "Study") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(row axes, col axes). Axes the layout does not name are added to the rows, so a table cell never
@@ -264,18 +229,6 @@ def layout_axes(study: "Study") -> tuple[tuple[str, ...], tuple[str, ...]]:
     cols = tuple(study.table.cols)
     extra = tuple(a for a in study.axes if a not in rows and a not in cols)
     return rows + extra, cols
-
-
-def label_number(label: str) -> float | None:
-    try:
-        return float(label)
-    except (TypeError, ValueError):
-        return None
-
-
-def label_sort_key(label: str) -> tuple:
-    x = label_number(label)
-    return (0, x, "") if x is not None else (1, 0.0, str(label))
 
 
 def _combos(axes: Sequence[str], study: "Study", groups: Sequence[dict]) -> list[tuple[str, ...]]:
@@ -376,11 +329,9 @@ def aggregate_study(study: "Study", cells_dir: Path, out_dir: Path, logs_dir: Pa
     """Write ``cells.csv``, ``table.csv``, ``table.json`` and ``stats.json`` of one study into ``out_dir``.
 
     ``cells_dir`` holds ``{cell}/metrics.json``; ``logs_dir`` holds the training logs ``{cell}.log`` (their
-    last lines are kept for runs that did not finish ok). ``seed`` seeds the bootstrap of `segsweep.stats`.
-    Returns the per-run frame (the content of cells.csv).
+    last lines are kept for runs that did not finish ok). ``seed`` seeds the bootstrap of
+    `segsweep.analysis.stats`. Returns the per-run frame (the content of cells.csv).
     """
-    from segsweep.analysis.stats import compare_study  # local: stats imports helpers from this module
-
     out_dir = Path(out_dir)
     df = cells_frame(study, Path(cells_dir), None if logs_dir is None else Path(logs_dir))
     groups = config_groups(study, df)

@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-from segsweep.analysis.aggregate import best_group, fmt
+from segsweep.analysis.ranking import best_group
+from segsweep.labels import fmt
 
 MIN_PAIRS = 2
 ALPHA = 0.05
@@ -126,7 +127,7 @@ def compare(ref: dict, other: dict, *, seed: int | Sequence[int], value: str, n_
 
 def compare_study(groups: Sequence[dict], *, higher_is_better: bool, value: str, seed: int = 0,
                   n_boot: int = 10_000) -> dict:
-    """Compare the best configuration (see `aggregate.best_group`) with every other configuration.
+    """Compare the best configuration (see `ranking.best_group`) with every other configuration.
 
     ``groups`` are `aggregate.config_groups` dicts. Each comparison gets its own bootstrap stream
     (``[seed, i]``) so adding a configuration does not change the others' intervals.

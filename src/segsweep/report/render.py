@@ -26,9 +26,11 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup, escape
 
-from segsweep.analysis.aggregate import config_groups, fmt, label_number, ranked, read_cells_csv
+from segsweep.analysis.aggregate import config_groups, read_cells_csv
+from segsweep.analysis.ranking import ranked
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
+from segsweep.labels import fmt, label_number
 from segsweep.data.splits import n_train
 from segsweep.analysis.stats import describe_p
 from segsweep.report.style import label_for

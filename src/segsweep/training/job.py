@@ -1,8 +1,13 @@
 """A training job as Snakemake runs it: retries for crashes, a `failed` cell on the last attempt.
 
 - diverged: a normal, successful job (metrics.json says so); the study goes on.
-- a crash (exception) on an attempt before the last: re-raised, so Snakemake/Slurm retries it (the run
-  resumes from ``last.pt``).
+- a user error (`SegsweepError`: a missing split or data file, a bad config value): never a failed cell, and
+  not worth retrying. It propagates at once (`segsweep.runner.run` makes it one line on stderr and in the log,
+  exit 1) after writing ``{out_dir}/user_error.txt`` with the message; the retries Snakemake still makes
+  find that marker and fail at once with the same message, without loading data or torch. Attempt 1 (every
+  fresh ``snakemake`` invocation) removes the marker first, so fixing the cause and rerunning just works.
+- a crash (any other exception: CUDA OOM, I/O error, RuntimeError) on an attempt before the last: re-raised,
+  so Snakemake/Slurm retries it (the run resumes from ``last.pt``).
 - a crash on the last attempt: metrics.json with status ``failed`` and the reason, and the job succeeds, so
   one broken cell never blocks the study's table and report (the report lists it with its log tail).
 A job killed from outside (node failure, scancel, OOM killer) writes nothing and is retried by Snakemake.
@@ -14,10 +19,14 @@ import time
 import traceback
 from pathlib import Path
 
+from segsweep.errors import SegsweepError
+from segsweep.io import write_text
 from segsweep.training.params import CellParams
-from segsweep.io import write_json
+from segsweep.training.record import CellMetrics
 
 log = logging.getLogger("segsweep.jobs")
+
+USER_ERROR_MARKER = "user_error.txt"
 
 
 def run_train_job(
@@ -32,35 +41,38 @@ def run_train_job(
     max_attempts: int = 1,
     amp: bool = False,
     channels_last: bool = False,
-) -> dict:
+) -> CellMetrics:
+    out_dir = Path(out_dir)
+    marker = out_dir / USER_ERROR_MARKER
+    if attempt <= 1:
+        marker.unlink(missing_ok=True)
+    elif marker.exists():
+        log.error("attempt %d of %d: not retrying, an earlier attempt stopped on a user error (%s)",
+                  attempt, max_attempts, marker)
+        raise SegsweepError(marker.read_text().strip())
+
     from segsweep.training.loop import train_cell  # torch import only when a cell really trains
 
     t0 = time.time()
     try:
         return train_cell(params, data_dir, split_path, out_dir, threads=threads, device=device, log=log,
                           amp=amp, channels_last=channels_last)
-    except Exception as exc:  # noqa: BLE001 - any crash becomes a retry or a recorded failure
+    except SegsweepError as exc:  # the user's to fix: no retry, no failed cell
+        write_text(marker, f"{exc}\n")
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other crash becomes a retry or a recorded failure
         if attempt < max_attempts:
             log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
             raise
         log.error("attempt %d of %d failed; recording the cell as failed:\n%s", attempt, max_attempts,
                   traceback.format_exc())
-        metrics = {
-            "cell": out_dir.name,
-            "status": "failed",
-            "reason": f"{type(exc).__name__}: {exc}"[:500],
-            "best_val_dice": None,
-            "best_epoch": None,
-            "final_val_dice": None,
-            "best_val_iou": None,
-            "best_val_hd95_mm": None,
-            "epochs_run": None,
-            "wall_s": round(time.time() - t0, 2),
-            "device": device,
-            "hardware": None,
-            "n_train": None,
-            "n_val": None,
-            "params": params.to_dict(),
-        }
-        write_json(out_dir / "metrics.json", metrics)
+        metrics = CellMetrics(
+            cell=out_dir.name,
+            status="failed",
+            reason=f"{type(exc).__name__}: {exc}"[:500],
+            wall_s=round(time.time() - t0, 2),
+            device=device,
+            params=params.to_dict(),
+        )
+        metrics.write(out_dir / "metrics.json")
         return metrics

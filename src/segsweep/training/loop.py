@@ -26,9 +26,9 @@ Decisions (the contract the rest of the pipeline relies on):
   generator's state, early-stopping state, history). When it exists at start (same parameters) training
   continues from it; on the CPU the result is bit-identical to an uninterrupted run. A finished run's
   ``last.pt`` makes a rerun only redo the (deterministic) final evaluation.
-* **Failures.** A crash (CUDA OOM, I/O error...) propagates: `segsweep.jobs.run_train_job` decides between a
+* **Failures.** A crash (CUDA OOM, I/O error...) propagates: `segsweep.training.job.run_train_job` decides between a
   Snakemake retry (which resumes from ``last.pt``) and recording status ``failed``. User errors (missing
-  files, bad split) raise `DataError` / `ConfigError` naming the file.
+  files, bad split) raise `DataError` / `ConfigError` naming the file; the job never records them as failed.
 * **Privacy.** Outputs carry only pseudonymous patient ids (the npz names) and slice indices; no DICOM
   header value ever reaches this module.
 """
@@ -50,9 +50,10 @@ from torch import nn
 
 from segsweep.training.augment import Augmenter
 from segsweep.training.params import CellParams
+from segsweep.training.record import CellMetrics
 from segsweep.training.device import hardware_description, resolve_device
 from segsweep.errors import DataError
-from segsweep.io import atomic_path, write_json, write_text
+from segsweep.io import atomic_path, write_text
 from segsweep.training.model import UNet
 from segsweep.data.splits import select_patients
 
@@ -202,6 +203,7 @@ class _Trainer:
 
     def __init__(self, params: CellParams, data: CellData, device: torch.device, amp: bool, channels_last: bool):
         from segsweep.training.losses import build_loss
+        from segsweep.training.model import MODELS
         from segsweep.training.optim import build_optimizer
         from segsweep.training.regularizers import penalty
         from segsweep.training.schedules import LRSchedule
@@ -210,7 +212,7 @@ class _Trainer:
         self.amp, self.channels_last = amp, channels_last
         torch.manual_seed(params.seed)  # weight init + dropout masks (global generators, CPU and CUDA)
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
-        self.model = UNet.from_params(params).to(device)
+        self.model = MODELS["unet"](params, n_classes=1).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(params.loss).to(device)
@@ -322,8 +324,8 @@ def train_cell(
     amp: bool = False,
     channels_last: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
-) -> dict:
-    """Train one cell and write its outputs to ``out_dir``; return the metrics dict (also metrics.json).
+) -> CellMetrics:
+    """Train one cell and write its outputs to ``out_dir``; return its `CellMetrics` (also metrics.json).
 
     ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
     the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
@@ -402,23 +404,21 @@ def train_cell(
             on_epoch(dict(row))
 
     write_text(out_dir / "history.csv", _history_csv(history))
-    metrics = {
-        "cell": out_dir.name, "status": "ok", "reason": reason, "best_val_dice": None, "best_epoch": best["epoch"],
-        "final_val_dice": None, "best_val_iou": None, "best_val_hd95_mm": None, "epochs_run": len(history),
-        "device": dev.type, "hardware": hardware_description(dev), "n_train": data.n_train, "n_val": data.n_val,
-        "params": params.to_dict(),
-    }
     if stopped == "diverged":
         # no model of this run is reported: every quality field stays null; epochs_run is the diverging epoch
-        metrics.update(status="diverged", best_epoch=None)
+        status, best_epoch, quality = "diverged", None, {}
         _write_empty_evaluation(out_dir, data)
     else:
-        metrics.update(_final_evaluation(tr, data, best_path, out_dir))
-        metrics["final_val_dice"] = history[-1]["val_dice"]
-    metrics["wall_s"] = round(wall_before + time.perf_counter() - t_start, 3)
-    write_json(out_dir / "metrics.json", metrics)
-    log.info("cell %s: %s, best val Dice %s at epoch %s, %.1f s", out_dir.name, metrics["status"],
-             metrics["best_val_dice"], metrics["best_epoch"], metrics["wall_s"])
+        status, best_epoch = "ok", best["epoch"]
+        quality = {**_final_evaluation(tr, data, best_path, out_dir), "final_val_dice": history[-1]["val_dice"]}
+    metrics = CellMetrics(
+        cell=out_dir.name, status=status, reason=reason, best_epoch=best_epoch, epochs_run=len(history),
+        wall_s=round(wall_before + time.perf_counter() - t_start, 3), n_train=data.n_train, n_val=data.n_val,
+        device=dev.type, hardware=hardware_description(dev), params=params.to_dict(), **quality,
+    )
+    metrics.write(out_dir / "metrics.json")
+    log.info("cell %s: %s, best val Dice %s at epoch %s, %.1f s", out_dir.name, metrics.status,
+             metrics.best_val_dice, metrics.best_epoch, metrics.wall_s)
     return metrics
 
 
@@ -435,8 +435,11 @@ def _load_checkpoint(path: Path, log: logging.Logger) -> dict | None:
         return None
 
 
-def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Path) -> dict:
-    """Restore best.pt, predict the validation images once more, per-image Dice/IoU/HD95, write the files."""
+def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Path) -> dict[str, float | None]:
+    """Restore best.pt, predict the validation images once more, per-image Dice/IoU/HD95, write the files.
+
+    Returns the best epoch's quality fields of `CellMetrics` (best_val_dice, best_val_iou, best_val_hd95_mm).
+    """
     from segsweep.training.metrics import hd95_per_image
 
     state = torch.load(best_path, map_location="cpu", weights_only=True)

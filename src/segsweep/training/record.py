@@ -1,0 +1,123 @@
+"""`CellMetrics`: the one definition of a cell's ``metrics.json`` (no torch here: analysis and report import it).
+
+Written by training (`loop.train_cell` for ``ok``/``diverged``, `job.run_train_job` for ``failed``), read back
+by aggregation (`analysis.aggregate.read_cell`) and hence the report. On disk it is `segsweep.io.write_json`
+of `CellMetrics.to_json` (keys sorted, two-space indent). `CellMetrics.read` is tolerant: a key missing from
+an older file reads as None. The table in docs/architecture.md is `markdown_table()`; after changing a field
+run ``python -m segsweep.training.record docs/architecture.md`` (tests/test_record.py checks it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from segsweep.errors import DataError
+from segsweep.io import write_json, write_text
+
+STATUSES = ("ok", "diverged", "failed")
+"""Every value of ``status``, in the order tables count them."""
+
+
+def _doc(json_type: str, doc: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"json": json_type, "doc": doc})
+
+
+@dataclass(frozen=True)
+class CellMetrics:
+    """One cell's outcome, as in its ``metrics.json``. Field order is the column order of cells.csv."""
+
+    cell: str = field(metadata={"json": "string", "doc": "the cell id (its folder name under `results/cells/`)"})
+    status: str = field(metadata={"json": "string", "doc": "`ok`, `diverged` (non-finite loss: no quality "
+                                  "numbers) or `failed` (crashed on the last attempt)"})
+    reason: str | None = _doc("string or null", "why training stopped early, diverged (epoch and value) or "
+                              "failed (exception, at most 500 characters); null for a full, ok run")
+    best_val_dice: float | None = _doc("number or null", "mean per-image validation Dice of the best epoch's "
+                                       "weights (`best.pt`); null unless `ok`")
+    best_epoch: int | None = _doc("integer or null", "epoch (from 1) with the best validation Dice; null "
+                                  "unless `ok`")
+    final_val_dice: float | None = _doc("number or null", "validation Dice of the last epoch run; null unless "
+                                        "`ok`")
+    best_val_iou: float | None = _doc("number or null", "mean per-image validation IoU of the best epoch's "
+                                      "weights; null unless `ok`")
+    best_val_hd95_mm: float | None = _doc("number or null", "mean HD95 (mm) of the best epoch's weights over "
+                                          "the images where both masks are non-empty; null if none, or unless `ok`")
+    epochs_run: int | None = _doc("integer or null", "epochs trained, the diverging one included; null if "
+                                  "`failed`")
+    wall_s: float | None = _doc("number or null", "wall-clock seconds of training (resumed attempts included); "
+                                "for `failed`, of the last attempt")
+    n_train: int | None = _doc("integer or null", "training images; null if `failed`")
+    n_val: int | None = _doc("integer or null", "validation images; null if `failed`")
+    device: str | None = _doc("string or null", "device type trained on (`cpu`, `cuda`, `mps`); for `failed`, "
+                              "the configured `resources.device`")
+    hardware: str | None = _doc("string or null", "one-line CPU/GPU description; null if `failed`")
+    params: dict | None = _doc("object", "the cell's parameters (`CellParams.to_dict()`)")
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+    # ------------------------------------------------------------------------------------- file format
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``metrics.json`` (every field, nulls included)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def write(self, path: str | Path) -> None:
+        """Write ``metrics.json`` atomically."""
+        write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], source: str | Path = "metrics.json") -> "CellMetrics":
+        """From a parsed ``metrics.json``: missing keys are None, unknown keys are ignored."""
+        if not isinstance(obj, Mapping) or obj.get("status") not in STATUSES:
+            raise DataError(f"{source}: 'status' must be one of {', '.join(STATUSES)}")
+        return cls(**{name: obj.get(name) for name in FIELDS})
+
+    @classmethod
+    def read(cls, path: str | Path) -> "CellMetrics":
+        """Read ``metrics.json``. FileNotFoundError and json.JSONDecodeError propagate (the caller decides what
+        a missing or torn file means); a file without a valid ``status`` raises DataError."""
+        return cls.from_json(json.loads(Path(path).read_text()), source=path)
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CellMetrics))
+NUMERIC_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(CellMetrics) if f.metadata["json"].startswith(("number", "integer"))
+)
+QUALITY_FIELDS = ("best_val_dice", "final_val_dice", "best_val_iou", "best_val_hd95_mm")
+"""Model-quality numbers: meaningful only for an ``ok`` run (aggregation ignores them otherwise)."""
+
+
+# ------------------------------------------------------------------------------------------------ docs
+DOC_BEGIN = "<!-- metrics.json fields: generated by `python -m segsweep.training.record docs/architecture.md` -->"
+DOC_END = "<!-- end of generated metrics.json fields -->"
+
+
+def markdown_table(indent: str = "  ") -> str:
+    """The metrics.json table of docs/architecture.md (between its markers, markers included)."""
+    lines = [DOC_BEGIN, "| key | JSON type | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(CellMetrics):
+        lines.append(f"| `{f.name}` | {f.metadata['json']} | {f.metadata['doc']} |")
+    lines.append(DOC_END)
+    return "".join(f"{indent}{ln}\n" for ln in lines)
+
+
+def update_doc(path: str | Path) -> bool:
+    """Replace the generated block in ``path`` with `markdown_table()`; True if the file changed."""
+    path = Path(path)
+    text = path.read_text()
+    start = text.index(DOC_BEGIN)
+    start = text.rindex("\n", 0, start) + 1
+    end = text.index("\n", text.index(DOC_END)) + 1
+    new = text[:start] + markdown_table() + text[end:]
+    if new != text:
+        write_text(path, new)
+    return new != text
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance helper
+    for p in sys.argv[1:]:
+        print(f"{p}: {'updated' if update_doc(p) else 'up to date'}")
