@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
 from bench_train import write_synthetic_dataset  # noqa: E402
-from segsweep.training.params import CellParams  # noqa: E402
+from segsweep.plan.config import cell_params  # noqa: E402
 from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.io import write_json  # noqa: E402
 from segsweep.training.loop import train_cell  # noqa: E402
@@ -62,9 +62,9 @@ def grid(dry: bool) -> list[dict]:
 
 
 def run_cell(cell: dict, data_dir: Path, split: Path, out_dir: Path, device: str, threads: int, mode: str) -> dict:
-    params = CellParams.from_config(cell)
+    params = cell_params(cell)
     t0 = time.perf_counter()
-    m = train_cell(params, data_dir, split, out_dir, threads=threads, device=device, **MODES[mode])
+    m = train_cell(params, data_dir, split, out_dir, threads=threads, device=device, **MODES[mode]).to_json()
     wall = time.perf_counter() - t0
     with open(out_dir / "history.csv") as fh:
         next(fh)
@@ -81,11 +81,11 @@ def run_cell(cell: dict, data_dir: Path, split: Path, out_dir: Path, device: str
 def worker(args) -> None:
     """One process of the concurrency test: train the given cells in turn, print a JSON summary."""
     # train_cell imports these lazily; load them before the clock starts so train_s is training alone
-    import segsweep.losses  # noqa: F401
-    import segsweep.metrics  # noqa: F401
-    import segsweep.optim  # noqa: F401
-    import segsweep.regularizers  # noqa: F401
-    import segsweep.schedules  # noqa: F401
+    import segsweep.training.losses  # noqa: F401
+    import segsweep.training.metrics  # noqa: F401
+    import segsweep.training.optim  # noqa: F401
+    import segsweep.training.regularizers  # noqa: F401
+    import segsweep.training.schedules  # noqa: F401
 
     t0 = time.perf_counter()
     cells = json.loads(args.cells)

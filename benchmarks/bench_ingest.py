@@ -2,7 +2,7 @@
 
 Generates a phantom (default 40 patients × 20 slices, 256×216, RVSC layout) and measures in one run:
 
-1. images/s of ``segsweep.ingest.run`` (workers=1) against a bare loop over the same contoured DICOM files
+1. images/s of ``segsweep.data.ingest.run`` (workers=1) against a bare loop over the same contoured DICOM files
    (``pydicom.dcmread`` → ``pixel_array`` → min-max to uint8 → CLAHE): bar ratio ≥ 0.8. Both loops see the
    same files (the contoured images; ingest must report exactly that many) and run OpenCV on one thread.
    The two loops alternate (order swapped every round) ``--repeats`` times; each round gives one ratio

@@ -1,6 +1,9 @@
 # One job per cell. The cell id is a content hash of its parameters (+ data and split identity), so this
 # rule's only wildcard needs no parsing: everything comes from the CELLS table built in common.smk.
 # Only metrics.json is a declared output: checkpoints (last.pt) must survive a killed job so the rerun resumes.
+# Rerun triggers: `params` hold the cell's identity form (so a new hyperparameter at its neutral value reruns
+# nothing) and the execution settings; the script's mtime is a trigger too, so workflow/scripts/train.py is
+# kept stable (tests/test_cell_ids.py pins it).
 # Packing several cells into one Slurm job is the profile's business (groups + group-components).
 
 
@@ -11,11 +14,10 @@ rule train:
     output:
         metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
     params:
-        cell=lambda wc: CELLS[wc.cell].params.to_dict(),
+        cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
         device=CFG["resources"]["device"],
         amp=CFG["resources"]["amp"],
         channels_last=CFG["resources"]["channels_last"],
-        max_attempts=MAX_ATTEMPTS,
     log:
         "logs/train/{cell}.log",
     benchmark:
@@ -29,5 +31,6 @@ rule train:
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
+        max_attempts=MAX_ATTEMPTS,  # a resource, not a param: a retry count changes no result
     script:
         "../workflow/scripts/train.py"

@@ -20,7 +20,7 @@ runner.run(
     threads=smk.threads,
     device=smk.params.device,
     attempt=int(smk.resources.attempt),
-    max_attempts=int(smk.params.max_attempts),
+    max_attempts=int(smk.resources.max_attempts),
     amp=bool(smk.params.amp),
     channels_last=bool(smk.params.channels_last),
 )
