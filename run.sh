@@ -2,6 +2,7 @@
 # One entry point for a fresh machine (Python 3.11 + pip): installs the project venv (pinned versions) and runs
 #   ./run.sh demo    the whole pipeline on the built-in phantom → reports/report.html + reports/report.pdf
 #   ./run.sh test    the test suite (what .ci/run calls)
+#   ./run.sh lint    ruff (lint + format), snakefmt and snakemake --lint, as CI runs them before the tests
 #   ./run.sh setup   only the install
 # Extra arguments go to snakemake (demo) or pytest (test), e.g. ./run.sh demo --cores 2 -n
 set -euo pipefail
@@ -21,7 +22,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     # torch first, in its own call: so no other package's dependency pulls a different torch build.
     "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-    "$VENV/bin/pip" install -q -e ".[test,slurm]"
+    "$VENV/bin/pip" install -q -e ".[test,slurm,lint]"
     echo "$want" >"$stamp"
 }
 
@@ -39,8 +40,16 @@ case "$cmd" in
         setup
         "$VENV/bin/python" -m pytest "$@"
         ;;
+    lint)
+        setup
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        "$VENV/bin/snakefmt" --check .
+        "$VENV/bin/snakemake" --lint --cores 1 >/dev/null
+        echo "segsweep: ruff, ruff format, snakefmt and snakemake --lint are clean"
+        ;;
     *)
-        echo "usage: $0 {demo|test|setup} [args...]" >&2
+        echo "usage: $0 {demo|test|lint|setup} [args...]" >&2
         exit 2
         ;;
 esac

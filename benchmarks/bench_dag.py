@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_dag.py   → benchmarks/results/dag.json
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -21,7 +22,7 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 def config_with(n_lr: int) -> dict:
     # 3 optimizers × 5 fractions × 2 repeats × n_lr learning rates = 30·n_lr cells
-    lrs = [float(f"{1e-5 * 1.01 ** i:.6g}") for i in range(n_lr)]
+    lrs = [float(f"{1e-5 * 1.01**i:.6g}") for i in range(n_lr)]
     return {
         "studies": {
             "scale_test": {
@@ -42,15 +43,29 @@ def dry_run(n_lr: int, repeats: int = 3) -> tuple[float, int]:
         for _ in range(repeats):
             t0 = time.perf_counter()
             proc = subprocess.run(
-                [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", tmp, "-n", "--cores", "2", "--quiet", "rules",
-                 "--configfile", str(ROOT / "config" / "config.yaml"), str(cfg)],
-                capture_output=True, text=True,
+                [
+                    SNAKEMAKE,
+                    "-s",
+                    str(ROOT / "Snakefile"),
+                    "-d",
+                    tmp,
+                    "-n",
+                    "--cores",
+                    "2",
+                    "--quiet",
+                    "rules",
+                    "--configfile",
+                    str(ROOT / "config" / "config.yaml"),
+                    str(cfg),
+                ],
+                capture_output=True,
+                text=True,
             )
             times.append(time.perf_counter() - t0)
             if proc.returncode:
                 sys.exit(proc.stderr[-3000:])
         out = proc.stdout + proc.stderr
-        n = next(int(l.split()[1]) for l in out.splitlines() if l.split()[:1] == ["train"])
+        n = next(int(line.split()[1]) for line in out.splitlines() if line.split()[:1] == ["train"])
     return min(times), n
 
 

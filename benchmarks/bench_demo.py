@@ -3,6 +3,7 @@ directory on this machine and breaks the wall time down by rule from the Snakema
 
 Run: .venv/bin/python benchmarks/bench_demo.py [--cores 2]   → benchmarks/results/demo.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", tmp, "--cores", str(args.cores),
-             "--configfile", args.configfile],
-            capture_output=True, text=True,
+            [
+                SNAKEMAKE,
+                "-s",
+                str(ROOT / "Snakefile"),
+                "-d",
+                tmp,
+                "--cores",
+                str(args.cores),
+                "--configfile",
+                args.configfile,
+            ],
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - t0
         if proc.returncode:
@@ -49,7 +60,9 @@ def main() -> None:
     }
     result = {
         "benchmark": "time_to_report",
-        "config": str(Path(args.configfile).relative_to(ROOT)) if args.configfile.startswith(str(ROOT)) else args.configfile,
+        "config": str(Path(args.configfile).relative_to(ROOT))
+        if args.configfile.startswith(str(ROOT))
+        else args.configfile,
         "cores": args.cores,
         "wall_s": round(wall, 1),
         "bar": "demo under 10 minutes on 2 cores",

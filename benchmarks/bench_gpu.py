@@ -19,6 +19,7 @@ recorded) rather than overrunning. ``--dry`` runs every code path on the CPU at 
 
 Run: benchmarks/gpu.sh [--dry]   (or python benchmarks/bench_gpu.py [--dry])
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
 from bench_train import write_synthetic_dataset  # noqa: E402
+
+from segsweep.io import write_json  # noqa: E402
 from segsweep.plan.config import cell_params  # noqa: E402
 from segsweep.training.device import hardware_description  # noqa: E402
-from segsweep.io import write_json  # noqa: E402
 from segsweep.training.loop import train_cell  # noqa: E402
 
 STUDY_FILE = ROOT / "config" / "studies" / "seed000_lr_optimizer.yaml"
@@ -70,8 +72,13 @@ def run_cell(cell: dict, data_dir: Path, split: Path, out_dir: Path, device: str
         next(fh)
         epoch_s = [float(line.rstrip("\n").split(",")[-1]) for line in fh]
     return {
-        "optimizer": cell["optimizer"], "lr": cell["lr"], "mode": mode, "status": m["status"],
-        "best_val_dice": m["best_val_dice"], "epochs_run": m["epochs_run"], "wall_s": round(wall, 3),
+        "optimizer": cell["optimizer"],
+        "lr": cell["lr"],
+        "mode": mode,
+        "status": m["status"],
+        "best_val_dice": m["best_val_dice"],
+        "epochs_run": m["epochs_run"],
+        "wall_s": round(wall, 3),
         "train_epochs_s": round(sum(epoch_s), 3),
         "images_per_s": round(m["n_train"] * len(epoch_s) / sum(epoch_s), 1) if epoch_s else None,
     }
@@ -103,9 +110,25 @@ def concurrency(
     t0 = time.perf_counter()
     for w in range(k):
         mine = [cells[(w * m + j) % len(cells)] for j in range(m)] if m else []
-        cmd = [sys.executable, __file__, "worker", "--data", str(data_dir), "--split", str(split),
-               "--out", str(tmp / f"k{k}w{w}"), "--device", device, "--threads", str(threads), "--mode", mode,
-               "--cells", json.dumps(mine)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "worker",
+            "--data",
+            str(data_dir),
+            "--split",
+            str(split),
+            "--out",
+            str(tmp / f"k{k}w{w}"),
+            "--device",
+            device,
+            "--threads",
+            str(threads),
+            "--mode",
+            mode,
+            "--cells",
+            json.dumps(mine),
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate() for p in procs]
     wall = time.perf_counter() - t0
@@ -118,7 +141,10 @@ def concurrency(
         return {}
     slowest_train = max(r["train_s"] for r in reports)
     return {
-        "k": k, "cells": n, "threads_per_worker": threads, "wall_s": round(wall, 2),
+        "k": k,
+        "cells": n,
+        "threads_per_worker": threads,
+        "wall_s": round(wall, 2),
         "cells_per_hour": round(n / wall * 3600, 1),
         "cells_per_hour_steady": round(n / slowest_train * 3600, 1),
         "images_per_s_per_worker": statistics.median(c["images_per_s"] for r in reports for c in r["cells"]),
@@ -127,13 +153,23 @@ def concurrency(
 
 # ----------------------------------------------------------------------------------------------- main
 def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "platform": platform.platform(), "hardware": hardware_description(torch.device(device))}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "hardware": hardware_description(torch.device(device)),
+    }
     if device == "cuda":
         prop = torch.cuda.get_device_properties(0)
-        info.update(gpu=prop.name, gpu_memory_gib=round(prop.total_memory / 2**30, 1),
-                    multiprocessors=prop.multi_processor_count, cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+        info.update(
+            gpu=prop.name,
+            gpu_memory_gib=round(prop.total_memory / 2**30, 1),
+            multiprocessors=prop.multi_processor_count,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        )
     return info
 
 
@@ -170,12 +206,22 @@ def main(argv=None) -> dict | None:
     threads = 1 if args.dry else min(8, os.cpu_count() or 1)
     budget_grid = 0.5 * args.budget_s  # half for the precision grid, the rest for concurrency
 
-    result = {"benchmark": "gpu_training", "dry": args.dry, "machine": machine(device),
-              "setup": {"study": STUDY_FILE.name, "image_size": list(size), "epochs": cells[0]["epochs"],
-                        "batch_size": cells[0]["batch_size"], "depth": cells[0]["depth"],
-                        "base_width": cells[0]["base_width"], "loss": cells[0]["loss"],
-                        "modes": {k: v for k, v in MODES.items()}},
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "benchmark": "gpu_training",
+        "dry": args.dry,
+        "machine": machine(device),
+        "setup": {
+            "study": STUDY_FILE.name,
+            "image_size": list(size),
+            "epochs": cells[0]["epochs"],
+            "batch_size": cells[0]["batch_size"],
+            "depth": cells[0]["depth"],
+            "base_width": cells[0]["base_width"],
+            "loss": cells[0]["loss"],
+            "modes": {k: v for k, v in MODES.items()},
+        },
+        "date": time.strftime("%Y-%m-%d"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir, split = write_synthetic_dataset(tmp / "data", patients, slices, size, val_patients=n_val_pat)
@@ -197,7 +243,9 @@ def main(argv=None) -> dict | None:
         med = {mode: statistics.median(v) if v else None for mode, v in ips.items()}
         cell_s = {mode: statistics.median([r["wall_s"] for r in rows if r["mode"] == mode]) for mode in MODES}
         result["precision"] = {
-            "cells": rows, "cells_skipped_for_time": skipped, "median_images_per_s": med,
+            "cells": rows,
+            "cells_skipped_for_time": skipped,
+            "median_images_per_s": med,
             "speedup_amp_bf16_cl": round(med["amp_bf16_cl"] / med["fp32"], 3) if all(med.values()) else None,
             "median_cell_wall_s": cell_s,
         }

@@ -18,6 +18,7 @@ Writes benchmarks/results/ingest.json with the machine's CPU model and core coun
 
     .venv/bin/python benchmarks/bench_ingest.py [--patients 40 --slices 20 --repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,7 @@ import cv2
 import numpy as np
 import pydicom
 
-from segsweep.data import ingest
-from segsweep.data import layouts
-from segsweep.data import phantom
+from segsweep.data import ingest, layouts, phantom
 from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 
 HERE = Path(__file__).resolve().parent
@@ -98,6 +97,7 @@ def ingest_stages(data: DataConfig, prep: PreprocessConfig, out: Path, n_images:
                 return fn(*a, **k)
             finally:
                 acc[label] = acc.get(label, 0) + clock() - t0
+
         return wrapper
 
     for holder, name, label in STAGES:
@@ -134,8 +134,9 @@ print(json.dumps({"n_images": ds["n_images"], "maxrss_kb": resource.getrusage(re
 
 
 def peak_rss(root: Path, out: Path) -> dict:
-    res = subprocess.run([sys.executable, "-c", RSS_CHILD, str(root), str(out)], capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, str(root), str(out)], capture_output=True, text=True, check=True
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -189,7 +190,7 @@ def main(argv=None) -> dict:
             assert n == len(files)
 
         for i in range(args.repeats):  # alternate, swapping the order every round
-            for fn in ((time_bare, time_ingest) if i % 2 == 0 else (time_ingest, time_bare)):
+            for fn in (time_bare, time_ingest) if i % 2 == 0 else (time_ingest, time_bare):
                 fn()
         ratios = [b / o for b, o in zip(bare, one)]  # same image count: (n / one) / (n / bare)
         ratios_cpu = [b / o for b, o in zip(bare_cpu, one_cpu)]
@@ -213,11 +214,26 @@ def main(argv=None) -> dict:
     ratio = statistics.median(ratios)
     result = {
         "benchmark": "ingest",
-        "machine": {**machine(), "load_avg_1min_before": round(load_before, 2), "numpy": np.__version__,
-                    "pydicom": pydicom.__version__, "opencv": cv2.__version__},
-        "setup": {"opencv_threads": 1, "patients": args.patients, "slices": args.slices, "rows": 256, "cols": 216,
-                  "layout": "rvsc", "target": "endo", "size": list(prep.size), "policy": prep.policy,
-                  "repeats": args.repeats, "order": "alternating, swapped every round"},
+        "machine": {
+            **machine(),
+            "load_avg_1min_before": round(load_before, 2),
+            "numpy": np.__version__,
+            "pydicom": pydicom.__version__,
+            "opencv": cv2.__version__,
+        },
+        "setup": {
+            "opencv_threads": 1,
+            "patients": args.patients,
+            "slices": args.slices,
+            "rows": 256,
+            "cols": 216,
+            "layout": "rvsc",
+            "target": "endo",
+            "size": list(prep.size),
+            "policy": prep.policy,
+            "repeats": args.repeats,
+            "order": "alternating, swapped every round",
+        },
         "phantom_generate_s": round(gen_s, 3),
         "contoured_images": n,
         "ingested_images": n_images,
@@ -239,10 +255,14 @@ def main(argv=None) -> dict:
         "ingest_w2_s": [round(x, 3) for x in two],
         "speedup_w2": round(min(one) / min(two), 3),
         "w1_w2_outputs_identical": same,
-        "peak_rss_mb": {str(args.small): round(rss_small["maxrss_kb"] / 1024, 1),
-                        str(args.patients): round(rss_big["maxrss_kb"] / 1024, 1)},
-        "bars": {"ratio_ingest_vs_bare>=0.8": ratio >= 0.8,
-                 "rss_growth<=1.15": rss_big["maxrss_kb"] <= 1.15 * rss_small["maxrss_kb"]},
+        "peak_rss_mb": {
+            str(args.small): round(rss_small["maxrss_kb"] / 1024, 1),
+            str(args.patients): round(rss_big["maxrss_kb"] / 1024, 1),
+        },
+        "bars": {
+            "ratio_ingest_vs_bare>=0.8": ratio >= 0.8,
+            "rss_growth<=1.15": rss_big["maxrss_kb"] <= 1.15 * rss_small["maxrss_kb"],
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")

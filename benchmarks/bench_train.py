@@ -17,6 +17,7 @@ of every run (warm-up) is dropped; the bar compares medians of wall time (CPU ti
 Run: .venv/bin/python benchmarks/bench_train.py [--epochs 5] [--rounds 2] [--threads 1]
      → benchmarks/results/train.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segsweep.plan.config import cell_params
-from segsweep.training.params import CellParams  # noqa: E402
-from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.io import write_json  # noqa: E402
-from segsweep.training.model import UNet  # noqa: E402
+from segsweep.plan.config import cell_params
+from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.training.loop import train_cell  # noqa: E402
+from segsweep.training.model import UNet  # noqa: E402
+from segsweep.training.params import CellParams  # noqa: E402
 
 BAR = 1.05
 
@@ -72,13 +73,28 @@ def write_synthetic_dataset(
             imgs.append(np.clip(img, 0, 1).astype(np.float32))
             masks.append(m)
         image = np.stack(imgs)
-        np.savez(root / f"{pid}.npz", image=image, raw=(image * 255).astype(np.uint8), mask=np.stack(masks),
-                 spacing=np.full((slices, 2), 0.7, np.float32), slice=np.arange(slices, dtype=np.int32))
-    (root / "dataset.json").write_text(json.dumps({
-        "source": "synthetic", "layout": "none", "target": "endo", "n_classes": 1, "size": [h, w],
-        "patients": [{"id": p, "n_images": slices} for p in pids], "n_images": n_patients * slices,
-        "qc_counts": {},
-    }))
+        np.savez(
+            root / f"{pid}.npz",
+            image=image,
+            raw=(image * 255).astype(np.uint8),
+            mask=np.stack(masks),
+            spacing=np.full((slices, 2), 0.7, np.float32),
+            slice=np.arange(slices, dtype=np.int32),
+        )
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "source": "synthetic",
+                "layout": "none",
+                "target": "endo",
+                "n_classes": 1,
+                "size": [h, w],
+                "patients": [{"id": p, "n_images": slices} for p in pids],
+                "n_images": n_patients * slices,
+                "qc_counts": {},
+            }
+        )
+    )
     split = root / "split.json"
     split.write_text(json.dumps({"seed": 0, "val": pids[:val_patients], "pool": pids[val_patients:], "folds": []}))
     return root, split
@@ -94,8 +110,12 @@ def load_tensors(data_dir: Path, split_path: Path) -> tuple[torch.Tensor, ...]:
                 arrs.append(z[key].astype(np.float32))
         return torch.from_numpy(np.concatenate(arrs)).unsqueeze(1)
 
-    return (stack(split["pool"], "image"), stack(split["pool"], "mask"),
-            stack(split["val"], "image"), stack(split["val"], "mask"))
+    return (
+        stack(split["pool"], "image"),
+        stack(split["pool"], "mask"),
+        stack(split["val"], "image"),
+        stack(split["val"], "mask"),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- loops
@@ -172,10 +192,18 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    params = cell_params({
-        "depth": 3, "base_width": 8, "batch_size": 8, "epochs": args.epochs, "optimizer": "adam", "lr": 1e-3,
-        "loss": "dice", "augment": {"flip": True, "rotate_deg": 10, "scale": 0.1, "intensity": 0.1},
-    })
+    params = cell_params(
+        {
+            "depth": 3,
+            "base_width": 8,
+            "batch_size": 8,
+            "epochs": args.epochs,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "loss": "dice",
+            "augment": {"flip": True, "rotate_deg": 10, "scale": 0.1, "intensity": 0.1},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir, split = write_synthetic_dataset(tmp / "data", args.patients, 8, (128, 112), val_patients=3)
@@ -192,8 +220,11 @@ def main(argv=None) -> dict:
         for r in range(args.rounds):
             for k, v in interleaved_run(params, data_dir, split, tmp / f"cell{r}", tensors, args.threads).items():
                 t.setdefault(k, []).extend(v)
-            print(f"round {r + 1}: bare {statistics.median(t['bare_wall']):.3f} s/epoch, "
-                  f"segsweep {statistics.median(t['seg_wall']):.3f} s/epoch", flush=True)
+            print(
+                f"round {r + 1}: bare {statistics.median(t['bare_wall']):.3f} s/epoch, "
+                f"segsweep {statistics.median(t['seg_wall']):.3f} s/epoch",
+                flush=True,
+            )
 
     med = {k: statistics.median(v) for k, v in t.items()}
     ratio = med["seg_wall"] / med["bare_wall"]
@@ -207,15 +238,24 @@ def main(argv=None) -> dict:
         "median_epoch_cpu_s": {"bare": round(med["bare_cpu"], 4), "segsweep": round(med["seg_cpu"], 4)},
         "epoch_s": {"bare": [round(x, 4) for x in t["bare_wall"]], "segsweep": [round(x, 4) for x in t["seg_wall"]]},
         "setup": {
-            "model": "UNet depth 3, base width 8, batch norm", "image_size": [128, 112], "batch_size": 8,
-            "n_train": n_train, "n_val": n_val, "epochs_per_run": args.epochs, "rounds": args.rounds,
-            "warmup_epochs_dropped_per_run": 1, "optimizer": "adam",
+            "model": "UNet depth 3, base width 8, batch norm",
+            "image_size": [128, 112],
+            "batch_size": 8,
+            "n_train": n_train,
+            "n_val": n_val,
+            "epochs_per_run": args.epochs,
+            "rounds": args.rounds,
+            "warmup_epochs_dropped_per_run": 1,
+            "optimizer": "adam",
             "interleaving": "one bare epoch inside each segsweep on_epoch callback",
             "segsweep_augmentation": "flip, ±10°, ±10 % zoom, ±0.1 intensity",
         },
         "machine": {
-            "hardware": hardware_description(torch.device("cpu")), "threads": args.threads,
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "hardware": hardware_description(torch.device("cpu")),
+            "threads": args.threads,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
         },
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -1,4 +1,5 @@
 """Machine facts recorded beside every benchmark result, and where results go."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}

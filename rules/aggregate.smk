@@ -24,11 +24,6 @@ rule aggregate:
             subcategory="tables",
             caption="../workflow/report/stats.rst",
         ),
-    params:
-        study=study_dict,
-        cells_dir=CELLS_DIR,
-        logs_dir="logs/train",
-        seed=CFG["seed"],
     log:
         "logs/aggregate/{study}.log",
     benchmark:
@@ -39,6 +34,11 @@ rule aggregate:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        study=study_dict,
+        cells_dir=CELLS_DIR,
+        logs_dir="logs/train",
+        seed=CFG["seed"],
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -54,9 +54,6 @@ rule figures:
             subcategory="figures",
             caption="../workflow/report/study_figures.rst",
         ),
-    params:
-        study=study_dict,
-        cells_dir=CELLS_DIR,
     log:
         "logs/figures/{study}.log",
     benchmark:
@@ -67,6 +64,9 @@ rule figures:
     resources:
         mem_mb=1500,
         runtime=10,
+    params:
+        study=study_dict,
+        cells_dir=CELLS_DIR,
     script:
         "../workflow/scripts/figures.py"
 

@@ -4,8 +4,6 @@
 rule phantom:
     output:
         manifest=f"{PHANTOM_ROOT}/MANIFEST.json",
-    params:
-        phantom=asdict(PLAN.data.phantom),
     log:
         "logs/phantom.log",
     benchmark:
@@ -16,6 +14,8 @@ rule phantom:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        phantom=asdict(PLAN.data.phantom),
     script:
         "../workflow/scripts/phantom.py"
 
@@ -26,9 +26,6 @@ rule ingest:
         rules.phantom.output.manifest if PLAN.data.source == "phantom" else [],
     output:
         data=directory(DATA_DIR),
-    params:
-        data=asdict(PLAN.data),
-        preprocess=asdict(PLAN.preprocess),
     log:
         "logs/ingest.log",
     benchmark:
@@ -39,5 +36,8 @@ rule ingest:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        data=asdict(PLAN.data),
+        preprocess=asdict(PLAN.preprocess),
     script:
         "../workflow/scripts/ingest.py"

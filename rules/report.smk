@@ -13,10 +13,6 @@ rule report:
     output:
         html="reports/report.html",
         pdf="reports/report.pdf",
-    params:
-        config=CFG,
-        studies=[study_to_dict(s) for s in STUDIES.values()],
-        results_dir=lambda wc, input: str(Path(input.data).parent),
     log:
         "logs/report.log",
     benchmark:
@@ -27,5 +23,9 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=15,
+    params:
+        config=CFG,
+        studies=[study_to_dict(s) for s in STUDIES.values()],
+        results_dir=lambda wc, input: str(Path(input.data).parent),
     script:
         "../workflow/scripts/report.py"

@@ -6,8 +6,6 @@ rule split:
         data=DATA_DIR,
     output:
         "results/splits/{split}.json",
-    params:
-        spec=lambda wc: PLAN.split_specs[wc.split],
     log:
         "logs/split/{split}.log",
     benchmark:
@@ -18,5 +16,7 @@ rule split:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        spec=lambda wc: PLAN.split_specs[wc.split],
     script:
         "../workflow/scripts/split.py"

@@ -13,24 +13,24 @@ rule train:
         split=cell_split,
     output:
         metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
-    params:
-        cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
-        device=CFG["resources"]["device"],
-        amp=CFG["resources"]["amp"],
-        channels_last=CFG["resources"]["channels_last"],
     log:
         "logs/train/{cell}.log",
     benchmark:
         "benchmarks/runs/train/{cell}.tsv"
+    retries: MAX_ATTEMPTS - 1
     conda:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]
-    retries: MAX_ATTEMPTS - 1
     resources:
         mem_mb=CFG["resources"]["train_mem_mb"],
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
         max_attempts=MAX_ATTEMPTS,  # a resource, not a param: a retry count changes no result
+    params:
+        cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
+        device=CFG["resources"]["device"],
+        amp=CFG["resources"]["amp"],
+        channels_last=CFG["resources"]["channels_last"],
     script:
         "../workflow/scripts/train.py"

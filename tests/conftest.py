@@ -1,4 +1,5 @@
 """Shared pytest fixtures. Keep each owner's fixtures grouped under its own heading."""
+
 from __future__ import annotations
 
 import shutil
@@ -35,8 +36,7 @@ def phantom_trees(tmp_path_factory, phantom_phi) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("phantom")
     trees = {}
     for layout in layouts.LAYOUT_NAMES:
-        cfg = PhantomConfig(patients=3, slices=4, rows=64, cols=56, layout=layout, no_contour_fraction=0.25,
-                            seed=7)
+        cfg = PhantomConfig(patients=3, slices=4, rows=64, cols=56, layout=layout, no_contour_fraction=0.25, seed=7)
         phantom.generate(cfg, base / layout, phi=phantom_phi)
         trees[layout] = base / layout
     return trees
@@ -67,8 +67,18 @@ def phantom_make(tmp_path, phantom_phi):
 
         n[0] += 1
         root = tmp_path / f"phantom{n[0]}-{layout}"
-        cfg = PhantomConfig(**{"patients": 3, "slices": 4, "rows": 64, "cols": 56, "layout": layout,
-                               "no_contour_fraction": 0.25, "seed": 7, **kw})
+        cfg = PhantomConfig(
+            **{
+                "patients": 3,
+                "slices": 4,
+                "rows": 64,
+                "cols": 56,
+                "layout": layout,
+                "no_contour_fraction": 0.25,
+                "seed": 7,
+                **kw,
+            }
+        )
         phantom.generate(cfg, root, phi=default_phi if phi == "default" else phi)
         return root
 

@@ -13,6 +13,7 @@ check aggregation by hand:
 * schedules (3-fold CV): cosine fold 2 failed with a metrics.json saying why.
 * random_search (40 sampled configurations, empty table layout → a long table): lr > 0.03 diverges.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,10 +26,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segsweep.plan.cells import Plan, build_plan
-from segsweep.study import Study
-from segsweep.plan.config import prepare
 from segsweep.data.splits import make_split, select_patients
+from segsweep.plan.cells import Plan, build_plan
+from segsweep.plan.config import prepare
+from segsweep.study import Study
 from segsweep.training.record import CellMetrics
 
 H, W = 48, 40
@@ -42,8 +43,7 @@ CONFIG = {
     "title": "Fixture segmentation study",
     "author": "Test Author",
     "seed": 0,
-    "data": {"source": "phantom", "pseudonym_key": SECRET_KEY,
-             "phantom": {"patients": N_PATIENTS, "slices": SLICES}},
+    "data": {"source": "phantom", "pseudonym_key": SECRET_KEY, "phantom": {"patients": N_PATIENTS, "slices": SLICES}},
     "train": {"epochs": EPOCHS},
     "splits": {"folds": 3, "val_fraction": 0.25},
     "studies": {
@@ -76,8 +76,7 @@ CONFIG = {
     },
 }
 
-HAND_CHECKED = {"study": "optimizer_lr", "labels": {"optimizer": "adam", "lr": "0.001"},
-                "values": [0.80, 0.82, 0.84]}
+HAND_CHECKED = {"study": "optimizer_lr", "labels": {"optimizer": "adam", "lr": "0.001"}, "values": [0.80, 0.82, 0.84]}
 
 
 @dataclass
@@ -151,8 +150,13 @@ def _patient_arrays(i: int) -> dict:
         raw.append(r)
         img.append(clahe.apply(r).astype(np.float32) / 255.0)
         mask.append(m)
-    return {"raw": np.stack(raw), "image": np.stack(img), "mask": np.stack(mask),
-            "spacing": np.full((SLICES, 2), 1.4, np.float32), "slice": np.arange(SLICES, dtype=np.int32)}
+    return {
+        "raw": np.stack(raw),
+        "image": np.stack(img),
+        "mask": np.stack(mask),
+        "spacing": np.full((SLICES, 2), 1.4, np.float32),
+        "slice": np.arange(SLICES, dtype=np.int32),
+    }
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,14 +177,32 @@ def write_data(results: Path) -> tuple[list[str], dict[str, dict]]:
             qc.append([pid, f"{pid}/images/IM-{s:04d}.dcm", "ok", "ok", ""])
         qc.append([pid, f"{pid}/images/IM-{SLICES:04d}.dcm", "skipped", "no_contour", "image has no contour file"])
     # the report must show QC counts only: a message that (wrongly) carried a header value must not leak
-    qc.append([pids[0], f"{pids[0]}/contours/IM-0099-icontour.txt", "warning", "contour_out_of_bounds",
-               f"3 points outside the image were clipped ({LEAK_PROBE})"])
+    qc.append(
+        [
+            pids[0],
+            f"{pids[0]}/contours/IM-0099-icontour.txt",
+            "warning",
+            "contour_out_of_bounds",
+            f"3 points outside the image were clipped ({LEAK_PROBE})",
+        ]
+    )
     pd.DataFrame(qc, columns=["patient", "file", "status", "reason", "message"]).to_csv(data / "qc.csv", index=False)
     counts = {"ok": N_PATIENTS * SLICES, "no_contour": N_PATIENTS, "contour_out_of_bounds": 1}
-    (data / "dataset.json").write_text(json.dumps({
-        "source": "phantom", "layout": "rvsc", "target": "endo", "n_classes": 2, "size": [H, W],
-        "patients": [{"id": p, "n_images": SLICES} for p in pids], "n_images": N_PATIENTS * SLICES,
-        "qc_counts": counts}, indent=2))
+    (data / "dataset.json").write_text(
+        json.dumps(
+            {
+                "source": "phantom",
+                "layout": "rvsc",
+                "target": "endo",
+                "n_classes": 2,
+                "size": [H, W],
+                "patients": [{"id": p, "n_images": SLICES} for p in pids],
+                "n_images": N_PATIENTS * SLICES,
+                "qc_counts": counts,
+            },
+            indent=2,
+        )
+    )
     return pids, arrays
 
 
@@ -195,7 +217,8 @@ def write_cell(cell, results: Path, logs: Path, splits: dict, arrays: dict) -> N
             "epoch 1/12 train_loss 0.71 val_dice 0.31\n"
             "Traceback (most recent call last):\n"
             '  File "segsweep/train.py", line 210, in run\n'
-            "RuntimeError: DataLoader worker (pid 4242) is killed by signal: Killed.\n")
+            "RuntimeError: DataLoader worker (pid 4242) is killed by signal: Killed.\n"
+        )
         return
     offset = 0.02 * (p.seed - 1) + (0.01 * (p.fold - 1) if p.fold is not None else 0.0)
     best = quality(p) + offset
@@ -209,16 +232,24 @@ def write_cell(cell, results: Path, logs: Path, splits: dict, arrays: dict) -> N
             tl, vd = float("nan"), float("nan")
         hist.append([e + 1, lr_at(p, e), tl, tl + 0.03, vd, vd * 0.85 if vd == vd else vd, 0.5])
     pd.DataFrame(hist, columns=["epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s"]).to_csv(
-        d / "history.csv", index=False)
+        d / "history.csv", index=False
+    )
     ok = status == "ok"
     CellMetrics(
-        cell=cell.id, status=status, reason=reason,
-        best_val_dice=round(best, 6) if ok else None, best_epoch=p.epochs if ok else n_ep,
+        cell=cell.id,
+        status=status,
+        reason=reason,
+        best_val_dice=round(best, 6) if ok else None,
+        best_epoch=p.epochs if ok else n_ep,
         final_val_dice=round(best - 0.005, 6) if ok else None,
         best_val_iou=round(best * 0.85, 6) if ok else None,
         best_val_hd95_mm=round(12 * (1 - best) + 1, 4) if ok else None,
-        epochs_run=n_ep, wall_s=round(6.0 * n_ep + p.seed, 2), device="cpu",
-        hardware="Fixture CPU @ 2.0GHz (2 threads)", n_train=len(train), n_val=len(val),
+        epochs_run=n_ep,
+        wall_s=round(6.0 * n_ep + p.seed, 2),
+        device="cpu",
+        hardware="Fixture CPU @ 2.0GHz (2 threads)",
+        n_train=len(train),
+        n_val=len(val),
         params=p.to_dict(),
     ).write(d / "metrics.json")
     if status != "ok":
@@ -239,8 +270,14 @@ def write_cell(cell, results: Path, logs: Path, splits: dict, arrays: dict) -> N
             slices.append(s)
             dc = _dice(pr.astype(bool), a["mask"][s].astype(bool))
             rows.append([pid, s, dc, dc / (2 - dc), 1.4 * shift])
-    np.savez_compressed(d / "predictions.npz", pred=np.stack(preds), image=np.stack(imgs), mask=np.stack(masks),
-                        patient=np.array(pats), slice=np.array(slices, dtype=np.int32))
+    np.savez_compressed(
+        d / "predictions.npz",
+        pred=np.stack(preds),
+        image=np.stack(imgs),
+        mask=np.stack(masks),
+        patient=np.array(pats),
+        slice=np.array(slices, dtype=np.int32),
+    )
     pd.DataFrame(rows, columns=["patient", "slice", "dice", "iou", "hd95_mm"]).to_csv(d / "per_image.csv", index=False)
 
 

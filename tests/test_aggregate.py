@@ -1,4 +1,5 @@
 """Aggregation of a study: per-run table, layout table, status markers (values checked by hand)."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,8 @@ from segsweep.analysis.aggregate import (
     read_cells_csv,
     summarize,
 )
-from segsweep.study import Study, StudyCell
-from segsweep.study import TableLayout
 from segsweep.errors import DataError
+from segsweep.study import Study, StudyCell, TableLayout
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (tables)
 
@@ -59,8 +59,20 @@ def test_cells_csv_one_row_per_run_with_string_labels(fx):
     df = read_cells_csv(path, study.axes)
     assert len(df) == len(study.cells) == 18
     assert list(df.columns[:4]) == ["optimizer", "lr", "repeat", "fold"]
-    for col in ("cell", "status", "reason", "best_val_dice", "best_epoch", "final_val_dice", "best_val_iou",
-                "best_val_hd95_mm", "epochs_run", "wall_s", "device", "hardware"):
+    for col in (
+        "cell",
+        "status",
+        "reason",
+        "best_val_dice",
+        "best_epoch",
+        "final_val_dice",
+        "best_val_iou",
+        "best_val_hd95_mm",
+        "epochs_run",
+        "wall_s",
+        "device",
+        "hardware",
+    ):
         assert col in df.columns
     assert set(df["lr"]) == {"0.0001", "0.001", "0.01"}
     assert df["status"].value_counts().to_dict() == {"ok": 13, "diverged": 4, "failed": 1}
@@ -113,8 +125,12 @@ def test_missing_metrics_is_failed_with_log_tail(fx):
 
 def test_best_flags(fx):
     t = _table(fx, "optimizer_lr")
-    best = [(r["labels"], c["labels"]) for r, line in zip(t["rows"], t["cells"]) for c, x in zip(t["cols"], line)
-            if x["best_overall"]]
+    best = [
+        (r["labels"], c["labels"])
+        for r, line in zip(t["rows"], t["cells"])
+        for c, x in zip(t["cols"], line)
+        if x["best_overall"]
+    ]
     assert best == [({"optimizer": "adam"}, {"lr": "0.001"})]
     assert _cell(t, {"optimizer": "sgd"}, {"lr": "0.001"})["best_in_row"]
     assert not _cell(t, {"optimizer": "sgd"}, {"lr": "0.0001"})["best_in_row"]
@@ -157,8 +173,9 @@ def test_shared_cells_read_identically(fx):
 def _write_metrics(cells_dir, cid, status, dice):
     d = cells_dir / cid
     d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({"cell": cid, "status": status, "reason": "",
-                                                "best_val_dice": dice, "epochs_run": 3}))
+    (d / "metrics.json").write_text(
+        json.dumps({"cell": cid, "status": status, "reason": "", "best_val_dice": dice, "epochs_run": 3})
+    )
 
 
 def test_oneway_layout_marks_missing_combinations(tmp_path):
@@ -167,9 +184,16 @@ def test_oneway_layout_marks_missing_combinations(tmp_path):
     for cid, opt, lr, dice in (("c1", "adam", "0.001", 0.8), ("c2", "adam", "0.01", 0.7), ("c3", "sgd", "0.001", 0.6)):
         _write_metrics(cells, cid, "ok", dice)
         rows.append(StudyCell(cid, (("optimizer", opt), ("lr", lr)), 0, None))
-    study = Study("ow", "One way", "", "oneway", ("optimizer", "lr"),
-                  TableLayout(rows=("optimizer",), cols=("lr",)), tuple(rows),
-                  {"optimizer": ("adam", "sgd"), "lr": ("0.001", "0.01")})
+    study = Study(
+        "ow",
+        "One way",
+        "",
+        "oneway",
+        ("optimizer", "lr"),
+        TableLayout(rows=("optimizer",), cols=("lr",)),
+        tuple(rows),
+        {"optimizer": ("adam", "sgd"), "lr": ("0.001", "0.01")},
+    )
     aggregate_study(study, cells, tmp_path / "out")
     t = json.loads((tmp_path / "out" / "table.json").read_text())
     x = _cell(t, {"optimizer": "sgd"}, {"lr": "0.01"})
@@ -183,12 +207,20 @@ def test_lower_is_better_value(tmp_path):
     for cid, opt, hd in (("c1", "adam", 3.0), ("c2", "sgd", 5.0)):
         d = cells / cid
         d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps({"cell": cid, "status": "ok", "best_val_dice": 0.5,
-                                                    "best_val_hd95_mm": hd}))
+        (d / "metrics.json").write_text(
+            json.dumps({"cell": cid, "status": "ok", "best_val_dice": 0.5, "best_val_hd95_mm": hd})
+        )
         rows.append(StudyCell(cid, (("optimizer", opt),), 0, None))
-    study = Study("hd", "HD", "", "grid", ("optimizer",),
-                  TableLayout(rows=(), cols=("optimizer",), value="best_val_hd95_mm", higher_is_better=False),
-                  tuple(rows), {"optimizer": ("adam", "sgd")})
+    study = Study(
+        "hd",
+        "HD",
+        "",
+        "grid",
+        ("optimizer",),
+        TableLayout(rows=(), cols=("optimizer",), value="best_val_hd95_mm", higher_is_better=False),
+        tuple(rows),
+        {"optimizer": ("adam", "sgd")},
+    )
     aggregate_study(study, cells, tmp_path / "out")
     t = json.loads((tmp_path / "out" / "table.json").read_text())
     assert _cell(t, {}, {"optimizer": "adam"})["best_overall"]
@@ -197,8 +229,16 @@ def test_lower_is_better_value(tmp_path):
 
 def test_unknown_table_value_names_the_key(tmp_path):
     _write_metrics(tmp_path / "cells", "c1", "ok", 0.8)
-    study = Study("s", "S", "", "grid", ("lr",), TableLayout(rows=("lr",), cols=(), value="best_val_dcie"),
-                  (StudyCell("c1", (("lr", "0.1"),), 0, None),), {"lr": ("0.1",)})
+    study = Study(
+        "s",
+        "S",
+        "",
+        "grid",
+        ("lr",),
+        TableLayout(rows=("lr",), cols=(), value="best_val_dcie"),
+        (StudyCell("c1", (("lr", "0.1"),), 0, None),),
+        {"lr": ("0.1",)},
+    )
     with pytest.raises(DataError, match=r"studies\.s\.table\.value"):
         aggregate_study(study, tmp_path / "cells", tmp_path / "out")
 
@@ -212,9 +252,16 @@ def test_invalid_status_names_the_file(tmp_path):
 def test_non_ok_values_are_never_averaged(tmp_path):
     _write_metrics(tmp_path / "cells", "c1", "diverged", 0.9)  # a stray number next to a bad status
     _write_metrics(tmp_path / "cells", "c2", "ok", 0.5)
-    study = Study("s", "S", "", "grid", ("lr",), TableLayout(rows=("lr",), cols=()),
-                  (StudyCell("c1", (("lr", "0.1"),), 0, None), StudyCell("c2", (("lr", "0.1"),), 1, None)),
-                  {"lr": ("0.1",)})
+    study = Study(
+        "s",
+        "S",
+        "",
+        "grid",
+        ("lr",),
+        TableLayout(rows=("lr",), cols=()),
+        (StudyCell("c1", (("lr", "0.1"),), 0, None), StudyCell("c2", (("lr", "0.1"),), 1, None)),
+        {"lr": ("0.1",)},
+    )
     df = aggregate_study(study, tmp_path / "cells", tmp_path / "out")
     g = config_groups(study, df)[0]
     assert g["mean"] == 0.5 and g["note"] == "1 of 2 diverged"

@@ -3,6 +3,7 @@
 Every ``import`` / ``from ... import`` statement counts, also those inside functions (a function-level import
 hides a cycle; it does not remove it).
 """
+
 import ast
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Cell ids: pinned for the demo, stable when a field with a neutral default is added, and the train rule's
 params (a Snakemake rerun trigger) use the same identity form."""
+
 import dataclasses
 import re
 from pathlib import Path
@@ -11,13 +12,44 @@ from segsweep.training.params import CellParams
 
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's 36 cells (config/config.yaml). Identical to segsweep 0.1.0: the re-layout changed no id.
-DEMO_IDS = """
-0eb234b9087c 142c4e6556ef 15b0f8ff7b4c 171024ff6589 1f204b5315f7 2755b51feaf4 2a3d909b4053 2e69574308d4
-3049a0d5e59c 3592b765779b 3ac5ed145572 4d7795fc8391 513650d9576c 52058fe8a059 528b31b75f4b 57b41d0958d6
-595818860bbc 5bfc8543bf9a 5c2c0a8d0aeb 5dc7509070c3 5fdd44b42cb2 6dace98d0b73 74c7adc8efcc 781503bb5bec
-893ad20af4f6 933cc40cc9c9 a2072fc0b85f a9b41d4fa9f1 b1441a530ca4 ba2037c8357f ba37690a7807 bc035d6ce25b
-c288cc295781 db6cb7f912c4 efaa48b3f708 f2d92eb9f16a
-""".split()
+DEMO_IDS = [
+    "0eb234b9087c",
+    "142c4e6556ef",
+    "15b0f8ff7b4c",
+    "171024ff6589",
+    "1f204b5315f7",
+    "2755b51feaf4",
+    "2a3d909b4053",
+    "2e69574308d4",
+    "3049a0d5e59c",
+    "3592b765779b",
+    "3ac5ed145572",
+    "4d7795fc8391",
+    "513650d9576c",
+    "52058fe8a059",
+    "528b31b75f4b",
+    "57b41d0958d6",
+    "595818860bbc",
+    "5bfc8543bf9a",
+    "5c2c0a8d0aeb",
+    "5dc7509070c3",
+    "5fdd44b42cb2",
+    "6dace98d0b73",
+    "74c7adc8efcc",
+    "781503bb5bec",
+    "893ad20af4f6",
+    "933cc40cc9c9",
+    "a2072fc0b85f",
+    "a9b41d4fa9f1",
+    "b1441a530ca4",
+    "ba2037c8357f",
+    "ba37690a7807",
+    "bc035d6ce25b",
+    "c288cc295781",
+    "db6cb7f912c4",
+    "efaa48b3f708",
+    "f2d92eb9f16a",
+]
 
 
 def demo_plan():
@@ -68,3 +100,18 @@ def test_train_rule_params_use_the_identity_form():
 
 def test_digest_ignores_key_order():
     assert digest({"a": 1, "b": 2.0}) == digest({"b": 2.0, "a": 1})
+
+
+TRAIN_SCRIPT_SHA = "87fef2381afa9050"
+
+
+def test_train_script_is_stable():
+    """Snakemake reruns every cell whose metrics.json is older than the rule's script (its code trigger)."""
+    import hashlib
+
+    got = hashlib.sha256((ROOT / "workflow" / "scripts" / "train.py").read_bytes()).hexdigest()[:16]
+    assert got == TRAIN_SCRIPT_SHA, (
+        "workflow/scripts/train.py changed: after this change Snakemake retrains every finished cell (the "
+        "script's mtime is a rerun trigger). Put new logic in the library (segsweep.training.job) instead; "
+        "if the change really alters results, update TRAIN_SCRIPT_SHA and say so in the CHANGELOG."
+    )

@@ -1,13 +1,14 @@
 """Study expansion: cell counts per search mode, stable order-independent hashes, sharing between studies."""
+
 import copy
 
 import pytest
 
-from segsweep.plan import config as sc
+from segsweep.errors import ConfigError
 from segsweep.labels import format_value
+from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
 from segsweep.study import study_from_dict, study_to_dict
-from segsweep.errors import ConfigError
 
 
 def plan_of(studies, **kw):

@@ -1,10 +1,11 @@
 """Config validation names the key at fault; typed parameters normalise no-op differences."""
+
 import pytest
 
 from segsweep.data.config import DataConfig
+from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.training.params import CellParams, parse_loss
-from segsweep.errors import ConfigError
 
 MIN_STUDY = {"axes": {"lr": [0.1]}, "table": {"rows": ["lr"], "cols": []}}
 
@@ -88,8 +89,13 @@ def test_params_round_trip_through_json():
     import json
 
     p = CellParams.from_config(
-        {**sc.cell_defaults(), "loss": "dice+bce", "schedule": {"name": "step", "gamma": 0.5}, "regularizer": "l2",
-         "reg_lambda": 0.01}
+        {
+            **sc.cell_defaults(),
+            "loss": "dice+bce",
+            "schedule": {"name": "step", "gamma": 0.5},
+            "regularizer": "l2",
+            "reg_lambda": 0.01,
+        }
     )
     assert CellParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 

@@ -1,5 +1,6 @@
 """Contour parsing, validation and the rasterisation rule (pixel centres at integer coordinates,
 nonzero winding, half-open ties)."""
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,9 @@ def test_sunnybrook_contours_rasterise_to_plausible_areas():
     for f in files:
         c = C.parse(f)
         mask, notes = C.to_mask(c, (256, 256), f)
-        poly_area = 0.5 * abs(np.dot(c.points[:, 0], np.roll(c.points[:, 1], 1))
-                              - np.dot(c.points[:, 1], np.roll(c.points[:, 0], 1)))
+        poly_area = 0.5 * abs(
+            np.dot(c.points[:, 0], np.roll(c.points[:, 1], 1)) - np.dot(c.points[:, 1], np.roll(c.points[:, 0], 1))
+        )
         assert 300 < mask.sum() < 3000
         # pixel-centre sampling of a smooth blob: count ≈ area (boundary error ~ perimeter / 2)
         assert abs(mask.sum() - poly_area) < 0.5 * len(c.points) * 0.6 + 10
@@ -202,8 +204,12 @@ def test_self_intersection_test_agrees_with_brute_force():
                 d = orient(q1, q2, p1), orient(q1, q2, p2), orient(p1, p2, q1), orient(p1, p2, q2)
                 if d[0] * d[1] < 0 and d[2] * d[3] < 0:
                     return True
-                if ((d[0] == 0 and on(q1, q2, p1)) or (d[1] == 0 and on(q1, q2, p2))
-                        or (d[2] == 0 and on(p1, p2, q1)) or (d[3] == 0 and on(p1, p2, q2))):
+                if (
+                    (d[0] == 0 and on(q1, q2, p1))
+                    or (d[1] == 0 and on(q1, q2, p2))
+                    or (d[2] == 0 and on(p1, p2, q1))
+                    or (d[3] == 0 and on(p1, p2, q2))
+                ):
                     return True
         return False
 

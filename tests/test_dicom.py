@@ -1,4 +1,5 @@
 """segsweep.dicom: pixels after rescale/photometric, whitelisted fields only, typed QC reasons."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,27 @@ from segsweep.data import dicom
 
 # every image-holding file of pydicom's shipped corpus → expected outcome ("ok" or a reason code)
 CORPUS = {
-    "MR_small.dcm": "ok", "MR_small_implicit.dcm": "ok", "MR_small_bigendian.dcm": "ok",
-    "MR_small_expb.dcm": "ok", "MR_small_padded.dcm": "ok", "MR_small_RLE.dcm": "ok",
-    "MR_small_jp2klossless.dcm": "ok", "MR_small_jpeg_ls_lossless.dcm": "ok",
-    "CT_small.dcm": "ok", "JPEG2000.dcm": "ok", "JPGExtended.dcm": "ok", "693_J2KI.dcm": "ok",
-    "J2K_pixelrep_mismatch.dcm": "ok", "examples_overlay.dcm": "ok", "image_dfl.dcm": "ok",
-    "JPEGLSNearLossless_08.dcm": "ok", "JPEGLSNearLossless_16.dcm": "ok",
-    "rtdose.dcm": "ok", "rtdose_1frame.dcm": "ok", "rtdose_expb.dcm": "ok", "rtdose_rle.dcm": "ok",
+    "MR_small.dcm": "ok",
+    "MR_small_implicit.dcm": "ok",
+    "MR_small_bigendian.dcm": "ok",
+    "MR_small_expb.dcm": "ok",
+    "MR_small_padded.dcm": "ok",
+    "MR_small_RLE.dcm": "ok",
+    "MR_small_jp2klossless.dcm": "ok",
+    "MR_small_jpeg_ls_lossless.dcm": "ok",
+    "CT_small.dcm": "ok",
+    "JPEG2000.dcm": "ok",
+    "JPGExtended.dcm": "ok",
+    "693_J2KI.dcm": "ok",
+    "J2K_pixelrep_mismatch.dcm": "ok",
+    "examples_overlay.dcm": "ok",
+    "image_dfl.dcm": "ok",
+    "JPEGLSNearLossless_08.dcm": "ok",
+    "JPEGLSNearLossless_16.dcm": "ok",
+    "rtdose.dcm": "ok",
+    "rtdose_1frame.dcm": "ok",
+    "rtdose_expb.dcm": "ok",
+    "rtdose_rle.dcm": "ok",
     "MR_truncated.dcm": "dicom_truncated",
     "JPEG-lossy.dcm": "dicom_decode_failed",
     "JPEG2000-embedded-sequence-delimiter.dcm": "dicom_decode_failed",
@@ -30,13 +45,20 @@ CORPUS = {
     "nested_priv_SQ.dcm": "dicom_bad_header",
     "liver_1frame.dcm": "dicom_unsupported",
     "no_meta.dcm": "dicom_not_dicom",
-    "ExplVR_BigEnd.dcm": "dicom_color", "examples_palette.dcm": "dicom_color",
-    "examples_rgb_color.dcm": "dicom_color", "examples_ybr_color.dcm": "dicom_color",
-    "SC_rgb_rle_16bit_2frame.dcm": "dicom_color", "SC_rgb_jpeg.dcm": "dicom_color",
+    "ExplVR_BigEnd.dcm": "dicom_color",
+    "examples_palette.dcm": "dicom_color",
+    "examples_rgb_color.dcm": "dicom_color",
+    "examples_ybr_color.dcm": "dicom_color",
+    "SC_rgb_rle_16bit_2frame.dcm": "dicom_color",
+    "SC_rgb_jpeg.dcm": "dicom_color",
     "examples_jpeg2k.dcm": "dicom_color",
-    "rtplan.dcm": "dicom_no_pixels", "rtstruct.dcm": "dicom_no_pixels", "test-SR.dcm": "dicom_no_pixels",
-    "waveform_ecg.dcm": "dicom_no_pixels", "ExplVR_LitEndNoMeta.dcm": "dicom_no_pixels",
-    "ExplVR_BigEndNoMeta.dcm": "dicom_no_pixels", "rtplan_truncated.dcm": "dicom_truncated",
+    "rtplan.dcm": "dicom_no_pixels",
+    "rtstruct.dcm": "dicom_no_pixels",
+    "test-SR.dcm": "dicom_no_pixels",
+    "waveform_ecg.dcm": "dicom_no_pixels",
+    "ExplVR_LitEndNoMeta.dcm": "dicom_no_pixels",
+    "ExplVR_BigEndNoMeta.dcm": "dicom_no_pixels",
+    "rtplan_truncated.dcm": "dicom_truncated",
 }
 
 
@@ -67,8 +89,15 @@ def test_lossless_and_endian_variants_give_identical_pixels():
     ref = dicom.read(get_testdata_file("MR_small.dcm"))
     assert ref.pixels.shape == (1, 64, 64) and ref.pixels.dtype == np.float32
     assert ref.pixel_spacing == (0.3125, 0.3125) and ref.signed
-    for name in ("MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_RLE.dcm",
-                 "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_padded.dcm"):
+    for name in (
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_padded.dcm",
+    ):
         np.testing.assert_array_equal(dicom.read(get_testdata_file(name)).pixels, ref.pixels, err_msg=name)
 
 
@@ -157,8 +186,11 @@ def test_non_dicom_empty_and_truncated_files(tmp_path, dicom_write):
     good = dicom_write("cut.dcm", np.ones((16, 16), dtype=np.uint16))
     data = good.read_bytes()
     # cut in the pixel data, in the header, inside the file meta
-    for n, reasons in ((len(data) - 100, {"dicom_truncated"}), (300, {"dicom_truncated"}),
-                       (140, {"dicom_truncated", "dicom_unreadable"})):
+    for n, reasons in (
+        (len(data) - 100, {"dicom_truncated"}),
+        (300, {"dicom_truncated"}),
+        (140, {"dicom_truncated", "dicom_unreadable"}),
+    ):
         cut = tmp_path / f"cut{n}.dcm"
         cut.write_bytes(data[:n])
         with pytest.raises(dicom.DicomError) as err:
@@ -171,9 +203,23 @@ def test_non_dicom_empty_and_truncated_files(tmp_path, dicom_write):
 
 def test_only_whitelisted_fields_leave_the_reader(dicom_write):
     names = {f.name for f in dataclasses.fields(dicom.DicomImage)}
-    assert names == {"stored", "slope", "intercept", "invert", "pixel_spacing", "rows", "cols",
-                     "bits_allocated", "bits_stored", "signed", "photometric", "slice_location",
-                     "instance_number", "series_description", "warnings"}
+    assert names == {
+        "stored",
+        "slope",
+        "intercept",
+        "invert",
+        "pixel_spacing",
+        "rows",
+        "cols",
+        "bits_allocated",
+        "bits_stored",
+        "signed",
+        "photometric",
+        "slice_location",
+        "instance_number",
+        "series_description",
+        "warnings",
+    }
     im = dicom.read(dicom_write("w.dcm", np.ones((3, 3), np.uint16), InstanceNumber=7, SliceLocation="3.25"))
     assert (im.instance_number, im.slice_location, im.rows, im.cols) == (7, 3.25, 3, 3)
     assert "Test" not in repr(dataclasses.replace(im, stored=np.zeros(1)))

@@ -7,6 +7,7 @@
 - ``ingest.write_npz`` with a list value == the same call with ``np.stack(list)``;
 - ``io.read_file`` == ``Path.read_bytes()`` / ``Path.stat().st_size``.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,8 +59,9 @@ def _random_polygons(seed: int):
         out.append((f"convex{k}", pts, (h, w)))
     for k in range(10):  # concave stars
         h, w = (int(v) for v in rng.integers(16, 40, 2))
-        out.append((f"star{k}", _star(rng, w / 2, h / 2, min(h, w) / 2.5, min(h, w) / 6, int(rng.integers(3, 9))),
-                    (h, w)))
+        out.append(
+            (f"star{k}", _star(rng, w / 2, h / 2, min(h, w) / 2.5, min(h, w) / 6, int(rng.integers(3, 9))), (h, w))
+        )
     for k in range(10):  # random vertex order: mostly self-intersecting
         h, w = (int(v) for v in rng.integers(10, 32, 2))
         pts = np.round(rng.uniform(-1, [w, h], (int(rng.integers(4, 12)), 2)) * 4) / 4
@@ -174,8 +176,12 @@ def _crosses_brute(pts: np.ndarray) -> bool:
             d1, d2, d3, d4 = orient(c, d, a), orient(c, d, b), orient(a, b, c), orient(a, b, d)
             if d1 * d2 < 0 and d3 * d4 < 0:
                 return True
-            if (d1 == 0 and on_seg(c, d, a)) or (d2 == 0 and on_seg(c, d, b)) \
-                    or (d3 == 0 and on_seg(a, b, c)) or (d4 == 0 and on_seg(a, b, d)):
+            if (
+                (d1 == 0 and on_seg(c, d, a))
+                or (d2 == 0 and on_seg(c, d, b))
+                or (d3 == 0 and on_seg(a, b, c))
+                or (d4 == 0 and on_seg(a, b, d))
+            ):
                 return True
     return False
 
@@ -192,12 +198,24 @@ def test_read_masks_equals_to_mask_file_by_file(tmp_path, seed):
         _assert_same(g, ref, f"{Path(path).name} {shape}")
         # only QC errors: an unexpected one would send the whole batch down read_masks' one-by-one fallback
         assert not isinstance(ref, Exception) or isinstance(ref, C.ContourError), f"{path}: {ref!r}"
-        outcomes.add(getattr(ref, "reason", None) if isinstance(ref, Exception) else
-                     ("self" if C._SELF_NOTE[0] in ref[1] else "mask"))
+        outcomes.add(
+            getattr(ref, "reason", None)
+            if isinstance(ref, Exception)
+            else ("self" if C._SELF_NOTE[0] in ref[1] else "mask")
+        )
     # the batch exercised what it claims to: every failure kind, masks with and without self-crossings
-    expected = {"contour_empty", "contour_nonfinite", "contour_odd_values", "contour_not_numeric",
-                "contour_bad_line", "contour_too_few_points", "contour_unreadable", "contour_empty_mask",
-                "self", "mask"}
+    expected = {
+        "contour_empty",
+        "contour_nonfinite",
+        "contour_odd_values",
+        "contour_not_numeric",
+        "contour_bad_line",
+        "contour_too_few_points",
+        "contour_unreadable",
+        "contour_empty_mask",
+        "self",
+        "mask",
+    }
     assert expected <= outcomes, expected - outcomes
 
 
@@ -253,8 +271,9 @@ def test_overflowing_coordinates_give_a_contour_error_or_a_mask(tmp_path):
     p.write_text("1.5e308 5\n-1.5e308 10\n3 20\n")
     with np.errstate(all="ignore"):
         res = C.read_masks([(p, (32, 32))])[0]
-    assert isinstance(res, C.ContourError) and res.reason == "contour_nonfinite", \
+    assert isinstance(res, C.ContourError) and res.reason == "contour_nonfinite", (
         f"contours.to_mask/read_masks gave {type(res).__name__}: {res}"
+    )
 
 
 # ------------------------------------------------------------------ 2. the line check vs the line rule
@@ -299,23 +318,26 @@ BREAKS = ["\n", "\r\n", "\r", "\v", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2
 SPACES = [" ", "\t", "  ", " \t ", "\xa0", "\x1f", "\u3000"]  # whitespace that breaks no line
 
 
-@pytest.mark.parametrize("text, want", [
-    ("1 2\r3 4\r5 6\r", 3),  # lone \r ends lines
-    ("1 2\r\n3 4\r\n5 6\r\n", 3),
-    ("1 2\r\r\n3 4\r\n5 6", 3),  # \r, then \r\n: a blank line between
-    ("1\r2\n3 4\n5 6\n", ("contour_bad_line", 1)),
-    ("1 2\n3\v4\n5 6\n", ("contour_bad_line", 2)),
-    ("1 2\x0c3 4\x0c5 6", 3),
-    ("1\x0c2\n3 4\n5 6\n", ("contour_bad_line", 1)),
-    ("1 2\u20283 4\u20295 6\x1c", 3),
-    ("1 2\x1c3 4 5 6\n", ("contour_bad_line", 2)),
-    ("1 2\x1f3 4\x1f5 6", ("contour_bad_line", 1)),  # \x1f is whitespace, not a line break
-    ("\n\n  \t\n1 2  \n\t3\t4\t\n \n5 6 \n\n", 3),
-    ("1 2 3 4\n5 6\n7 8\n", ("contour_bad_line", 1)),
-    ("1 2\n3 4\n5 6 7 8\n", ("contour_bad_line", 3)),
-    ("1 2\n3\n4 5 6\n", ("contour_bad_line", 2)),
-    ("1\xa02\n3\u30004\n5 6", 3),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("1 2\r3 4\r5 6\r", 3),  # lone \r ends lines
+        ("1 2\r\n3 4\r\n5 6\r\n", 3),
+        ("1 2\r\r\n3 4\r\n5 6", 3),  # \r, then \r\n: a blank line between
+        ("1\r2\n3 4\n5 6\n", ("contour_bad_line", 1)),
+        ("1 2\n3\v4\n5 6\n", ("contour_bad_line", 2)),
+        ("1 2\x0c3 4\x0c5 6", 3),
+        ("1\x0c2\n3 4\n5 6\n", ("contour_bad_line", 1)),
+        ("1 2\u20283 4\u20295 6\x1c", 3),
+        ("1 2\x1c3 4 5 6\n", ("contour_bad_line", 2)),
+        ("1 2\x1f3 4\x1f5 6", ("contour_bad_line", 1)),  # \x1f is whitespace, not a line break
+        ("\n\n  \t\n1 2  \n\t3\t4\t\n \n5 6 \n\n", 3),
+        ("1 2 3 4\n5 6\n7 8\n", ("contour_bad_line", 1)),
+        ("1 2\n3 4\n5 6 7 8\n", ("contour_bad_line", 3)),
+        ("1 2\n3\n4 5 6\n", ("contour_bad_line", 2)),
+        ("1\xa02\n3\u30004\n5 6", 3),
+    ],
+)
 def test_line_rule_examples(text, want):
     got = _outcome(text)
     expected = _rule(text)
@@ -337,12 +359,12 @@ def _odd_text(rng: np.random.Generator) -> str:
     if rng.random() < 0.05:
         vals.pop()
     if rng.random() < 0.7:
-        chunks = [vals[i:i + 2] for i in range(0, len(vals), 2)]
+        chunks = [vals[i : i + 2] for i in range(0, len(vals), 2)]
     else:  # regroup: some lines get 1, 3 or 4 numbers
         chunks, i = [], 0
         while i < len(vals):
             k = int(rng.integers(1, 5))
-            chunks.append(vals[i:i + k])
+            chunks.append(vals[i : i + k])
             i += k
     one_break = rng.random() < 0.5
     brk = str(rng.choice(BREAKS))
@@ -432,9 +454,10 @@ def test_write_npz_list_of_non_native_byte_order_is_written_as_np_stack(tmp_path
     ingest.write_npz(tmp_path / "stack.npz", {"a": np.stack(arrays)})
     got, want = _loaded(tmp_path / "list.npz", "a"), np.stack(arrays)
     assert np.array_equal(got, want)
-    assert got.dtype.str == want.dtype.str, \
-        f"BUG ingest._npy_parts: list of {arrays[0].dtype.str} arrays written as {got.dtype.str}, " \
+    assert got.dtype.str == want.dtype.str, (
+        f"BUG ingest._npy_parts: list of {arrays[0].dtype.str} arrays written as {got.dtype.str}, "
         f"np.stack gives {want.dtype.str}"
+    )
     assert (tmp_path / "list.npz").read_bytes() == (tmp_path / "stack.npz").read_bytes()
 
 
@@ -442,10 +465,12 @@ def test_write_npz_keeps_zero_dimensional_shapes(tmp_path):
     path = tmp_path / "s.npz"
     ingest.write_npz(path, {"s": np.array(2.5), "l": [np.float32(1.5), np.float32(-2.0)]})
     s, lst = _loaded(path, "s"), _loaded(path, "l")
-    assert s.shape == (), f"BUG ingest.write_npz: 0-d array loads with shape {s.shape} (np.ascontiguousarray " \
-                          f"makes ndim >= 1)"
-    assert lst.shape == (2,), f"BUG ingest.write_npz: list of 0-d arrays loads with shape {lst.shape}, " \
-                              f"np.stack gives (2,)"
+    assert s.shape == (), (
+        f"BUG ingest.write_npz: 0-d array loads with shape {s.shape} (np.ascontiguousarray makes ndim >= 1)"
+    )
+    assert lst.shape == (2,), (
+        f"BUG ingest.write_npz: list of 0-d arrays loads with shape {lst.shape}, np.stack gives (2,)"
+    )
 
 
 def test_write_npz_rejects_unequal_list_and_keeps_old_file(tmp_path):

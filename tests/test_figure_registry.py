@@ -1,4 +1,5 @@
 """The figure registries: one caption per figure, and the snakemake --report captions generated from them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,8 @@ def test_checked_in_captions_are_generated_from_the_registry(kind):
     assert path.read_text() == plots.captions_rst(kind), (
         f"{plots.CAPTION_FILES[kind]} is not what the figure registry generates: a figure or caption in "
         f"src/segsweep/report/plots.py changed. Regenerate it from the project root with "
-        f"`.venv/bin/{plots.REGENERATE}` and commit the result.")
+        f"`.venv/bin/{plots.REGENERATE}` and commit the result."
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRIES))
@@ -36,14 +38,22 @@ def test_every_figure_has_file_title_and_a_caption_whose_fields_are_filled(kind)
         assert not set(e.meta["generic"]) - fields, f"{e.name}: generic text for fields the caption lacks"
         generic = e.meta["caption"].format(**{**plots.GENERIC_FIELDS, **e.meta["generic"]})
         assert "{{" not in generic and "{%" not in generic and "{#" not in generic  # Jinja syntax
-        assert f"{Path(e.meta['file']).stem}\" %}}" in plots.captions_rst(kind)
+        assert f'{Path(e.meta["file"]).stem}" %}}' in plots.captions_rst(kind)
 
 
 def test_file_maps_follow_the_registries():
     assert {e.name: e.meta["file"] for e in plots.STUDY_FIGURES} == plots.FIGURE_FILES
     assert {e.name: e.meta["file"] for e in plots.DATA_FIGURES} == plots.DATA_FIGURE_FILES
-    assert list(plots.FIGURE_FILES) == ["heatmap", "curves", "fraction", "lr", "schedule", "loss", "per_patient",
-                                        "overlays"]  # report order
+    assert list(plots.FIGURE_FILES) == [
+        "heatmap",
+        "curves",
+        "fraction",
+        "lr",
+        "schedule",
+        "loss",
+        "per_patient",
+        "overlays",
+    ]  # report order
 
 
 def test_write_captions_and_check(tmp_path, capsys):

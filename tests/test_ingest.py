@@ -1,4 +1,5 @@
 """Ingest end to end: every layout and target, bad inputs as QC rows, strict mode, idempotence."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segsweep.data import contours
-from segsweep.data import ingest
-from segsweep.data import layouts
+from segsweep.data import contours, ingest, layouts
 from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 from segsweep.errors import DataError
 
@@ -62,7 +61,7 @@ def test_every_layout_and_target(phantom_trees, tmp_path, layout, target):
         assert z["image"].dtype == np.float32 and z["raw"].dtype == np.uint8 and z["mask"].dtype == np.uint8
         assert z["spacing"].shape == (n, 2) and z["spacing"].dtype == np.float32
         assert z["slice"].dtype == np.int32 and list(z["slice"]) == sorted(z["slice"])
-        assert 0 <= z["image"].min() and z["image"].max() <= 1
+        assert z["image"].min() >= 0 and z["image"].max() <= 1
         assert set(np.unique(z["mask"])) == ({0, 1, 2} if target == "multiclass" else {0, 1})
     rows = qc_rows(tmp_path)
     assert sum(r["status"] == "ok" and r["file"].endswith(".dcm") for r in rows) == ds["n_images"]
@@ -70,15 +69,13 @@ def test_every_layout_and_target(phantom_trees, tmp_path, layout, target):
     assert sum(r["file"].endswith(".dcm") for r in rows) == n_images  # one row per image file
     assert sum(r["file"].endswith(".txt") for r in rows) == manifest["n_contours"]
     assert {r["reason"] for r in rows} <= set(ingest.QC_REASONS) | {""}
-    assert ds["qc_counts"]["image_without_contour"] == sum(p["images"] - p["contoured"]
-                                                          for p in manifest["patients"])
+    assert ds["qc_counts"]["image_without_contour"] == sum(p["images"] - p["contoured"] for p in manifest["patients"])
 
 
 def test_masks_are_the_rasterised_contours(phantom_trees, tmp_path):
     # crop_pad to the native size: no resampling, so the mask must equal the rasterised files exactly
     root = phantom_trees["sunnybrook_flat"]
-    ingest.run(cfg(root, "sunnybrook_flat", "multiclass"), PreprocessConfig(size=(64, 56), policy="crop_pad"),
-               tmp_path)
+    ingest.run(cfg(root, "sunnybrook_flat", "multiclass"), PreprocessConfig(size=(64, 56), policy="crop_pad"), tmp_path)
     rec = layouts.discover("sunnybrook_flat", root)[0]
     z = np.load(tmp_path / f"{ingest.pseudonym('test-key', rec.key)}.npz")
     for i, number in enumerate(z["slice"]):
@@ -267,8 +264,9 @@ def test_blank_image_empty_mask_and_unexpected_errors(phantom_copy, tmp_path, di
     both = sorted(int(f.name[8:12]) for f in (ctr_dir / "o-contours").glob("*.txt"))
     assert len(both) >= 2
     blank, same = both[0], both[1]
-    shutil.copy(dicom_write("flat.dcm", np.full((64, 56), 300, np.uint16)),
-                root / "dicoms" / "SCD0000101" / f"{blank}.dcm")
+    shutil.copy(
+        dicom_write("flat.dcm", np.full((64, 56), 300, np.uint16)), root / "dicoms" / "SCD0000101" / f"{blank}.dcm"
+    )
     # outer contour = inner contour: the myocardium is empty
     inner = ctr_dir / "i-contours" / f"IM-0001-{same:04d}-icontour-manual.txt"
     shutil.copy(inner, ctr_dir / "o-contours" / f"IM-0001-{same:04d}-ocontour-manual.txt")

@@ -1,4 +1,5 @@
 """Layout discovery on generated trees of every layout and on the real Sunnybrook subset."""
+
 from __future__ import annotations
 
 import ast
@@ -74,8 +75,10 @@ def test_missing_empty_and_file_roots_raise_data_error(tmp_path, layout):
         layouts.discover(layout, tmp_path / "file")
 
 
-@pytest.mark.parametrize("configured, actual", [("rvsc", "sunnybrook_flat"), ("sunnybrook_flat", "rvsc"),
-                                                ("sunnybrook", "rvsc"), ("rvsc", "sunnybrook")])
+@pytest.mark.parametrize(
+    "configured, actual",
+    [("rvsc", "sunnybrook_flat"), ("sunnybrook_flat", "rvsc"), ("sunnybrook", "rvsc"), ("rvsc", "sunnybrook")],
+)
 def test_root_of_another_layout_is_named_in_the_error(phantom_trees, configured, actual):
     with pytest.raises(DataError) as err:
         layouts.discover(configured, phantom_trees[actual])
@@ -92,8 +95,9 @@ def test_schema_enums_match_the_layout_registry():
     names = set(layouts.LAYOUTS.names())
     assert names == set(layouts.LAYOUT_NAMES) and len(names) >= 3
     assert set(data["source"]["enum"]) == {"phantom", *names}, "add the layout to data.source in config.schema.yaml"
-    assert set(data["phantom"]["properties"]["layout"]["enum"]) == names, \
+    assert set(data["phantom"]["properties"]["layout"]["enum"]) == names, (
         "add the layout to data.phantom.layout in config.schema.yaml"
+    )
 
 
 def test_layout_modules_import_only_base():
@@ -130,9 +134,13 @@ def test_stray_files_become_notes_not_crashes(phantom_copy):
         fh.write(".\\patient01\\P01contours-manual\\P01-0099-icontour-manual.txt\r\n")
     rec = next(r for r in layouts.discover("rvsc", root) if r.key == "TrainingSet/patient01")
     notes = {(n.path.name, n.reason) for n in rec.notes}
-    assert notes == {("notes.txt", "unexpected_file"), (".DS_Store", "unexpected_file"),
-                     ("P01-0001-icontour-auto.txt", "unexpected_file"), ("extra", "unexpected_file"),
-                     ("P01-0099-icontour-manual.txt", "listed_contour_missing")}
+    assert notes == {
+        ("notes.txt", "unexpected_file"),
+        (".DS_Store", "unexpected_file"),
+        ("P01-0001-icontour-auto.txt", "unexpected_file"),
+        ("extra", "unexpected_file"),
+        ("P01-0099-icontour-manual.txt", "listed_contour_missing"),
+    }
 
 
 def test_rvsc_patient_folders_directly_under_root(phantom_copy, tmp_path):

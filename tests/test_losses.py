@@ -1,11 +1,11 @@
 """Losses: hand-computed values, empty-mask conventions, finite gradients, and agreement with MONAI."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from segsweep.training.params import parse_loss
 from segsweep.errors import ConfigError
 from segsweep.training.losses import (
     LOSSES,
@@ -21,6 +21,7 @@ from segsweep.training.losses import (
     WeightedSum,
     build_loss,
 )
+from segsweep.training.params import parse_loss
 
 torch.set_num_threads(1)
 
@@ -87,7 +88,9 @@ def test_focal_by_hand():
 
 def test_combo_and_switching_by_hand():
     # combo, ce_ratio 0.3, pos_weight 1: 0.3·BCE + 0.7·Dice
-    assert _val(ComboLoss(ce_ratio=0.3, pos_weight=1.0, smooth=1.0)) == pytest.approx(0.3 * BCE + 0.7 * DICE_S1, abs=1e-6)
+    assert _val(ComboLoss(ce_ratio=0.3, pos_weight=1.0, smooth=1.0)) == pytest.approx(
+        0.3 * BCE + 0.7 * DICE_S1, abs=1e-6
+    )
     # switching λ = 0.25: BCE + 0.25·Dice + 0.75·InverseDice
     inv = 1 - 4.6 / 6
     assert _val(SwitchingLoss(lam=0.25, smooth=1.0)) == pytest.approx(BCE + 0.25 * DICE_S1 + 0.75 * inv, abs=1e-6)
@@ -104,8 +107,17 @@ def test_region_losses_average_per_image():
 
 
 # ------------------------------------------------------------------------------------- empty masks
-ALL = [DiceLoss(), InverseDiceLoss(), IoULoss(), TverskyLoss(), BCELoss(), WeightedCELoss(), FocalLoss(),
-       ComboLoss(), SwitchingLoss()]
+ALL = [
+    DiceLoss(),
+    InverseDiceLoss(),
+    IoULoss(),
+    TverskyLoss(),
+    BCELoss(),
+    WeightedCELoss(),
+    FocalLoss(),
+    ComboLoss(),
+    SwitchingLoss(),
+]
 
 
 def test_empty_prediction_and_empty_target_give_zero_region_loss():
@@ -173,13 +185,17 @@ def test_matches_monai():
         (DiceLoss(smooth=s), monai_losses.DiceLoss(sigmoid=True, smooth_nr=s, smooth_dr=s)),
         # MONAI's Jaccard is 1 - (2I + s)/(2U + s): ours with smoothing s equals MONAI's with 2s
         (IoULoss(smooth=s), monai_losses.DiceLoss(sigmoid=True, jaccard=True, smooth_nr=2 * s, smooth_dr=2 * s)),
-        (TverskyLoss(alpha=0.3, beta=0.7, smooth=s),
-         monai_losses.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=s, smooth_dr=s)),
+        (
+            TverskyLoss(alpha=0.3, beta=0.7, smooth=s),
+            monai_losses.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=s, smooth_dr=s),
+        ),
         (FocalLoss(alpha=0.25, gamma=2.0), monai_losses.FocalLoss(use_softmax=False, gamma=2.0, alpha=0.25)),
         (FocalLoss(alpha=0.6, gamma=1.5), monai_losses.FocalLoss(use_softmax=False, gamma=1.5, alpha=0.6)),
         # DiceCELoss with C=1 uses BCEWithLogits; its `weight` would also scale the Dice part, so pos_weight 1
-        (ComboLoss(ce_ratio=0.4, pos_weight=1.0, smooth=s),
-         monai_losses.DiceCELoss(sigmoid=True, lambda_ce=0.4, lambda_dice=0.6, smooth_nr=s, smooth_dr=s)),
+        (
+            ComboLoss(ce_ratio=0.4, pos_weight=1.0, smooth=s),
+            monai_losses.DiceCELoss(sigmoid=True, lambda_ce=0.4, lambda_dice=0.6, smooth_nr=s, smooth_dr=s),
+        ),
     ]
     for ours, theirs in pairs:
         assert _val(ours, logits, target) == pytest.approx(float(theirs(logits, target)), rel=1e-5), type(ours).__name__
@@ -190,9 +206,12 @@ def test_multiclass_matches_monai_and_torch():
     logits, target = _batch(c=3)
     s = 1e-5
     assert _val(DiceLoss(smooth=s), logits, target) == pytest.approx(
-        float(monai_losses.DiceLoss(softmax=True, smooth_nr=s, smooth_dr=s)(logits, target)), rel=1e-5)
+        float(monai_losses.DiceLoss(softmax=True, smooth_nr=s, smooth_dr=s)(logits, target)), rel=1e-5
+    )
     ref = monai_losses.TverskyLoss(softmax=True, alpha=0.3, beta=0.7, smooth_nr=s, smooth_dr=s)
-    assert _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=s), logits, target) == pytest.approx(float(ref(logits, target)), rel=1e-5)
+    assert _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=s), logits, target) == pytest.approx(
+        float(ref(logits, target)), rel=1e-5
+    )
     assert _val(BCELoss(), logits, target) == pytest.approx(float(F.cross_entropy(logits, target.argmax(1))), rel=1e-5)
     with pytest.raises(ConfigError, match="binary"):
         WeightedCELoss()(logits, target)
@@ -218,7 +237,9 @@ def test_build_loss_from_config_terms():
     logits, target = _batch(seed=2)
     loss = build_loss(parse_loss("0.5*tversky + dice"))
     assert isinstance(loss, WeightedSum) and loss.weights == (0.5, 1.0)
-    expected = 0.5 * _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=1e-5), logits, target) + _val(DiceLoss(smooth=1e-5), logits, target)
+    expected = 0.5 * _val(TverskyLoss(alpha=0.3, beta=0.7, smooth=1e-5), logits, target) + _val(
+        DiceLoss(smooth=1e-5), logits, target
+    )
     assert _val(loss, logits, target) == pytest.approx(expected, rel=1e-6)
     # term parameters reach the module
     focal = build_loss(parse_loss([{"name": "focal", "alpha": 0.9, "gamma": 0.5, "weight": 2}]))

@@ -1,4 +1,5 @@
 """Metrics: Dice/IoU on hand-made masks (incl. empty-mask conventions), HD95 in mm vs hand values and MONAI."""
+
 import math
 
 import numpy as np
@@ -110,8 +111,11 @@ def test_hd95_matches_monai():
             p, g = _square(10, 10), _square(13, 12)
         spacing = (float(rng.uniform(0.5, 3)), float(rng.uniform(0.5, 3)))
         ref = monai_metrics.compute_hausdorff_distance(
-            torch.from_numpy(p)[None, None], torch.from_numpy(g)[None, None],
-            include_background=True, percentile=95, spacing=spacing,
+            torch.from_numpy(p)[None, None],
+            torch.from_numpy(g)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=spacing,
         ).item()
         assert hd95_mm(p, g, spacing) == pytest.approx(ref, rel=1e-5), (i, spacing)
 

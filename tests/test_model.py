@@ -1,10 +1,10 @@
 """U-Net: output shapes for odd sizes and depths, dropout placement and train/eval behaviour."""
+
 import pytest
 import torch
 from torch import nn
 
 from segsweep.plan.config import cell_params
-from segsweep.training.params import CellParams
 from segsweep.training.model import UNet, n_parameters
 
 torch.set_num_threads(1)
@@ -62,8 +62,15 @@ def test_dropout_per_block_and_mode():
 @pytest.mark.parametrize("mode", ["element", "spatial"])
 def test_dropout_active_in_train_off_in_eval(mode):
     torch.manual_seed(0)
-    m = UNet(depth=2, base_width=4, batch_norm=False, dropout_down=0.5, dropout_bottleneck=0.5,
-             dropout_up=0.5, dropout_mode=mode)
+    m = UNet(
+        depth=2,
+        base_width=4,
+        batch_norm=False,
+        dropout_down=0.5,
+        dropout_bottleneck=0.5,
+        dropout_up=0.5,
+        dropout_mode=mode,
+    )
     x = torch.randn(2, 1, 16, 16)
     m.train()
     a, b = m(x), m(x)
@@ -93,8 +100,17 @@ def test_bad_arguments():
 
 
 def test_from_params():
-    p = cell_params({"depth": 2, "base_width": 4, "in_channels": 3, "dropout_blocks": 0.2,
-                                "dropout_body": 0.4, "dropout_mode": "spatial", "batch_norm": False})
+    p = cell_params(
+        {
+            "depth": 2,
+            "base_width": 4,
+            "in_channels": 3,
+            "dropout_blocks": 0.2,
+            "dropout_body": 0.4,
+            "dropout_mode": "spatial",
+            "batch_norm": False,
+        }
+    )
     m = UNet.from_params(p)
     assert m.in_channels == 3 and m.depth == 2
     assert [d.p for d in _dropouts(m.bottleneck, nn.Dropout2d)] == [0.4]

@@ -1,14 +1,15 @@
 """Optimizers: class and hyperparameters from CellParams; coupled vs decoupled weight decay on one step."""
+
 import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
-from segsweep.plan.config import cell_params
-from segsweep.training.params import CellParams
 from segsweep.errors import ConfigError
+from segsweep.plan.config import cell_params
 from segsweep.training.optim import build_optimizer
+from segsweep.training.params import CellParams
 
 torch.set_num_threads(1)
 

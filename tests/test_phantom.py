@@ -1,4 +1,5 @@
 """The synthetic short-axis cine data set: files, headers, determinism, anatomy."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import MRImageStorage
 
-from segsweep.data import contours
-from segsweep.data import dicom
-from segsweep.data import layouts
-from segsweep.data import phantom
+from segsweep.data import contours, dicom, layouts, phantom
 from segsweep.data.config import PhantomConfig
 from segsweep.errors import DataError
 
@@ -102,7 +100,8 @@ def test_images_look_like_short_axis_cine(phantom_make):
             img = dicom.read(pdir / f"P{p:02d}dicom" / f"P{p:02d}-{k:04d}.dcm").frame(0)
             inner = contours.rasterize(
                 contours.parse(pdir / f"P{p:02d}contours-manual" / f"P{p:02d}-{k:04d}-icontour-manual.txt").points,
-                img.shape)
+                img.shape,
+            )
             per_patient.append(inner.sum())
             outer_file = pdir / f"P{p:02d}contours-manual" / f"P{p:02d}-{k:04d}-ocontour-manual.txt"
             if not outer_file.exists():

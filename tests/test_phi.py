@@ -4,6 +4,7 @@ Distinctive fake values are planted in the phantom headers (fixture phantom_phi,
 substituted); after ingest, every byte of every output file — raw npz bytes and each decoded array, qc.csv,
 dataset.json — and everything printed is scanned for them, for their name components, for the dates in
 other spellings, and for the raw patient keys (folder / case names)."""
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segsweep.data import ingest
-from segsweep.data import layouts
+from segsweep.data import ingest, layouts
 from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 
 
@@ -75,9 +75,11 @@ def test_planted_phi_never_reaches_outputs(phantom_trees, phantom_phi, tmp_path,
     assert ds["n_images"] > 0
     captured = capfd.readouterr()
     raw_keys = {a for r in layouts.discover(layout, root) for a in (r.key, *r.aliases)}
-    blobs = list(output_blobs(tmp_path / "out")) + [("stdout", captured.out.encode()),
-                                                  ("stderr", captured.err.encode()),
-                                                  ("log", caplog.text.encode())]
+    blobs = list(output_blobs(tmp_path / "out")) + [
+        ("stdout", captured.out.encode()),
+        ("stderr", captured.err.encode()),
+        ("log", caplog.text.encode()),
+    ]
     assert len(blobs) > 10 and "ingest:" in caplog.text
     assert scan(blobs, needles(phantom_phi, 3), raw_keys) == []
 
@@ -92,11 +94,12 @@ def test_scanner_finds_a_planted_value(tmp_path, phantom_phi):
 
 
 def test_real_sunnybrook_ids_and_dates_stay_out(phantom_sunnybrook_sample, tmp_path, capfd):
-    data = DataConfig("sunnybrook_flat", str(phantom_sunnybrook_sample), "myo", False, "k",
-                      PhantomConfig())
+    data = DataConfig("sunnybrook_flat", str(phantom_sunnybrook_sample), "myo", False, "k", PhantomConfig())
     ingest.run(data, PreprocessConfig(), tmp_path / "out", workers=2)
     captured = capfd.readouterr()
-    blobs = list(output_blobs(tmp_path / "out")) + [("stdout", captured.out.encode()),
-                                                  ("stderr", captured.err.encode())]
+    blobs = list(output_blobs(tmp_path / "out")) + [
+        ("stdout", captured.out.encode()),
+        ("stderr", captured.err.encode()),
+    ]
     # PatientID/PatientName are the SCD numbers; case names are the raw keys of the contour folders
     assert scan(blobs, {"SCD0000101", "SCD0000201", "SC-HF-I-1", "SC-HF-I-2", "20120000"}) == []

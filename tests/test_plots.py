@@ -1,4 +1,5 @@
 """Figures: which apply to which study, files and index, determinism, data figures."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ def test_index_captions_are_the_registered_ones_filled_from_the_data(fx):
         for f in json.loads(index.read_text())["figures"]:
             meta = reg.entry(f["kind"]).meta
             assert f["file"] == meta["file"] and f["title"] == meta["title"]
-            pattern = "".join(re.escape(text) + ("(.*)" if field is not None else "")
-                              for text, field, _, _ in string.Formatter().parse(meta["caption"]))
+            pattern = "".join(
+                re.escape(text) + ("(.*)" if field is not None else "")
+                for text, field, _, _ in string.Formatter().parse(meta["caption"])
+            )
             assert re.fullmatch(pattern, f["caption"], re.DOTALL), (index, f["kind"])
 
 

@@ -1,4 +1,5 @@
 """Window, CLAHE and the joint image/mask geometry policies."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,12 @@ from segsweep.data.config import PreprocessConfig
 
 def test_quantiles_match_numpy_linear_percentiles():
     rng = np.random.default_rng(0)
-    for data in (rng.normal(size=1001), rng.integers(0, 50, 777).astype(float), np.array([3.0]),
-                 np.array([1.0, 1.0, 2.0])):
+    for data in (
+        rng.normal(size=1001),
+        rng.integers(0, 50, 777).astype(float),
+        np.array([3.0]),
+        np.array([1.0, 1.0, 2.0]),
+    ):
         vals, counts = np.unique(data, return_counts=True)
         for q in (0, 0.5, 7.3, 50, 99.5, 100):
             assert P.quantiles_from_counts(vals, counts, [q])[0] == pytest.approx(np.percentile(data, q), abs=1e-12)
@@ -29,13 +34,16 @@ def test_window_maps_percentiles_to_0_and_255():
     assert not P.window(np.full((4, 4), 7.0)).any()  # constant image → zeros
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"RescaleSlope": "2", "RescaleIntercept": "-300"},
-    {"RescaleSlope": "0.37", "RescaleIntercept": "11.5"},
-    {"PhotometricInterpretation": "MONOCHROME1"},
-    {"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": "-1.5"},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"RescaleSlope": "2", "RescaleIntercept": "-300"},
+        {"RescaleSlope": "0.37", "RescaleIntercept": "11.5"},
+        {"PhotometricInterpretation": "MONOCHROME1"},
+        {"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": "-1.5"},
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8])
 def test_fast_dicom_window_equals_generic_window(dicom_write, kw, dtype):
     rng = np.random.default_rng(1)
@@ -106,7 +114,7 @@ def test_prepare_outputs_and_ranges():
     res = P.prepare(u8, mask, (0.7, 0.7), PreprocessConfig(size=(128, 112)))
     assert res.raw.shape == res.image.shape == res.mask.shape == (128, 112)
     assert res.raw.dtype == np.uint8 and res.image.dtype == np.float32 and res.mask.dtype == np.uint8
-    assert 0 <= res.image.min() and res.image.max() <= 1
+    assert res.image.min() >= 0 and res.image.max() <= 1
     # padding stays exactly zero in both the raw and the CLAHE image
     assert (res.raw[:, :2] == 0).all() and (res.image[:, :2] == 0).all()
     assert res.spacing == pytest.approx((1.4, 1.4))

@@ -1,4 +1,5 @@
 """CellMetrics: the one definition of metrics.json (fields, file format, tolerant reading, the doc table)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,15 +15,43 @@ from segsweep.training import record
 from segsweep.training.record import STATUSES, CellMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("cell", "status", "reason", "best_val_dice", "best_epoch", "final_val_dice", "best_val_iou",
-        "best_val_hd95_mm", "epochs_run", "wall_s", "device", "hardware", "n_train", "n_val", "params")
+KEYS = (
+    "cell",
+    "status",
+    "reason",
+    "best_val_dice",
+    "best_epoch",
+    "final_val_dice",
+    "best_val_iou",
+    "best_val_hd95_mm",
+    "epochs_run",
+    "wall_s",
+    "device",
+    "hardware",
+    "n_train",
+    "n_val",
+    "params",
+)
 
 
 def _ok() -> CellMetrics:
-    return CellMetrics(cell="0123456789ab", status="ok", reason=None, best_val_dice=0.8125, best_epoch=7,
-                       final_val_dice=0.8, best_val_iou=0.7, best_val_hd95_mm=None, epochs_run=12, wall_s=3.25,
-                       n_train=12, n_val=4, device="cpu", hardware="Some CPU (1 thread)",
-                       params={"lr": 0.001, "loss": [{"name": "dice", "weight": 1.0}]})
+    return CellMetrics(
+        cell="0123456789ab",
+        status="ok",
+        reason=None,
+        best_val_dice=0.8125,
+        best_epoch=7,
+        final_val_dice=0.8,
+        best_val_iou=0.7,
+        best_val_hd95_mm=None,
+        epochs_run=12,
+        wall_s=3.25,
+        n_train=12,
+        n_val=4,
+        device="cpu",
+        hardware="Some CPU (1 thread)",
+        params={"lr": 0.001, "loss": [{"name": "dice", "weight": 1.0}]},
+    )
 
 
 def test_fields_are_todays_keys_each_documented():

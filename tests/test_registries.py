@@ -1,6 +1,7 @@
 """Registries: schema enums equal the registered names, defaults come from the signatures, normalisation is
 derived from the registries, bad values fail at plan time naming study and key, and a toy loss registered in
 a test goes through plan → training → aggregation."""
+
 import json
 
 import numpy as np
@@ -125,16 +126,31 @@ def _study(axes, **kw):
 @pytest.mark.parametrize(
     "axes,base,match",
     [
-        ({"loss": ["dice", [{"name": "focal", "alpha": 1.5}]]}, {},
-         r"^study 'bad': config key 'loss': focal alpha must lie in \[0, 1\], got 1.5$"),
-        ({"loss": [[{"name": "dice", "gamma": 2.0}]]}, {},
-         r"^study 'bad': config key 'loss': loss 'dice' takes no parameter\(s\) gamma"),
-        ({"schedule.rate": [0.9, -0.5]}, {"schedule": "exponential"},
-         r"^study 'bad': config key 'schedule': exponential needs rate > 0"),
-        ({"schedule.pct_start": [1.0]}, {"schedule": "one_cycle"},
-         r"^study 'bad': config key 'schedule': one_cycle needs .* 0 < pct_start < 1"),
-        ({"lr": [0.1]}, {"optimizer": "sgd", "momentum": 0.0, "nesterov": True},
-         r"^study 'bad': config key 'nesterov'"),
+        (
+            {"loss": ["dice", [{"name": "focal", "alpha": 1.5}]]},
+            {},
+            r"^study 'bad': config key 'loss': focal alpha must lie in \[0, 1\], got 1.5$",
+        ),
+        (
+            {"loss": [[{"name": "dice", "gamma": 2.0}]]},
+            {},
+            r"^study 'bad': config key 'loss': loss 'dice' takes no parameter\(s\) gamma",
+        ),
+        (
+            {"schedule.rate": [0.9, -0.5]},
+            {"schedule": "exponential"},
+            r"^study 'bad': config key 'schedule': exponential needs rate > 0",
+        ),
+        (
+            {"schedule.pct_start": [1.0]},
+            {"schedule": "one_cycle"},
+            r"^study 'bad': config key 'schedule': one_cycle needs .* 0 < pct_start < 1",
+        ),
+        (
+            {"lr": [0.1]},
+            {"optimizer": "sgd", "momentum": 0.0, "nesterov": True},
+            r"^study 'bad': config key 'nesterov'",
+        ),
     ],
 )
 def test_bad_values_fail_at_plan_time(axes, base, match):
@@ -203,12 +219,28 @@ def _tiny_data(root, size=32, n=2):
             masks.append(((yy - cy) ** 2 + (xx - cx) ** 2 <= 36).astype(np.uint8))
         mask = np.stack(masks)
         image = np.clip(0.25 + 0.5 * mask + rng.normal(0, 0.05, mask.shape), 0, 1).astype(np.float32)
-        np.savez(root / f"{pid}.npz", image=image, raw=(image * 255).astype(np.uint8), mask=mask,
-                 spacing=np.full((n, 2), 1.25, np.float32), slice=np.arange(n, dtype=np.int32))
-    (root / "dataset.json").write_text(json.dumps({
-        "source": "phantom", "layout": "rvsc", "target": "endo", "n_classes": 1, "size": [size, size],
-        "patients": [{"id": p, "n_images": n} for p in PATIENTS], "n_images": n * len(PATIENTS), "qc_counts": {},
-    }))
+        np.savez(
+            root / f"{pid}.npz",
+            image=image,
+            raw=(image * 255).astype(np.uint8),
+            mask=mask,
+            spacing=np.full((n, 2), 1.25, np.float32),
+            slice=np.arange(n, dtype=np.int32),
+        )
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "source": "phantom",
+                "layout": "rvsc",
+                "target": "endo",
+                "n_classes": 1,
+                "size": [size, size],
+                "patients": [{"id": p, "n_images": n} for p in PATIENTS],
+                "n_images": n * len(PATIENTS),
+                "qc_counts": {},
+            }
+        )
+    )
     split = root / "split.json"
     split.write_text(json.dumps({"seed": 0, "val": PATIENTS[2:], "pool": PATIENTS[:2], "folds": []}))
     return root, split

@@ -1,4 +1,5 @@
 """Keras-style penalties on a tiny network with hand-set weights; normalisation layers excluded."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,5 @@
 """The HTML report: sections, figures, tables with status words, self-containment, provenance."""
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,15 @@ def fx(tmp_path_factory):
 def html(fx, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.html"
     prov = collect(fx.config, fx.root)
-    render_report(config=fx.config, studies=fx.studies, results_dir=fx.results, out_html=out, out_pdf=None,
-                  provenance=prov)
+    render_report(
+        config=fx.config, studies=fx.studies, results_dir=fx.results, out_html=out, out_pdf=None, provenance=prov
+    )
     return out.read_text()
 
 
 def _layout_table(html: str, anchor: str) -> str:
-    sec = html[html.index(f'<section id="{anchor}"'):]
-    return sec[sec.index('<table class="sortable layout">'):sec.index("</table>")]
+    sec = html[html.index(f'<section id="{anchor}"') :]
+    return sec[sec.index('<table class="sortable layout">') : sec.index("</table>")]
 
 
 def test_sections_and_contents(html, fx):
@@ -41,8 +43,10 @@ def test_sections_and_contents(html, fx):
         assert f'<section id="{s}"' in html and f'href="#{s}"' in html
     for s in fx.studies:
         assert f'<section id="study-{s.name}"' in html and f'href="#study-{s.name}"' in html
-    order = [html.index(f'<section id="{s}"') for s in ("summary", "data", "study-optimizer_lr", "statistics",
-                                                        "secondary", "failures", "provenance")]
+    order = [
+        html.index(f'<section id="{s}"')
+        for s in ("summary", "data", "study-optimizer_lr", "statistics", "secondary", "failures", "provenance")
+    ]
     assert order == sorted(order)
 
 
@@ -74,30 +78,32 @@ def test_layout_table_values_and_status_words(html):
 
 
 def test_summary_sentences_from_data(html):
-    summ = html[html.index('<section id="summary"'):html.index('<section id="data"')]
-    assert "The best configuration is optimizer adam, lr 0.001: mean best validation Dice 0.820 " \
-           "(95 % CI 0.770–0.870, n = 3)." in summ
+    summ = html[html.index('<section id="summary"') : html.index('<section id="data"')]
+    assert (
+        "The best configuration is optimizer adam, lr 0.001: mean best validation Dice 0.820 "
+        "(95 % CI 0.770–0.870, n = 3)." in summ
+    )
     assert "4 of 18 runs diverged, all with lr 0.01 (4 of the 6 runs with lr 0.01)." in summ
     assert "6 of 40 runs diverged: every run with lr ≥ 0.0364." in summ
     assert "cannot fall below 0.05" in summ
 
 
 def test_data_section(html):
-    data = html[html.index('<section id="data"'):html.index('<section id="study-')]
+    data = html[html.index('<section id="data"') : html.index('<section id="study-')]
     assert "<code>no_contour</code>" in data and "33 files were checked" in data
     assert "train @ 0.25" in data and "seed0-cv3" in data
     assert "Before and after CLAHE" in data or "before and after CLAHE" in data
 
 
 def test_failures_with_log_lines(html):
-    f = html[html.index('<section id="failures"'):html.index('<section id="provenance"')]
+    f = html[html.index('<section id="failures"') : html.index('<section id="provenance"')]
     assert "no metrics (job failed)" in f and "RuntimeError: DataLoader worker" in f
     assert "out of memory (RuntimeError)" in f
     assert "12 runs did not finish normally" in f
 
 
 def test_provenance_and_no_secrets(html, fx):
-    p = html[html.index('<section id="provenance"'):]
+    p = html[html.index('<section id="provenance"') :]
     assert "configuration hash" in p and "weasyprint" in p and "Fixture CPU @ 2.0GHz" in p
     assert SECRET_KEY not in html and "&lt;redacted&gt;" in p
     assert "77 runs" in p
@@ -115,13 +121,21 @@ def test_missing_aggregate_names_the_file(fx, tmp_path):
     shutil.copytree(fx.results / "studies", res / "studies")
     (res / "studies" / "schedules" / "table.json").unlink()
     with pytest.raises(DataError, match="schedules/table.json"):
-        render_report(config=fx.config, studies=fx.studies, results_dir=res, out_html=tmp_path / "r.html",
-                      out_pdf=None, provenance=collect(fx.config, tmp_path))
+        render_report(
+            config=fx.config,
+            studies=fx.studies,
+            results_dir=res,
+            out_html=tmp_path / "r.html",
+            out_pdf=None,
+            provenance=collect(fx.config, tmp_path),
+        )
 
 
 def test_inline_svg_prefixes_ids():
-    svg = ('<?xml version="1.0"?>\n<!DOCTYPE svg>\n<svg xmlns="http://www.w3.org/2000/svg"><defs>'
-           '<clipPath id="c1"><rect/></clipPath></defs><g clip-path="url(#c1)"><use xlink:href="#m0"/></g></svg>')
+    svg = (
+        '<?xml version="1.0"?>\n<!DOCTYPE svg>\n<svg xmlns="http://www.w3.org/2000/svg"><defs>'
+        '<clipPath id="c1"><rect/></clipPath></defs><g clip-path="url(#c1)"><use xlink:href="#m0"/></g></svg>'
+    )
     out = str(inline_svg(svg, "f3-"))
     assert out.startswith('<svg role="img" ')
     assert 'id="f3-c1"' in out and "url(#f3-c1)" in out and 'href="#f3-m0"' in out
@@ -142,8 +156,9 @@ def test_source_date_epoch(monkeypatch, tmp_path):
     assert collect({}, tmp_path)["date"].startswith("1970-01-01T00:00:00")
 
 
-@pytest.mark.parametrize("caption", sorted((Path(__file__).parents[1] / "workflow" / "report").glob("*.rst")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "caption", sorted((Path(__file__).parents[1] / "workflow" / "report").glob("*.rst")), ids=lambda p: p.name
+)
 def test_snakemake_captions_render(caption):
     """Render each caption as `snakemake --report` does (jinja2 without a loader, then docutils)."""
     from types import SimpleNamespace
@@ -169,20 +184,28 @@ def test_snakemake_captions_render(caption):
 def test_study_where_nothing_finished(tmp_path):
     """No run wrote metrics and there is no data folder: the report still renders and says so plainly."""
     from segsweep.analysis.aggregate import aggregate_study
-    from segsweep.study import Study, StudyCell
-    from segsweep.study import TableLayout
     from segsweep.report.plots import make_study_figures
+    from segsweep.study import Study, StudyCell, TableLayout
 
     res = tmp_path / "results"
-    cells = tuple(StudyCell(f"c{i}", (("lr", lr),), r, None) for i, (lr, r) in
-                  enumerate([("0.1", 0), ("0.1", 1), ("1", 0), ("1", 1)]))
-    study = Study("dead", "Dead study", "", "grid", ("lr",), TableLayout(rows=(), cols=("lr",)), cells,
-                  {"lr": ("0.1", "1")})
+    cells = tuple(
+        StudyCell(f"c{i}", (("lr", lr),), r, None)
+        for i, (lr, r) in enumerate([("0.1", 0), ("0.1", 1), ("1", 0), ("1", 1)])
+    )
+    study = Study(
+        "dead", "Dead study", "", "grid", ("lr",), TableLayout(rows=(), cols=("lr",)), cells, {"lr": ("0.1", "1")}
+    )
     sd = res / "studies" / "dead"
     aggregate_study(study, res / "cells", sd)
     assert {p.name for p in make_study_figures(study, sd, res / "cells", sd / "figures")} == set()
-    render_report(config={"title": "T"}, studies=[study], results_dir=res, out_html=tmp_path / "r.html",
-                  out_pdf=None, provenance=collect({"title": "T"}, tmp_path))
+    render_report(
+        config={"title": "T"},
+        studies=[study],
+        results_dir=res,
+        out_html=tmp_path / "r.html",
+        out_pdf=None,
+        provenance=collect({"title": "T"}, tmp_path),
+    )
     html = (tmp_path / "r.html").read_text()
     assert "No run of this study finished: 0 diverged, 4 failed." in html
     assert "No dataset.json was found." in html
@@ -194,8 +217,14 @@ def test_qc_counts_from_dataset_json_without_qc_csv(fx, tmp_path):
     shutil.copytree(fx.results / "studies", res / "studies")
     (res / "data").mkdir()
     shutil.copy(fx.results / "data" / "dataset.json", res / "data" / "dataset.json")
-    render_report(config=fx.config, studies=fx.studies, results_dir=res, out_html=tmp_path / "r.html",
-                  out_pdf=None, provenance=collect(fx.config, tmp_path))
+    render_report(
+        config=fx.config,
+        studies=fx.studies,
+        results_dir=res,
+        out_html=tmp_path / "r.html",
+        out_pdf=None,
+        provenance=collect(fx.config, tmp_path),
+    )
     data = (tmp_path / "r.html").read_text().split('<section id="data"')[1].split("</section>")[0]
-    assert "<code>no_contour</code></td><td class=\"num\">8</td>" in data
+    assert '<code>no_contour</code></td><td class="num">8</td>' in data
     assert "33 files were checked" in data

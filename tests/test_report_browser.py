@@ -1,4 +1,5 @@
 """The rendered report in a real browser (headless Chromium) and as PDF (poppler's pdftotext / pdftoppm)."""
+
 from __future__ import annotations
 
 import re
@@ -17,10 +18,13 @@ from segsweep.report.render import render_report
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium "
-                       "(apt-get install chromium)"),
-    pytest.mark.skipif(not shutil.which("pdftoppm") or not shutil.which("pdftotext"),
-                       reason="needs poppler-utils (pdftoppm, pdftotext)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)"
+    ),
+    pytest.mark.skipif(
+        not shutil.which("pdftoppm") or not shutil.which("pdftotext"),
+        reason="needs poppler-utils (pdftoppm, pdftotext)",
+    ),
 ]
 SORT_JS = Path(__file__).parents[1] / "src" / "segsweep" / "report" / "templates" / "sort.js"
 
@@ -29,14 +33,30 @@ SORT_JS = Path(__file__).parents[1] / "src" / "segsweep" / "report" / "templates
 def report(tmp_path_factory):
     fx = built_fixture(tmp_path_factory)
     out = tmp_path_factory.mktemp("browser")
-    render_report(config=fx.config, studies=fx.studies, results_dir=fx.results, out_html=out / "report.html",
-                  out_pdf=out / "report.pdf", provenance=collect(fx.config, fx.root))
+    render_report(
+        config=fx.config,
+        studies=fx.studies,
+        results_dir=fx.results,
+        out_html=out / "report.html",
+        out_pdf=out / "report.pdf",
+        provenance=collect(fx.config, fx.root),
+    )
     return out
 
 
 def chromium(tmp: Path, *args: str, width: int = 1280, height: int = 900) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
-           "--v=0", f"--user-data-dir={tmp / 'chromium-profile'}", f"--window-size={width},{height}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        f"--window-size={width},{height}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -66,7 +86,8 @@ def test_sort_script_sorts_numbers_and_puts_statuses_last(tmp_path):
         " th.click(); document.title = up + '|' + names(); });"
         "function names() { return Array.prototype.map.call(document.querySelectorAll('tbody tr'),"
         " function (r) { return r.cells[0].textContent; }).join(''); }"
-        "</script></body></html>")
+        "</script></body></html>"
+    )
     res = chromium(tmp_path, "--dump-dom", page.as_uri())
     assert console(res) == []
     assert "<title>dbca|cbda</title>" in res.stdout
@@ -82,7 +103,8 @@ def framed(tmp: Path, html: Path, width: int, height: int) -> Path:
         f"height:{height}px}}</style></head><body><iframe id='f' src='{html.as_uri()}'></iframe><script>"
         "document.getElementById('f').addEventListener('load', function () {"
         " document.title = 'W' + this.contentWindow.innerWidth + '/' +"
-        " this.contentDocument.documentElement.scrollWidth; });</script></body></html>")
+        " this.contentDocument.documentElement.scrollWidth; });</script></body></html>"
+    )
     return page
 
 
@@ -90,15 +112,27 @@ def framed(tmp: Path, html: Path, width: int, height: int) -> Path:
 def test_screenshots_and_no_page_overflow(report, tmp_path, width):
     page = framed(tmp_path, report / "report.html", width, 2400)
     shot = tmp_path / f"report-{width}.png"
-    res = chromium(tmp_path, "--allow-file-access-from-files", f"--screenshot={shot}", page.as_uri(),
-                   width=max(width, 500), height=2400)
+    res = chromium(
+        tmp_path,
+        "--allow-file-access-from-files",
+        f"--screenshot={shot}",
+        page.as_uri(),
+        width=max(width, 500),
+        height=2400,
+    )
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
     assert console(res) == []
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)[:, :width]
     assert img.std() > 10  # a rendered page, not a blank one
     # the page itself never scrolls sideways: wide tables and figures scroll inside their own boxes
-    res = chromium(tmp_path, "--allow-file-access-from-files", "--dump-dom", "--virtual-time-budget=3000",
-                   page.as_uri(), width=max(width, 500))
+    res = chromium(
+        tmp_path,
+        "--allow-file-access-from-files",
+        "--dump-dom",
+        "--virtual-time-budget=3000",
+        page.as_uri(),
+        width=max(width, 500),
+    )
     m = re.search(r"<title>W(\d+)/(\d+)</title>", res.stdout)
     assert m and int(m.group(1)) == width and int(m.group(2)) <= width, res.stdout[:300]
 
@@ -115,12 +149,21 @@ def test_pdf_pages_numbers_and_sections(report, tmp_path):
     for i, p in enumerate(pages, start=1):
         assert f"Page {i} of {n}" in p
     text = "\n".join(pages)
-    for title in ("Summary", "Data", "Optimizer × learning rate", "Statistics", "Secondary metrics", "Failures",
-                  "Provenance"):
+    for title in (
+        "Summary",
+        "Data",
+        "Optimizer × learning rate",
+        "Statistics",
+        "Secondary metrics",
+        "Failures",
+        "Provenance",
+    ):
         assert re.search(rf"^\s*\d+\s+{re.escape(title)}\s*$", text, re.M), title
     assert "diverged" in text and "0.820 ± 0.020 (3)" in text
-    subprocess.run(["pdftoppm", "-r", "60", "-png", "-f", "1", "-l", "2", str(report / "report.pdf"),
-                    str(tmp_path / "page")], check=True)
+    subprocess.run(
+        ["pdftoppm", "-r", "60", "-png", "-f", "1", "-l", "2", str(report / "report.pdf"), str(tmp_path / "page")],
+        check=True,
+    )
     assert len(list(tmp_path.glob("page-*.png"))) == 2
 
 
@@ -131,7 +174,7 @@ def test_pdf_long_table_repeats_its_header_row(report):
     assert end > start, "the per-run table should span several pages"
     row = re.compile(r"^\s*[0-9a-f]{12}\s+(optimizer_lr|fraction_loss|schedules|random_search)", re.M)
     header = re.compile(r"run\s+studies\s+configuration\s+seed idx\s+fold\s+status\s+epochs\s+wall time \(s\)")
-    spanned = [p for p in pages[start:end + 1] if row.search(p)]
+    spanned = [p for p in pages[start : end + 1] if row.search(p)]
     assert len(spanned) >= 2
     for p in spanned:
         assert header.search(p), p[:400]

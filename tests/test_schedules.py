@@ -1,11 +1,12 @@
 """LR schedules: closed forms at chosen steps, torch's schedulers over whole runs, LRSchedule on an optimizer."""
+
 import math
 
 import pytest
 import torch
 
-from segsweep.training.params import ScheduleParams, parse_schedule
 from segsweep.errors import ConfigError
+from segsweep.training.params import ScheduleParams, parse_schedule
 from segsweep.training.schedules import SCHEDULES, LRSchedule, lr_at
 
 torch.set_num_threads(1)
@@ -105,9 +106,12 @@ def test_one_cycle_matches_torch_over_a_full_run(spe, epochs, factor, pct):
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES.names()))
 def test_lrschedule_drives_a_real_optimizer(name):
-    s = spec(name, **({"decay_steps": 3} if name in ("exponential", "staircase", "inverse_time") else {}),
-             **({"step_epochs": 2} if name in ("step", "delayed_step") else {}),
-             **({"delay_epochs": 3} if name == "delayed_step" else {}))
+    s = spec(
+        name,
+        **({"decay_steps": 3} if name in ("exponential", "staircase", "inverse_time") else {}),
+        **({"step_epochs": 2} if name in ("step", "delayed_step") else {}),
+        **({"delay_epochs": 3} if name == "delayed_step" else {}),
+    )
     spe, epochs = 3, 6
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))  # float64: no cancellation
     opt = torch.optim.SGD([w], lr=123.0)  # the schedule must overwrite this at once

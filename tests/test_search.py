@@ -1,4 +1,5 @@
 """Search modes: one registry, its names equal the schema's enum, and each mode's points on a small case."""
+
 import pytest
 
 from segsweep.errors import ConfigError
@@ -30,7 +31,11 @@ def test_grid_limit_keeps_the_ends():
 def test_oneway_varies_each_axis_around_the_base():
     base = {"lr": 0.001, "optimizer": "adam"}
     pts, order = SEARCH_MODES["oneway"]("s", {"axes": {"lr": [0.1, 0.001], "optimizer": ["sgd"]}}, base, None)
-    assert pts == [{"lr": 0.1, "optimizer": "adam"}, {"lr": 0.001, "optimizer": "adam"}, {"lr": 0.001, "optimizer": "sgd"}]
+    assert pts == [
+        {"lr": 0.1, "optimizer": "adam"},
+        {"lr": 0.001, "optimizer": "adam"},
+        {"lr": 0.001, "optimizer": "sgd"},
+    ]
     assert order["optimizer"] == ["adam", "sgd"]  # the base value is added to the declared order
 
 

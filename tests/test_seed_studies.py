@@ -1,4 +1,5 @@
 """The shipped seed studies resolve to the cell counts of their definitions, at full and smoke scale."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,11 @@ def test_layouts_match_the_seed_tables():
     t = plan.studies["seed000_lr_optimizer"].table
     assert (t.rows, t.cols, t.value) == (("optimizer", "fraction"), ("lr",), "best_val_dice")
     assert plan.studies["seed001_lr_schedule"].axis_values["schedule"] == (
-        "none", "inverse time", "exponential", "staircase")
+        "none",
+        "inverse time",
+        "exponential",
+        "staircase",
+    )
 
 
 def test_smoke_scale_shrinks_every_study():
@@ -71,9 +76,27 @@ def test_smoke_dag_builds(tmp_path):
     """`snakemake -n` over every seed study at smoke scale (the whole DAG, no training)."""
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     proc = subprocess.run(
-        [snakemake, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "2", "--quiet", "rules",
-         "--configfile", str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "seed_studies.yaml"), "--config", "scale=smoke"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            snakemake,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--cores",
+            "2",
+            "--quiet",
+            "rules",
+            "--configfile",
+            str(ROOT / "config" / "config.yaml"),
+            str(ROOT / "config" / "seed_studies.yaml"),
+            "--config",
+            "scale=smoke",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr

@@ -1,8 +1,9 @@
 """Patient-level splits: no leakage, nested fractions, fixed validation set, folds partition patients."""
+
 import pytest
 
-from segsweep.errors import DataError
 from segsweep.data.splits import make_split, n_train, select_patients
+from segsweep.errors import DataError
 
 PATIENTS = [f"p{i:02d}" for i in range(20)]
 FRACTIONS = [0.2, 0.4, 0.6, 0.8, 1.0]

@@ -1,4 +1,5 @@
 """Paired comparisons: Wilcoxon signed-rank, bootstrap CI, Holm, small-n wording."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,25 @@ from segsweep.analysis.stats import (
 
 
 def group(config, values, status="ok", folds=None):
-    runs = [{"repeat": i, "fold": None if folds is None else folds[i], "cell": f"{config}{i}",
-             "status": "ok" if v is not None else "diverged", "value": v} for i, v in enumerate(values)]
+    runs = [
+        {
+            "repeat": i,
+            "fold": None if folds is None else folds[i],
+            "cell": f"{config}{i}",
+            "status": "ok" if v is not None else "diverged",
+            "value": v,
+        }
+        for i, v in enumerate(values)
+    ]
     ok = [v for v in values if v is not None]
-    return {"config": config, "labels": {"x": config}, "runs": runs, "status": status,
-            "mean": float(np.mean(ok)) if ok else None, "n": len(ok)}
+    return {
+        "config": config,
+        "labels": {"x": config},
+        "runs": runs,
+        "status": status,
+        "mean": float(np.mean(ok)) if ok else None,
+        "n": len(ok),
+    }
 
 
 def test_smallest_reachable_p():

@@ -1,5 +1,6 @@
 """train_cell end to end on a tiny synthetic data set (bright discs on noise, 32×32): learning, output
 files, determinism, resume equivalence, divergence and early stopping. CPU, one thread, seconds."""
+
 import csv
 import json
 import math
@@ -8,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from segsweep.plan.config import cell_params
-from segsweep.training.params import CellParams
 from segsweep.errors import ConfigError, DataError, SegsweepError
+from segsweep.plan.config import cell_params
 from segsweep.training.loop import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
 from segsweep.training.record import CellMetrics
 
@@ -37,17 +37,39 @@ def _write_dataset(root, n_per_patient=4, size=32, nan_in=None, seed=0):
         raw = (image * 255).astype(np.uint8)
         if pid == nan_in:
             image[0, 5, 5] = np.nan
-        np.savez(root / f"{pid}.npz", image=image, raw=raw, mask=np.stack(masks),
-                 spacing=np.full((n_per_patient, 2), 1.25, np.float32),
-                 slice=np.arange(n_per_patient, dtype=np.int32))
-    (root / "dataset.json").write_text(json.dumps({
-        "source": "phantom", "layout": "rvsc", "target": "endo", "n_classes": 1, "size": [size, size],
-        "patients": [{"id": p, "n_images": n_per_patient} for p in PATIENTS],
-        "n_images": n_per_patient * len(PATIENTS), "qc_counts": {},
-    }))
+        np.savez(
+            root / f"{pid}.npz",
+            image=image,
+            raw=raw,
+            mask=np.stack(masks),
+            spacing=np.full((n_per_patient, 2), 1.25, np.float32),
+            slice=np.arange(n_per_patient, dtype=np.int32),
+        )
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "source": "phantom",
+                "layout": "rvsc",
+                "target": "endo",
+                "n_classes": 1,
+                "size": [size, size],
+                "patients": [{"id": p, "n_images": n_per_patient} for p in PATIENTS],
+                "n_images": n_per_patient * len(PATIENTS),
+                "qc_counts": {},
+            }
+        )
+    )
     split = root / "split.json"
-    split.write_text(json.dumps({"seed": 0, "val": [PATIENTS[3]], "pool": PATIENTS[:3],
-                                 "folds": [{"val": [PATIENTS[0]], "pool": PATIENTS[1:]}]}))
+    split.write_text(
+        json.dumps(
+            {
+                "seed": 0,
+                "val": [PATIENTS[3]],
+                "pool": PATIENTS[:3],
+                "folds": [{"val": [PATIENTS[0]], "pool": PATIENTS[1:]}],
+            }
+        )
+    )
     return root, split
 
 
@@ -57,8 +79,15 @@ def data(tmp_path_factory):
 
 
 def _params(**kw):
-    base = {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 4, "lr": 0.01, "optimizer": "adam",
-            "loss": "dice + bce"}
+    base = {
+        "depth": 2,
+        "base_width": 4,
+        "batch_size": 4,
+        "epochs": 4,
+        "lr": 0.01,
+        "optimizer": "adam",
+        "loss": "dice + bce",
+    }
     base.update(kw)
     return cell_params(base)
 
@@ -82,9 +111,23 @@ def test_learns_and_writes_every_output(data, tmp_path):
     assert m.n_train == 12 and m.n_val == 4 and m.epochs_run == 12 and m.device == "cpu"
     assert isinstance(m, CellMetrics) and CellMetrics.read(out / "metrics.json") == m
     assert json.loads((out / "metrics.json").read_text()) == m.to_json()
-    assert set(m.to_json()) == {"cell", "status", "reason", "best_val_dice", "best_epoch", "final_val_dice",
-                                "best_val_iou", "best_val_hd95_mm", "epochs_run", "wall_s", "device", "hardware",
-                                "n_train", "n_val", "params"}
+    assert set(m.to_json()) == {
+        "cell",
+        "status",
+        "reason",
+        "best_val_dice",
+        "best_epoch",
+        "final_val_dice",
+        "best_val_iou",
+        "best_val_hd95_mm",
+        "epochs_run",
+        "wall_s",
+        "device",
+        "hardware",
+        "n_train",
+        "n_val",
+        "params",
+    }
     assert m.params == _params(epochs=12).to_dict()
     hist = _read_csv(out / "history.csv")
     assert tuple(hist[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in hist] == list(range(1, 13))
@@ -111,8 +154,12 @@ def test_learns_and_writes_every_output(data, tmp_path):
 
 def test_same_seed_same_numbers_other_seed_other_numbers(data, tmp_path):
     data_dir, split = data
-    kw = dict(epochs=2, augment={"flip": True, "rotate_deg": 10, "scale": 0.1, "intensity": 0.1},
-              dropout=0.2, dropout_mode="spatial")
+    kw = dict(
+        epochs=2,
+        augment={"flip": True, "rotate_deg": 10, "scale": 0.1, "intensity": 0.1},
+        dropout=0.2,
+        dropout_mode="spatial",
+    )
     a = train_cell(_params(**kw), data_dir, split, tmp_path / "a")
     b = train_cell(_params(**kw), data_dir, split, tmp_path / "b")
     train_cell(_params(seed=1, **kw), data_dir, split, tmp_path / "c")
@@ -132,8 +179,17 @@ class _Killed(Exception):
 def test_resume_after_interruption_gives_identical_results(data, tmp_path):
     data_dir, split = data
     # per-step schedule, augmentation, dropout and a penalty: every piece of state must survive the restart
-    p = _params(epochs=4, schedule="cosine", augment={"flip": True, "rotate_deg": 15, "intensity": 0.1},
-                dropout=0.1, regularizer="l2", reg_lambda=1e-4, grad_clip=1.0, optimizer="sgd", lr=0.05)
+    p = _params(
+        epochs=4,
+        schedule="cosine",
+        augment={"flip": True, "rotate_deg": 15, "intensity": 0.1},
+        dropout=0.1,
+        regularizer="l2",
+        reg_lambda=1e-4,
+        grad_clip=1.0,
+        optimizer="sgd",
+        lr=0.05,
+    )
     whole = train_cell(p, data_dir, split, tmp_path / "whole")
 
     def kill_after_two(row):
@@ -163,8 +219,9 @@ def test_checkpoint_of_other_parameters_is_not_resumed(data, tmp_path):
     data_dir, split = data
     train_cell(_params(epochs=1), data_dir, split, tmp_path / "x")
     seen = []
-    m = train_cell(_params(epochs=2, lr=0.02), data_dir, split, tmp_path / "x",
-                   on_epoch=lambda r: seen.append(r["epoch"]))
+    m = train_cell(
+        _params(epochs=2, lr=0.02), data_dir, split, tmp_path / "x", on_epoch=lambda r: seen.append(r["epoch"])
+    )
     assert seen == [1, 2] and m.epochs_run == 2
 
 
@@ -185,8 +242,12 @@ def test_nan_in_the_data_diverges_cleanly(tmp_path):
 def test_huge_learning_rate_diverges(data, tmp_path):
     data_dir, split = data
     # plain SGD at lr 1e6 without batch norm: the weights overflow to inf within the first epochs
-    m = train_cell(_params(optimizer="sgd", lr=1e6, momentum=0.0, batch_norm=False, loss="bce", epochs=10),
-                   data_dir, split, tmp_path / "c")
+    m = train_cell(
+        _params(optimizer="sgd", lr=1e6, momentum=0.0, batch_norm=False, loss="bce", epochs=10),
+        data_dir,
+        split,
+        tmp_path / "c",
+    )
     assert m.status == "diverged" and m.epochs_run < 10
     assert m.best_val_dice is None and "non-finite" in m.reason
 
@@ -229,8 +290,9 @@ def test_user_errors_name_the_file(data, tmp_path):
 
 def test_history_values_are_finite_numbers(data, tmp_path):
     data_dir, split = data
-    train_cell(_params(epochs=2, schedule={"name": "step", "gamma": 0.5, "step_epochs": 1}), data_dir, split,
-               tmp_path / "h")
+    train_cell(
+        _params(epochs=2, schedule={"name": "step", "gamma": 0.5, "step_epochs": 1}), data_dir, split, tmp_path / "h"
+    )
     hist = _read_csv(tmp_path / "h" / "history.csv")
     assert [float(r["lr"]) for r in hist] == [0.01, 0.005]  # the LR of each epoch's first step
     assert all(math.isfinite(float(r[c])) for r in hist for c in HISTORY_COLUMNS)
@@ -301,8 +363,14 @@ def test_runtime_failure_is_retried_then_recorded_as_failed(data, tmp_path, monk
     assert m.status == "failed" and m.reason == "RuntimeError: CUDA out of memory" and m.cell == "c0ffee"
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == m.to_json() and on_disk["params"] == _params(epochs=1).to_dict()
-    assert {k for k, v in on_disk.items() if v is not None} == {"cell", "status", "reason", "wall_s", "device",
-                                                                 "params"}
+    assert {k for k, v in on_disk.items() if v is not None} == {
+        "cell",
+        "status",
+        "reason",
+        "wall_s",
+        "device",
+        "params",
+    }
     row = read_cell("c0ffee", tmp_path)
     assert row["status"] == "failed" and row["reason"] == m.reason
 
@@ -319,8 +387,16 @@ def test_runner_turns_a_user_error_into_one_line(data, tmp_path, capsys):
     smk = SimpleNamespace(log=[str(tmp_path / "train.log")], rule="train")
     try:
         with pytest.raises(SystemExit) as exit_:
-            runner.run(smk, run_train_job, _params(epochs=1), data_dir=data[0], split_path=tmp_path / "nope.json",
-                       out_dir=tmp_path / "cell", attempt=1, max_attempts=3)
+            runner.run(
+                smk,
+                run_train_job,
+                _params(epochs=1),
+                data_dir=data[0],
+                split_path=tmp_path / "nope.json",
+                out_dir=tmp_path / "cell",
+                attempt=1,
+                max_attempts=3,
+            )
     finally:
         for h in root.handlers:  # runner.setup_logging replaced the root handlers: put pytest's back
             if h not in handlers:

@@ -1,6 +1,7 @@
 """Static checks of the workflow: every rule has log/benchmark/conda/script; conda envs are pinned and
 name every third-party package the rule's code imports (conda channels are unreachable here, so
 `--use-conda` is verified by reading, not by running)."""
+
 import ast
 import re
 import sys
@@ -12,8 +13,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "segsweep"
 # PyPI distribution → import name (where they differ)
-IMPORT_NAME = {"opencv-python-headless": "cv2", "pyyaml": "yaml", "pillow": "PIL", "pylibjpeg-libjpeg": "libjpeg",
-               "pylibjpeg-openjpeg": "openjpeg", "pylibjpeg-rle": "rle"}
+IMPORT_NAME = {
+    "opencv-python-headless": "cv2",
+    "pyyaml": "yaml",
+    "pillow": "PIL",
+    "pylibjpeg-libjpeg": "libjpeg",
+    "pylibjpeg-openjpeg": "openjpeg",
+    "pylibjpeg-rle": "rle",
+}
 
 
 def rules():
@@ -74,8 +81,10 @@ def imports_of(path: Path, seen: set[str]) -> set[str]:
             top = m.split(".")[0]
             if top == "segsweep":
                 rel = m.split(".")[1:]
-                for f in (SRC.joinpath(*rel).with_suffix(".py") if rel else SRC / "__init__.py",
-                          SRC.joinpath(*rel, "__init__.py")):
+                for f in (
+                    SRC.joinpath(*rel).with_suffix(".py") if rel else SRC / "__init__.py",
+                    SRC.joinpath(*rel, "__init__.py"),
+                ):
                     if f.exists() and str(f) not in seen:
                         seen.add(str(f))
                         found |= imports_of(f, seen)
@@ -120,6 +129,11 @@ def test_snakemake_lint_is_clean():
     import subprocess
 
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    proc = subprocess.run([snakemake, "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [snakemake, "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,4 +1,5 @@
 """Atomic file writes (an interrupted job never leaves a half-written output behind) and canonical JSON digests."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +7,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

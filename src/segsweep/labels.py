@@ -7,10 +7,12 @@
 
 Display *names* of metrics and axes ("best validation Dice") are another job: `segsweep.report.style.label_for`.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def format_value(v: Any) -> str:

@@ -11,6 +11,7 @@ Conventions every registry shares:
 * An unknown name raises ``ConfigError`` naming the config key and the known names.
 * The schema's enum for the key is checked against ``names()`` by ``tests/test_registries.py``.
 """
+
 from __future__ import annotations
 
 import importlib

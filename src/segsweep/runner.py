@@ -3,13 +3,15 @@
 A `SegsweepError` (bad config, unreadable data root, strict QC failure) becomes one line on stderr and in the
 log, and a non-zero exit, instead of a traceback. Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from segsweep.errors import SegsweepError
 

@@ -3,10 +3,11 @@
 Built by ``segsweep.plan`` and passed to rules as plain JSON (``study_to_dict``), so aggregation and the report
 need no planning code.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 @dataclass(frozen=True)

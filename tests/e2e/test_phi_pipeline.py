@@ -4,6 +4,7 @@ A phantom with distinctive fake PHI in its headers is written as a real-data tre
 Snakefile runs on it as user data; then every file under results/, reports/ and logs/ is scanned: raw
 bytes, members of zip containers (npz arrays, torch checkpoints), the text of the PDF (pdftotext), PNG/SVG
 metadata (raw bytes), for the planted values and for the patients' folder names."""
+
 import io
 import re
 import shutil
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from segsweep.data import layouts
-from segsweep.data import phantom
-from segsweep.data.config import PhantomConfig
 from test_phi import needles, output_blobs, scan  # the ingest-level scanner (tests/test_phi.py)
+
+from segsweep.data import layouts, phantom
+from segsweep.data.config import PhantomConfig
 
 from .test_pipeline import TINY, snakemake
 
@@ -55,8 +55,9 @@ def all_blobs(root: Path):
 def test_planted_phi_reaches_no_output(tmp_path, phantom_phi):
     raw = tmp_path / "download" / "TrainingSet"
     n = 6
-    phantom.generate(PhantomConfig(patients=n, slices=4, rows=96, cols=80, layout="rvsc", seed=11), raw,
-                     phi=phantom_phi)
+    phantom.generate(
+        PhantomConfig(patients=n, slices=4, rows=96, cols=80, layout="rvsc", seed=11), raw, phi=phantom_phi
+    )
     cfg = yaml.safe_load(TINY.read_text())
     cfg["data"] = {"source": "rvsc", "root": str(raw), "pseudonym_key": "e2e-secret"}
     wd = tmp_path / "run"

@@ -4,6 +4,7 @@ Checks the report files exist, the study table holds one value per cell, and tha
 what a config change touches: one new learning rate → only its cells + aggregation/figures/report; a
 title change → only the report.
 """
+
 import json
 import re
 import shutil
@@ -23,8 +24,18 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "2", *args]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
@@ -112,3 +123,24 @@ def test_snakemake_report_zip(run_dir):
     assert any(n.endswith("/heatmap.svg") for n in names), names
     assert any(n.endswith("/table.csv") for n in names), names
     assert any(n.endswith("report.html") for n in names), names
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda c: c["train"].update(loss={"terms": [{"name": "focal", "alpha": 1.5}]}), "loss"),
+        (lambda c: c["train"].update(loss={"terms": [{"name": "dice", "gamma": 2.0}]}), "loss"),
+        (lambda c: c["data"].update(target="multiclass"), "data.target"),
+    ],
+    ids=["focal_alpha_1.5", "unknown_loss_parameter", "multiclass_target"],
+)
+def test_invalid_values_stop_the_dry_run(tmp_path, change, key):
+    """Values only the implementation can judge still fail at plan time, with the key named: no job starts."""
+    cfg = yaml.safe_load(TINY.read_text())
+    change(cfg)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert f"config key '{key}'" in out, out[-2000:]
+    assert "rule train" not in out and not (tmp_path / "results").exists()

@@ -1,4 +1,5 @@
 """A shipped seed study really runs at smoke scale on the phantom: the 5-fold CV study, shrunk."""
+
 import json
 import subprocess
 import sys
@@ -23,9 +24,23 @@ def test_kfold_study_runs_at_smoke_scale(tmp_path):
     }
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     proc = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "2", "--configfile",
-         str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "seed_studies.yaml"), str(tmp_path / "overlay.yaml")],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "--configfile",
+            str(ROOT / "config" / "config.yaml"),
+            str(ROOT / "config" / "seed_studies.yaml"),
+            str(tmp_path / "overlay.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     cells = pd.read_csv(tmp_path / "results" / "studies" / "seed006_kfold" / "cells.csv")

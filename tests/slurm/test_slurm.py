@@ -10,6 +10,7 @@ resubmitted and the workflow completed; and the study table is identical to the 
 
 Run:  tests/slurm/cluster.sh start && .venv/bin/pytest -m slurm tests/slurm   (about 3 min on 2 cores)
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -56,7 +57,9 @@ def _cluster_skip_reason() -> str | None:
         return "sinfo timed out: slurmctld not reachable (run: tests/slurm/cluster.sh start)"
     states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
     if out.returncode != 0 or not states:
-        return f"Slurm cluster not up ({(out.stderr or 'no responding node').strip()}); run tests/slurm/cluster.sh start"
+        return (
+            f"Slurm cluster not up ({(out.stderr or 'no responding node').strip()}); run tests/slurm/cluster.sh start"
+        )
     for part in (f"{CPU_PARTITION}*", GPU_PARTITION):
         if states.get(part) not in {"idle", "mix", "alloc"}:
             return f"partition {part.rstrip('*')} missing or not usable ({states}): not the cluster of tests/slurm/cluster.sh"
@@ -81,15 +84,29 @@ def _config(wd: Path) -> Path:
 
 
 def _snakemake_cmd(wd: Path, profile: str, *extra: str) -> list[str]:
-    return [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml"),
-            "--profile", str(ROOT / "profiles" / profile), *extra]
+    return [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(wd),
+        "--configfile",
+        str(wd / "config.yaml"),
+        "--profile",
+        str(ROOT / "profiles" / profile),
+        *extra,
+    ]
 
 
 def _jobs_in(wd: Path, since: str) -> list[dict]:
     """This run's Slurm jobs (allocations only), from accounting."""
     fields = ["JobID", "Partition", "Account", "State", "AllocTRES", "Comment", "WorkDir", "Timelimit"]
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", since, "-E", "now", "-o", ",".join(fields)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-S", since, "-E", "now", "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
     return [r for r in rows if r["WorkDir"].rstrip("/") == str(wd)]
 
@@ -112,8 +129,9 @@ def _minutes(limit: str) -> int:
 def _cancel_first_training_job(wd: Path, stop: threading.Event, found: dict) -> None:
     """scancel the first training job once it runs a cell (its srun step has logged `localrule train:`)."""
     while not stop.is_set():
-        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True
+        ).stdout
         for line in out.splitlines():
             jobid, _, workdir = line.partition("|")
             log = _job_log(wd, jobid) if workdir.rstrip("/") == str(wd) else None
@@ -134,16 +152,28 @@ def runs(tmp_path_factory):
     _config(slurm_wd)
 
     t0 = time.monotonic()
-    local = subprocess.run(_snakemake_cmd(local_wd, "local", "--cores", "2"), capture_output=True, text=True,
-                           timeout=RUN_LIMIT_S)
+    local = subprocess.run(
+        _snakemake_cmd(local_wd, "local", "--cores", "2"), capture_output=True, text=True, timeout=RUN_LIMIT_S
+    )
     assert local.returncode == 0, f"local run failed:\n{local.stdout[-3000:]}\n{local.stderr[-5000:]}"
     local_s = time.monotonic() - t0
 
-    env = dict(os.environ, SEGSWEEP_SLURM_ACCOUNT=ACCOUNT, SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
-               SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION)
+    env = dict(
+        os.environ,
+        SEGSWEEP_SLURM_ACCOUNT=ACCOUNT,
+        SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
+        SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION,
+    )
     # Only test speed-ups on top of the profile: a 2 s first status check (default 40 s), kept job logs.
-    cmd = _snakemake_cmd(slurm_wd, "slurm", "--slurm-init-seconds-before-status-checks", "2",
-                         "--slurm-keep-successful-logs", "--group-components", f"cells={GROUP}")
+    cmd = _snakemake_cmd(
+        slurm_wd,
+        "slurm",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-keep-successful-logs",
+        "--group-components",
+        f"cells={GROUP}",
+    )
     since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
     stop, cancelled = threading.Event(), {}
     canceller = threading.Thread(target=_cancel_first_training_job, args=(slurm_wd, stop, cancelled), daemon=True)
@@ -171,8 +201,13 @@ def runs(tmp_path_factory):
     slurm_s = time.monotonic() - t0
     assert proc.returncode == 0, f"Slurm run failed ({proc.returncode}):\n{out[-8000:]}"
     print(f"local run {local_s:.0f}s, Slurm run {slurm_s:.0f}s")
-    return {"local": local_wd, "slurm": slurm_wd, "out": out, "jobs": _jobs_in(slurm_wd, since),
-            "cancelled": cancelled.get("jobid")}
+    return {
+        "local": local_wd,
+        "slurm": slurm_wd,
+        "out": out,
+        "jobs": _jobs_in(slurm_wd, since),
+        "cancelled": cancelled.get("jobid"),
+    }
 
 
 def test_every_rule_went_through_slurm_with_the_profiles_placement(runs):
@@ -219,8 +254,11 @@ def test_cancelled_training_job_is_retried(runs):
     assert job["State"].startswith("CANCELLED"), job
     cancelled_cells = _cells_in_log(_job_log(wd, jobid).read_text())
     assert cancelled_cells
-    later = [j for j in runs["jobs"] if "train" in j["Comment"] and j["State"] == "COMPLETED"
-             and int(j["JobID"]) > int(jobid)]
+    later = [
+        j
+        for j in runs["jobs"]
+        if "train" in j["Comment"] and j["State"] == "COMPLETED" and int(j["JobID"]) > int(jobid)
+    ]
     redone = {c for j in later for c in _cells_in_log(_job_log(wd, j["JobID"]).read_text())}
     assert set(cancelled_cells) <= redone, (cancelled_cells, redone)
     for cell in cancelled_cells:

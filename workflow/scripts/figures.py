@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
 
-from segsweep.report import plots  # noqa: E402
 from segsweep import runner  # noqa: E402
+from segsweep.report import plots  # noqa: E402
 from segsweep.study import study_from_dict  # noqa: E402
 
 smk = snakemake  # noqa: F821

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
 
+from segsweep import runner  # noqa: E402
 from segsweep.report import provenance  # noqa: E402
 from segsweep.report import render as report  # noqa: E402
-from segsweep import runner  # noqa: E402
 from segsweep.study import study_from_dict  # noqa: E402
 
 smk = snakemake  # noqa: F821
@@ -18,6 +18,6 @@ runner.run(
     studies=[study_from_dict(s) for s in smk.params.studies],
     results_dir=Path(smk.params.results_dir),
     out_html=Path(smk.output.html),
-    out_pdf=Path(smk.output.pdf) if "pdf" in smk.output.keys() else None,
+    out_pdf=Path(smk.output.pdf) if "pdf" in smk.output.keys() else None,  # noqa: SIM118 (`in` on a Namedlist tests values)
     provenance=provenance.collect(smk.params.config, Path(smk.scriptdir).resolve().parents[1]),
 )

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
 
-from segsweep.training import job as jobs  # noqa: E402
 from segsweep import runner  # noqa: E402
+from segsweep.training import job as jobs  # noqa: E402
 from segsweep.training.params import CellParams  # noqa: E402
 
 smk = snakemake  # noqa: F821

@@ -17,13 +17,15 @@ Outputs (written atomically) in the study folder: ``cells.csv``, ``table.csv``, 
 ``stats.json`` (see `segsweep.analysis.stats`). Each cell's ``metrics.json`` is a
 `segsweep.training.record.CellMetrics`; the best configuration is `segsweep.analysis.ranking.best_group`.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -80,8 +82,11 @@ def read_cell(cell_id: str, cells_dir: Path, logs_dir: Path | None = None) -> di
         if m.status != "ok":  # a number next to a non-ok status would be averaged by mistake
             for k in QUALITY_FIELDS:
                 out[k] = None
-    out["log_tail"] = "\n".join(tail_lines(Path(logs_dir) / f"{cell_id}.log")) if (
-        logs_dir is not None and out["status"] != "ok") else ""
+    out["log_tail"] = (
+        "\n".join(tail_lines(Path(logs_dir) / f"{cell_id}.log"))
+        if (logs_dir is not None and out["status"] != "ok")
+        else ""
+    )
     return out
 
 
@@ -91,7 +96,7 @@ def config_label(labels: Iterable[tuple[str, str]]) -> str:
     return ", ".join(parts) if parts else "base"
 
 
-def cells_frame(study: "Study", cells_dir: Path, logs_dir: Path | None = None) -> pd.DataFrame:
+def cells_frame(study: Study, cells_dir: Path, logs_dir: Path | None = None) -> pd.DataFrame:
     """One row per study run: axis labels (str), repeat, fold, cell, config, status, reason, metrics."""
     memo: dict[str, dict] = {}
     rows = []
@@ -122,8 +127,12 @@ def _coerce(df: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
 
 def read_cells_csv(path: Path, axes: Sequence[str]) -> pd.DataFrame:
     """Read a cells.csv written by `aggregate_study`, keeping axis labels as strings."""
-    df = pd.read_csv(path, dtype={a: str for a in axes} | {"cell": str, "config": str}, keep_default_na=False,
-                     na_values={k: [""] for k in (*NUMERIC_METRICS, "repeat", "fold")})
+    df = pd.read_csv(
+        path,
+        dtype={a: str for a in axes} | {"cell": str, "config": str},
+        keep_default_na=False,
+        na_values={k: [""] for k in (*NUMERIC_METRICS, "repeat", "fold")},
+    )
     return _coerce(df, axes)
 
 
@@ -162,7 +171,7 @@ def _status(n_total: int, n_ok: int, n_div: int, n_fail: int) -> tuple[str, str]
     return "partial", ", ".join(parts)
 
 
-def config_groups(study: "Study", df: pd.DataFrame, value: str | None = None) -> list[dict]:
+def config_groups(study: Study, df: pd.DataFrame, value: str | None = None) -> list[dict]:
     """One dict per configuration (in the config's declared label order), aggregated over repeats/folds.
 
     Keys: labels (dict), config, runs (list of {repeat, fold, cell, status, value}), n_total, n_ok,
@@ -180,14 +189,16 @@ def config_groups(study: "Study", df: pd.DataFrame, value: str | None = None) ->
         key = tuple(str(rec[a]) for a in study.axes)
         g = groups.setdefault(key, {"labels": dict(zip(study.axes, key)), "config": rec["config"], "runs": []})
         ok = rec["status"] == "ok" and not pd.isna(rec[value])
-        g["runs"].append({
-            "repeat": None if pd.isna(rec["repeat"]) else int(rec["repeat"]),
-            "fold": None if pd.isna(rec["fold"]) else int(rec["fold"]),
-            "cell": rec["cell"],
-            "status": rec["status"],
-            # an ok run can still lack this value (e.g. HD95 of an empty prediction): it is left out
-            "value": float(rec[value]) if ok else None,
-        })
+        g["runs"].append(
+            {
+                "repeat": None if pd.isna(rec["repeat"]) else int(rec["repeat"]),
+                "fold": None if pd.isna(rec["fold"]) else int(rec["fold"]),
+                "cell": rec["cell"],
+                "status": rec["status"],
+                # an ok run can still lack this value (e.g. HD95 of an empty prediction): it is left out
+                "value": float(rec[value]) if ok else None,
+            }
+        )
     out = []
     for key, g in groups.items():
         runs = g["runs"]
@@ -222,7 +233,7 @@ def cell_text(g: dict, value: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- layout
-def layout_axes(study: "Study") -> tuple[tuple[str, ...], tuple[str, ...]]:
+def layout_axes(study: Study) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(row axes, col axes). Axes the layout does not name are added to the rows, so a table cell never
     pools different configurations."""
     rows = tuple(study.table.rows)
@@ -231,7 +242,7 @@ def layout_axes(study: "Study") -> tuple[tuple[str, ...], tuple[str, ...]]:
     return rows + extra, cols
 
 
-def _combos(axes: Sequence[str], study: "Study", groups: Sequence[dict]) -> list[tuple[str, ...]]:
+def _combos(axes: Sequence[str], study: Study, groups: Sequence[dict]) -> list[tuple[str, ...]]:
     """Label combinations of ``axes`` in declared order, keeping only those some configuration has."""
     present = {tuple(g["labels"][a] for a in axes) for g in groups}
     values = []
@@ -247,13 +258,39 @@ def _combos(axes: Sequence[str], study: "Study", groups: Sequence[dict]) -> list
 
 def _public(g: dict | None) -> dict:
     if g is None:
-        return {"status": "missing", "text": "–", "mean": None, "sd": None, "n": 0, "n_total": 0,
-                "ci_low": None, "ci_high": None, "note": "", "config": None}
-    return {k: g[k] for k in ("config", "status", "note", "text", "mean", "sd", "n", "n_total", "n_ok",
-                              "n_diverged", "n_failed", "ci_low", "ci_high")}
+        return {
+            "status": "missing",
+            "text": "–",
+            "mean": None,
+            "sd": None,
+            "n": 0,
+            "n_total": 0,
+            "ci_low": None,
+            "ci_high": None,
+            "note": "",
+            "config": None,
+        }
+    return {
+        k: g[k]
+        for k in (
+            "config",
+            "status",
+            "note",
+            "text",
+            "mean",
+            "sd",
+            "n",
+            "n_total",
+            "n_ok",
+            "n_diverged",
+            "n_failed",
+            "ci_low",
+            "ci_high",
+        )
+    }
 
 
-def pivot(study: "Study", groups: Sequence[dict]) -> dict:
+def pivot(study: Study, groups: Sequence[dict]) -> dict:
     """The study's table: rows × cols of configuration summaries, best per row/column/overall flagged."""
     t = study.table
     row_axes, col_axes = layout_axes(study)
@@ -294,13 +331,14 @@ def pivot(study: "Study", groups: Sequence[dict]) -> dict:
         "higher_is_better": t.higher_is_better,
         "row_axes": list(row_axes),
         "col_axes": list(col_axes),
-        "rows": [{"labels": dict(zip(row_axes, r)), "label": config_label(zip(row_axes, r)) if r else ""}
-                 for r in rows],
-        "cols": [{"labels": dict(zip(col_axes, c)), "label": config_label(zip(col_axes, c)) if c else t.value}
-                 for c in cols],
+        "rows": [
+            {"labels": dict(zip(row_axes, r)), "label": config_label(zip(row_axes, r)) if r else ""} for r in rows
+        ],
+        "cols": [
+            {"labels": dict(zip(col_axes, c)), "label": config_label(zip(col_axes, c)) if c else t.value} for c in cols
+        ],
         "cells": grid,
-        "best": None if best is None else {"config": best["config"], "labels": best["labels"],
-                                           **_public(best)},
+        "best": None if best is None else {"config": best["config"], "labels": best["labels"], **_public(best)},
         "n_configs": len(groups),
         "n_runs": int(sum(g["n_total"] for g in groups)),
         "n_ok": int(sum(g["n_ok"] for g in groups)),
@@ -324,8 +362,9 @@ def table_frame(table: dict) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def aggregate_study(study: "Study", cells_dir: Path, out_dir: Path, logs_dir: Path | None = None, *,
-                    seed: int = 0) -> pd.DataFrame:
+def aggregate_study(
+    study: Study, cells_dir: Path, out_dir: Path, logs_dir: Path | None = None, *, seed: int = 0
+) -> pd.DataFrame:
     """Write ``cells.csv``, ``table.csv``, ``table.json`` and ``stats.json`` of one study into ``out_dir``.
 
     ``cells_dir`` holds ``{cell}/metrics.json``; ``logs_dir`` holds the training logs ``{cell}.log`` (their
@@ -336,8 +375,9 @@ def aggregate_study(study: "Study", cells_dir: Path, out_dir: Path, logs_dir: Pa
     df = cells_frame(study, Path(cells_dir), None if logs_dir is None else Path(logs_dir))
     groups = config_groups(study, df)
     table = pivot(study, groups)
-    comparisons = compare_study(groups, higher_is_better=study.table.higher_is_better, value=study.table.value,
-                                seed=seed)
+    comparisons = compare_study(
+        groups, higher_is_better=study.table.higher_is_better, value=study.table.value, seed=seed
+    )
     with atomic_path(out_dir / "cells.csv") as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(out_dir / "table.csv") as tmp:

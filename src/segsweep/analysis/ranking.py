@@ -3,10 +3,11 @@
 Groups are `segsweep.analysis.aggregate.config_groups` dicts (``mean``, ``status``, ...). Configurations whose
 runs all finished ``ok`` beat partial ones; then the mean decides (higher or lower is better per study).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def rank_key(g: Mapping, higher_is_better: bool) -> tuple:
@@ -24,5 +25,6 @@ def best_group(groups: Sequence[dict], higher_is_better: bool) -> dict | None:
 
 def ranked(groups: Sequence[dict], higher_is_better: bool) -> list[dict]:
     """Configurations with a mean, best first (stable for equals)."""
-    return sorted((g for g in groups if g["mean"] is not None), key=lambda g: rank_key(g, higher_is_better),
-                  reverse=True)
+    return sorted(
+        (g for g in groups if g["mean"] is not None), key=lambda g: rank_key(g, higher_is_better), reverse=True
+    )

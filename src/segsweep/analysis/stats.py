@@ -17,10 +17,11 @@ pair the difference ``d = x_best − x_other`` of the table value (e.g. best val
 
 Fold pairs share training patients, so fold differences are not independent; the p-values are descriptive.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -50,8 +51,9 @@ def min_pairs_for(alpha: float = ALPHA) -> int:
     return n
 
 
-def bootstrap_mean_ci(d: Sequence[float], seed: int | Sequence[int], n_boot: int = 10_000,
-                      confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    d: Sequence[float], seed: int | Sequence[int], n_boot: int = 10_000, confidence: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of ``d`` (seeded, so reproducible)."""
     x = np.asarray(d, dtype=float)
     rng = np.random.default_rng(seed)
@@ -102,9 +104,19 @@ def pairs(ref: dict, other: dict) -> tuple[list[tuple], np.ndarray]:
 def compare(ref: dict, other: dict, *, seed: int | Sequence[int], value: str, n_boot: int = 10_000) -> dict:
     """One paired comparison (see module docstring) with a plain-language note."""
     keys, d = pairs(ref, other)
-    out = {"reference": ref["config"], "other": other["config"], "other_status": other["status"],
-           "n_pairs": len(keys), "mean_diff": None, "ci_low": None, "ci_high": None, "statistic": None,
-           "p": None, "variant": None, "note": ""}
+    out = {
+        "reference": ref["config"],
+        "other": other["config"],
+        "other_status": other["status"],
+        "n_pairs": len(keys),
+        "mean_diff": None,
+        "ci_low": None,
+        "ci_high": None,
+        "statistic": None,
+        "p": None,
+        "variant": None,
+        "note": "",
+    }
     n = len(keys)
     if n < MIN_PAIRS:
         out["note"] = f"not compared: {n} paired run{'s' if n != 1 else ''} in common (needs {MIN_PAIRS})"
@@ -115,9 +127,11 @@ def compare(ref: dict, other: dict, *, seed: int | Sequence[int], value: str, n_
     n_nonzero = int((d != 0).sum())
     if n_nonzero < min_pairs_for(ALPHA):
         # the plain-language point: with this few pairs the test is powerless, not the difference absent
-        out["note"] = (f"too few pairs: with {n_nonzero} non-zero pair{'s' if n_nonzero != 1 else ''} p cannot "
-                       f"fall below {min_wilcoxon_p(n_nonzero):.3g}, so p < {ALPHA:g} is impossible "
-                       f"(needs ≥ {min_pairs_for(ALPHA)})")
+        out["note"] = (
+            f"too few pairs: with {n_nonzero} non-zero pair{'s' if n_nonzero != 1 else ''} p cannot "
+            f"fall below {min_wilcoxon_p(n_nonzero):.3g}, so p < {ALPHA:g} is impossible "
+            f"(needs ≥ {min_pairs_for(ALPHA)})"
+        )
     elif p < ALPHA:
         out["note"] = f"difference {fmt(float(d.mean()), value)} (p = {p:.3g})"
     else:
@@ -125,21 +139,31 @@ def compare(ref: dict, other: dict, *, seed: int | Sequence[int], value: str, n_
     return out
 
 
-def compare_study(groups: Sequence[dict], *, higher_is_better: bool, value: str, seed: int = 0,
-                  n_boot: int = 10_000) -> dict:
+def compare_study(
+    groups: Sequence[dict], *, higher_is_better: bool, value: str, seed: int = 0, n_boot: int = 10_000
+) -> dict:
     """Compare the best configuration (see `ranking.best_group`) with every other configuration.
 
     ``groups`` are `aggregate.config_groups` dicts. Each comparison gets its own bootstrap stream
     (``[seed, i]``) so adding a configuration does not change the others' intervals.
     """
     best = best_group(groups, higher_is_better)
-    res = {"method": METHOD, "value": value, "higher_is_better": higher_is_better, "alpha": ALPHA,
-           "min_pairs_for_alpha": min_pairs_for(ALPHA), "seed": seed, "n_boot": n_boot,
-           "reference": None if best is None else best["config"], "comparisons": []}
+    res = {
+        "method": METHOD,
+        "value": value,
+        "higher_is_better": higher_is_better,
+        "alpha": ALPHA,
+        "min_pairs_for_alpha": min_pairs_for(ALPHA),
+        "seed": seed,
+        "n_boot": n_boot,
+        "reference": None if best is None else best["config"],
+        "comparisons": [],
+    }
     if best is None:
         return res
-    comps = [compare(best, g, seed=[seed, i], value=value, n_boot=n_boot)
-             for i, g in enumerate(groups) if g is not best]
+    comps = [
+        compare(best, g, seed=[seed, i], value=value, n_boot=n_boot) for i, g in enumerate(groups) if g is not best
+    ]
     adj = holm([c["p"] for c in comps])
     for c, a in zip(comps, adj):
         c["p_holm"] = a

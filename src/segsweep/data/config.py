@@ -1,8 +1,9 @@
 """Typed settings of the data stage: where the images come from, the phantom, preprocessing, splits."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from segsweep.errors import ConfigError
 
@@ -37,7 +38,7 @@ class DataConfig:
         return self.phantom.layout if self.source == "phantom" else self.source
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> "DataConfig":
+    def from_config(cls, cfg: Mapping) -> DataConfig:
         d = cfg["data"]
         ph = PhantomConfig(**d["phantom"], seed=int(cfg["seed"]))
         if d["source"] == "phantom":
@@ -58,7 +59,7 @@ class PreprocessConfig:
     policy: str = "resize_pad"
 
     @classmethod
-    def from_config(cls, cfg: Mapping, size_override=None) -> "PreprocessConfig":
+    def from_config(cls, cfg: Mapping, size_override=None) -> PreprocessConfig:
         p = cfg["preprocess"]
         return cls(
             clip_limit=float(p["clahe"]["clip_limit"]),
@@ -76,7 +77,7 @@ class SplitConfig:
     folds: int = 5
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> "SplitConfig":
+    def from_config(cls, cfg: Mapping) -> SplitConfig:
         s = cfg["splits"]
         return cls(int(s["seed"]), float(s["val_fraction"]), int(s["folds"]))
 

@@ -19,6 +19,7 @@ Self-intersecting polygons are flagged (``contour_self_intersecting``) and still
 ``read_masks`` gives, for many files at once, exactly what ``to_mask(parse(path), shape, path)`` gives for
 each (or the exception it raises), with the geometry vectorised over all polygons (ingest uses it).
 """
+
 from __future__ import annotations
 
 import math
@@ -121,9 +122,7 @@ def _points(text: str, path: str | Path | None) -> np.ndarray:
 # quantifiers keep the scan linear. \S/\s are str.split()'s notion of whitespace; any other line break that
 # str.splitlines() knows (\v, \f, \x1c-\x1e, \x85, \u2028, ...) is whitespace too, so it makes the match fail
 # and the exact per-line check run instead. A lone \r is excluded before matching (see _pairs_per_line).
-_PAIR_LINES = re.compile(
-    r"(?:[ \t\r]*+(?:\S++[ \t\r]++\S++[ \t\r]*+)?+\n)*+[ \t\r]*+(?:\S++[ \t\r]++\S++[ \t\r]*+)?+"
-)
+_PAIR_LINES = re.compile(r"(?:[ \t\r]*+(?:\S++[ \t\r]++\S++[ \t\r]*+)?+\n)*+[ \t\r]*+(?:\S++[ \t\r]++\S++[ \t\r]*+)?+")
 
 
 def _pairs_per_line(text: str) -> bool:
@@ -210,8 +209,10 @@ def _segments_meet(p1, p2, q1, q2):
     proper = (d1 * d2 < 0) & (d3 * d4 < 0)
     # touching / collinear overlap: an endpoint lies on the other segment
     touch = (
-        ((d1 == 0) & _on_box(q1, q2, p1)) | ((d2 == 0) & _on_box(q1, q2, p2))
-        | ((d3 == 0) & _on_box(p1, p2, q1)) | ((d4 == 0) & _on_box(p1, p2, q2))
+        ((d1 == 0) & _on_box(q1, q2, p1))
+        | ((d2 == 0) & _on_box(q1, q2, p2))
+        | ((d3 == 0) & _on_box(p1, p2, q1))
+        | ((d4 == 0) & _on_box(p1, p2, q2))
     )
     return proper | touch
 
@@ -222,8 +223,10 @@ def _orient(p, q, r):
 
 def _on_box(p, q, r):
     return (
-        (np.minimum(p[:, 0], q[:, 0]) <= r[:, 0]) & (r[:, 0] <= np.maximum(p[:, 0], q[:, 0]))
-        & (np.minimum(p[:, 1], q[:, 1]) <= r[:, 1]) & (r[:, 1] <= np.maximum(p[:, 1], q[:, 1]))
+        (np.minimum(p[:, 0], q[:, 0]) <= r[:, 0])
+        & (r[:, 0] <= np.maximum(p[:, 0], q[:, 0]))
+        & (np.minimum(p[:, 1], q[:, 1]) <= r[:, 1])
+        & (r[:, 1] <= np.maximum(p[:, 1], q[:, 1]))
     )
 
 
@@ -307,7 +310,7 @@ def winding(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     box = _winding_box(points, shape)
     if box is not None:
         wn, ra, ca = box
-        out[ra:ra + wn.shape[0], ca:ca + wn.shape[1]] = wn
+        out[ra : ra + wn.shape[0], ca : ca + wn.shape[1]] = wn
     return out
 
 
@@ -327,7 +330,7 @@ def rasterize(points: np.ndarray, shape: tuple[int, int], rule: str = "nonzero")
         _fill(np.zeros(0), rule)  # an unknown rule still raises
     else:
         wn, ra, ca = box
-        mask[ra:ra + wn.shape[0], ca:ca + wn.shape[1]] = _fill(wn, rule)
+        mask[ra : ra + wn.shape[0], ca : ca + wn.shape[1]] = _fill(wn, rule)
     return mask
 
 
@@ -354,14 +357,15 @@ def _mask_result(pts, warnings, shape, box, path):
     # count only when the bounds show a point outside (the common contour lies inside: 2 reductions)
     if lo[0] < -0.5 or lo[1] < -0.5 or hi[0] > shape[1] - 0.5 or hi[1] > shape[0] - 0.5:
         n_out = outside_image(pts, shape)
-        notes.append(("contour_outside_image", f"{n_out} of {len(pts)} points outside the "
-                                               f"{shape[0]}x{shape[1]} image; clipped"))
+        notes.append(
+            ("contour_outside_image", f"{n_out} of {len(pts)} points outside the {shape[0]}x{shape[1]} image; clipped")
+        )
     inside = None if box is None else box[0] != 0
     if inside is None or not inside.any():
         raise ContourError("contour_empty_mask", "the polygon covers no pixel centre of the image", path)
     mask = np.zeros((int(shape[0]), int(shape[1])), dtype=bool)
     _, ra, ca = box
-    mask[ra:ra + inside.shape[0], ca:ca + inside.shape[1]] = inside
+    mask[ra : ra + inside.shape[0], ca : ca + inside.shape[1]] = inside
     return mask, tuple(notes)
 
 
@@ -498,6 +502,6 @@ def _winding_boxes(polys: list[np.ndarray], shapes: list[tuple[int, int]]) -> li
     acc = np.bincount(flat[sel], weights=np.sign(dye)[sel], minlength=int(size.sum()))
     for k in np.flatnonzero(ok).tolist():
         nr, wd = int(rb[k] - ra[k]), int(width[k])
-        block = acc[offset[k]:offset[k] + nr * wd].reshape(nr, wd)
+        block = acc[offset[k] : offset[k] + nr * wd].reshape(nr, wd)
         boxes[k] = (block[:, : wd - 1].cumsum(axis=1), int(ra[k]), int(ca[k]))
     return boxes

@@ -8,6 +8,7 @@ Pixel values: ``value = stored * RescaleSlope + RescaleIntercept`` (DICOM PS3.3 
 MONOCHROME1 images are inverted after rescaling (``value' = min + max - value``) so that bright always
 means high signal, as in MONOCHROME2.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from segsweep.io import read_file
 from segsweep.errors import QCError
+from segsweep.io import read_file
 
 # reason code -> (severity, one-line meaning); severities: "failure" (the file is unusable),
 # "warning" (used, with a caveat). docs/qc.md lists the same codes.
@@ -47,13 +48,34 @@ REASONS: dict[str, tuple[str, str]] = {
 # Header keywords whose values identify a patient, a study date or a place/person. They are read only to
 # decide whether a free-text field (SeriesDescription) can be passed on; none of them is ever returned.
 IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "IssuerOfPatientID",
-    "PatientBirthDate", "PatientBirthTime", "PatientAddress", "PatientTelephoneNumbers",
-    "PatientMotherBirthName", "MedicalRecordLocator", "AccessionNumber", "StudyID",
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy",
-    "RequestingPhysician", "PhysiciansOfRecord", "DeviceSerialNumber",
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "MedicalRecordLocator",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "PhysiciansOfRecord",
+    "DeviceSerialNumber",
 )
 
 _LE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
@@ -154,10 +176,8 @@ def identifying_values(ds) -> list[str]:
                 continue
             texts.append(raw.decode("latin-1") if isinstance(raw, (bytes, bytearray)) else str(raw))
             if isinstance(raw, (bytes, bytearray)) and not raw.isascii():
-                try:
+                with contextlib.suppress(Exception):  # an undecodable value has no text to check
                     texts.append(_text(ds.get(kw)))
-                except Exception:
-                    pass
         else:
             texts.append(_text(elem.value))
         for text in texts:
@@ -206,7 +226,7 @@ def scrub(text: str, values: list[str]) -> str:
         vl = v.lower()
         start = low.find(vl)
         while start >= 0:
-            text = text[:start] + "[redacted]" + text[start + len(v):]
+            text = text[:start] + "[redacted]" + text[start + len(v) :]
             low = text.lower()
             start = low.find(vl, start + len("[redacted]"))
     return text
@@ -224,17 +244,26 @@ def _has_dicom_marker(path: Path) -> bool:
 def _looks_like_dicom(ds) -> bool:
     # A non-DICOM file read with force=True yields a few elements with random tags; real data sets have
     # identification (0008,xxxx), image (0028,xxxx) or pixel data elements.
-    for elem in ds:
-        if elem.tag.group in (0x0008, 0x0028) or elem.tag == 0x7FE00010:
-            return True
-    return False
+    return any(elem.tag.group in (0x0008, 0x0028) or elem.tag == 0x7FE00010 for elem in ds)
 
 
 _TAGS = {
     kw: BaseTag(pydicom.datadict.tag_for_keyword(kw))
-    for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
-               "NumberOfFrames", "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept",
-               "InstanceNumber", "SliceLocation", "PixelSpacing")
+    for kw in (
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "PixelRepresentation",
+        "SamplesPerPixel",
+        "NumberOfFrames",
+        "PhotometricInterpretation",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "InstanceNumber",
+        "SliceLocation",
+        "PixelSpacing",
+    )
 }
 _US_FMT = {True: "<H", False: ">H"}
 # membership by tag: ``"PixelData" in ds`` looks the keyword up first (~4 µs per test, several per file)
@@ -281,8 +310,13 @@ def _cut_short(ds) -> bool:
             elem = holder.get_item(tag)
             length = getattr(elem, "length", None)
             value = getattr(elem, "value", None)
-            if (getattr(elem, "is_raw", False) and isinstance(value, bytes) and length is not None
-                    and length != 0xFFFFFFFF and len(value) < length):
+            if (
+                getattr(elem, "is_raw", False)
+                and isinstance(value, bytes)
+                and length is not None
+                and length != 0xFFFFFFFF
+                and len(value) < length
+            ):
                 return True
     return False
 
@@ -351,9 +385,7 @@ def _native_pixels(ds, rows, cols, frames, bits, signed, path, ts=None) -> np.nd
         buf = ds.PixelData
     need = rows * cols * frames * (bits // 8)
     if len(buf) < need:
-        raise DicomError(
-            "dicom_truncated", f"pixel data has {len(buf)} bytes, {need} expected", path
-        )
+        raise DicomError("dicom_truncated", f"pixel data has {len(buf)} bytes, {need} expected", path)
     return np.frombuffer(buf, dtype=dtype, count=rows * cols * frames).reshape(frames, rows, cols)
 
 
@@ -408,7 +440,7 @@ def _read(path: Path, describe: bool = True) -> DicomImage:
         except Exception:
             raise DicomError("dicom_not_dicom", "not a DICOM file", path) from None
         if not _looks_like_dicom(ds):
-            raise DicomError("dicom_not_dicom", "not a DICOM file", path)
+            raise DicomError("dicom_not_dicom", "not a DICOM file", path) from None
         notes.append(("dicom_no_file_meta", "no DICOM preamble/file meta; read with force"))
     except EOFError:
         raise DicomError("dicom_truncated", "file ends inside the header", path) from None
@@ -476,11 +508,13 @@ def _from_dataset(ds, path: Path, notes: list[tuple[str, str]], describe: bool =
         except ValueError as exc:
             if "less than expected" in str(exc) or "truncat" in str(exc).lower():
                 raise DicomError("dicom_truncated", "pixel data shorter than the image size", path) from None
-            raise DicomError("dicom_decode_failed", f"pixel data could not be decoded ({type(exc).__name__})",
-                             path) from None
+            raise DicomError(
+                "dicom_decode_failed", f"pixel data could not be decoded ({type(exc).__name__})", path
+            ) from None
         except Exception as exc:
-            raise DicomError("dicom_decode_failed", f"pixel data could not be decoded ({type(exc).__name__})",
-                             path) from None
+            raise DicomError(
+                "dicom_decode_failed", f"pixel data could not be decoded ({type(exc).__name__})", path
+            ) from None
         arr = np.asarray(arr)
         if arr.ndim == 2:
             arr = arr[None]

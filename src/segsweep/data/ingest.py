@@ -8,6 +8,7 @@ Pseudonyms: ``"p" + hex(HMAC-SHA256(data.pseudonym_key, raw patient key))[:8]`` 
 folder or case name) and every DICOM header value other than the whitelisted geometry stay inside this
 module; file paths in qc.csv have the patient's folder/case names replaced by the pseudonym.
 """
+
 from __future__ import annotations
 
 import csv
@@ -96,7 +97,7 @@ class _Namer:
     def path(self, p: Path) -> str:
         s = str(p)
         if s.startswith(self.prefix):  # plain string slicing: Path.relative_to is slow per row
-            rel = s[len(self.prefix):].replace(os.sep, "/")
+            rel = s[len(self.prefix) :].replace(os.sep, "/")
         else:
             try:
                 rel = Path(p).relative_to(self.root).as_posix()
@@ -178,9 +179,14 @@ def _process_patient(task: _Task) -> tuple[str, int, list]:
         wanted = {"inner": need_i, "outer": need_o}
         missing = [k for k, w in wanted.items() if w and files[k] is None]
         if missing:
-            _row(slot, namer, item.image, "contour_missing_for_target",
-                 f"target {target} needs the {' and '.join(missing)} contour")
-            for k, p in files.items():
+            _row(
+                slot,
+                namer,
+                item.image,
+                "contour_missing_for_target",
+                f"target {target} needs the {' and '.join(missing)} contour",
+            )
+            for p in files.values():
                 if p is not None:
                     _row(slot, namer, p, "contour_unused", f"the {' and '.join(missing)} contour is missing")
             continue
@@ -197,13 +203,16 @@ def _process_patient(task: _Task) -> tuple[str, int, list]:
     n = len(out["slice"])
     path = task.out_dir / f"{task.pid}.npz"
     if n:
-        write_npz(path, {  # image/raw/mask: lists of equal arrays, stacked while writing (float32/uint8)
-            "image": out["image"],
-            "raw": out["raw"],
-            "mask": out["mask"],
-            "spacing": np.asarray(out["spacing"], dtype=np.float32).reshape(n, 2),
-            "slice": np.asarray(out["slice"], dtype=np.int32),
-        })
+        write_npz(
+            path,
+            {  # image/raw/mask: lists of equal arrays, stacked while writing (float32/uint8)
+                "image": out["image"],
+                "raw": out["raw"],
+                "mask": out["mask"],
+                "spacing": np.asarray(out["spacing"], dtype=np.float32).reshape(n, 2),
+                "slice": np.asarray(out["slice"], dtype=np.int32),
+            },
+        )
     return task.pid, n, rows
 
 
@@ -219,7 +228,7 @@ def _process_batch(jobs: list, target: str, prep: PreprocessConfig, namer: _Name
                 keep = stage(job, target, prep, namer, out)
             except Exception as exc:  # a bug or an exotic input must not stop the other files
                 keep = False
-                del job.rows[job.mark:]  # still one row per file
+                del job.rows[job.mark :]  # still one row per file
                 _row(job.rows, namer, job.item.image, "processing_error", type(exc).__name__)
                 for p in job.used.values():
                     _row(job.rows, namer, p, "contour_unused", "its image could not be processed")
@@ -290,7 +299,8 @@ def _read_contours(job: _Job, target, prep, namer: _Namer, out) -> bool:
         stray = int(np.count_nonzero(masks["inner"] & ~masks["outer"]))
         if stray:
             notes["outer"] = notes["outer"] + (
-                ("contour_inner_outside_outer", f"{stray} inner-contour pixels outside the outer contour"),)
+                ("contour_inner_outside_outer", f"{stray} inner-contour pixels outside the outer contour"),
+            )
     job.masks, job.notes = masks, notes
     return True
 
@@ -308,8 +318,9 @@ def _finish(job: _Job, target, prep, namer: _Namer, out) -> bool:
     mask = _compose(target, masks.get("inner"), masks.get("outer"))
     res = pre.prepare(job.u8, mask, job.im.pixel_spacing, prep)
     if not np.count_nonzero(res.mask):
-        return _skip(job, namer, "mask_empty", f"target {target} mask is empty at {prep.size}",
-                     "the target mask is empty")
+        return _skip(
+            job, namer, "mask_empty", f"target {target} mask is empty at {prep.size}", "the target mask is empty"
+        )
     _row(job.rows, namer, job.item.image, warnings=job.im.warnings)
     for kind, p in job.used.items():
         _row(job.rows, namer, p, warnings=job.notes[kind])
@@ -427,12 +438,15 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
     failures = [r for r in rows if r[3] and severity(r[3]) == "failure"]
     if data.strict and failures:
         lines = [f"{r[0]}/{r[1]}: {r[3]}: {r[4]}" if r[4] else f"{r[0]}/{r[1]}: {r[3]}" for r in failures]
-        raise DataError(f"data.strict: {len(failures)} QC failure(s) under data root '{root}' "
-                        f"(details in {out_dir / 'qc.csv'}):\n  " + "\n  ".join(lines))
+        raise DataError(
+            f"data.strict: {len(failures)} QC failure(s) under data root '{root}' "
+            f"(details in {out_dir / 'qc.csv'}):\n  " + "\n  ".join(lines)
+        )
     n_images = sum(p["n_images"] for p in patients)
     if n_images == 0:
-        raise DataError(f"data root '{root}': no usable image/contour pair for target '{data.target}' "
-                        f"(see {out_dir / 'qc.csv'})")
+        raise DataError(
+            f"data root '{root}': no usable image/contour pair for target '{data.target}' (see {out_dir / 'qc.csv'})"
+        )
     counts: dict[str, int] = {}
     for r in rows:
         if r[3]:
@@ -448,6 +462,12 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
         "qc_counts": dict(sorted(counts.items())),
     }
     write_bytes(out_dir / "dataset.json", (json.dumps(dataset, indent=1) + "\n").encode())
-    log.info("ingest: %d images of %d patients (target %s) from a %s root; QC: %s", n_images, len(patients),
-             data.target, data.layout, ", ".join(f"{k} {v}" for k, v in dataset["qc_counts"].items()) or "clean")
+    log.info(
+        "ingest: %d images of %d patients (target %s) from a %s root; QC: %s",
+        n_images,
+        len(patients),
+        data.target,
+        data.layout,
+        ", ".join(f"{k} {v}" for k, v in dataset["qc_counts"].items()) or "clean",
+    )
     return dataset

@@ -22,6 +22,7 @@ files trace the painted boundaries (papillary muscles and the RV do not move the
 Every random choice comes from ``numpy.random.default_rng([seed, patient])``: a patient does not change
 when others are added, and the same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,9 +31,9 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
 
 import cv2
 import numpy as np
@@ -40,8 +41,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from segsweep.data.config import PhantomConfig
-from segsweep.errors import DataError
 from segsweep.data.layouts import phantom_paths
+from segsweep.errors import DataError
 
 # Fake patient-identifying header values (overridable with ``phi``: a test plants distinctive strings and
 # checks that none reaches any output). "{i}" is replaced by the patient number (1, 2, ...).
@@ -84,8 +85,12 @@ def _patient_params(rng: np.random.Generator, rows: int, cols: int) -> dict:
         "body": (rng.uniform(0.46, 0.55) * rows, rng.uniform(0.52, 0.62) * cols),
         "body_c": (cols * rng.uniform(0.47, 0.53), rows * rng.uniform(0.50, 0.56)),
         "contrast": {
-            "blood": rng.uniform(0.85, 1.0), "myo": rng.uniform(0.22, 0.34), "tissue": rng.uniform(0.32, 0.42),
-            "fat": rng.uniform(0.75, 0.92), "lung": rng.uniform(0.03, 0.08), "liver": rng.uniform(0.40, 0.5),
+            "blood": rng.uniform(0.85, 1.0),
+            "myo": rng.uniform(0.22, 0.34),
+            "tissue": rng.uniform(0.32, 0.42),
+            "fat": rng.uniform(0.75, 0.92),
+            "lung": rng.uniform(0.03, 0.08),
+            "liver": rng.uniform(0.40, 0.5),
         },
         "bias": rng.normal(0, 0.18, 5),
         "signal": rng.uniform(600, 1600),
@@ -99,8 +104,8 @@ def _soft_ellipse(X, Y, cx, cy, a, b, angle=0.0):
     """Coverage in [0, 1] of an ellipse (semi-axes a along x, b along y, rotated), 1-px anti-aliased."""
     c, s = math.cos(angle), math.sin(angle)
     dx, dy = X - np.float32(cx), Y - np.float32(cy)
-    u = (np.float32(c / a) * dx + np.float32(s / a) * dy)
-    v = (np.float32(-s / b) * dx + np.float32(c / b) * dy)
+    u = np.float32(c / a) * dx + np.float32(s / a) * dy
+    v = np.float32(-s / b) * dx + np.float32(c / b) * dy
     d = (np.sqrt(u * u + v * v) - 1) * np.float32(min(a, b))  # ≈ signed distance in pixels
     return np.clip(0.5 - d, 0, 1)
 
@@ -144,7 +149,7 @@ def _slice_geometry(p: dict, k: int, n: int, rng: np.random.Generator) -> dict:
         "f": f,
         "cx": p["centre"][0] + drift[0],
         "cy": p["centre"][1] + drift[1],
-        "R": p["R"] * (1 - 0.6 * f ** 1.3),
+        "R": p["R"] * (1 - 0.6 * f**1.3),
         "T": p["T"] * (1 + 0.2 * f),
         "jitter": rng.normal(0, 0.01, 2),
     }
@@ -170,8 +175,11 @@ def _background(p: dict, rows: int, cols: int, X, Y, rng) -> dict:
     body = _soft_ellipse(X, Y, bcx, bcy, bx, by)
     inner = _soft_ellipse(X, Y, bcx, bcy, bx - 0.035 * cols, by - 0.035 * rows)
     # low-frequency texture: a coarse random grid, smoothly upsampled
-    tex = cv2.resize(rng.normal(0, 1, (max(2, rows // 24), max(2, cols // 24))).astype(np.float32),
-                     (cols, rows), interpolation=cv2.INTER_CUBIC)
+    tex = cv2.resize(
+        rng.normal(0, 1, (max(2, rows // 24), max(2, cols // 24))).astype(np.float32),
+        (cols, rows),
+        interpolation=cv2.INTER_CUBIC,
+    )
     base = (body - inner) * np.float32(c["fat"]) + inner * np.float32(c["tissue"]) * (1 + 0.08 * tex)
     cx, cy = p["centre"]
     lung_l = _soft_ellipse(X, Y, cx - 0.36 * cols, cy - 0.05 * rows, 0.13 * cols, 0.26 * rows, 0.25)
@@ -183,8 +191,12 @@ def _background(p: dict, rows: int, cols: int, X, Y, rng) -> dict:
     u, v = (X / cols) * 2 - 1, (Y / rows) * 2 - 1
     b = p["bias"].astype(np.float32)
     bias = np.exp(b[0] * u + b[1] * v + b[2] * u * u + b[3] * v * v + b[4] * u * v)
-    return {"base": base.astype(np.float32), "bias": bias.astype(np.float32), "tex": tex,
-            "liver_centre": (bcx - 0.22 * cols, bcy + 0.28 * rows)}
+    return {
+        "base": base.astype(np.float32),
+        "bias": bias.astype(np.float32),
+        "tex": tex,
+        "liver_centre": (bcx - 0.22 * cols, bcy + 0.28 * rows),
+    }
 
 
 def render(p: dict, g: dict, bg: dict, X, Y) -> np.ndarray:
@@ -195,8 +207,17 @@ def render(p: dict, g: dict, bg: dict, X, Y) -> np.ndarray:
     if g["f"] > 0.45:  # the liver appears in the inferior slices
         s = (g["f"] - 0.45) / 0.55
         lcx, lcy = bg["liver_centre"]
-        _paint(img, X, Y, c["liver"] * (1 + 0.05 * bg["tex"]), lcx, lcy,
-               0.2 * cols * (0.4 + s), 0.15 * rows * (0.4 + s), 0.3)
+        _paint(
+            img,
+            X,
+            Y,
+            c["liver"] * (1 + 0.05 * bg["tex"]),
+            lcx,
+            lcy,
+            0.2 * cols * (0.4 + s),
+            0.15 * rows * (0.4 + s),
+            0.3,
+        )
     # the heart is painted inside its bounding box only
     R, T = g["R"], g["T"]
     amp = 1 + p["ecc"] + float(np.abs(p["harm"]).sum()) + 0.05
@@ -237,8 +258,18 @@ def render(p: dict, g: dict, bg: dict, X, Y) -> np.ndarray:
     for off in (0.0, 1.9):
         ang = p["pap"] + off
         pr = 0.62 * R
-        _paint(win, Xw, Yw, c["myo"] * 1.2, g["cx"] + pr * math.cos(ang), g["cy"] + pr * math.sin(ang),
-               0.16 * R + 0.5, 0.13 * R + 0.5, ang, within=blood)
+        _paint(
+            win,
+            Xw,
+            Yw,
+            c["myo"] * 1.2,
+            g["cx"] + pr * math.cos(ang),
+            g["cy"] + pr * math.sin(ang),
+            0.16 * R + 0.5,
+            0.13 * R + 0.5,
+            ang,
+            within=blood,
+        )
     return img * bg["bias"]
 
 
@@ -352,8 +383,9 @@ def _safe_to_replace(root: Path) -> bool:
     """Only an empty folder or an earlier phantom may be replaced (never a user's data)."""
     if not root.exists():
         return True
-    return root.is_dir() and ((root / MARKER).is_file() or (root / "MANIFEST.json").is_file()
-                              or not any(root.iterdir()))
+    return root.is_dir() and (
+        (root / MARKER).is_file() or (root / "MANIFEST.json").is_file() or not any(root.iterdir())
+    )
 
 
 def generate(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None = None) -> dict:
@@ -367,8 +399,9 @@ def generate(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None
     if unknown:
         raise ValueError(f"phi: unknown keys {sorted(unknown)} (known: {', '.join(PHI_DEFAULTS)})")
     if not _safe_to_replace(root):
-        raise DataError(f"phantom root '{root}' exists and is not an earlier phantom (no MANIFEST.json); "
-                        "refusing to replace it")
+        raise DataError(
+            f"phantom root '{root}' exists and is not an earlier phantom (no MANIFEST.json); refusing to replace it"
+        )
     paths = phantom_paths(cfg.layout)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -391,8 +424,14 @@ def generate(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None
                 g = _slice_geometry(params, k, cfg.slices, rng)
                 img = render(params, g, bg, X, Y)
                 n = paths.number(p, k)
-                _write_dicom(ds, paths.image(tmp, p, n), _acquire(img, params, rng), n + paths.instance_offset,
-                             -10.0 * k, _uid(cfg.seed, p, "image", k))
+                _write_dicom(
+                    ds,
+                    paths.image(tmp, p, n),
+                    _acquire(img, params, rng),
+                    n + paths.instance_offset,
+                    -10.0 * k,
+                    _uid(cfg.seed, p, "image", k),
+                )
                 has_i, has_o = plan[k]
                 for kind, has in (("i", has_i), ("o", has_o)):
                     if has:
@@ -406,14 +445,16 @@ def generate(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None
                     noise = np.clip(rng.normal(300, 60, (rows, cols)), 0, 4095).astype(np.uint16)
                     _write_dicom(loc, path, noise, j + 1, 0.0, _uid(cfg.seed, p, "localizer", j))
             index.append((p, numbers))
-            patients.append({
-                "patient": p,
-                "images": cfg.slices,
-                "contoured": sum(1 for _, i, _o in numbers if i or _o),
-                "inner_only": sum(1 for _, i, o in numbers if i and not o),
-                "pixel_spacing_mm": round(params["spacing"], 6),
-                "extra_images": len(extra),
-            })
+            patients.append(
+                {
+                    "patient": p,
+                    "images": cfg.slices,
+                    "contoured": sum(1 for _, i, _o in numbers if i or _o),
+                    "inner_only": sum(1 for _, i, o in numbers if i and not o),
+                    "pixel_spacing_mm": round(params["spacing"], 6),
+                    "extra_images": len(extra),
+                }
+            )
         paths.finish(tmp, index)
         manifest = {
             "generator": "segsweep.phantom",

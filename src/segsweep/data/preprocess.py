@@ -16,6 +16,7 @@ Images are resampled with bilinear interpolation, masks with centre-aligned near
 (``cv2.INTER_NEAREST_EXACT``: plain ``INTER_NEAREST`` is offset by half a pixel against bilinear).
 The returned pixel spacing (row, col, mm) is the input spacing times (input size / resized size) per axis.
 """
+
 from __future__ import annotations
 
 import math

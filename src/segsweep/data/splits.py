@@ -4,11 +4,12 @@ Splitting by patient (never by image) keeps slices of one heart out of both side
 stored in a seeded random order and a fraction f takes its first ``max(1, round(f * len(pool)))`` patients,
 so every smaller fraction is a subset of every larger one and the validation set is the same for all.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +30,9 @@ def make_split(patients: Sequence[str], seed: int, val_fraction: float, folds: i
     out = {"seed": seed, "val_fraction": val_fraction, "val": sorted(perm[:n_val]), "pool": perm[n_val:], "folds": []}
     if folds:
         if folds > n:
-            raise DataError(f"config key 'splits.folds': {folds} folds need at least {folds} patients, the data set has {n}")
+            raise DataError(
+                f"config key 'splits.folds': {folds} folds need at least {folds} patients, the data set has {n}"
+            )
         rng = np.random.default_rng([seed, 1])
         perm = [ids[i] for i in rng.permutation(n)]
         for k in range(folds):

@@ -7,11 +7,13 @@ the identity of its data and split, so a cell shared by two studies is trained o
 touches only the cells whose parameters changed. Expansion is O(cells): axis values are validated once each,
 not once per cell.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from segsweep.data.config import N_CLASSES, DataConfig, PreprocessConfig, SplitConfig
 from segsweep.errors import ConfigError
@@ -23,6 +25,7 @@ from segsweep.plan.search import SEARCH_MODES
 from segsweep.plan.validate import check_plan
 from segsweep.study import Study, StudyCell, TableLayout
 from segsweep.training.params import TRAINABLE_CLASSES, CellParams
+
 
 @dataclass(frozen=True)
 class Cell:

@@ -4,18 +4,20 @@ Every key is named in ``config.schema.yaml`` beside this module. The typed objec
 defined in that stage (``data.config``, ``training.params``, ``segsweep.study``); this module only checks and
 completes the dict they are built from.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 import yaml
 
 from segsweep.errors import ConfigError
 from segsweep.training.params import CellParams
+
 
 # --------------------------------------------------------------------------------------------- schema
 @lru_cache(maxsize=1)

@@ -1,10 +1,10 @@
 """Job resources derived from the config (Snakemake `resources:`), so a cluster request fits the work."""
+
 from __future__ import annotations
 
 import math
-
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from segsweep.data.config import PreprocessConfig
 from segsweep.training.params import CellParams
@@ -38,5 +38,5 @@ class ResourceConfig:
     train_retries: int = 1
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> "ResourceConfig":
+    def from_config(cls, cfg: Mapping) -> ResourceConfig:
         return cls(**cfg["resources"])

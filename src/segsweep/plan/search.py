@@ -6,11 +6,13 @@ its config mapping, ``base`` its fully merged base cell (for modes that vary aro
 ``scale`` preset's ``axes_limit`` (values per axis, or None); ``order`` is the declared value order per axis
 (tables and figures use it). Every value must pass ``check_axis_values`` so a bad value names its key.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jsonschema
 import numpy as np

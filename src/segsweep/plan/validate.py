@@ -9,6 +9,7 @@ built, naming the study and the config key, instead of in a training job hours l
 Each kind is built once per distinct spec (a memo keyed by the fields it reads), so a plan of 3,000 cells
 with 10 distinct losses builds 10 losses. Models are built on the meta device: no memory, no weight init.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
@@ -35,7 +36,13 @@ class Cell(Protocol):
 
 # The CellParams fields the model builder reads (the memo key of a model spec).
 MODEL_FIELDS = (
-    "in_channels", "depth", "base_width", "batch_norm", "dropout_down", "dropout_bottleneck", "dropout_up",
+    "in_channels",
+    "depth",
+    "base_width",
+    "batch_norm",
+    "dropout_down",
+    "dropout_bottleneck",
+    "dropout_up",
     "dropout_mode",
 )
 

@@ -20,6 +20,7 @@ which fill the caption in figures.json (the HTML/PDF report). The captions of ``
 Where a study has more combinations than a figure can show legibly, the figure shows a slice: the other axes
 held at the best configuration's labels (the caption says so).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,12 +125,16 @@ def _label_width(labels: Sequence[str]) -> float:
 
 
 # ------------------------------------------------------------------------------------------ heatmap
-@_register(STUDY_FIGURES, "heatmap", file="heatmap.svg", title="Mean per configuration (heatmap)",
-           caption="Mean {value} per configuration over repeats/folds (n = runs that finished). The boxed cell is "
-                   "the best configuration. Hatched cells name the status of configurations whose runs all "
-                   "diverged or failed; they carry no number.{partial}",
-           generic={"partial": " An asterisk marks configurations where only some runs finished; the mean is "
-                               "over those."})
+@_register(
+    STUDY_FIGURES,
+    "heatmap",
+    file="heatmap.svg",
+    title="Mean per configuration (heatmap)",
+    caption="Mean {value} per configuration over repeats/folds (n = runs that finished). The boxed cell is "
+    "the best configuration. Hatched cells name the status of configurations whose runs all "
+    "diverged or failed; they carry no number.{partial}",
+    generic={"partial": " An asterisk marks configurations where only some runs finished; the mean is over those."},
+)
 def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     t = c.table
     nr, nc = len(t["rows"]), len(t["cols"])
@@ -160,18 +165,43 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
         for j, x in enumerate(line):
             if x["mean"] is None:
                 bad = x["status"] != "missing"
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white" if bad else style.MISSING_FACE,
-                                       hatch="///" if bad else None, edgecolor="#999999", linewidth=0.5))
-                ax.text(j, i, x["status"] if bad else "–", ha="center", va="center", fontsize=8,
-                        color=style.BAD_COLOUR if bad else "#666666", fontweight="bold" if bad else "normal",
-                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0} if bad else None)
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.5, i - 0.5),
+                        1,
+                        1,
+                        facecolor="white" if bad else style.MISSING_FACE,
+                        hatch="///" if bad else None,
+                        edgecolor="#999999",
+                        linewidth=0.5,
+                    )
+                )
+                ax.text(
+                    j,
+                    i,
+                    x["status"] if bad else "–",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color=style.BAD_COLOUR if bad else "#666666",
+                    fontweight="bold" if bad else "normal",
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0} if bad else None,
+                )
                 continue
             rgba = cmap((x["mean"] - vmin) / (vmax - vmin))
             lum = 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
             star = "*" if x["status"] == "partial" else ""
             partial |= bool(star)
-            ax.text(j, i, f"{fmt(x['mean'], t['value'])}{star}\nn={x['n']}", ha="center", va="center", fontsize=8,
-                    color="black" if lum > 0.5 else "white", fontweight="bold" if x["best_overall"] else "normal")
+            ax.text(
+                j,
+                i,
+                f"{fmt(x['mean'], t['value'])}{star}\nn={x['n']}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if lum > 0.5 else "white",
+                fontweight="bold" if x["best_overall"] else "normal",
+            )
             if x["best_overall"]:
                 ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black", linewidth=2))
     long = max(map(len, col_labels)) > 10
@@ -185,17 +215,24 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
     cb.set_label(f"mean {style.label_for(t['value'])}")
     style.save(fig, path)
-    return {"value": style.label_for(t["value"]),
-            "partial": " * some runs of this configuration diverged or failed; the mean is over the rest."
-            if partial else ""}
+    return {
+        "value": style.label_for(t["value"]),
+        "partial": " * some runs of this configuration diverged or failed; the mean is over the rest."
+        if partial
+        else "",
+    }
 
 
 # ------------------------------------------------------------------------------------------- curves
-@_register(STUDY_FIGURES, "curves", file="curves.svg", title="Validation Dice per epoch",
-           caption="Validation Dice per epoch: thin lines are single runs (seeds/folds), thick lines their mean. "
-                   "{panels} × marks the last epoch of a run that diverged or failed.",
-           generic={"panels": "One panel per row of the study table (if there are too many, the six best "
-                              "configurations)."})
+@_register(
+    STUDY_FIGURES,
+    "curves",
+    file="curves.svg",
+    title="Validation Dice per epoch",
+    caption="Validation Dice per epoch: thin lines are single runs (seeds/folds), thick lines their mean. "
+    "{panels} × marks the last epoch of a run that diverged or failed.",
+    generic={"panels": "One panel per row of the study table (if there are too many, the six best configurations)."},
+)
 def fig_curves(c: _Ctx, path: Path) -> dict | None:
     row_axes, col_axes = layout_axes(c.study)
     panel_axes = list(row_axes)
@@ -204,10 +241,15 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
         if len(c.ordered(panel_axes[0])) > MAX_PANELS:
             panel_axes = []
     if panel_axes:
-        keys = [k for k in _product([c.ordered(a) for a in panel_axes])
-                if any(tuple(g["labels"][a] for a in panel_axes) == k for g in c.groups)]
-        panels = [(config_label(zip(panel_axes, k)),
-                   [g for g in c.groups if tuple(g["labels"][a] for a in panel_axes) == k]) for k in keys]
+        keys = [
+            k
+            for k in _product([c.ordered(a) for a in panel_axes])
+            if any(tuple(g["labels"][a] for a in panel_axes) == k for g in c.groups)
+        ]
+        panels = [
+            (config_label(zip(panel_axes, k)), [g for g in c.groups if tuple(g["labels"][a] for a in panel_axes) == k])
+            for k in keys
+        ]
         note = f"One panel per {', '.join(panel_axes)}."
     else:
         top = ranked(c.groups, c.higher)[:6]
@@ -219,8 +261,7 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     pw = 5.5 if len(panels) == 1 else 2.9
-    fig, axes = plt.subplots(nrow, ncol, figsize=(pw * ncol, 2.4 * nrow + 0.4), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(pw * ncol, 2.4 * nrow + 0.4), sharex=True, sharey=True, squeeze=False)
     handles: dict[str, Line2D] = {}
     colour_of: dict[str, int] = {}
     any_bad = False
@@ -244,11 +285,18 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
                     curves.append(h.set_index("epoch")["val_dice"])
             if curves:
                 mean = pd.concat(curves, axis=1).mean(axis=1)
-                ax.plot(mean.index, mean.values, color=col, linewidth=1.8, marker=style.marker(k),
-                        markevery=max(1, len(mean) // 6), markersize=4)
+                ax.plot(
+                    mean.index,
+                    mean.values,
+                    color=col,
+                    linewidth=1.8,
+                    marker=style.marker(k),
+                    markevery=max(1, len(mean) // 6),
+                    markersize=4,
+                )
             handles.setdefault(name, Line2D([], [], color=col, marker=style.marker(k), linewidth=1.8, label=name))
         ax.set_title(title, fontsize=9)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[-1, :]:
         ax.set_xlabel("epoch")
@@ -281,8 +329,15 @@ def _product(lists: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
 
 
 # ----------------------------------------------------------------------------- value vs numeric axis
-def _value_vs_axis(c: _Ctx, path: Path, axis: str, *, log: bool, group_axes: Sequence[str] | None = None,
-                   xlabels: dict[str, str] | None = None) -> tuple[dict | None, dict]:
+def _value_vs_axis(
+    c: _Ctx,
+    path: Path,
+    axis: str,
+    *,
+    log: bool,
+    group_axes: Sequence[str] | None = None,
+    xlabels: dict[str, str] | None = None,
+) -> tuple[dict | None, dict]:
     gs, held = c.slice_for([axis, *(group_axes or [])])
     gs = [g for g in gs if label_number(g["labels"][axis]) is not None]
     if len({g["labels"][axis] for g in gs}) < 2 or all(g["mean"] is None for g in gs):
@@ -301,13 +356,29 @@ def _value_vs_axis(c: _Ctx, path: Path, axis: str, *, log: bool, group_axes: Seq
         ys = [g["mean"] for g in ok]
         err = np.array([_ci_err(g) for g in ok]).T if ok else None
         if ok:
-            ax.errorbar(xs, ys, yerr=err, color=style.colour(k), marker=style.marker(k),
-                        linestyle="none" if random else "-", label=name if len(series) > 1 else None,
-                        markersize=5, alpha=0.9)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                color=style.colour(k),
+                marker=style.marker(k),
+                linestyle="none" if random else "-",
+                label=name if len(series) > 1 else None,
+                markersize=5,
+                alpha=0.9,
+            )
         for g in members:
             if g["mean"] is None:
-                ax.plot(label_number(g["labels"][axis]), 0.03, marker="x", color=style.colour(k), markersize=8,
-                        mew=2, transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.plot(
+                    label_number(g["labels"][axis]),
+                    0.03,
+                    marker="x",
+                    color=style.colour(k),
+                    markersize=8,
+                    mew=2,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
                 bad_drawn = True
     if log:
         ax.set_xscale("log")
@@ -327,10 +398,15 @@ def _value_vs_axis(c: _Ctx, path: Path, axis: str, *, log: bool, group_axes: Seq
     return {}, held
 
 
-@_register(STUDY_FIGURES, "fraction", file="fraction.svg", title="Effect of the training fraction",
-           caption="Mean {value} against the share of the training pool used (number of training patients in "
-                   "brackets); error bars are 95 % t-intervals over repeats/folds. Smaller fractions are subsets "
-                   "of larger ones and the validation set is fixed.{held}")
+@_register(
+    STUDY_FIGURES,
+    "fraction",
+    file="fraction.svg",
+    title="Effect of the training fraction",
+    caption="Mean {value} against the share of the training pool used (number of training patients in "
+    "brackets); error bars are 95 % t-intervals over repeats/folds. Smaller fractions are subsets "
+    "of larger ones and the validation set is fixed.{held}",
+)
 def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     if "fraction" not in c.study.axes:
         return None
@@ -346,27 +422,38 @@ def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     return {"value": style.label_for(c.value), "held": _held_text(held)}
 
 
-@_register(STUDY_FIGURES, "lr", file="lr.svg", title="Effect of the learning rate",
-           caption="Mean {value} against the initial learning rate (log scale){per_optimizer}; error bars are "
-                   "95 % t-intervals over repeats/folds, × marks configurations whose runs all diverged or "
-                   "failed.{held}",
-           generic={"per_optimizer": ", one line per optimizer where the study varies it"})
+@_register(
+    STUDY_FIGURES,
+    "lr",
+    file="lr.svg",
+    title="Effect of the learning rate",
+    caption="Mean {value} against the initial learning rate (log scale){per_optimizer}; error bars are "
+    "95 % t-intervals over repeats/folds, × marks configurations whose runs all diverged or "
+    "failed.{held}",
+    generic={"per_optimizer": ", one line per optimizer where the study varies it"},
+)
 def fig_lr(c: _Ctx, path: Path) -> dict | None:
     if "lr" not in c.study.axes:
         return None
-    res, held = _value_vs_axis(c, path, "lr", log=True,
-                               group_axes=["optimizer"] if "optimizer" in c.study.axes else [])
+    res, held = _value_vs_axis(c, path, "lr", log=True, group_axes=["optimizer"] if "optimizer" in c.study.axes else [])
     if res is None:
         return None
-    return {"value": style.label_for(c.value),
-            "per_optimizer": ", one line per optimizer" if "optimizer" in c.study.axes else "",
-            "held": _held_text(held)}
+    return {
+        "value": style.label_for(c.value),
+        "per_optimizer": ", one line per optimizer" if "optimizer" in c.study.axes else "",
+        "held": _held_text(held),
+    }
 
 
 # ----------------------------------------------------------------------------------------- schedules
-@_register(STUDY_FIGURES, "schedule", file="schedule_lr.svg", title="Learning rate applied per epoch",
-           caption="The learning rate the optimizer actually used in each epoch (from history.csv), one "
-                   "representative run per schedule.{held}")
+@_register(
+    STUDY_FIGURES,
+    "schedule",
+    file="schedule_lr.svg",
+    title="Learning rate applied per epoch",
+    caption="The learning rate the optimizer actually used in each epoch (from history.csv), one "
+    "representative run per schedule.{held}",
+)
 def fig_schedule(c: _Ctx, path: Path) -> dict | None:
     if "schedule" not in c.study.axes:
         return None
@@ -384,8 +471,15 @@ def fig_schedule(c: _Ctx, path: Path) -> dict | None:
                     continue
                 other = {a: v for a, v in g["labels"].items() if a != "schedule" and a not in held}
                 name = lab + (f" ({config_label(other.items())})" if other and len(members) > 1 else "")
-                ax.plot(h["epoch"], h["lr"], color=style.colour(k), marker=style.marker(k),
-                        markevery=max(1, len(h) // 8), label=name, drawstyle="steps-post")
+                ax.plot(
+                    h["epoch"],
+                    h["lr"],
+                    color=style.colour(k),
+                    marker=style.marker(k),
+                    markevery=max(1, len(h) // 8),
+                    label=name,
+                    drawstyle="steps-post",
+                )
                 lr = h["lr"][h["lr"] > 0]
                 if len(lr):
                     ratios.append(lr.max() / lr.min())
@@ -404,8 +498,13 @@ def fig_schedule(c: _Ctx, path: Path) -> dict | None:
 
 
 # --------------------------------------------------------------------------------------------- losses
-@_register(STUDY_FIGURES, "loss", file="loss.svg", title="Loss functions compared",
-           caption="Mean {value} per loss with its 95 % t-interval; short ticks are single runs.{held}")
+@_register(
+    STUDY_FIGURES,
+    "loss",
+    file="loss.svg",
+    title="Loss functions compared",
+    caption="Mean {value} per loss with its 95 % t-interval; short ticks are single runs.{held}",
+)
 def fig_loss(c: _Ctx, path: Path) -> dict | None:
     if "loss" not in c.study.axes:
         return None
@@ -424,14 +523,29 @@ def fig_loss(c: _Ctx, path: Path) -> dict | None:
             y = losses.index(g["labels"]["loss"]) + off
             vals = [r["value"] for r in g["runs"] if r["value"] is not None]
             if g["mean"] is None:
-                ax.text(0.02, y, g["status"], transform=ax.get_yaxis_transform(), va="center", fontsize=8,
-                        color=style.BAD_COLOUR, fontweight="bold")
+                ax.text(
+                    0.02,
+                    y,
+                    g["status"],
+                    transform=ax.get_yaxis_transform(),
+                    va="center",
+                    fontsize=8,
+                    color=style.BAD_COLOUR,
+                    fontweight="bold",
+                )
                 continue
             lo, hi = _ci_err(g)
-            ax.errorbar(g["mean"], y, xerr=[[lo], [hi]], color=style.colour(k), marker=style.marker(k),
-                        markersize=6, linewidth=2, label=name if g is members[0] and ns > 1 else None)
-            ax.plot(vals, [y] * len(vals), linestyle="none", marker="|", color=style.colour(k), markersize=8,
-                    alpha=0.6)
+            ax.errorbar(
+                g["mean"],
+                y,
+                xerr=[[lo], [hi]],
+                color=style.colour(k),
+                marker=style.marker(k),
+                markersize=6,
+                linewidth=2,
+                label=name if g is members[0] and ns > 1 else None,
+            )
+            ax.plot(vals, [y] * len(vals), linestyle="none", marker="|", color=style.colour(k), markersize=8, alpha=0.6)
     ax.set_yticks(range(len(losses)), losses)
     ax.invert_yaxis()
     ax.set_xlabel(f"{style.label_for(c.value)} (mean, 95 % CI; ticks = single runs)")
@@ -457,10 +571,15 @@ def _patient_dice(c: _Ctx, g: dict) -> pd.Series | None:
     return pd.concat(parts, axis=1).mean(axis=1).dropna()
 
 
-@_register(STUDY_FIGURES, "per_patient", file="per_patient.svg", title="Per-patient Dice of the top configurations",
-           caption="Distribution over validation patients ({n_patients} per configuration; dots are patients, "
-                   "boxes show quartiles and median) for the {n_configs} best configurations, best first.",
-           generic={"n_patients": "all", "n_configs": f"{TOP_PATIENT_CONFIGS}"})
+@_register(
+    STUDY_FIGURES,
+    "per_patient",
+    file="per_patient.svg",
+    title="Per-patient Dice of the top configurations",
+    caption="Distribution over validation patients ({n_patients} per configuration; dots are patients, "
+    "boxes show quartiles and median) for the {n_configs} best configurations, best first.",
+    generic={"n_patients": "all", "n_configs": f"{TOP_PATIENT_CONFIGS}"},
+)
 def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
     top = []
     for g in ranked(c.groups, c.higher):
@@ -474,14 +593,28 @@ def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
     labels = [g["config"] for g, _ in top]
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.5 * len(top)))
     data = [s.values for _, s in top]
-    ax.boxplot(data, orientation="horizontal", widths=0.55, showfliers=False, patch_artist=True,
-               boxprops={"facecolor": "#E8EEF6", "edgecolor": "#555555"},
-               medianprops={"color": style.OKABE_ITO[0], "linewidth": 2},
-               whiskerprops={"color": "#555555"}, capprops={"color": "#555555"})
+    ax.boxplot(
+        data,
+        orientation="horizontal",
+        widths=0.55,
+        showfliers=False,
+        patch_artist=True,
+        boxprops={"facecolor": "#E8EEF6", "edgecolor": "#555555"},
+        medianprops={"color": style.OKABE_ITO[0], "linewidth": 2},
+        whiskerprops={"color": "#555555"},
+        capprops={"color": "#555555"},
+    )
     rng = np.random.default_rng(0)  # jitter only; fixed so the figure is reproducible
     for i, d in enumerate(data, start=1):
-        ax.plot(d, i + rng.uniform(-0.15, 0.15, len(d)), linestyle="none", marker="o", markersize=3.5,
-                color=style.OKABE_ITO[1], alpha=0.8)
+        ax.plot(
+            d,
+            i + rng.uniform(-0.15, 0.15, len(d)),
+            linestyle="none",
+            marker="o",
+            markersize=3.5,
+            color=style.OKABE_ITO[1],
+            alpha=0.8,
+        )
     ax.set_yticks(range(1, len(top) + 1), labels)
     ax.invert_yaxis()
     ax.set_xlabel("per-patient validation Dice (mean over slices and runs)")
@@ -498,15 +631,19 @@ def _contour(ax, m: np.ndarray, colour: str, ls: str) -> None:
         ax.contour(m, levels=levels, colors=[colour], linewidths=1.6, linestyles=ls)
 
 
-@_register(STUDY_FIGURES, "overlays", file="overlays.png", title="Best, median and worst validation images",
-           caption="Validation images of the best configuration{run} with the best, median and worst Dice: "
-                   "ground truth solid, prediction dashed. Patients are named by pseudonym.",
-           generic={"run": ""})
+@_register(
+    STUDY_FIGURES,
+    "overlays",
+    file="overlays.png",
+    title="Best, median and worst validation images",
+    caption="Validation images of the best configuration{run} with the best, median and worst Dice: "
+    "ground truth solid, prediction dashed. Patients are named by pseudonym.",
+    generic={"run": ""},
+)
 def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     if c.best is None:
         return None
-    runs = sorted((r for r in c.best["runs"] if r["value"] is not None), key=lambda r: r["value"],
-                  reverse=c.higher)
+    runs = sorted((r for r in c.best["runs"] if r["value"] is not None), key=lambda r: r["value"], reverse=c.higher)
     for r in runs:
         d = c.cells_dir / r["cell"]
         if (d / "per_image.csv").exists() and (d / "predictions.npz").exists():
@@ -532,9 +669,15 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
         _contour(ax, mask[i], style.GT_COLOUR, "solid")
         _contour(ax, pred[i], style.PRED_COLOUR, "dashed")
         ax.set_title(f"{name}: Dice {row['dice']:.3f}\n{row['patient']}, slice {int(row['slice'])}", fontsize=8.5)
-    fig.legend(handles=[Line2D([], [], color=style.GT_COLOUR, linewidth=1.6, label="ground truth"),
-                        Line2D([], [], color=style.PRED_COLOUR, linewidth=1.6, linestyle="dashed",
-                               label="prediction")], loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(
+        handles=[
+            Line2D([], [], color=style.GT_COLOUR, linewidth=1.6, label="ground truth"),
+            Line2D([], [], color=style.PRED_COLOUR, linewidth=1.6, linestyle="dashed", label="prediction"),
+        ],
+        loc="lower center",
+        ncol=2,
+        bbox_to_anchor=(0.5, -0.02),
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     style.save(fig, path)
     rep = f"seed {r['repeat']}" + (f", fold {r['fold']}" if r["fold"] is not None else "")
@@ -553,8 +696,14 @@ def _run(figs: Registry, ctx, out_dir: Path) -> list[Path]:
                 path.unlink(missing_ok=True)  # a figure that no longer applies must not linger
                 continue
             made.append(path)
-            index.append({"file": e.meta["file"], "kind": e.name, "title": e.meta["title"],
-                          "caption": e.meta["caption"].format(**fields)})
+            index.append(
+                {
+                    "file": e.meta["file"],
+                    "kind": e.name,
+                    "title": e.meta["title"],
+                    "caption": e.meta["caption"].format(**fields),
+                }
+            )
     write_json(out_dir / INDEX, {"figures": index})
     return made
 
@@ -580,15 +729,29 @@ def _examples(data_dir: Path, k: int = 4) -> list[tuple[str, dict]]:
                 continue
             area = z["mask"].reshape(len(z["mask"]), -1).astype(bool).sum(1)
             s = int(np.argmax(area)) if area.max() > 0 else len(area) // 2
-            out.append((files[i].stem, {"raw": z["raw"][s], "image": z["image"][s], "mask": z["mask"][s],
-                                        "slice": int(z["slice"][s]) if "slice" in z else s}))
+            out.append(
+                (
+                    files[i].stem,
+                    {
+                        "raw": z["raw"][s],
+                        "image": z["image"][s],
+                        "mask": z["mask"][s],
+                        "slice": int(z["slice"][s]) if "slice" in z else s,
+                    },
+                )
+            )
     return out
 
 
-@_register(DATA_FIGURES, "clahe", file="clahe.png", title="Preprocessing: before and after CLAHE",
-           caption="Example slices (the one with the largest mask per patient) after intensity windowing (top) "
-                   "and after contrast-limited adaptive histogram equalisation (bottom); the ground-truth contour "
-                   "is drawn in green. Patients are named by pseudonym.")
+@_register(
+    DATA_FIGURES,
+    "clahe",
+    file="clahe.png",
+    title="Preprocessing: before and after CLAHE",
+    caption="Example slices (the one with the largest mask per patient) after intensity windowing (top) "
+    "and after contrast-limited adaptive histogram equalisation (bottom); the ground-truth contour "
+    "is drawn in green. Patients are named by pseudonym.",
+)
 def fig_clahe(examples: list, path: Path) -> dict | None:
     if not examples:
         return None
@@ -611,10 +774,14 @@ def fig_clahe(examples: list, path: Path) -> dict | None:
     return {}
 
 
-@_register(DATA_FIGURES, "intensity", file="intensity.svg", title="Intensity distribution before and after CLAHE",
-           caption="Pixel intensity histograms of the {n} example slices above, before and after CLAHE "
-                   "(normalised to 0–1).",
-           generic={"n": "selected"})
+@_register(
+    DATA_FIGURES,
+    "intensity",
+    file="intensity.svg",
+    title="Intensity distribution before and after CLAHE",
+    caption="Pixel intensity histograms of the {n} example slices above, before and after CLAHE (normalised to 0–1).",
+    generic={"n": "selected"},
+)
 def fig_intensity(examples: list, path: Path) -> dict | None:
     if not examples:
         return None
@@ -622,10 +789,17 @@ def fig_intensity(examples: list, path: Path) -> dict | None:
     img = np.concatenate([e["image"].ravel() for _, e in examples])
     fig, ax = plt.subplots(figsize=(5.6, 2.8))
     bins = np.linspace(0, 1, 51)
-    ax.hist(raw, bins=bins, histtype="step", linewidth=1.6, color=style.colour(0), label="before CLAHE",
-            density=True)
-    ax.hist(img, bins=bins, histtype="step", linewidth=1.6, color=style.colour(1), label="after CLAHE",
-            density=True, linestyle="--")
+    ax.hist(raw, bins=bins, histtype="step", linewidth=1.6, color=style.colour(0), label="before CLAHE", density=True)
+    ax.hist(
+        img,
+        bins=bins,
+        histtype="step",
+        linewidth=1.6,
+        color=style.colour(1),
+        label="after CLAHE",
+        density=True,
+        linestyle="--",
+    )
     ax.set_xlabel("normalised intensity (0–1)")
     ax.set_ylabel("density")
     ax.legend()
@@ -647,14 +821,22 @@ DATA_FIGURE_FILES = {e.name: e.meta["file"] for e in DATA_FIGURES}
 # ------------------------------------------------------------------------- captions of snakemake --report
 CAPTION_FILES = {"study": "workflow/report/study_figures.rst", "data": "workflow/report/data_figures.rst"}
 _RST = {  # kind: (registry, what the rule declares, heading prefix, fallback heading, closing text)
-    "study": (STUDY_FIGURES,
-              'report(directory("results/studies/{study}/figures"), patterns=["{name}.svg", "{name}.png"]).\n'
-              "    Snakemake gives this template the pattern wildcard `name` beside the rule's `study`.",
-              "Study {{ study }}: ", "**Study {{ study }}: {{ name }}.**",
-              "Figures that do not apply to a study (for example the learning-rate plot when the learning rate is "
-              "not an axis) are not produced."),
-    "data": (DATA_FIGURES, 'report(directory("results/figures/data"), patterns=["{name}.svg", "{name}.png"]).',
-             "", "**Data figure {{ name }}.**", ""),
+    "study": (
+        STUDY_FIGURES,
+        'report(directory("results/studies/{study}/figures"), patterns=["{name}.svg", "{name}.png"]).\n'
+        "    Snakemake gives this template the pattern wildcard `name` beside the rule's `study`.",
+        "Study {{ study }}: ",
+        "**Study {{ study }}: {{ name }}.**",
+        "Figures that do not apply to a study (for example the learning-rate plot when the learning rate is "
+        "not an axis) are not produced.",
+    ),
+    "data": (
+        DATA_FIGURES,
+        'report(directory("results/figures/data"), patterns=["{name}.svg", "{name}.png"]).',
+        "",
+        "**Data figure {{ name }}.**",
+        "",
+    ),
 }
 REGENERATE = "python -m segsweep.report.plots --write-captions"
 
@@ -668,9 +850,11 @@ def captions_rst(kind: str) -> str:
     """The ``snakemake --report`` caption of the figures folder of ``kind`` ("study" or "data"): one Jinja
     branch per registered figure, keyed on the file name's stem (the rule's ``{name}`` pattern wildcard)."""
     reg, declared, prefix, fallback, closing = _RST[kind]
-    lines = ["{#- GENERATED from the figure registry in src/segsweep/report/plots.py: edit the captions there,",
-             f"    then run `{REGENERATE}` (tests/test_figure_registry.py checks it).",
-             f"    Caption for {declared} -#}}"]
+    lines = [
+        "{#- GENERATED from the figure registry in src/segsweep/report/plots.py: edit the captions there,",
+        f"    then run `{REGENERATE}` (tests/test_figure_registry.py checks it).",
+        f"    Caption for {declared} -#}}",
+    ]
     if kind == "study":
         lines.append("{% set study = snakemake.wildcards.study %}")
     lines.append("{% set name = snakemake.wildcards.name %}")
@@ -697,8 +881,10 @@ def write_captions(root: str | Path = ".") -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m segsweep.report.plots",
-                                 description="Generate the snakemake --report figure captions from the registry.")
+    ap = argparse.ArgumentParser(
+        prog="python -m segsweep.report.plots",
+        description="Generate the snakemake --report figure captions from the registry.",
+    )
     ap.add_argument("--write-captions", action="store_true", help=f"rewrite {', '.join(CAPTION_FILES.values())}")
     ap.add_argument("--check", action="store_true", help="exit 1 if a caption file is not current")
     ap.add_argument("--root", default=".", help="project root (default: the current folder)")
@@ -708,8 +894,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
         return 0
     if args.check:
-        stale = [rel for kind, rel in CAPTION_FILES.items()
-                 if not (Path(args.root) / rel).is_file() or (Path(args.root) / rel).read_text() != captions_rst(kind)]
+        stale = [
+            rel
+            for kind, rel in CAPTION_FILES.items()
+            if not (Path(args.root) / rel).is_file() or (Path(args.root) / rel).read_text() != captions_rst(kind)
+        ]
         for rel in stale:
             print(f"{rel}: not current; run `{REGENERATE}`")
         return 1 if stale else 0

@@ -5,6 +5,7 @@ an error, so a report renders from an unpacked tarball too. The configuration is
 (the pseudonym key would let anyone holding the original patient IDs link them to the pseudonyms); the hash is
 over the full resolved configuration.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,10 @@ import datetime as dt
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -68,8 +70,12 @@ def git_info(repo_dir: Path) -> dict | None:
     if not commit:
         return None
     status = _git(repo_dir, "status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "short": commit[:10], "dirty": bool(status) if status is not None else None,
-            "describe": _git(repo_dir, "describe", "--always", "--dirty", "--tags")}
+    return {
+        "commit": commit,
+        "short": commit[:10],
+        "dirty": bool(status) if status is not None else None,
+        "describe": _git(repo_dir, "describe", "--always", "--dirty", "--tags"),
+    }
 
 
 def package_versions() -> dict[str, str | None]:
@@ -106,16 +112,17 @@ def now_utc() -> dt.datetime:
     """The report date; SOURCE_DATE_EPOCH (reproducible-builds.org convention) pins it for byte-equal output."""
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde and sde.isdigit():
-        return dt.datetime.fromtimestamp(int(sde), tz=dt.timezone.utc)
-    return dt.datetime.now(tz=dt.timezone.utc).replace(microsecond=0)
+        return dt.datetime.fromtimestamp(int(sde), tz=dt.UTC)
+    return dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
 
 
 def collect(config: Mapping, repo_dir: Path) -> dict:
     """Config hash + redacted YAML, git commit/dirty, Python and package versions, platform, CPU, date."""
     return {
         "config_hash": digest(dict(config), 16),
-        "config_yaml": yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True, width=100,
-                                      default_flow_style=None),
+        "config_yaml": yaml.safe_dump(
+            redacted(config), sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
+        ),
         "git": git_info(Path(repo_dir)),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),

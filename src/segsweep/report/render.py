@@ -10,6 +10,7 @@ A4 PDF of the same document (WeasyPrint).
 
 Every sentence of the summary is generated from these numbers. Only pseudonymous patient ids appear.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,10 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import pandas as pd
@@ -28,11 +30,11 @@ from markupsafe import Markup, escape
 
 from segsweep.analysis.aggregate import config_groups, read_cells_csv
 from segsweep.analysis.ranking import ranked
+from segsweep.analysis.stats import describe_p
+from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.labels import fmt, label_number
-from segsweep.data.splits import n_train
-from segsweep.analysis.stats import describe_p
 from segsweep.report.style import label_for
 
 if TYPE_CHECKING:
@@ -109,8 +111,9 @@ def load_figures(fig_dir: Path, prefix: str) -> list[dict]:
     for i, f in enumerate(json.loads(index.read_text()).get("figures", [])):
         p = fig_dir / f["file"]
         if p.exists():
-            out.append({**f, "html": figure_html(p, f"{prefix}{i}-", f.get("title", f["file"])),
-                        "id": f"{prefix}{f['kind']}"})
+            out.append(
+                {**f, "html": figure_html(p, f"{prefix}{i}-", f.get("title", f["file"])), "id": f"{prefix}{f['kind']}"}
+            )
     return out
 
 
@@ -208,10 +211,8 @@ def study_sentences(view: StudyView) -> list[str]:
     best = view.best
     value = label_for(view.value)
     if best is None:
-        return [f"No run of this study finished: {view.table['n_diverged']} diverged, "
-                f"{view.table['n_failed']} failed."]
-    out = [f"The best configuration is {pretty_config(best['labels'])}: mean {value} "
-           f"{mean_ci_text(best, view.value)}."]
+        return [f"No run of this study finished: {view.table['n_diverged']} diverged, {view.table['n_failed']} failed."]
+    out = [f"The best configuration is {pretty_config(best['labels'])}: mean {value} {mean_ci_text(best, view.value)}."]
     if best["status"] == "partial":
         out[-1] = out[-1][:-1] + f" ({best['note']})."
     r = ranked(view.groups, view.study.table.higher_is_better)
@@ -219,8 +220,10 @@ def study_sentences(view: StudyView) -> list[str]:
         second = r[1]
         comp = next((c for c in view.stats.get("comparisons", []) if c["other"] == second["config"]), None)
         diff = abs(best["mean"] - second["mean"])
-        s = (f"The runner-up, {pretty_config(second['labels'])}, reaches {fmt(second['mean'], view.value)} "
-             f"({fmt(diff, view.value)} {'lower' if view.study.table.higher_is_better else 'higher'})")
+        s = (
+            f"The runner-up, {pretty_config(second['labels'])}, reaches {fmt(second['mean'], view.value)} "
+            f"({fmt(diff, view.value)} {'lower' if view.study.table.higher_is_better else 'higher'})"
+        )
         if comp and comp.get("p") is not None:
             s += f"; paired Wilcoxon p = {describe_p(comp['p'])} over {comp['n_pairs']} seeds/folds"
             if comp["note"].startswith("too few pairs"):
@@ -234,13 +237,19 @@ def study_sentences(view: StudyView) -> list[str]:
     return out
 
 
-def load_study(study: "Study", results_dir: Path) -> StudyView:
+def load_study(study: Study, results_dir: Path) -> StudyView:
     d = results_dir / STUDIES / study.name
     if not (d / "cells.csv").exists():
         raise DataError(f"{d / 'cells.csv'}: missing (run the aggregate step first)")
     cells = read_cells_csv(d / "cells.csv", study.axes)
-    view = StudyView(study=study, cells=cells, groups=config_groups(study, cells), table=_read_json(d / "table.json"),
-                     stats=_read_json(d / "stats.json"), figures=load_figures(d / "figures", f"f-{study.name}-"))
+    view = StudyView(
+        study=study,
+        cells=cells,
+        groups=config_groups(study, cells),
+        table=_read_json(d / "table.json"),
+        stats=_read_json(d / "stats.json"),
+        figures=load_figures(d / "figures", f"f-{study.name}-"),
+    )
     view.sentences = study_sentences(view)
     return view
 
@@ -261,8 +270,16 @@ def table_html_rows(view: StudyView) -> dict:
             if x.get("best_overall"):
                 cls.append("best-all")
             num = x["mean"] is not None
-            cells.append({"text": x["text"], "note": x["note"], "cls": " ".join(cls),
-                          "sort": x["mean"] if num else "", "status": x["status"], "num": num})
+            cells.append(
+                {
+                    "text": x["text"],
+                    "note": x["note"],
+                    "cls": " ".join(cls),
+                    "sort": x["mean"] if num else "",
+                    "status": x["status"],
+                    "num": num,
+                }
+            )
         rows.append({"labels": list(row["labels"].values()), "cells": cells})
     # column headers carry values only: the axis names head the row above
     cols = [", ".join(c["labels"].values()) if t["col_axes"] else label_for(t["value"]) for c in t["cols"]]
@@ -276,7 +293,7 @@ def secondary_rows(view: StudyView) -> list[dict]:
         sub = view.cells[view.cells["config"] == g["config"]]
         ok = sub[sub["status"] == "ok"]
 
-        def ms(col: str, d: int = 3) -> tuple[str, Any]:
+        def ms(col: str, d: int = 3, ok: pd.DataFrame = ok) -> tuple[str, Any]:
             x = ok[col].dropna()
             if x.empty:
                 return "–", ""
@@ -285,9 +302,20 @@ def secondary_rows(view: StudyView) -> list[dict]:
                 return (f"{v:.0f}" if v.is_integer() and d < 3 else f"{v:.{d}f}"), v
             return f"{x.mean():.{d}f} ± {x.std(ddof=1):.{d}f}", float(x.mean())
 
-        out.append({"config": g["config"], "status": g["status"], "n_ok": g["n_ok"], "n_total": g["n_total"],
-                    "dice": ms("best_val_dice"), "final": ms("final_val_dice"), "iou": ms("best_val_iou"),
-                    "hd95": ms("best_val_hd95_mm", 2), "epoch": ms("best_epoch", 1), "epochs": ms("epochs_run", 1)})
+        out.append(
+            {
+                "config": g["config"],
+                "status": g["status"],
+                "n_ok": g["n_ok"],
+                "n_total": g["n_total"],
+                "dice": ms("best_val_dice"),
+                "final": ms("final_val_dice"),
+                "iou": ms("best_val_iou"),
+                "hd95": ms("best_val_hd95_mm", 2),
+                "epoch": ms("best_epoch", 1),
+                "epochs": ms("epochs_run", 1),
+            }
+        )
     return out
 
 
@@ -299,19 +327,26 @@ def stats_rows(view: StudyView) -> tuple[list[dict], int]:
     for c in comps:
         if c["mean_diff"] is None:
             continue
-        out.append({
-            "other": c["other"], "status": c["other_status"], "n": c["n_pairs"],
-            "diff": fmt(c["mean_diff"], value) if c["mean_diff"] is not None else "–",
-            "ci": (f"{fmt(c['ci_low'], value)} to {fmt(c['ci_high'], value)}" if c["ci_low"] is not None else "–"),
-            "p": describe_p(c["p"]), "p_holm": describe_p(c.get("p_holm")), "note": c["note"],
-            "sort_p": "" if c["p"] is None else c["p"], "sort_diff": "" if c["mean_diff"] is None else c["mean_diff"],
-        })
+        out.append(
+            {
+                "other": c["other"],
+                "status": c["other_status"],
+                "n": c["n_pairs"],
+                "diff": fmt(c["mean_diff"], value) if c["mean_diff"] is not None else "–",
+                "ci": (f"{fmt(c['ci_low'], value)} to {fmt(c['ci_high'], value)}" if c["ci_low"] is not None else "–"),
+                "p": describe_p(c["p"]),
+                "p_holm": describe_p(c.get("p_holm")),
+                "note": c["note"],
+                "sort_p": "" if c["p"] is None else c["p"],
+                "sort_diff": "" if c["mean_diff"] is None else c["mean_diff"],
+            }
+        )
     out.sort(key=lambda r: r["sort_diff"])
     return out, len(comps) - len(out)
 
 
 # -------------------------------------------------------------------------------------------- data
-def data_context(results_dir: Path, config: Mapping, studies: Sequence["Study"]) -> dict:
+def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -> dict:
     d = results_dir / "data"
     ds = json.loads((d / "dataset.json").read_text()) if (d / "dataset.json").exists() else None
     qc = None
@@ -321,11 +356,15 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence["Study"])
             counts = q.groupby(["status", "reason"]).size().reset_index(name="n")
             order = {"skipped": 0, "warning": 1, "ok": 2}
             counts = counts.sort_values(["status", "n"], key=lambda s: s.map(order) if s.name == "status" else -s)
-            qc = {"rows": counts.to_dict("records"), "n_files": len(q),
-                  "by_status": {k: int(v) for k, v in q["status"].value_counts().items()}}
+            qc = {
+                "rows": counts.to_dict("records"),
+                "n_files": len(q),
+                "by_status": {k: int(v) for k, v in q["status"].value_counts().items()},
+            }
     if qc is None and ds and ds.get("qc_counts"):  # no qc.csv: fall back to the counts in dataset.json
-        rows = [{"status": "", "reason": k, "n": int(v)} for k, v in sorted(ds["qc_counts"].items(),
-                                                                           key=lambda kv: -kv[1])]
+        rows = [
+            {"status": "", "reason": k, "n": int(v)} for k, v in sorted(ds["qc_counts"].items(), key=lambda kv: -kv[1])
+        ]
         qc = {"rows": rows, "n_files": sum(r["n"] for r in rows), "by_status": {}}
     fractions = set()
     for s in studies:
@@ -339,16 +378,35 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence["Study"])
         sp = json.loads(p.read_text())
         if sp.get("folds"):
             for k, f in enumerate(sp["folds"]):
-                splits.append({"name": p.stem, "part": f"fold {k}", "val": len(f["val"]), "pool": len(f["pool"]),
-                               "train": {fr: n_train(len(f["pool"]), fr) for fr in sorted(fractions)}})
+                splits.append(
+                    {
+                        "name": p.stem,
+                        "part": f"fold {k}",
+                        "val": len(f["val"]),
+                        "pool": len(f["pool"]),
+                        "train": {fr: n_train(len(f["pool"]), fr) for fr in sorted(fractions)},
+                    }
+                )
         else:
-            splits.append({"name": p.stem, "part": "holdout", "val": len(sp["val"]), "pool": len(sp["pool"]),
-                           "train": {fr: n_train(len(sp["pool"]), fr) for fr in sorted(fractions)}})
+            splits.append(
+                {
+                    "name": p.stem,
+                    "part": "holdout",
+                    "val": len(sp["val"]),
+                    "pool": len(sp["pool"]),
+                    "train": {fr: n_train(len(sp["pool"]), fr) for fr in sorted(fractions)},
+                }
+            )
     per_patient = [p["n_images"] for p in ds["patients"]] if ds and ds.get("patients") else []
-    return {"dataset": ds, "qc": qc, "splits": splits, "fractions": sorted(fractions),
-            "images_min": min(per_patient) if per_patient else None,
-            "images_max": max(per_patient) if per_patient else None,
-            "figures": load_figures(results_dir / DATA_FIGURES, "f-data-")}
+    return {
+        "dataset": ds,
+        "qc": qc,
+        "splits": splits,
+        "fractions": sorted(fractions),
+        "images_min": min(per_patient) if per_patient else None,
+        "images_max": max(per_patient) if per_patient else None,
+        "figures": load_figures(results_dir / DATA_FIGURES, "f-data-"),
+    }
 
 
 # --------------------------------------------------------------------------------------- summary
@@ -357,9 +415,20 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
     rows = []
     for v in views:
         for rank, g in enumerate(ranked(v.groups, v.study.table.higher_is_better), start=1):
-            rows.append({"study": v.study.title, "anchor": v.anchor, "config": g["config"], "value": v.value,
-                         "mean": g["mean"], "text": mean_ci_text(g, v.value), "n": g["n"], "note": g["note"],
-                         "higher": v.study.table.higher_is_better, "rank": rank})
+            rows.append(
+                {
+                    "study": v.study.title,
+                    "anchor": v.anchor,
+                    "config": g["config"],
+                    "value": v.value,
+                    "mean": g["mean"],
+                    "text": mean_ci_text(g, v.value),
+                    "n": g["n"],
+                    "note": g["note"],
+                    "higher": v.study.table.higher_is_better,
+                    "rank": rank,
+                }
+            )
     values = list(dict.fromkeys(r["value"] for r in rows))
     out = []
     for val in values:
@@ -374,9 +443,11 @@ def overall_sentence(views: Sequence[StudyView]) -> str | None:
     if len(cands) < 2:
         return None
     v, b = max(cands, key=lambda t: (t[1]["status"] == "ok", t[1]["mean"]))
-    return (f"Across the {len(cands)} studies that rank by best validation Dice, the highest mean is "
-            f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(b['labels'])}); studies differ in their "
-            f"fixed settings, so compare across studies with care.")
+    return (
+        f"Across the {len(cands)} studies that rank by best validation Dice, the highest mean is "
+        f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(b['labels'])}); studies differ in their "
+        f"fixed settings, so compare across studies with care."
+    )
 
 
 def run_table(views: Sequence[StudyView]) -> pd.DataFrame:
@@ -410,16 +481,20 @@ def log_groups(failures: Sequence[Mapping]) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------- entry
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("segsweep.report", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True,
-                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("segsweep.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["duration"] = duration
     env.filters["label"] = label_for
     env.filters["f3"] = lambda x: "–" if x is None else f"{x:.3f}"
     return env
 
 
-def build_context(*, config: Mapping, studies: Sequence["Study"], results_dir: Path, provenance: Mapping) -> dict:
+def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Path, provenance: Mapping) -> dict:
     results_dir = Path(results_dir)
     views = [load_study(s, results_dir) for s in studies]
     runs = run_table(views)
@@ -428,15 +503,24 @@ def build_context(*, config: Mapping, studies: Sequence["Study"], results_dir: P
     failures = runs[runs["status"] != "ok"].to_dict("records") if len(runs) else []
     hardware = []
     if len(runs):
-        hw = runs.assign(device=runs["device"].replace("", "unknown"),
-                         hardware=runs["hardware"].replace("", "unknown (no metrics.json)"))
+        hw = runs.assign(
+            device=runs["device"].replace("", "unknown"),
+            hardware=runs["hardware"].replace("", "unknown (no metrics.json)"),
+        )
         for (dev, h), sub in hw.groupby(["device", "hardware"], sort=True):
-            hardware.append({"device": dev, "hardware": h, "n": len(sub), "wall": float(sub["wall_s"].fillna(0).sum()),
-                             "median": float(sub["wall_s"].median()) if sub["wall_s"].notna().any() else None})
+            hardware.append(
+                {
+                    "device": dev,
+                    "hardware": h,
+                    "n": len(sub),
+                    "wall": float(sub["wall_s"].fillna(0).sum()),
+                    "median": float(sub["wall_s"].median()) if sub["wall_s"].notna().any() else None,
+                }
+            )
     css = (Path(__file__).parent / "templates" / "report.css").read_text()
     js = (Path(__file__).parent / "templates" / "sort.js").read_text()
     report_cfg = config.get("report", {}) or {}
-    date = provenance.get("date") or dt.datetime.now(dt.timezone.utc).isoformat()
+    date = provenance.get("date") or dt.datetime.now(dt.UTC).isoformat()
     return {
         "title": config.get("title") or "segsweep study report",
         "author": config.get("author") or "",
@@ -470,8 +554,15 @@ def render_html(context: Mapping) -> str:
     return _env().get_template("report.html.j2").render(**context)
 
 
-def render_report(*, config: Mapping, studies: Sequence["Study"], results_dir: Path, out_html: Path,
-                  out_pdf: Path | None, provenance: Mapping) -> None:
+def render_report(
+    *,
+    config: Mapping,
+    studies: Sequence[Study],
+    results_dir: Path,
+    out_html: Path,
+    out_pdf: Path | None,
+    provenance: Mapping,
+) -> None:
     """Write the self-contained HTML report and, when ``out_pdf`` is given, its A4 PDF."""
     ctx = build_context(config=config, studies=studies, results_dir=Path(results_dir), provenance=provenance)
     html = render_html(ctx)

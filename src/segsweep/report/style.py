@@ -6,6 +6,7 @@ under colour-vision deficiency and in greyscale). Lines also differ by marker so
 SVG output keeps text as text (smaller, searchable) and uses a fixed hash salt and no date, so the same data
 give byte-identical files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -24,9 +25,9 @@ from segsweep.io import atomic_path  # noqa: E402
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 SEQUENTIAL = "cividis"
-GT_COLOUR = "#009E73"    # ground truth contour (bluish green)
+GT_COLOUR = "#009E73"  # ground truth contour (bluish green)
 PRED_COLOUR = "#E69F00"  # predicted contour (orange)
-BAD_COLOUR = "#D55E00"   # diverged / failed markers (vermillion)
+BAD_COLOUR = "#D55E00"  # diverged / failed markers (vermillion)
 MISSING_FACE = "#EEEEEE"
 FONT = ["DejaVu Sans", "Liberation Sans", "Arial", "sans-serif"]
 

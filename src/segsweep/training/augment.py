@@ -19,6 +19,7 @@ batch of 8 × 128×112 on one CPU core here, and 2·B small kernel launches per 
 the only geometric change they use v2's functional ops on ``tv_tensors.Image`` / ``tv_tensors.Mask``
 (batched, then selected per sample).
 """
+
 from __future__ import annotations
 
 import math

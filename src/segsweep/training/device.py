@@ -1,10 +1,11 @@
 """Which device a training job runs on, and a one-line description of the hardware for metrics.json."""
+
 from __future__ import annotations
 
 import logging
 import os
 import platform
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -35,7 +36,7 @@ def resolve_device(name: str = "auto", log: logging.Logger | None = None) -> tor
     return torch.device("cuda")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:

@@ -12,6 +12,7 @@
   one broken cell never blocks the study's table and report (the report lists it with its log tail).
 A job killed from outside (node failure, scancel, OOM killer) writes nothing and is retried by Snakemake.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,16 +48,29 @@ def run_train_job(
     if attempt <= 1:
         marker.unlink(missing_ok=True)
     elif marker.exists():
-        log.error("attempt %d of %d: not retrying, an earlier attempt stopped on a user error (%s)",
-                  attempt, max_attempts, marker)
+        log.error(
+            "attempt %d of %d: not retrying, an earlier attempt stopped on a user error (%s)",
+            attempt,
+            max_attempts,
+            marker,
+        )
         raise SegsweepError(marker.read_text().strip())
 
     from segsweep.training.loop import train_cell  # torch import only when a cell really trains
 
     t0 = time.time()
     try:
-        return train_cell(params, data_dir, split_path, out_dir, threads=threads, device=device, log=log,
-                          amp=amp, channels_last=channels_last)
+        return train_cell(
+            params,
+            data_dir,
+            split_path,
+            out_dir,
+            threads=threads,
+            device=device,
+            log=log,
+            amp=amp,
+            channels_last=channels_last,
+        )
     except SegsweepError as exc:  # the user's to fix: no retry, no failed cell
         write_text(marker, f"{exc}\n")
         raise
@@ -64,8 +78,9 @@ def run_train_job(
         if attempt < max_attempts:
             log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
             raise
-        log.error("attempt %d of %d failed; recording the cell as failed:\n%s", attempt, max_attempts,
-                  traceback.format_exc())
+        log.error(
+            "attempt %d of %d failed; recording the cell as failed:\n%s", attempt, max_attempts, traceback.format_exc()
+        )
         metrics = CellMetrics(
             cell=out_dir.name,
             status="failed",

@@ -32,6 +32,7 @@ Decisions (the contract the rest of the pipeline relies on):
 * **Privacy.** Outputs carry only pseudonymous patient ids (the npz names) and slice indices; no DICOM
   header value ever reaches this module.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,22 +41,21 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from segsweep.training.augment import Augmenter
-from segsweep.training.params import CellParams
-from segsweep.training.record import CellMetrics
-from segsweep.training.device import hardware_description, resolve_device
+from segsweep.data.splits import select_patients
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
-from segsweep.training.model import UNet
-from segsweep.data.splits import select_patients
+from segsweep.training.augment import Augmenter
+from segsweep.training.device import hardware_description, resolve_device
+from segsweep.training.params import CellParams
+from segsweep.training.record import CellMetrics
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s")
 PER_IMAGE_COLUMNS = ("patient", "slice", "dice", "iou", "hd95_mm")
@@ -126,9 +126,7 @@ def _load_patients(data_dir: Path, pids: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def load_cell_data(
-    params: CellParams, data_dir: Path, split_path: Path, device: torch.device
-) -> CellData:
+def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device: torch.device) -> CellData:
     """Read ``dataset.json``, the split and the patients' npz files; return device tensors."""
     data_dir, split_path = Path(data_dir), Path(split_path)
     dataset = _read_json(data_dir / "dataset.json", "data set manifest")
@@ -163,9 +161,15 @@ def load_cell_data(
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1).to(device)
 
     return CellData(
-        x_train=t(tr["image"]), y_train=t(tr["mask"]), x_val=t(va["image"]), y_val=t(va["mask"]),
-        val_patient=va["patient"], val_slice=va["slice"], val_spacing=va["spacing"],
-        train_patients=train_ids, val_patients=val_ids,
+        x_train=t(tr["image"]),
+        y_train=t(tr["mask"]),
+        x_val=t(va["image"]),
+        y_val=t(va["mask"]),
+        val_patient=va["patient"],
+        val_slice=va["slice"],
+        val_spacing=va["spacing"],
+        train_patients=train_ids,
+        val_patients=val_ids,
     )
 
 
@@ -307,8 +311,12 @@ class _Trainer:
             if self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda"], self.device)
         else:
-            log.warning("resuming on %s a run checkpointed on %s: augmentation and dropout random streams "
-                        "differ from an uninterrupted run", self.device.type, state.get("device_type"))
+            log.warning(
+                "resuming on %s a run checkpointed on %s: augmentation and dropout random streams "
+                "differ from an uninterrupted run",
+                self.device.type,
+                state.get("device_type"),
+            )
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -341,8 +349,15 @@ def train_cell(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     data = load_cell_data(params, Path(data_dir), Path(split_path), dev)
-    log.info("cell %s: %d training images (%d patients), %d validation images (%d patients), device %s",
-             out_dir.name, data.n_train, len(data.train_patients), data.n_val, len(data.val_patients), dev)
+    log.info(
+        "cell %s: %d training images (%d patients), %d validation images (%d patients), device %s",
+        out_dir.name,
+        data.n_train,
+        len(data.train_patients),
+        data.n_val,
+        len(data.val_patients),
+        dev,
+    )
     tr = _Trainer(params, data, dev, amp, channels_last)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -373,32 +388,62 @@ def train_cell(
         val_sum, dice, iou, _ = tr.predict(data.x_val, data.y_val)
         # The one host sync of the epoch.
         tl, vl, vd, vi = torch.stack([train_sum / data.n_train, val_sum / data.n_val, dice.mean(), iou.mean()]).tolist()
-        row = {"epoch": epoch, "lr": lr, "train_loss": tl, "val_loss": vl, "val_dice": vd, "val_iou": vi,
-               "epoch_s": round(time.perf_counter() - t0, 4)}
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": tl,
+            "val_loss": vl,
+            "val_dice": vd,
+            "val_iou": vi,
+            "epoch_s": round(time.perf_counter() - t0, 4),
+        }
         history.append(row)
         if not math.isfinite(tl) or not math.isfinite(vl):
             which, value = ("training", tl) if not math.isfinite(tl) else ("validation", vl)
             stopped, reason = "diverged", f"non-finite {which} loss ({value}) in epoch {epoch}"
             log.warning("cell %s diverged: %s", out_dir.name, reason)
         else:
-            log.info("epoch %d/%d lr %.3g train_loss %.4f val_loss %.4f val_dice %.4f val_iou %.4f (%.1f s)",
-                     epoch, params.epochs, lr, tl, vl, vd, vi, row["epoch_s"])
+            log.info(
+                "epoch %d/%d lr %.3g train_loss %.4f val_loss %.4f val_dice %.4f val_iou %.4f (%.1f s)",
+                epoch,
+                params.epochs,
+                lr,
+                tl,
+                vl,
+                vd,
+                vi,
+                row["epoch_s"],
+            )
             if vd > best["dice"]:
                 best, bad_epochs = {"dice": vd, "epoch": epoch}, 0
-                _save_torch({"model": tr.model.state_dict(), "epoch": epoch, "val_dice": vd,
-                             "params": params.to_dict()}, best_path)
+                _save_torch(
+                    {"model": tr.model.state_dict(), "epoch": epoch, "val_dice": vd, "params": params.to_dict()},
+                    best_path,
+                )
             else:
                 bad_epochs += 1
                 if params.patience is not None and bad_epochs >= params.patience:
                     stopped = "early_stop"
                     reason = f"early stop after epoch {epoch}: no val Dice gain in {params.patience} epochs"
                     log.info("%s", reason)
-        _save_torch({
-            "version": CHECKPOINT_VERSION, "epoch": epoch, "params": params.to_dict(), "model": tr.model.state_dict(),
-            "optimizer": tr.optimizer.state_dict(), "schedule": tr.schedule.state_dict(), "rng": tr.rng_state(),
-            "history": history, "best": best, "bad_epochs": bad_epochs, "stopped": stopped, "reason": reason,
-            "wall_s": wall_before + time.perf_counter() - t_start,
-        }, last_path)
+        _save_torch(
+            {
+                "version": CHECKPOINT_VERSION,
+                "epoch": epoch,
+                "params": params.to_dict(),
+                "model": tr.model.state_dict(),
+                "optimizer": tr.optimizer.state_dict(),
+                "schedule": tr.schedule.state_dict(),
+                "rng": tr.rng_state(),
+                "history": history,
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "stopped": stopped,
+                "reason": reason,
+                "wall_s": wall_before + time.perf_counter() - t_start,
+            },
+            last_path,
+        )
         write_text(out_dir / "history.csv", _history_csv(history))
         if on_epoch is not None:
             on_epoch(dict(row))
@@ -412,13 +457,28 @@ def train_cell(
         status, best_epoch = "ok", best["epoch"]
         quality = {**_final_evaluation(tr, data, best_path, out_dir), "final_val_dice": history[-1]["val_dice"]}
     metrics = CellMetrics(
-        cell=out_dir.name, status=status, reason=reason, best_epoch=best_epoch, epochs_run=len(history),
-        wall_s=round(wall_before + time.perf_counter() - t_start, 3), n_train=data.n_train, n_val=data.n_val,
-        device=dev.type, hardware=hardware_description(dev), params=params.to_dict(), **quality,
+        cell=out_dir.name,
+        status=status,
+        reason=reason,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        wall_s=round(wall_before + time.perf_counter() - t_start, 3),
+        n_train=data.n_train,
+        n_val=data.n_val,
+        device=dev.type,
+        hardware=hardware_description(dev),
+        params=params.to_dict(),
+        **quality,
     )
     metrics.write(out_dir / "metrics.json")
-    log.info("cell %s: %s, best val Dice %s at epoch %s, %.1f s", out_dir.name, metrics.status,
-             metrics.best_val_dice, metrics.best_epoch, metrics.wall_s)
+    log.info(
+        "cell %s: %s, best val Dice %s at epoch %s, %.1f s",
+        out_dir.name,
+        metrics.status,
+        metrics.best_val_dice,
+        metrics.best_epoch,
+        metrics.wall_s,
+    )
     return metrics
 
 
@@ -449,15 +509,24 @@ def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Pa
     mask = data.y_val[:, 0].to(torch.uint8).cpu().numpy()
     hd = hd95_per_image(pred, mask, data.val_spacing)
     rows = [
-        {"patient": data.val_patient[i], "slice": int(data.val_slice[i]), "dice": float(dice[i]),
-         "iou": float(iou[i]), "hd95_mm": float(hd[i])}
+        {
+            "patient": data.val_patient[i],
+            "slice": int(data.val_slice[i]),
+            "dice": float(dice[i]),
+            "iou": float(iou[i]),
+            "hd95_mm": float(hd[i]),
+        }
         for i in range(len(pred))
     ]
     _write_per_image(out_dir, rows)
     with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
-            fh, pred=pred, image=data.x_val[:, 0].cpu().numpy(), mask=mask,
-            patient=data.val_patient.astype(str), slice=data.val_slice,
+            fh,
+            pred=pred,
+            image=data.x_val[:, 0].cpu().numpy(),
+            mask=mask,
+            patient=data.val_patient.astype(str),
+            slice=data.val_slice,
         )
     finite_hd = hd[np.isfinite(hd)]
     return {
@@ -473,8 +542,15 @@ def _write_per_image(out_dir: Path, rows: list[dict]) -> None:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(PER_IMAGE_COLUMNS)
     for r in rows:
-        w.writerow([r["patient"], r["slice"], repr(r["dice"]), repr(r["iou"]),
-                    repr(r["hd95_mm"]) if math.isfinite(r["hd95_mm"]) else ""])
+        w.writerow(
+            [
+                r["patient"],
+                r["slice"],
+                repr(r["dice"]),
+                repr(r["iou"]),
+                repr(r["hd95_mm"]) if math.isfinite(r["hd95_mm"]) else "",
+            ]
+        )
     write_text(out_dir / "per_image.csv", buf.getvalue())
 
 
@@ -484,6 +560,10 @@ def _write_empty_evaluation(out_dir: Path, data: CellData) -> None:
     h, w = data.x_val.shape[-2:]
     with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
-            fh, pred=np.zeros((0, h, w), np.uint8), image=np.zeros((0, h, w), np.float32),
-            mask=np.zeros((0, h, w), np.uint8), patient=np.zeros(0, dtype="<U1"), slice=np.zeros(0, np.int32),
+            fh,
+            pred=np.zeros((0, h, w), np.uint8),
+            image=np.zeros((0, h, w), np.float32),
+            mask=np.zeros((0, h, w), np.uint8),
+            patient=np.zeros(0, dtype="<U1"),
+            slice=np.zeros(0, np.int32),
         )

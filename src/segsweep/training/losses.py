@@ -22,6 +22,7 @@ Invalid values raise ``ConfigError`` naming the key ``loss``; the plan construct
 (``segsweep.plan.validate``), so such a value fails at plan time. ``build_loss`` turns the config's
 ``LossTerm`` list into a ``WeightedSum``.
 """
+
 from __future__ import annotations
 
 import math

@@ -7,9 +7,10 @@ Empty-mask conventions (these differ from MONAI, which returns NaN for Dice/IoU 
 * HD95: NaN when either mask is empty (a surface distance needs two surfaces); aggregate with ``nanmean``
   and report the count of NaNs.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -23,6 +23,7 @@ Architectures are registered in ``MODELS``: a builder ``f(params: CellParams, n_
 The plan builds every distinct architecture of a config once, on the meta device (no memory, no weight
 init), so an invalid value fails at plan time (``segsweep.plan.validate``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -129,7 +130,7 @@ class UNet(nn.Module):
         return self.head(x)
 
     @classmethod
-    def from_params(cls, p: "CellParams", n_classes: int = 1) -> "UNet":
+    def from_params(cls, p: CellParams, n_classes: int = 1) -> UNet:
         return cls(
             in_channels=p.in_channels,
             n_classes=n_classes,

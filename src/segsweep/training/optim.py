@@ -23,6 +23,7 @@ normalises the keys an optimizer does not read, so they do not split cells. The 
 builder once (``segsweep.plan.validate``) without creating the optimizer: torch's ``Optimizer.__init__``
 imports ``torch._dynamo`` on first use (1.3 s), which planning need not pay.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

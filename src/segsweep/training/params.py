@@ -3,11 +3,13 @@
 Values that do not change what a run computes are normalised away here (e.g. momentum for Adam), so they do
 not split one cell into two.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from segsweep.errors import ConfigError
 from segsweep.io import is_neutral
@@ -138,7 +140,7 @@ class CellParams:
     split_seed: int
 
     @classmethod
-    def from_config(cls, d: Mapping) -> "CellParams":
+    def from_config(cls, d: Mapping) -> CellParams:
         """From a complete cell dict (schema defaults + base + axis values); normalises no-op keys."""
         opt = d["optimizer"]
         g = float(d["dropout"])
@@ -206,7 +208,7 @@ class CellParams:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "CellParams":
+    def from_dict(cls, d: Mapping) -> CellParams:
         """Inverse of ``to_dict`` (either form: an absent added field takes its neutral default)."""
         kw = dict(d)
         kw["loss"] = parse_loss(kw["loss"])

@@ -6,14 +6,16 @@ of `CellMetrics.to_json` (keys sorted, two-space indent). `CellMetrics.read` is 
 an older file reads as None. The table in docs/architecture.md is `markdown_table()`; after changing a field
 run ``python -m segsweep.training.record docs/architecture.md`` (tests/test_record.py checks it).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from segsweep.errors import DataError
 from segsweep.io import write_json, write_text
@@ -31,28 +33,41 @@ class CellMetrics:
     """One cell's outcome, as in its ``metrics.json``. Field order is the column order of cells.csv."""
 
     cell: str = field(metadata={"json": "string", "doc": "the cell id (its folder name under `results/cells/`)"})
-    status: str = field(metadata={"json": "string", "doc": "`ok`, `diverged` (non-finite loss: no quality "
-                                  "numbers) or `failed` (crashed on the last attempt)"})
-    reason: str | None = _doc("string or null", "why training stopped early, diverged (epoch and value) or "
-                              "failed (exception, at most 500 characters); null for a full, ok run")
-    best_val_dice: float | None = _doc("number or null", "mean per-image validation Dice of the best epoch's "
-                                       "weights (`best.pt`); null unless `ok`")
-    best_epoch: int | None = _doc("integer or null", "epoch (from 1) with the best validation Dice; null "
-                                  "unless `ok`")
-    final_val_dice: float | None = _doc("number or null", "validation Dice of the last epoch run; null unless "
-                                        "`ok`")
-    best_val_iou: float | None = _doc("number or null", "mean per-image validation IoU of the best epoch's "
-                                      "weights; null unless `ok`")
-    best_val_hd95_mm: float | None = _doc("number or null", "mean HD95 (mm) of the best epoch's weights over "
-                                          "the images where both masks are non-empty; null if none, or unless `ok`")
-    epochs_run: int | None = _doc("integer or null", "epochs trained, the diverging one included; null if "
-                                  "`failed`")
-    wall_s: float | None = _doc("number or null", "wall-clock seconds of training (resumed attempts included); "
-                                "for `failed`, of the last attempt")
+    status: str = field(
+        metadata={
+            "json": "string",
+            "doc": "`ok`, `diverged` (non-finite loss: no quality numbers) or `failed` (crashed on the last attempt)",
+        }
+    )
+    reason: str | None = _doc(
+        "string or null",
+        "why training stopped early, diverged (epoch and value) or "
+        "failed (exception, at most 500 characters); null for a full, ok run",
+    )
+    best_val_dice: float | None = _doc(
+        "number or null", "mean per-image validation Dice of the best epoch's weights (`best.pt`); null unless `ok`"
+    )
+    best_epoch: int | None = _doc("integer or null", "epoch (from 1) with the best validation Dice; null unless `ok`")
+    final_val_dice: float | None = _doc("number or null", "validation Dice of the last epoch run; null unless `ok`")
+    best_val_iou: float | None = _doc(
+        "number or null", "mean per-image validation IoU of the best epoch's weights; null unless `ok`"
+    )
+    best_val_hd95_mm: float | None = _doc(
+        "number or null",
+        "mean HD95 (mm) of the best epoch's weights over "
+        "the images where both masks are non-empty; null if none, or unless `ok`",
+    )
+    epochs_run: int | None = _doc("integer or null", "epochs trained, the diverging one included; null if `failed`")
+    wall_s: float | None = _doc(
+        "number or null",
+        "wall-clock seconds of training (resumed attempts included); for `failed`, of the last attempt",
+    )
     n_train: int | None = _doc("integer or null", "training images; null if `failed`")
     n_val: int | None = _doc("integer or null", "validation images; null if `failed`")
-    device: str | None = _doc("string or null", "device type trained on (`cpu`, `cuda`, `mps`); for `failed`, "
-                              "the configured `resources.device`")
+    device: str | None = _doc(
+        "string or null",
+        "device type trained on (`cpu`, `cuda`, `mps`); for `failed`, the configured `resources.device`",
+    )
     hardware: str | None = _doc("string or null", "one-line CPU/GPU description; null if `failed`")
     params: dict | None = _doc("object", "the cell's parameters (`CellParams.to_dict()`)")
 
@@ -70,14 +85,14 @@ class CellMetrics:
         write_json(path, self.to_json())
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], source: str | Path = "metrics.json") -> "CellMetrics":
+    def from_json(cls, obj: Mapping[str, Any], source: str | Path = "metrics.json") -> CellMetrics:
         """From a parsed ``metrics.json``: missing keys are None, unknown keys are ignored."""
         if not isinstance(obj, Mapping) or obj.get("status") not in STATUSES:
             raise DataError(f"{source}: 'status' must be one of {', '.join(STATUSES)}")
         return cls(**{name: obj.get(name) for name in FIELDS})
 
     @classmethod
-    def read(cls, path: str | Path) -> "CellMetrics":
+    def read(cls, path: str | Path) -> CellMetrics:
         """Read ``metrics.json``. FileNotFoundError and json.JSONDecodeError propagate (the caller decides what
         a missing or torn file means); a file without a valid ``status`` raises DataError."""
         return cls.from_json(json.loads(Path(path).read_text()), source=path)

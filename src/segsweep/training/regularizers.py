@@ -16,6 +16,7 @@ Each kind is one function registered in ``REGULARIZERS``: ``R(params, *, <keys>)
 before the factor λ. Its keyword-only arguments with defaults are the cell keys it reads, prefixed ``reg_``
 (elastic: ``l1_ratio`` ↔ ``reg_l1_ratio``); `CellParams.from_config` normalises the others away.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -31,6 +31,7 @@ one_cycle      torch ``OneCycleLR(max_lr = lr0 · max_lr_factor, total_steps = T
 Invalid parameter values raise ``ConfigError`` naming the key ``schedule`` when the function is called; the
 plan calls it once per distinct schedule (``segsweep.plan.validate``), so they fail at plan time.
 """
+
 from __future__ import annotations
 
 import math

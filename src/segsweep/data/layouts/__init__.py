@@ -7,6 +7,7 @@ imported below, so a new layout is one new file. Discovery only looks at names; 
 (ingest reads what it needs). Files it cannot place become ``Note`` s (QC rows), never silently dropped. A
 missing, empty or differently organised root raises ``DataError`` naming the root and the expected layout.
 """
+
 from __future__ import annotations
 
 from segsweep.data.layouts.base import (  # noqa: F401  (the package's public names)

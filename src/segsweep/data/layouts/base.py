@@ -7,6 +7,7 @@ module, so a new layout needs no edit elsewhere (the schema enums of ``data.sour
 ``data.phantom.layout`` are checked against ``LAYOUTS.names()`` by tests/test_layouts.py). The layout modules
 import from here only, never from each other or from the package.
 """
+
 from __future__ import annotations
 
 import json

@@ -9,6 +9,7 @@ XXXX is the image's index in the sorted PNNdicom listing (the contour of ``PNN-0
 ``PNN-0080-icontour-manual.txt``). The root may hold the patient folders or set folders (TrainingSet, ...)
 that hold them. In the real challenge data the contours trace the right ventricle; the phantom's trace the LV.
 """
+
 from __future__ import annotations
 
 import os
@@ -110,8 +111,9 @@ def _finish(root: Path, patients: list) -> None:
 PHANTOM = PhantomPaths(
     number=lambda p, k: k,
     image=lambda root, p, n: _pdir(root, p) / f"P{p:02d}dicom" / f"P{p:02d}-{n:04d}.dcm",
-    contour=lambda root, p, n, kind: _pdir(root, p) / f"P{p:02d}contours-manual"
-    / f"P{p:02d}-{n:04d}-{kind}contour-manual.txt",
+    contour=lambda root, p, n, kind: (
+        _pdir(root, p) / f"P{p:02d}contours-manual" / f"P{p:02d}-{n:04d}-{kind}contour-manual.txt"
+    ),
     finish=_finish,
     instance_offset=1,
 )

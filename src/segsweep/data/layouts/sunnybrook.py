@@ -11,6 +11,7 @@ short-axis series; the "0001" of contour names is not a series number. A case ho
 the lowest series number, with a ``series_ambiguous`` QC warning), unless ``<root>/series_map.csv``
 (``case,series``, e.g. ``SC-HF-I-1,0004``) names it. Papillary-muscle contours (p1, p2) are not used.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,10 @@ from pathlib import Path
 from segsweep.data.layouts.base import Item, Layout, Note, PatientRecord, PhantomPaths, _walk, register
 from segsweep.errors import DataError
 
-EXPECTED = ("SC-XX-N/IM-SSSS-NNNN.dcm image folders + SC-XX-0N/contours-manual/<expert>/"
-            "IM-0001-NNNN-{i,o}contour-manual.txt contour folders")
+EXPECTED = (
+    "SC-XX-N/IM-SSSS-NNNN.dcm image folders + SC-XX-0N/contours-manual/<expert>/"
+    "IM-0001-NNNN-{i,o}contour-manual.txt contour folders"
+)
 
 _CASE = re.compile(r"^(SC-[A-Z]+(?:-[A-Z]+)*)-(\d+)$")
 _IMAGE = re.compile(r"^IM-(\d{4})-(\d{4})\.dcm$", re.IGNORECASE)
@@ -78,8 +81,10 @@ def discover(root: Path) -> list[PatientRecord]:
         idir, cdir = image_dirs.get(key), contour_dirs.get(key)
         names = {d.name for d in (idir, cdir) if d is not None} | {p.parent.name for p in duplicates.get(key, [])}
         rec = PatientRecord(key=key, aliases=tuple(sorted(names)))
-        rec.notes.extend(Note(p, "unexpected_file", "second image folder of the same case (not used)")
-                         for p in duplicates.get(key, []))
+        rec.notes.extend(
+            Note(p, "unexpected_file", "second image folder of the same case (not used)")
+            for p in duplicates.get(key, [])
+        )
         contours: dict[int, dict] = {}
         if cdir is not None:
             for dirpath, _, filenames in _walk(cdir / "contours-manual", 3):
@@ -117,13 +122,16 @@ def discover(root: Path) -> list[PatientRecord]:
             tied = sorted(s for s, v in score.items() if v == best)
             series = tied[0]
             if len(tied) > 1 and best[0] > 0:
-                rec.notes.append(Note(idir, "series_ambiguous",
-                                      f"series {', '.join(tied)} fit the contours equally; took {series}"))
+                rec.notes.append(
+                    Note(idir, "series_ambiguous", f"series {', '.join(tied)} fit the contours equally; took {series}")
+                )
         selected = by_series.get(series, {}) if series else {}
         for s, files in sorted(by_series.items()):
             if s != series:
-                rec.notes.extend(Note(p, "series_not_selected", f"series {s}; contoured series is {series}")
-                                 for _, p in sorted(files.items()))
+                rec.notes.extend(
+                    Note(p, "series_not_selected", f"series {s}; contoured series is {series}")
+                    for _, p in sorted(files.items())
+                )
         numbers = sorted(set(selected) | set(contours))
         rec.items = [
             Item(n, selected.get(n), contours.get(n, {}).get("inner"), contours.get(n, {}).get("outer"))
@@ -149,8 +157,14 @@ def _image(root: Path, p: int, n: int, series: int = CINE_SERIES) -> Path:
 
 def _contour(root: Path, p: int, n: int, kind: str) -> Path:
     g, num = _case(p)
-    return (root / "TrainingDataContours" / f"{g}-{num:02d}" / "contours-manual" / "IRCCI-expert"
-            / f"IM-0001-{n:04d}-{kind}contour-manual.txt")
+    return (
+        root
+        / "TrainingDataContours"
+        / f"{g}-{num:02d}"
+        / "contours-manual"
+        / "IRCCI-expert"
+        / f"IM-0001-{n:04d}-{kind}contour-manual.txt"
+    )
 
 
 PHANTOM = PhantomPaths(

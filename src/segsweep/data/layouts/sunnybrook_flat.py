@@ -10,6 +10,7 @@ The contour of ``dicoms/SCD0000101/48.dcm`` is ``contourfiles/SC-HF-I-1/i-contou
 Image folders or contour folders that link.csv does not pair become patients of their own (their images
 have no contours, or their contours no images: QC rows, not silence).
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,10 @@ from segsweep.data.layouts.base import (
 )
 from segsweep.errors import DataError
 
-EXPECTED = ("link.csv + dicoms/<patient_id>/<N>.dcm + "
-            "contourfiles/<original_id>/{i,o}-contours/IM-0001-NNNN-{i,o}contour-manual.txt")
+EXPECTED = (
+    "link.csv + dicoms/<patient_id>/<N>.dcm + "
+    "contourfiles/<original_id>/{i,o}-contours/IM-0001-NNNN-{i,o}contour-manual.txt"
+)
 
 _IMAGE = re.compile(r"^(\d+)\.dcm$", re.IGNORECASE)
 _CONTOUR = re.compile(r"^IM-\d{4}-(\d{4})-([io])contour-manual\.txt$", re.IGNORECASE)
@@ -125,8 +128,9 @@ def _finish(root: Path, patients: list) -> None:
 PHANTOM = PhantomPaths(
     number=lambda p, k: 20 * k + 8,
     image=lambda root, p, n: root / "dicoms" / _pid(p) / f"{n}.dcm",
-    contour=lambda root, p, n, kind: root / "contourfiles" / _orig(p) / f"{kind}-contours"
-    / f"IM-0001-{n:04d}-{kind}contour-manual.txt",
+    contour=lambda root, p, n, kind: (
+        root / "contourfiles" / _orig(p) / f"{kind}-contours" / f"IM-0001-{n:04d}-{kind}contour-manual.txt"
+    ),
     finish=_finish,
 )
 
