@@ -6,7 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the in-repo package, also under --use-conda
 
 from snakemake.exceptions import WorkflowError
-from segsweep.data.config import PHANTOM_ROOT
+from segsweep.data.config import PHANTOM_ROOT, DataConfig
+from segsweep.data.scan import watch_root
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan
 from segsweep.study import study_to_dict
@@ -17,7 +18,11 @@ from segsweep.plan.resources import train_runtime_min
 validate(config, sscfg.schema_path())
 try:
     CFG = sscfg.prepare(config, base_dir=workflow.basedir)
-    PLAN = build_plan(CFG)
+    # A real data root is read in place: its content manifest (rewritten only when the content changes) is
+    # ingest's input and its digest the data part of every cell id; the phantom is made by a rule.
+    DATA_CFG = DataConfig.from_config(CFG)
+    ROOT_SCAN = None if DATA_CFG.source == "phantom" else watch_root(DATA_CFG)
+    PLAN = build_plan(CFG, data_content=ROOT_SCAN.digest if ROOT_SCAN else None)
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 
@@ -35,7 +40,9 @@ wildcard_constraints:
 
 
 def cell_split(wc):
-    return f"results/splits/{CELLS[wc.cell].split}.json"
+    # ancient: what the split holds is in the cell id (seed, fractions, the data's identity), so a split
+    # rewritten with the same content (after ingest reran) retrains nothing
+    return ancient(f"results/splits/{CELLS[wc.cell].split}.json")
 
 
 def study_metrics(wc):

@@ -22,8 +22,8 @@ rule phantom:
 
 rule ingest:
     input:
-        # The phantom is generated; a user's data root is read in place.
-        rules.phantom.output.manifest if PLAN.data.source == "phantom" else [],
+        # The phantom is generated; a user's data root is watched through its content manifest.
+        rules.phantom.output.manifest if ROOT_SCAN is None else str(ROOT_SCAN.manifest),
     output:
         data=directory(DATA_DIR),
     log:

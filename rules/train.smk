@@ -9,7 +9,9 @@
 
 rule train:
     input:
-        data=DATA_DIR,
+        # ancient: the data's identity is part of the cell id (docs/architecture.md, "Cell ids"), so an
+        # ingest rerun that produces the same data retrains nothing, and new data means new cells
+        data=ancient(DATA_DIR),
         split=cell_split,
     output:
         metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ class DataConfig:
         if d["source"] == "phantom":
             root = PHANTOM_ROOT
         elif d["root"]:
-            root = d["root"]
+            root = os.path.normpath(d["root"])  # "a/b/" and "a/b" are one root
         else:
             raise ConfigError(f"config key 'data.root': required when data.source is '{d['source']}'")
         return cls(d["source"], root, d["target"], bool(d["strict"]), d["pseudonym_key"], ph)

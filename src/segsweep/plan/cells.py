@@ -63,8 +63,12 @@ def _set(d: dict, axis: str, value: Any) -> None:
         d[axis] = value
 
 
-def build_plan(cfg: Mapping) -> Plan:
-    """Expand every study of a validated config (see config.prepare) into cells."""
+def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
+    """Expand every study of a validated config (see config.prepare) into cells.
+
+    ``data_content`` identifies a real data root's content (``segsweep.data.scan.watch_root``); the phantom
+    is identified by its settings instead.
+    """
     preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
     data = DataConfig.from_config(cfg)
     if N_CLASSES[data.target] > TRAINABLE_CLASSES:
@@ -74,7 +78,8 @@ def build_plan(cfg: Mapping) -> Plan:
         )
     prep = PreprocessConfig.from_config(cfg, size_override=preset.get("size"))
     splits = SplitConfig.from_config(cfg)
-    data_fp = data_fingerprint(data, prep)
+    data_fp = data_fingerprint(data, prep, data_content)
+    amp = ResourceConfig.from_config(cfg).amp
     cells: dict[str, Cell] = {}
     studies: dict[str, Study] = {}
     split_specs: dict[str, dict] = {}
@@ -130,7 +135,7 @@ def build_plan(cfg: Mapping) -> Plan:
                             "val_fraction": splits.val_fraction,
                             "folds": splits.folds if f is not None else None,
                         }
-                        cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None))
+                        cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None), amp)
                         by_params[key] = cid
                         cells.setdefault(cid, Cell(cid, params, sname))
                     rows.append(StudyCell(cid, labels, r, f))
@@ -149,13 +154,28 @@ def build_plan(cfg: Mapping) -> Plan:
 
 
 # ------------------------------------------------------------------------------------------ identity
-def cell_id(params: CellParams, data_fp: str, split_fp: dict) -> str:
-    """12 hex of sha256 over canonical JSON of the cell's identity form (docs/architecture.md, "Cell ids")."""
-    return digest({"params": params.to_dict(identity=True), "data": data_fp, "split": split_fp})
+def cell_id(params: CellParams, data_fp: str, split_fp: dict, amp: bool = False) -> str:
+    """12 hex of sha256 over canonical JSON of the cell's identity form (docs/architecture.md, "Cell ids").
+
+    bf16 autocast (``resources.amp``) changes the numbers a run produces, so it is part of the identity (only
+    when on: runs without it keep their ids); device, threads and channels_last are recorded, not hashed.
+    """
+    ident = {"params": params.to_dict(identity=True), "data": data_fp, "split": split_fp}
+    if amp:
+        ident["amp"] = True
+    return digest(ident)
 
 
-def data_fingerprint(data: DataConfig, prep: PreprocessConfig) -> str:
-    return digest({"data": identity(data), "preprocess": identity(prep)})
+def data_fingerprint(data: DataConfig, prep: PreprocessConfig, content: str | None = None) -> str:
+    """What the ingested data depend on: the source's content (real data: the root's content manifest,
+    whatever the path is spelled like; the phantom: its settings), the target, the pseudonym key (it orders
+    the split) and the preprocessing. ``data.strict`` only decides whether a bad file stops the run."""
+    ident = {"source": data.source, "target": data.target, "pseudonym_key": data.pseudonym_key}
+    if data.source == "phantom":
+        ident["phantom"] = identity(data.phantom)
+    else:
+        ident["content"] = content
+    return digest({"data": ident, "preprocess": identity(prep)})
 
 
 def split_fingerprint(split: SplitConfig, split_seed: int, cv: bool) -> dict:

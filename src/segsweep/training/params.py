@@ -153,6 +153,11 @@ class CellParams:
             reg = "none"
         # A key the optimizer / regulariser does not read (its keyword parameters) gets one neutral value.
         opt_reads, reg_reads = OPTIMIZERS.params(opt), REGULARIZERS.params(reg)
+        drop = (
+            first(d["dropout_down"], d["dropout_blocks"], g),
+            first(d["dropout_bottleneck"], d["dropout_body"], g),
+            first(d["dropout_up"], d["dropout_blocks"], g),
+        )
         return cls(
             lr=float(d["lr"]),
             optimizer=opt,
@@ -164,10 +169,11 @@ class CellParams:
             reg_lambda=float(d["reg_lambda"]) if reg != "none" else 0.0,
             reg_l1_ratio=float(d["reg_l1_ratio"]) if "l1_ratio" in reg_reads else None,
             reg_on=tuple(sorted(set(d["reg_on"]))) if reg != "none" else (),
-            dropout_down=first(d["dropout_down"], d["dropout_blocks"], g),
-            dropout_bottleneck=first(d["dropout_bottleneck"], d["dropout_body"], g),
-            dropout_up=first(d["dropout_up"], d["dropout_blocks"], g),
-            dropout_mode=d["dropout_mode"],
+            dropout_down=drop[0],
+            dropout_bottleneck=drop[1],
+            dropout_up=drop[2],
+            # without dropout the mode selects nothing: one value, so it does not split a cell
+            dropout_mode=d["dropout_mode"] if any(drop) else "element",
             loss=parse_loss(d["loss"]),
             batch_size=int(d["batch_size"]),
             epochs=int(d["epochs"]),
