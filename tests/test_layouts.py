@@ -12,7 +12,11 @@ import pytest
 import yaml
 
 from segsweep.data import layouts
+from segsweep.data.config import DataConfig, PhantomConfig
 from segsweep.errors import DataError
+
+# the default layout options (roi_map, label_map) for layouts.resolve
+OPTIONS = DataConfig("phantom", "", "endo", False, "k", PhantomConfig()).layout_options
 
 
 def items_with(rec, *fields):
@@ -23,7 +27,7 @@ def items_with(rec, *fields):
 def test_discover_matches_the_phantom_manifest(phantom_trees, layout):
     root = phantom_trees[layout]
     manifest = json.loads((root / "MANIFEST.json").read_text())
-    recs = layouts.discover(layout, root)
+    recs = [layouts.resolve(layout, r, OPTIONS) for r in layouts.discover(layout, root)]
     assert len(recs) == manifest["n_patients"] == 3
     assert [r.key for r in recs] == sorted(r.key for r in recs)
     for rec, info in zip(sorted(recs, key=lambda r: r.key), manifest["patients"]):
@@ -32,8 +36,11 @@ def test_discover_matches_the_phantom_manifest(phantom_trees, layout):
         assert len(contoured) == info["contoured"]
         assert sum(1 for it in rec.items if it.inner and not it.outer) == info["inner_only"]
         for it in contoured:  # the contour file names carry the image's number
-            assert f"{it.number:04d}" in it.inner.name
+            if isinstance(it.inner, Path):
+                assert f"{it.number:04d}" in it.inner.name
         assert all(a for a in rec.aliases)
+        if layout in ("rtstruct", "nifti"):  # pairing by content: read in resolve
+            assert [it.number for it in rec.items] == list(range(info["images"]))
         if layout == "sunnybrook":  # the localizer series is reported, not paired
             assert {n.reason for n in rec.notes} == {"series_not_selected"}
             assert all("IM-0004-" in it.image.name for it in items_with(rec, "image"))
@@ -77,7 +84,15 @@ def test_missing_empty_and_file_roots_raise_data_error(tmp_path, layout):
 
 @pytest.mark.parametrize(
     "configured, actual",
-    [("rvsc", "sunnybrook_flat"), ("sunnybrook_flat", "rvsc"), ("sunnybrook", "rvsc"), ("rvsc", "sunnybrook")],
+    [
+        ("rvsc", "sunnybrook_flat"),
+        ("sunnybrook_flat", "rvsc"),
+        ("sunnybrook", "rvsc"),
+        ("rvsc", "sunnybrook"),
+        ("nifti", "rvsc"),
+        ("nifti", "rtstruct"),
+        ("sunnybrook_flat", "nifti"),
+    ],
 )
 def test_root_of_another_layout_is_named_in_the_error(phantom_trees, configured, actual):
     with pytest.raises(DataError) as err:
@@ -119,8 +134,8 @@ def test_layout_modules_import_only_base():
 
 
 def test_unknown_layout_name():
-    with pytest.raises(DataError, match="unknown data layout 'nifti'"):
-        layouts.discover("nifti", ".")
+    with pytest.raises(DataError, match="unknown data layout 'minc'"):
+        layouts.discover("minc", ".")
 
 
 def test_stray_files_become_notes_not_crashes(phantom_copy):

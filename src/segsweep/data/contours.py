@@ -95,6 +95,25 @@ def _points(text: str, path: str | Path | None) -> np.ndarray:
             n = len(line.split())
             if n != 2 and n != 0:
                 raise ContourError("contour_bad_line", f"line {lineno} holds {n} values, expected 2", path)
+    return _validated(values, path)
+
+
+def from_points(points, path: str | Path | None = None) -> Contour:
+    """Validate a polygon given as (x = column, y = row) points in pixel coordinates (e.g. converted from an
+    RTSTRUCT): the checks of ``parse_text`` after the text (finite, at least 3 distinct points, duplicates
+    and the closing point dropped, self-intersection flagged). Raises ContourError with a reason code."""
+    values = np.ascontiguousarray(points, dtype=np.float64).reshape(-1)
+    if values.size % 2:
+        raise ContourError("contour_odd_values", f"{values.size} values (odd): not x y pairs", path)
+    if not values.size:
+        raise ContourError("contour_empty", "no coordinates", path)
+    pts = _validated(values, path)
+    return Contour(pts, _SELF_NOTE if self_intersects(pts) else ())
+
+
+def _validated(values: np.ndarray, path: str | Path | None) -> np.ndarray:
+    """Points [N, 2] of flat, C-contiguous float64 ``x y x y ...`` values: finite, consecutive duplicates
+    and the closing point dropped, at least 3 distinct. Raises ContourError."""
     # |x| > 1e9 is no pixel coordinate of any scanner, and near 1e308 edge arithmetic overflows to inf/NaN
     if not (np.abs(values) <= _MAX_COORD).all():
         raise ContourError("contour_nonfinite", "NaN, infinite or absurdly large (> 1e9) coordinate", path)

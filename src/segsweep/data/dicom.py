@@ -144,9 +144,10 @@ class DicomImage:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Silence pydicom's warnings and log records while reading: they can quote header values (PHI)."""
-    log = logging.getLogger("pydicom")
+def _quiet(logger: str = "pydicom"):
+    """Silence pydicom's (or ``logger``'s) warnings and log records while reading: they can quote header
+    values (PHI)."""
+    log = logging.getLogger(logger)
     was = log.disabled
     log.disabled = True
     try:
@@ -155,6 +156,9 @@ def _quiet():
             yield
     finally:
         log.disabled = was
+
+
+quiet = _quiet  # for the other readers of headers (the rtstruct layout; the nifti layout with "nibabel")
 
 
 def identifying_values(ds) -> list[str]:

@@ -1,4 +1,5 @@
-"""Deterministic synthetic short-axis cine MRI: real DICOM files + manual-contour text files.
+"""Deterministic synthetic short-axis cine MRI: real DICOM files + manual-contour text files (or what a
+layout's ``PhantomPaths.write`` makes of the same slices: an RTSTRUCT per series, NIfTI volumes).
 
 Each patient is a stack of short-axis slices from base to apex. An image is painted from smooth analytic
 shapes in pixel coordinates (x = column, y = row; pixel centres at integer coordinates, as in
@@ -25,6 +26,7 @@ when others are added, and the same seed gives byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -41,7 +43,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from segsweep.data.config import PhantomConfig
-from segsweep.data.layouts import phantom_paths
+from segsweep.data.layouts import PhantomPatient, PhantomSlice, phantom_paths
 from segsweep.errors import DataError
 
 # Fake patient-identifying header values (overridable with ``phi``: a test plants distinctive strings and
@@ -358,6 +360,11 @@ def _write_contour(path: Path, pts: np.ndarray) -> None:
     path.write_text("".join(f"{x:.2f} {y:.2f}\n" for x, y in pts))
 
 
+def _as_written(pts: np.ndarray) -> np.ndarray:
+    """The polygon as a contour file holds it (the values of its 2-decimal text)."""
+    return np.array([float(f"{v:.2f}") for v in pts.ravel()], dtype=np.float64).reshape(pts.shape)
+
+
 # ------------------------------------------------------------------------------------------ generate
 def _contour_plan(rng, n: int, no_contour_fraction: float) -> list[tuple[bool, bool]]:
     """(has_inner, has_outer) per slice: a share without contours, ~1 in 4 of the rest inner-only;
@@ -419,25 +426,30 @@ def generate(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None
             bg = _background(params, rows, cols, X, Y, rng)
             plan = _contour_plan(rng, cfg.slices, cfg.no_contour_fraction)
             ds = _template(cfg, p, params, values, series=400 + p, desc="cine SAX (phantom)")
-            numbers = []
+            numbers, slices = [], []
             for k in range(cfg.slices):
                 g = _slice_geometry(params, k, cfg.slices, rng)
                 img = render(params, g, bg, X, Y)
                 n = paths.number(p, k)
-                _write_dicom(
-                    ds,
-                    paths.image(tmp, p, n),
-                    _acquire(img, params, rng),
-                    n + paths.instance_offset,
-                    -10.0 * k,
-                    _uid(cfg.seed, p, "image", k),
-                )
+                stored, uid = _acquire(img, params, rng), _uid(cfg.seed, p, "image", k)
+                image = paths.image(tmp, p, n) if paths.image is not None else None
+                if image is not None:
+                    _write_dicom(ds, image, stored, n + paths.instance_offset, -10.0 * k, uid)
                 has_i, has_o = plan[k]
+                drawn = {}
                 for kind, has in (("i", has_i), ("o", has_o)):
                     if has:
-                        _write_contour(paths.contour(tmp, p, n, kind), contour_points(params, g, kind))
+                        pts = contour_points(params, g, kind)
+                        if paths.contour is not None:
+                            _write_contour(paths.contour(tmp, p, n, kind), pts)
+                        if paths.write is not None:
+                            drawn[kind] = _as_written(pts)
                         n_contours += 1
                 numbers.append((n, has_i, has_o))
+                if paths.write is not None:
+                    slices.append(PhantomSlice(n, image, stored, -10.0 * k, uid, drawn.get("i"), drawn.get("o")))
+            if paths.write is not None:  # the layout writes its own files (an RTSTRUCT, NIfTI volumes)
+                paths.write(tmp, PhantomPatient(p, ds, slices, functools.partial(_uid, cfg.seed, p)))
             extra = paths.extra_images(tmp, p)
             if extra:  # a decoy series (localizer) the layout must not confuse with the cine series
                 loc = _template(cfg, p, params, values, series=1, desc="localizer (phantom)")

@@ -1,20 +1,30 @@
 """What every data-set layout shares: the discovery records, the ``LAYOUTS`` registry and the functions that
-dispatch on it (``discover``, ``phantom_paths``, ``expected``, ``check_root``, ``detect``,
+dispatch on it (``discover``, ``resolve``, ``phantom_paths``, ``expected``, ``check_root``, ``detect``,
 ``wrong_layout_message``).
 
 A layout is one module of this package that registers one ``Layout``; the package ``__init__`` imports every
 module, so a new layout needs no edit elsewhere (the schema enums of ``data.source`` and
-``data.phantom.layout`` are checked against ``LAYOUTS.names()`` by tests/test_layouts.py). The layout modules
-import from here only, never from each other or from the package.
+``data.phantom.layout`` are checked against ``LAYOUTS.names()`` by tests/test_layouts.py). Of this package the
+layout modules import from here only, never from each other or from the package (readers elsewhere in
+``segsweep.data``, such as ``dicom``, they may use).
+
+Two kinds of layout: text-contour layouts (RVSC, Sunnybrook) pair an image file with contour files by their
+names, so ``discover`` gives the items. Layouts whose pairing needs file contents (``rtstruct``: contours
+refer to images by UID; ``nifti``: one file holds many slices) list the patient's ``files`` in ``discover``
+and give the items in ``resolve``, as ``Part`` s that carry what was read: ``SliceImage`` (pixels),
+``PolygonContour`` (a polygon in pixel coordinates), ``MaskContour`` (a filled region).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from segsweep.errors import ConfigError, DataError
 from segsweep.registry import Registry
@@ -27,24 +37,81 @@ REASONS: dict[str, tuple[str, str]] = {
     "series_not_selected": ("info", "Sunnybrook image of another series than the contoured cine series"),
     "series_ambiguous": ("warning", "several series fit the contours equally well; the first was taken"),
     "contour_unused": ("info", "a contour not needed for the target (or whose partner file failed)"),
+    # rtstruct layout
+    "rtstruct_invalid": ("failure", "an RTSTRUCT whose structure set cannot be read (no usable ROI sequences)"),
+    "rtstruct_roi_unmapped": ("info", "an ROI whose name is in no data.roi_map list (not used)"),
+    "rtstruct_roi_unnamed": ("failure", "contours of an ROI without a name (not used)"),
+    "rtstruct_roi_ambiguous": ("failure", "several ROIs of one structure set map to one contour (none used)"),
+    "rtstruct_contour_invalid": ("failure", "an RTSTRUCT contour that is not a closed planar polygon in its image"),
+    "rtstruct_contour_unmatched": ("failure", "an RTSTRUCT contour whose image is not found (UID nor position)"),
+    "rtstruct_contour_multiple": ("failure", "several contours of one ROI kind on one image (none used)"),
+    "rtstruct_contour_by_position": ("warning", "contour matched to its image by position, not by UID"),
+    # nifti layout
+    "nifti_unreadable": ("failure", "a NIfTI file that cannot be read"),
+    "nifti_bad_shape": ("failure", "a NIfTI image that is not a 2-D or 3-D volume"),
+    "nifti_shape_mismatch": ("failure", "a label volume whose grid differs from its image's"),
+    "nifti_nonfinite": ("failure", "NaN or infinite voxel values"),
+    "nifti_label_invalid": ("failure", "a label volume with non-integer or negative values"),
+    "nifti_label_unmapped": ("warning", "label values not in data.label_map (read as background)"),
+    "nifti_no_spacing": ("warning", "no valid voxel size in the header: 1.0 mm assumed"),
 }
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """One image or contour inside a file that holds many (a slice of a NIfTI volume, one contour of an
+    RTSTRUCT), already read by the layout's ``resolve``. QC rows name it ``<file>#<part>``."""
+
+    path: Path
+    part: str
+
+
+@dataclass(frozen=True, eq=False)
+class SliceImage(Part):
+    """A 2-D image cut from a volume: ``stored`` values [rows, cols], ``value = stored * slope + intercept``
+    (like DICOM's rescale), pixel ``spacing`` (row, col) in mm; ``warnings``: (code, message) pairs."""
+
+    stored: np.ndarray
+    slope: float = 1.0
+    intercept: float = 0.0
+    spacing: tuple[float, float] = (1.0, 1.0)
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class PolygonContour(Part):
+    """A contour as a polygon in its image's pixel coordinates (x = column, y = row, float [N, 2]; e.g. an
+    RTSTRUCT contour converted from patient mm): validated and rasterised exactly like a contour file."""
+
+    points: np.ndarray
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class MaskContour(Part):
+    """A contour given as the region it encloses (bool [rows, cols]; e.g. labels of a NIfTI volume)."""
+
+    mask: np.ndarray
+    warnings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image number of a patient: its image file and contour files (any may be missing)."""
+    """One image number of a patient: its image and contours (any may be missing). Text-contour layouts
+    give files (a DICOM image, contour text files); layouts that ``resolve`` give ``Part`` s where the
+    content sits inside a bigger file (``SliceImage``, ``PolygonContour``, ``MaskContour``)."""
 
     number: int
-    image: Path | None = None
-    inner: Path | None = None
-    outer: Path | None = None
+    image: Path | SliceImage | None = None
+    inner: Path | PolygonContour | MaskContour | None = None
+    outer: Path | PolygonContour | MaskContour | None = None
 
 
 @dataclass(frozen=True)
 class Note:
-    """A file discovery could not use, with a QC reason (a row in qc.csv)."""
+    """A file (or a ``Part`` of one) discovery could not use, with a QC reason (a row in qc.csv)."""
 
-    path: Path
+    path: Path | Part
     reason: str
     message: str
 
@@ -59,6 +126,7 @@ class PatientRecord:
     aliases: tuple[str, ...]
     items: list[Item] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # what the layout's ``resolve`` opens (else unused)
 
 
 @dataclass(frozen=True)
@@ -66,11 +134,43 @@ class PhantomPaths:
     """Where the phantom generator writes each file of a layout (p: patient 1.., k: slice 0..)."""
 
     number: Callable[[int, int], int]  # (p, k) -> image number in file names
-    image: Callable[[Path, int, int], Path]  # (root, p, number)
-    contour: Callable[[Path, int, int, str], Path]  # (root, p, number, "i"|"o")
+    image: Callable[[Path, int, int], Path] | None  # (root, p, number)
+    contour: Callable[[Path, int, int, str], Path] | None  # (root, p, number, "i"|"o")
     finish: Callable[[Path, list], None]  # (root, [(p, [(number, has_i, has_o), ...]), ...]) index files
     extra_images: Callable[[Path, int], list[Path]] = lambda root, p: []  # decoy series (Sunnybrook)
     instance_offset: int = 0  # DICOM InstanceNumber = number + this (RVSC: file index + 1)
+    # Layouts whose files are not one DICOM file per image plus one text file per contour: ``write(root,
+    # patient)`` writes a patient's files from what the generator drew (a ``PhantomPatient``). ``image``
+    # or ``contour`` may then be None: the generator writes no DICOM image / contour text files itself.
+    write: Callable[[Path, PhantomPatient], None] | None = None
+
+
+@dataclass(frozen=True)
+class PhantomSlice:
+    """One generated slice: number, the DICOM file written for it (None if the generator wrote none),
+    stored uint16 pixels [rows, cols], position (mm along the slice normal: ImagePositionPatient z), its
+    SOPInstanceUID, and the contour polygons (x, y; None where the slice has none) with the values the
+    text layouts write (2 decimals)."""
+
+    number: int
+    image: Path | None
+    stored: np.ndarray
+    location: float
+    uid: str
+    inner: np.ndarray | None
+    outer: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PhantomPatient:
+    """What ``PhantomPaths.write`` gets for patient ``p``: the DICOM header the images were written from
+    (a pydicom Dataset: geometry, UIDs and the fake identifying values), the slices, and ``uid(*parts)``
+    for deterministic UIDs of further objects."""
+
+    p: int
+    header: Any
+    slices: list[PhantomSlice]
+    uid: Callable[..., str]
 
 
 @dataclass(frozen=True)
@@ -90,6 +190,11 @@ class Layout:
     expected: str
     detect: Callable[[Path], bool] | None = None
     detect_order: int = 100
+    # Layouts that pair images and contours by file content (RTSTRUCT references, NIfTI volumes):
+    # ``resolve(record, options)`` opens one patient's ``files`` and returns the record with its items and
+    # notes. Ingest calls it in the worker that processes the patient, so discovery stays names-only.
+    # ``options``: the layout settings of the data config (``DataConfig.layout_options``).
+    resolve: Callable[[PatientRecord, Mapping[str, Any]], PatientRecord] | None = None
 
 
 LAYOUTS: Registry[Layout] = Registry("data layout", "data.source")
@@ -117,6 +222,13 @@ def discover(layout: str, root: str | Path) -> list[PatientRecord]:
     if not records:
         raise DataError(wrong_layout_message(root, layout, f"no {layout} patient found"))
     return sorted(records, key=lambda r: r.key)
+
+
+def resolve(layout: str, record: PatientRecord, options: Mapping[str, Any]) -> PatientRecord:
+    """``record`` with its items: opened now for layouts that pair by content (``Layout.resolve``); the
+    record itself for the others (their discovery found the items already)."""
+    fn = get(layout).resolve
+    return record if fn is None else fn(record, options)
 
 
 def phantom_paths(layout: str) -> PhantomPaths:
