@@ -4,6 +4,8 @@
 rule aggregate:
     input:
         study_metrics,
+        # the split files of the study's cells: the real size of each training fraction
+        splits=lambda wc: sorted({f"results/splits/{CELLS[c].split}.json" for c in STUDIES[wc.study].cell_ids}),
     output:
         cells=report(
             "results/studies/{study}/cells.csv",

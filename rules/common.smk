@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the in-repo package, 
 from snakemake.exceptions import WorkflowError
 from segsweep.data.config import PHANTOM_ROOT, DataConfig
 from segsweep.data.scan import watch_root
+from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan
 from segsweep.study import study_to_dict

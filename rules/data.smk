@@ -37,7 +37,8 @@ rule ingest:
         mem_mb=2000,
         runtime=60,
     params:
-        data=asdict(PLAN.data),
-        preprocess=asdict(PLAN.preprocess),
+        # identity form (a params change reruns ingest): a setting added later at its neutral value does not
+        data=identity(PLAN.data),
+        preprocess=identity(PLAN.preprocess),
     script:
         "../workflow/scripts/ingest.py"

@@ -17,6 +17,8 @@ rule split:
         mem_mb=500,
         runtime=5,
     params:
-        spec=lambda wc: PLAN.split_specs[wc.split],
+        # test_fraction only when set: splits without a test set keep their params (no rerun)
+        spec=lambda wc: PLAN.split_specs[wc.split]
+        | ({"test_fraction": PLAN.splits.test_fraction} if PLAN.splits.test_fraction > 0 else {}),
     script:
         "../workflow/scripts/split.py"

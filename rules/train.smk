@@ -34,5 +34,7 @@ rule train:
         device=CFG["resources"]["device"],
         amp=CFG["resources"]["amp"],
         channels_last=CFG["resources"]["channels_last"],
+        # the final evaluation's settings: a change re-evaluates finished cells (resumed from last.pt, no training)
+        evaluation=CFG["evaluation"],
     script:
         "../workflow/scripts/train.py"

@@ -13,15 +13,16 @@ from segsweep.analysis.aggregate import (
     NO_METRICS_REASON,
     aggregate_study,
     config_groups,
+    patient_values,
     pivot,
     read_cell,
     read_cells_csv,
     summarize,
 )
+from segsweep.data.splits import n_train
 from segsweep.errors import DataError
+from segsweep.labels import fraction_label, metric_range
 from segsweep.study import Study, StudyCell, TableLayout
-
-T_975_DF2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (tables)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +41,22 @@ def _cell(table, row_label: dict, col_label: dict):
 
 
 def test_summarize_by_hand():
-    s = summarize([0.80, 0.82, 0.84])
+    s = summarize([0.80, 0.82, 0.84], value="best_val_dice")
     assert s["n"] == 3
     assert s["mean"] == pytest.approx(0.82)
     assert s["sd"] == pytest.approx(0.02)
-    half = T_975_DF2 * 0.02 / math.sqrt(3)
-    assert (s["ci_low"], s["ci_high"]) == pytest.approx((0.82 - half, 0.82 + half))
+    # bootstrap over 3 runs: all three draws are the smallest run with probability 1/27 = 3.7 % > 2.5 % (and
+    # likewise the largest), so the percentile interval is [min, max] — where the t-interval was 0.770–0.870
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((0.80, 0.84))
+    assert s["ci_unit"] == "runs" and s["ci_runs"] == 3
     one = summarize([0.7])
     assert one["mean"] == 0.7 and one["sd"] is None and one["ci_low"] is None
+    assert one["ci_note"] == "no interval: 1 run and no per-patient values, needs ≥ 3 runs"
+    # n = 2 gave the t-interval 0.432–1.448 (outside [0, 1]); two runs are too few to resample
+    two = summarize([0.90, 0.98], value="best_val_dice")
+    assert two["ci_low"] is None and two["ci_note"].startswith("no interval: 2 runs")
+    flat = summarize([0.7, 0.7, 0.7, 0.7])
+    assert (flat["ci_low"], flat["ci_high"]) == (0.7, 0.7)  # a constant sample: the interval is the value
     assert summarize([])["n"] == 0
 
 
@@ -84,8 +93,9 @@ def test_hand_checked_mean_sd_n_ci(fx):
     assert x["status"] == "ok" and x["n"] == 3 and x["n_total"] == 3
     assert x["mean"] == pytest.approx(0.82)
     assert x["sd"] == pytest.approx(0.02)
-    half = T_975_DF2 * 0.02 / math.sqrt(3)
-    assert x["ci_low"] == pytest.approx(0.82 - half) and x["ci_high"] == pytest.approx(0.82 + half)
+    # 3 runs, but the holdout validates on 2 patients: too few units for an interval
+    assert x["ci_low"] is None and x["ci_high"] is None and x["ci_unit"] is None
+    assert x["ci_note"] == "no interval: 2 validation patients, needs ≥ 3"
     assert x["text"] == "0.820 ± 0.020 (3)"
     df = read_cells_csv(fx.results / "studies" / "optimizer_lr" / "cells.csv", ("optimizer", "lr"))
     runs = df[(df["optimizer"] == "adam") & (df["lr"] == "0.001")].sort_values("repeat")
@@ -295,3 +305,83 @@ def test_analysis_imports_are_top_level_and_acyclic():
 
     for mod in graph:
         visit(mod, ())
+
+
+# ------------------------------------------------------------------ fraction sizes and per-patient values
+def test_fraction_labels_by_hand():
+    assert n_train(12, 0.2) == 2 and n_train(12, 0.4) == 5  # round(2.4), round(4.8)
+    assert fraction_label([(2, 12)]) == "17 % (2 of 12 patients)"  # the real share, not the requested 20 %
+    assert fraction_label([(5, 12)]) == "42 % (5 of 12 patients)"
+    assert fraction_label([(12, 12)]) == "100 % (12 of 12 patients)"
+    assert fraction_label([(2, 5), (2, 6)]) == "33–40 % (2 of 5–6 patients)"  # folds with different pools
+    assert metric_range("best_val_dice") == (0.0, 1.0) and metric_range("val_nsd") == (0.0, 1.0)
+    assert metric_range("best_val_hd95_mm") == (0.0, math.inf)
+
+
+def test_fixture_fraction_axis_shows_real_sizes(fx):
+    # 8 patients, val_fraction 0.25: pool of 6; fractions 0.25, 0.5, 1 → 2 (round(1.5)), 3, 6 patients
+    csv = pd.read_csv(fx.results / "studies" / "fraction_loss" / "table.csv", dtype=str)
+    assert list(csv.columns) == [
+        "loss",
+        "fraction=33 % (2 of 6 patients)",
+        "fraction=50 % (3 of 6 patients)",
+        "fraction=100 % (6 of 6 patients)",
+    ]
+    t = _table(fx, "fraction_loss")
+    assert [c["labels"] for c in t["cols"]] == [{"fraction": "0.25"}, {"fraction": "0.5"}, {"fraction": "1"}]
+    raw = (fx.results / "studies" / "fraction_loss" / "cells.csv").read_text()
+    assert ",0.25," in raw and "of 6 patients" not in raw  # cells.csv keeps the config's labels
+
+
+def _per_image(d, rows, native=False):
+    cols = ["patient", "slice", "dice", "iou", "hd95_mm"] + (["set", "native_dice", "empty"] if native else [])
+    pd.DataFrame(rows, columns=cols).to_csv(d / "per_image.csv", index=False)
+
+
+def test_patient_values_pick_the_rows_that_make_the_value(tmp_path):
+    d = tmp_path / "c1"
+    d.mkdir()
+    rows = [  # val: patient a 0.8, 0.6 (mean 0.7), b 0.9; a test row and a both-empty slice must not count
+        ["a", 0, 0.8, 0.7, 2.0, "val", 0.75, ""],
+        ["a", 1, 0.6, 0.5, "", "val", 0.65, "one"],
+        ["b", 0, 0.9, 0.8, 1.0, "val", 0.95, ""],
+        ["b", 1, 1.0, 1.0, "", "val", 1.0, "both"],
+        ["t", 0, 0.1, 0.1, 9.0, "test", 0.1, ""],
+    ]
+    _per_image(d, rows, native=True)
+    pv = patient_values(d, "best_val_dice", (0.8 + 0.6 + 0.9 + 1.0) / 4)
+    assert pv["ids"] == ["a", "b"] and list(pv["values"]) == pytest.approx([0.7, 0.95])
+    assert list(pv["weights"]) == [2, 2]
+    hd = patient_values(d, "best_val_hd95_mm", 1.5)  # finite HD95 only: a 2.0 (1 slice), b 1.0 (1 slice)
+    assert list(hd["values"]) == pytest.approx([2.0, 1.0]) and list(hd["weights"]) == [1, 1]
+    native = patient_values(d, "val_dice", (0.75 + 0.65 + 0.95) / 3)  # both-empty slice left out
+    assert list(native["values"]) == pytest.approx([0.7, 0.95]) and list(native["weights"]) == [2, 1]
+    assert patient_values(d, "best_val_dice", 0.5) is None  # values that do not make the run's value: unused
+    assert patient_values(d, "final_val_dice", 0.8) is None
+    pd.DataFrame(
+        [["val", "a", 2, 0.71, 0.6, 1.5, 0.9], ["val", "b", 1, 0.95, 0.9, 1.0, 1.0], ["test", "t", 1, 0.1, 0, 9, 0]],
+        columns=["set", "patient", "n_slices", "dice", "iou", "hd95_mm", "nsd"],
+    ).to_csv(d / "per_patient.csv", index=False)
+    pp = patient_values(d, "val_dice_patient", (0.71 + 0.95) / 2)  # a mean over patients: equal weights
+    assert pp["ids"] == ["a", "b"] and list(pp["weights"]) == [1, 1]
+
+
+def test_aggregate_intervals_from_per_patient_values(tmp_path):
+    """One run per configuration, 4 validation patients: a patient bootstrap, inside [0, 1] and the data."""
+    cells = tmp_path / "cells"
+    rows = []
+    for cid, lr, dice in (("c1", "0.1", [0.99, 1.0, 0.97, 1.0]), ("c2", "1", [0.2, 0.4, 0.6, 1.0])):
+        d = cells / cid
+        d.mkdir(parents=True)
+        _per_image(d, [[f"p{i}", 0, x, x, 1.0] for i, x in enumerate(dice)])
+        (d / "metrics.json").write_text(json.dumps({"cell": cid, "status": "ok", "best_val_dice": sum(dice) / 4}))
+        rows.append(StudyCell(cid, (("lr", lr),), 0, None))
+    study = Study("s", "S", "", "grid", ("lr",), TableLayout(rows=("lr",), cols=()), tuple(rows), {"lr": ("0.1", "1")})
+    aggregate_study(study, cells, tmp_path / "out", seed=3)
+    t = json.loads((tmp_path / "out" / "table.json").read_text())
+    near_one, spread = (line[0] for line in t["cells"])
+    assert near_one["ci_unit"] == "patients" and near_one["ci_patients"] == 4
+    assert 0.97 <= near_one["ci_low"] <= near_one["mean"] <= near_one["ci_high"] <= 1.0
+    # the enumeration of tests/test_stats.py: 4 patients 0.2, 0.4, 0.6, 1.0 → [0.30, 0.85]
+    assert (spread["ci_low"], spread["ci_high"]) == pytest.approx((0.30, 0.85))
+    assert near_one["text"] == "0.990 (1)"  # the table's mean (n) is unchanged

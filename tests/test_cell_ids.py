@@ -54,11 +54,22 @@ DEMO_IDS = [
 
 
 def demo_plan():
-    return build_plan(sc.load_config(ROOT / "config" / "config.yaml"))
+    """The demo's plan without its test set (splits.test_fraction 0): a config that does not hold out test
+    patients keeps every 0.1.0 id; holding them out is a new split, so new cells (test_cells.py)."""
+    cfg = sc.load_config(ROOT / "config" / "config.yaml")
+    cfg["splits"]["test_fraction"] = 0
+    return build_plan(cfg)
 
 
 def test_demo_cell_ids_are_pinned():
     assert sorted(demo_plan().cells) == sorted(DEMO_IDS)
+
+
+def test_the_demo_test_set_makes_new_cells():
+    """Holding out test patients changes every training/validation set, so every id (and only then)."""
+    with_test = build_plan(sc.load_config(ROOT / "config" / "config.yaml"))
+    assert with_test.splits.test_fraction > 0
+    assert len(with_test.cells) == len(DEMO_IDS) and not set(with_test.cells) & set(DEMO_IDS)
 
 
 def _with_new_field(params: CellParams, **value):
@@ -103,7 +114,10 @@ def test_digest_ignores_key_order():
     assert digest({"a": 1, "b": 2.0}) == digest({"b": 2.0, "a": 1})
 
 
-TRAIN_SCRIPT_SHA = "87fef2381afa9050"
+# Changed once for the final evaluation (issue 12: it passes the config's `evaluation` section): a finished
+# cell that reruns resumes from its complete last.pt and only redoes the (cheap) final evaluation, which is
+# what gives it the new native-resolution and test metrics (CHANGELOG).
+TRAIN_SCRIPT_SHA = "738ea3b31b6c6140"
 
 
 def test_train_script_is_stable():

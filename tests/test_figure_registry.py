@@ -53,6 +53,7 @@ def test_file_maps_follow_the_registries():
         "loss",
         "per_patient",
         "overlays",
+        "val_vs_test",  # shown in the report's Test set section
     ]  # report order
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from segsweep.data import contours, ingest, layouts
+from segsweep.data import preprocess as pre
 from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
 from segsweep.errors import DataError
 
@@ -31,6 +32,12 @@ def qc_rows(out: Path) -> list[dict]:
 
 def pid(raw_key: str) -> str:
     return ingest.pseudonym("test-key", raw_key)
+
+
+def row_kind(file: str) -> str:
+    """The kind of a qc.csv file, "contour": a contour file, an RTSTRUCT contour (``RS.dcm#roi1-003``) or a
+    label-volume region (``x_gt.nii.gz#z03-endo``), else "image" (a file, or a volume slice ``x.nii.gz#z03``)."""
+    return "contour" if file.endswith(".txt") or re.search(r"#(roi\d+-\d+|z\d+-(endo|epi))$", file) else "image"
 
 
 def row_for(rows, suffix: str, patient: str | None = None) -> dict:
@@ -63,13 +70,31 @@ def test_every_layout_and_target(phantom_trees, tmp_path, layout, target):
         assert z["slice"].dtype == np.int32 and list(z["slice"]) == sorted(z["slice"])
         assert z["image"].min() >= 0 and z["image"].max() <= 1
         assert set(np.unique(z["mask"])) == ({0, 1, 2} if target == "multiclass" else {0, 1})
+        _check_native_arrays(z, PREP)
     rows = qc_rows(tmp_path)
-    assert sum(r["status"] == "ok" and r["file"].endswith(".dcm") for r in rows) == ds["n_images"]
+    assert sum(r["status"] == "ok" and row_kind(r["file"]) == "image" for r in rows) == ds["n_images"]
     n_images = manifest["n_images"] + sum(p["extra_images"] for p in manifest["patients"])
-    assert sum(r["file"].endswith(".dcm") for r in rows) == n_images  # one row per image file
-    assert sum(r["file"].endswith(".txt") for r in rows) == manifest["n_contours"]
+    assert sum(row_kind(r["file"]) == "image" for r in rows) == n_images  # one row per image file / slice
+    assert sum(row_kind(r["file"]) == "contour" for r in rows) == manifest["n_contours"]
     assert {r["reason"] for r in rows} <= set(ingest.QC_REASONS) | {""}
     assert ds["qc_counts"]["image_without_contour"] == sum(p["images"] - p["contoured"] for p in manifest["patients"])
+
+
+def _check_native_arrays(z, prep: PreprocessConfig) -> None:
+    """The native-grid arrays describe each image's geometry: mapping the native mask forward gives the
+    stored mask exactly (the same plan and nearest-neighbour resampling)."""
+    n = len(z["slice"])
+    assert z["native_shape"].shape == z["resized_shape"].shape == z["native_spacing"].shape == (n, 2)
+    assert z["native_shape"].dtype == z["resized_shape"].dtype == np.int32
+    assert z["native_spacing"].dtype == np.float32 and z["native_mask"].dtype == np.uint8
+    assert z["native_mask"].shape[1:] == tuple(z["native_shape"].max(0))
+    for i in range(n):
+        h, w = z["native_shape"][i]
+        g = pre.plan((h, w), prep.size, prep.policy)
+        assert g.resized == tuple(z["resized_shape"][i])
+        np.testing.assert_allclose(z["spacing"][i], z["native_spacing"][i] * np.array(g.factor), rtol=1e-6)
+        np.testing.assert_array_equal(pre.apply(g, z["native_mask"][i][:h, :w], is_mask=True), z["mask"][i])
+        assert not z["native_mask"][i][h:].any() and not z["native_mask"][i][:, w:].any()
 
 
 def test_masks_are_the_rasterised_contours(phantom_trees, tmp_path):
@@ -84,6 +109,7 @@ def test_masks_are_the_rasterised_contours(phantom_trees, tmp_path):
         outer = contours.rasterize(contours.parse(it.outer).points, (64, 56))
         np.testing.assert_array_equal(z["mask"][i] == 1, inner)
         np.testing.assert_array_equal(z["mask"][i] == 2, outer & ~inner)
+        np.testing.assert_array_equal(z["native_mask"][i], z["mask"][i])  # native size = network size here
         # the phantom paints a bright cavity inside a dark myocardium ring
         assert z["raw"][i][inner].mean() > z["raw"][i][outer & ~inner].mean() + 40
 
@@ -96,6 +122,9 @@ def test_real_sunnybrook_sample(phantom_sunnybrook_sample, tmp_path):
     for p in ds["patients"]:
         z = np.load(tmp_path / f"{p['id']}.npz")
         np.testing.assert_allclose(z["spacing"], 1.367188 * 256 / 112, rtol=1e-5)  # 256² → 112² (+pad)
+        np.testing.assert_allclose(z["native_spacing"], 1.367188, rtol=1e-5)
+        assert (z["native_shape"] == 256).all() and z["native_mask"].shape[1:] == (256, 256)
+        _check_native_arrays(z, PreprocessConfig())
         area_mm2 = z["mask"].sum(axis=(1, 2)) * z["spacing"].prod(axis=1)
         assert ((area_mm2 > 500) & (area_mm2 < 5000)).all()  # LV cavity, plausible in mm²
         for img, m in zip(z["raw"], z["mask"]):  # blood pool brighter than its surroundings
@@ -294,3 +323,14 @@ def test_blank_image_empty_mask_and_unexpected_errors(phantom_copy, tmp_path, di
     assert len(errs) == 1 and errs[0]["message"] == "RuntimeError"
     assert len({r["file"] for r in rows}) == len(rows)
     assert ds["n_images"] == len(calls) - 1
+
+
+def test_native_arrays_pad_images_of_different_sizes():
+    a, b = np.ones((3, 4), np.uint8), np.full((5, 2), 1, np.uint8)
+    out = {"native_mask": [a, b], "native_shape": [(3, 4), (5, 2)], "resized_shape": [(6, 8), (10, 4)]}
+    out["native_spacing"] = [(1.5, 1.5), (1.0, 2.0)]
+    z = ingest.native_arrays(out)
+    m = np.stack(z["native_mask"])
+    assert m.shape == (2, 5, 4) and m[0, :3, :4].all() and not m[0, 3:].any()
+    assert m[1, :5, :2].all() and not m[1, :, 2:].any()
+    assert z["native_shape"].tolist() == [[3, 4], [5, 2]] and z["native_spacing"].dtype == np.float32

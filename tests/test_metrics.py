@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from segsweep.training.metrics import dice_per_image, hd95_mm, hd95_per_image, iou_per_image
+from segsweep.training.metrics import (
+    diagonal_mm,
+    dice_per_image,
+    hd95_mm,
+    hd95_per_image,
+    iou_per_image,
+    nsd,
+    pool_patient,
+    score_slice,
+    summarize,
+    surface_distances,
+)
 
 torch.set_num_threads(1)
 
@@ -124,3 +135,116 @@ def test_hd95_per_image_batches():
     a, b = _square(10, 10), _square(13, 10)
     out = hd95_per_image(np.stack([a, a, b]), np.stack([b, np.zeros_like(a), b]), np.array([[2.0, 0.5]] * 3))
     assert out[0] == pytest.approx(6.0) and math.isnan(out[1]) and out[2] == 0.0
+
+
+# ----------------------------------------------------------------------------- NSD and final evaluation
+def test_nsd_offset_squares_by_hand():
+    a, b = _square(10, 10), _square(13, 10)  # b = a shifted 3 rows down, 1 mm pixels
+    # a's 36 boundary pixels → nearest boundary pixel of b:
+    #   top row (10 px): 3 mm;  side columns rows 11, 12 (4 px): 2, 1 mm;  rows 13-18 (12 px): 0 (on b's sides);
+    #   bottom row 19 (10 px, inside b): min(distance to b's side columns, 3 rows to b's bottom) =
+    #   0, 1, 2, 3, 3, 3, 3, 2, 1, 0 mm.
+    # τ = 2: 0 + 4 + 12 + 6 = 22 of 36 within; b → a the same by symmetry → NSD = 44 / 72.
+    assert nsd(a, b, (1.0, 1.0), 2.0) == pytest.approx(44 / 72)
+    # τ = 1.5: rows 11/12 give 1 of 2 per side (2), the bottom row 0, 1, 1, 0 (4): 0 + 2 + 12 + 4 = 18 of 36
+    assert nsd(a, b, (1.0, 1.0), 1.5) == pytest.approx(0.5)
+    assert nsd(a, b, (1.0, 1.0), 3.0) == 1.0  # everything within 3 mm
+    assert nsd(a, b, (1.0, 1.0), 2.999) == pytest.approx((36 - 10 - 4) * 2 / 72)  # the 3 mm pixels drop out
+    empty = np.zeros_like(a)
+    assert nsd(a, empty, (1.0, 1.0), 2.0) == 0.0 and math.isnan(nsd(empty, empty, (1.0, 1.0), 2.0))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # MONAI warns about empty masks in the one-empty case
+def test_nsd_matches_monai():
+    monai_metrics = pytest.importorskip("monai.metrics")
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        shape = (37, 29) if i % 2 else (24, 40)
+        p, g = _blob(rng, shape), _blob(rng, shape)
+        if i == 0:
+            p, g = _square(10, 10), _square(13, 12)
+        if i == 1:
+            p = np.zeros(shape, bool)  # one empty: MONAI gives 0 as well
+        spacing = (float(rng.uniform(0.5, 3)), float(rng.uniform(0.5, 3)))
+        tau = float(rng.uniform(0.5, 4))
+
+        def onehot(m):
+            m = torch.from_numpy(m)
+            return torch.stack([~m, m])[None].float()
+
+        ref = monai_metrics.compute_surface_dice(
+            onehot(p), onehot(g), class_thresholds=[tau, tau], include_background=True, spacing=spacing
+        )[0, 1].item()
+        assert nsd(p, g, spacing, tau) == pytest.approx(ref, rel=1e-6), (i, spacing, tau)
+        if p.any():
+            s = score_slice(p, g, spacing, tolerance_mm=tau)
+            assert s.nsd == pytest.approx(ref, rel=1e-6) and s.hd95_mm == pytest.approx(hd95_mm(p, g, spacing))
+
+
+def test_worst_case_policy_and_counts():
+    a, b = _square(10, 10), _square(13, 10)
+    empty = np.zeros_like(a)
+    sp = (1.0, 0.5)
+    diag = math.hypot(40 * 1.0, 40 * 0.5)
+    ok = score_slice(a, b, sp, tolerance_mm=2.0)
+    missed = score_slice(empty, a, sp, tolerance_mm=2.0)  # the model misses the structure
+    phantom = score_slice(a, empty, sp, tolerance_mm=2.0, cap_mm=30.0)  # predicts one where there is none
+    nothing = score_slice(empty, empty, sp, tolerance_mm=2.0)
+    assert ok.empty == "" and ok.dice == pytest.approx(2 * 70 / 200) and ok.iou == pytest.approx(70 / 130)
+    assert (missed.dice, missed.iou, missed.nsd, missed.hd95_mm, missed.empty) == (0.0, 0.0, 0.0, diag, "one")
+    assert (phantom.hd95_mm, phantom.cap_mm, phantom.empty) == (30.0, 30.0, "one")
+    assert nothing.empty == "both" and all(math.isnan(x) for x in (nothing.dice, nothing.hd95_mm, nothing.nsd))
+    # HD95 is clipped to the cap: a miss is never better than a bad contour
+    far = score_slice(_square(0, 0, 5), _square(35, 35, 5), (1.0, 1.0), tolerance_mm=2.0, cap_mm=10.0)
+    assert far.hd95_mm == 10.0 and far.dice == 0.0
+
+    slices = [ok, missed, nothing, phantom]
+    pat = pool_patient(slices, tolerance_mm=2.0)
+    assert (pat["n_slices"], pat["n_excluded_both_empty"], pat["n_one_empty"]) == (3, 1, 2)
+    # pooled over the three used slices: |P∩G| = 70 px, |P| + |G| = 200 + 100 + 100 px (0.5 mm² each)
+    assert pat["dice"] == pytest.approx(2 * 70 / 400) and pat["iou"] == pytest.approx(70 / 330)
+    # boundary pixels: ok 36 + 36 (44 within 2 mm, see the NSD test: here rows are 1 mm, cols 0.5 mm), the
+    # missed slice's 36 reference pixels and the phantom's 36 predicted ones at the cap: more than 5 % of each
+    # direction is at a cap, so the pooled HD95 is the larger cap
+    assert pat["nsd"] == pytest.approx(ok.nsd * 72 / 144)
+    assert pat["hd95_mm"] == pytest.approx(diag)
+
+    summ = summarize(slices, [pat, pool_patient([nothing], tolerance_mm=2.0)])
+    assert summ["n_slices"] == 3 and summ["n_excluded_both_empty"] == 1 and summ["n_one_empty"] == 2
+    assert summ["n_patients"] == 1  # the all-empty patient is excluded
+    assert summ["dice"] == pytest.approx(ok.dice / 3) and summ["nsd"] == pytest.approx(ok.nsd / 3)
+    assert summ["hd95_mm"] == pytest.approx((ok.hd95_mm + diag + 30.0) / 3)
+    assert summ["dice_patient"] == pytest.approx(pat["dice"])
+    assert summarize([nothing], [])["dice"] is None
+
+
+def test_per_patient_dice_pools_pixels_unlike_the_slice_mean():
+    big = _square(5, 5, n=10)  # 100 px, predicted exactly: Dice 1
+    small_ref, small_pred = _square(30, 30, n=2), _square(30, 34, n=2)  # 4 px each, disjoint: Dice 0
+    sp = (1.5, 1.5)
+    s1 = score_slice(big, big, sp, tolerance_mm=2.0)
+    s2 = score_slice(small_pred, small_ref, sp, tolerance_mm=2.0)
+    p = pool_patient([s1, s2], tolerance_mm=2.0)
+    assert (s1.dice, s2.dice) == (1.0, 0.0)
+    assert p["dice"] == pytest.approx(2 * 100 / (104 + 104))  # 0.962, not the slice mean 0.5
+    summ = summarize([s1, s2], [p])
+    assert summ["dice"] == pytest.approx(0.5) and summ["dice_patient"] == pytest.approx(200 / 208)
+    # two patients: the per-patient mean weights patients equally, whatever their slice counts
+    q = pool_patient([score_slice(big, _square(5, 5, n=5), sp, tolerance_mm=2.0)], tolerance_mm=2.0)
+    assert q["dice"] == pytest.approx(2 * 25 / 125)
+    summ = summarize([s1, s2, score_slice(big, _square(5, 5, n=5), sp, tolerance_mm=2.0)], [p, q])
+    assert summ["dice_patient"] == pytest.approx((200 / 208 + 0.4) / 2)
+    assert summ["dice"] == pytest.approx((1 + 0 + 0.4) / 3)
+    # pixel area matters when spacing differs between a patient's slices (area-weighted pooling)
+    s3 = score_slice(small_pred, small_ref, (3.0, 3.0), tolerance_mm=2.0)
+    assert pool_patient([s1, s3], tolerance_mm=2.0)["dice"] == pytest.approx(2 * 225 / (2 * 225 + 2 * 36))
+
+
+def test_surface_distances_and_diagonal():
+    a, b = _square(10, 10), _square(13, 10)
+    d_ab, d_ba = surface_distances(a, b, (2.0, 0.5))
+    assert d_ab.size == d_ba.size == 36 and np.percentile(d_ab, 95) == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        surface_distances(a, np.zeros_like(a), (1.0, 1.0))
+    assert diagonal_mm((30, 40), (1.0, 1.0)) == pytest.approx(50.0)

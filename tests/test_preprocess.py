@@ -118,3 +118,81 @@ def test_prepare_outputs_and_ranges():
     # padding stays exactly zero in both the raw and the CLAHE image
     assert (res.raw[:, :2] == 0).all() and (res.image[:, :2] == 0).all()
     assert res.spacing == pytest.approx((1.4, 1.4))
+
+
+# ------------------------------------------------------------------------------ inverse (native grid)
+def _ellipse(shape, cy, cx, ry, rx):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
+
+
+def _dice(a, b):
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+# (native shape, network shape): shrink, enlarge, and aspect ratios that pad rows or columns / crop
+CASES = [((256, 216), (96, 80)), ((96, 80), (128, 112)), ((200, 300), (64, 64)), ((61, 47), (64, 64))]
+
+
+@pytest.mark.parametrize("policy", P.POLICIES)
+@pytest.mark.parametrize("native, out", CASES)
+def test_invert_round_trip_of_a_mask(policy, native, out):
+    g = P.plan(native, out, policy)
+    m = _ellipse(native, native[0] * 0.5, native[1] * 0.45, native[0] * 0.2, native[1] * 0.17)
+    net = P.apply(g, m, is_mask=True)
+    assert net.shape == out
+    back = P.invert(g, net, is_mask=True)
+    assert back.shape == native and back.dtype == np.uint8
+    # probabilities resampled bilinearly and thresholded: the evaluation's route
+    prob = P.invert(g, P.apply(g, m.astype(np.float32)), fill=0.0) > 0.5
+    seen = P.invert(g, np.ones(out, np.uint8), is_mask=True).astype(bool)  # native pixels the network saw
+    if policy == "crop_pad":  # no resampling: exact where the network saw the image, background elsewhere
+        np.testing.assert_array_equal(back, m * seen)
+        np.testing.assert_array_equal(prob, (m * seen).astype(bool))
+    else:
+        assert seen.all()
+        # the ellipse is ~40 (rows) × 0.34 · cols native pixels; one resampled pixel of error at its border
+        # costs a few percent of Dice at the coarsest scale (256×216 → 96×80)
+        assert _dice(back, m) > 0.95 and _dice(prob, m) > 0.95
+        assert _dice(prob, m) >= _dice(back, m) - 0.01  # bilinear + threshold is no worse than nearest
+        # no shift: the centroid comes back within a native pixel
+        for a in (back, prob):
+            assert np.allclose(np.argwhere(a).mean(0), np.argwhere(m).mean(0), atol=1.0)
+
+
+@pytest.mark.parametrize("policy", P.POLICIES)
+def test_invert_is_exact_without_resampling(policy):
+    # output size = native size: every policy is the identity, and so is its inverse
+    x = np.random.default_rng(0).random((40, 30)).astype(np.float32)
+    g = P.plan(x.shape, x.shape, policy)
+    np.testing.assert_array_equal(P.invert(g, P.apply(g, x)), x)
+    # crop_pad to a larger grid: pad only, so the round trip is exact for any content
+    g = P.plan(x.shape, (48, 48), "crop_pad")
+    np.testing.assert_array_equal(P.invert(g, P.apply(g, x)), x)
+
+
+def test_invert_undoes_the_centred_placement_and_fills_cropped_pixels():
+    x = np.arange(6 * 5, dtype=np.float32).reshape(6, 5) + 1
+    g = P.plan(x.shape, (4, 7), "crop_pad")  # crop rows 6 → 4 (offset 1), pad cols 5 → 7 (offset 1)
+    net = P.apply(g, x)
+    np.testing.assert_array_equal(net[:, 1:6], x[1:5])
+    assert not net[:, 0].any() and not net[:, 6].any()
+    back = P.invert(g, net, fill=-1)
+    np.testing.assert_array_equal(back[1:5], x[1:5])
+    assert (back[[0, 5]] == -1).all()
+    # resize_pad: a pad of 8 rows on each side, removed again
+    g = P.plan((32, 64), (32, 48), "resize_pad")
+    assert g.resized == (24, 48)
+    net = P.apply(g, np.ones((32, 64), np.float32))
+    assert not net[:4].any() and not net[-4:].any() and (net[4:-4] == 1).all()
+    assert (P.invert(g, net) == 1).all()
+    with pytest.raises(ValueError, match="output"):
+        P.invert(g, np.zeros((32, 64)))
+
+
+def test_prepare_records_its_geometry():
+    u8 = np.zeros((256, 216), np.uint8)
+    res = P.prepare(u8, np.zeros((256, 216), np.uint8), (1.25, 1.25), PreprocessConfig(size=(96, 80)))
+    assert res.geometry == P.plan((256, 216), (96, 80), "resize_pad")
+    assert res.geometry.resized == (95, 80)

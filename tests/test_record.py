@@ -32,6 +32,23 @@ KEYS = (
     "n_val",
     "params",
 )
+# added by the final evaluation (issue 12, docs/evaluation.md); null in older files
+ADDED_KEYS = (
+    "val_dice_patient",
+    "val_dice",
+    "val_iou_patient",
+    "val_iou",
+    "val_hd95_mm_patient",
+    "val_hd95_mm",
+    "val_nsd_patient",
+    "val_nsd",
+    "val_n_slices",
+    "val_n_patients",
+    "val_n_excluded_both_empty",
+    "val_n_one_empty",
+    "test",
+    "evaluation",
+)
 
 
 def _ok() -> CellMetrics:
@@ -55,7 +72,9 @@ def _ok() -> CellMetrics:
 
 
 def test_fields_are_todays_keys_each_documented():
-    assert set(record.FIELDS) == set(KEYS) and STATUSES == ("ok", "diverged", "failed")
+    assert set(record.FIELDS) == set(KEYS + ADDED_KEYS) and STATUSES == ("ok", "diverged", "failed")
+    assert record.OBJECT_FIELDS == ("params", "test", "evaluation")
+    assert {k for k in ADDED_KEYS if k.startswith("val_")} <= set(record.QUALITY_FIELDS)
     for f in dataclasses.fields(CellMetrics):
         assert f.metadata["doc"] and f.metadata["json"], f.name
     assert set(record.QUALITY_FIELDS) <= set(record.NUMERIC_FIELDS)
@@ -69,8 +88,10 @@ def test_fields_are_todays_keys_each_documented():
 def test_file_format_is_sorted_indented_json(tmp_path):
     m = _ok()
     m.write(tmp_path / "metrics.json")
-    # byte for byte what train_cell wrote before the record existed: write_json of the plain dict
-    expected = json.dumps(dict(zip(KEYS, (getattr(m, k) for k in KEYS))), indent=2, sort_keys=True) + "\n"
+    # byte for byte what train_cell wrote before the record existed (write_json of the plain dict), plus the
+    # keys added since, null here
+    expected = dict(zip(KEYS, (getattr(m, k) for k in KEYS))) | dict.fromkeys(ADDED_KEYS)
+    expected = json.dumps(expected, indent=2, sort_keys=True) + "\n"
     assert (tmp_path / "metrics.json").read_text() == expected
     assert CellMetrics.read(tmp_path / "metrics.json") == m
 

@@ -4,9 +4,9 @@ a test goes through plan → training → aggregation."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from test_train import _write_dataset as write_dataset
 from torch import nn
 
 from segsweep.analysis.aggregate import aggregate_study
@@ -204,48 +204,6 @@ def test_each_distinct_loss_is_built_once(toy_loss):
         _plan({"s": _study({"lr": [1e-3]})}, inject=bad_scale)
 
 
-PATIENTS = ["p00000001", "p00000002", "p00000003"]
-
-
-def _tiny_data(root, size=32, n=2):
-    """3 patients × 2 images: a bright disc on noise; patient 3 is the validation set."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    yy, xx = np.mgrid[:size, :size]
-    for pid in PATIENTS:
-        masks = []
-        for _ in range(n):
-            cy, cx = rng.uniform(10, size - 10, 2)
-            masks.append(((yy - cy) ** 2 + (xx - cx) ** 2 <= 36).astype(np.uint8))
-        mask = np.stack(masks)
-        image = np.clip(0.25 + 0.5 * mask + rng.normal(0, 0.05, mask.shape), 0, 1).astype(np.float32)
-        np.savez(
-            root / f"{pid}.npz",
-            image=image,
-            raw=(image * 255).astype(np.uint8),
-            mask=mask,
-            spacing=np.full((n, 2), 1.25, np.float32),
-            slice=np.arange(n, dtype=np.int32),
-        )
-    (root / "dataset.json").write_text(
-        json.dumps(
-            {
-                "source": "phantom",
-                "layout": "rvsc",
-                "target": "endo",
-                "n_classes": 1,
-                "size": [size, size],
-                "patients": [{"id": p, "n_images": n} for p in PATIENTS],
-                "n_images": n * len(PATIENTS),
-                "qc_counts": {},
-            }
-        )
-    )
-    split = root / "split.json"
-    split.write_text(json.dumps({"seed": 0, "val": PATIENTS[2:], "pool": PATIENTS[:2], "folds": []}))
-    return root, split
-
-
 def test_toy_loss_from_plan_to_table(toy_loss, tmp_path):
     study = _study({"loss": ["dice", "dice"]})  # the second value becomes the toy loss below
 
@@ -255,7 +213,7 @@ def test_toy_loss_from_plan_to_table(toy_loss, tmp_path):
     plan = _plan({"toys": study}, train={"epochs": 1, "depth": 1, "base_width": 2, "batch_size": 4}, inject=inject)
     s = plan.studies["toys"]
     assert [dict(c.labels)["loss"] for c in s.cells] == ["dice", "toy"]
-    data_dir, split = _tiny_data(tmp_path / "data")
+    data_dir, split = write_dataset(tmp_path / "data", n_per_patient=2)  # tests/test_train.py
     for cid in s.cell_ids:
         m = train_cell(plan.cells[cid].params, data_dir, split, tmp_path / "cells" / cid)
         assert m.status == "ok"

@@ -58,3 +58,62 @@ def test_errors_name_the_problem():
         make_split(PATIENTS[:3], 0, 0.25, folds=5)
     with pytest.raises(DataError, match="fold 7"):
         select_patients(make_split(PATIENTS, 0, 0.25, folds=3), 1.0, fold=7)
+
+
+# ------------------------------------------------------------------------------------------- test set
+@pytest.mark.parametrize("n", [3, 4, 6, 7, 12, 16, 20, 33])
+def test_test_set_is_disjoint_from_val_pool_and_every_fold(n):
+    ids = [f"p{i:02d}" for i in range(n)]
+    folds = min(3, n - 2)
+    split = make_split(ids, 5, 0.25, folds=folds, test_fraction=0.25)
+    test = set(split["test"])
+    assert len(test) == max(1, round(0.25 * n)) and split["test"] == sorted(test)
+    assert len(split["val"]) == min(n - len(test) - 1, max(1, round(0.25 * n))) >= 1
+    assert len(split["pool"]) >= 1
+    assert test | set(split["val"]) | set(split["pool"]) == set(ids)
+    assert not test & set(split["val"]) and not test & set(split["pool"])
+    assert not set(split["val"]) & set(split["pool"])
+    fold_vals = []
+    for k in range(folds):
+        train, val = select_patients(split, 1.0, fold=k)
+        assert not test & (set(train) | set(val))
+        assert set(train) | set(val) == set(ids) - test
+        fold_vals += val
+    assert sorted(fold_vals) == sorted(set(ids) - test)  # the folds partition the non-test patients
+    for f in FRACTIONS:
+        train, val = select_patients(split, f)
+        assert not test & (set(train) | set(val))
+
+
+def test_test_set_depends_only_on_patients_seed_and_test_fraction():
+    a = make_split(PATIENTS, 2, 0.25, test_fraction=0.2)
+    assert a["test"] == make_split(PATIENTS, 2, 0.4, folds=4, test_fraction=0.2)["test"]  # val share, folds
+    assert a["test"] == make_split(list(reversed(PATIENTS)), 2, 0.25, test_fraction=0.2)["test"]
+    assert a["test"] != make_split(PATIENTS, 3, 0.25, test_fraction=0.2)["test"]
+    assert a["test_fraction"] == 0.2 and len(a["test"]) == 4 and len(a["val"]) == 5 and len(a["pool"]) == 11
+
+
+def test_no_test_fraction_leaves_the_split_as_before():
+    # pinned by hand from the split made before test sets existed (seed 0, 16 patients as in the demo)
+    ids = [f"p{i:02d}" for i in range(16)]
+    split = make_split(ids, 0, 0.25, folds=4)
+    assert "test" not in split and "test_fraction" not in split
+    assert split == make_split(ids, 0, 0.25, folds=4, test_fraction=0.0)
+    assert list(split) == ["seed", "val_fraction", "val", "pool", "folds"]
+    assert split["val"] == ["p02", "p03", "p10", "p11"]
+    assert split["pool"] == ["p00", "p04", "p07", "p05", "p14", "p12", "p06", "p09", "p13", "p08", "p01", "p15"]
+
+
+def test_demo_sizes_with_a_test_set():
+    ids = [f"p{i:02d}" for i in range(16)]
+    split = make_split(ids, 0, 0.25, folds=4, test_fraction=0.25)
+    assert (len(split["test"]), len(split["val"]), len(split["pool"])) == (4, 4, 8)
+
+
+def test_test_fraction_errors_name_the_key():
+    with pytest.raises(DataError, match="splits.test_fraction"):
+        make_split(PATIENTS[:3], 0, 0.25, test_fraction=0.5)  # 2 test patients of 3 leave 1
+    with pytest.raises(DataError, match="splits.test_fraction"):
+        make_split(PATIENTS[:8], 0, 0.5, test_fraction=0.5)  # 4 test + 4 validation of 8: no training
+    with pytest.raises(DataError, match="splits.test_fraction"):
+        make_split(PATIENTS[:6], 0, 0.25, folds=5, test_fraction=0.25)  # 5 folds over 4 patients

@@ -10,10 +10,13 @@ from fixtures_results import built_fixture
 from scipy import stats as sps
 
 from segsweep.analysis.stats import (
+    bootstrap_interval,
     bootstrap_mean_ci,
     compare,
     compare_study,
     holm,
+    holm_text,
+    interval_units,
     min_pairs_for,
     min_wilcoxon_p,
     wilcoxon,
@@ -127,3 +130,115 @@ def test_stats_json_of_the_fixture(tmp_path_factory):
     assert by["optimizer=sgd, lr=0.01"]["n_pairs"] == 0
     assert by["optimizer=adam, lr=0.01"]["n_pairs"] == 2
     assert by["optimizer=sgd, lr=0.001"]["mean_diff"] == pytest.approx(0.82 - 0.76 + 0.05 * 0.25, abs=1e-6)
+
+
+# ---------------------------------------------------------------- bounded intervals (docs/statistics.md)
+def run(value, patients=None, weights=None, ids=None):
+    """A run for `bootstrap_interval`: its value and, optionally, per-patient values (equal weights)."""
+    if patients is None:
+        return {"value": value, "patients": None}
+    ids = ids or [f"p{i}" for i in range(len(patients))]
+    w = weights or [1.0] * len(patients)
+    return {"value": value, "patients": {"ids": ids, "values": list(patients), "weights": w}}
+
+
+def test_interval_one_run_three_patients_is_their_range():
+    # all three draws hit the lowest patient with probability 1/27 = 3.7 % > 2.5 % (likewise the highest),
+    # so the 2.5 / 97.5 percentiles are the smallest and largest patient: [0.6, 0.9]
+    ci = bootstrap_interval([run(0.7666667, [0.6, 0.8, 0.9])], seed=0, bounds=(0.0, 1.0))
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((0.6, 0.9))
+    assert (ci["ci_unit"], ci["ci_runs"], ci["ci_patients"], ci["ci_note"]) == ("patients", 1, 3, "")
+
+
+def test_interval_one_run_four_patients_by_enumeration():
+    # means of 4 draws from {0.2, 0.4, 0.6, 1.0}: P(0.2) = 1/256, P(0.25) = 4/256 (cumulative 1.95 %), then
+    # 0.3 (6/256 + 4/256): the 2.5 % quantile is 0.3. From the top: P(1.0) = 1/256, P(0.9) = 4/256 (1.95 %),
+    # P(0.85) = 4/256 (3.5 %): the 97.5 % quantile is 0.85.
+    ci = bootstrap_interval([run(0.55, [0.2, 0.4, 0.6, 1.0])], seed=0)
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((0.30, 0.85))
+
+
+def test_interval_n1_without_patients_and_too_few_patients():
+    assert bootstrap_interval([run(0.8)], seed=0)["ci_note"] == (
+        "no interval: 1 run and no per-patient values, needs ≥ 3 runs"
+    )
+    few = bootstrap_interval([run(0.8, [0.7, 0.9]), run(0.85, [0.8, 0.9])], seed=0)
+    assert few["ci_low"] is None and few["ci_note"] == "no interval: 2 validation patients, needs ≥ 3"
+    assert bootstrap_interval([], seed=0)["ci_low"] is None
+
+
+def test_interval_n2_runs():
+    # two runs without per-patient values: a bootstrap would return their range (~50 % coverage): none
+    two = bootstrap_interval([run(0.90), run(0.98)], seed=0, bounds=(0.0, 1.0))
+    assert two["ci_low"] is None and two["ci_note"] == "no interval: 2 runs and no per-patient values, needs ≥ 3 runs"
+    # two runs on the same 3 patients, identical per patient: the shared patient draw makes the replicate
+    # the patients' mean whatever runs are drawn, so the interval is that of one run, [min, max] = [0.6, 0.9]
+    # (independent draws per run would put the all-lowest replicate at 1/729 and narrow it)
+    same = bootstrap_interval([run(0.7666667, [0.6, 0.8, 0.9])] * 2, seed=0, bounds=(0.0, 1.0))
+    assert same["ci_unit"] == "runs × patients" and (same["ci_runs"], same["ci_patients"]) == (2, 3)
+    assert (same["ci_low"], same["ci_high"]) == pytest.approx((0.6, 0.9))
+    assert interval_units(same) == "2 runs × 3 patients"
+
+
+def test_interval_of_a_constant_sample_is_the_value():
+    ci = bootstrap_interval([run(0.75, [0.75] * 5), run(0.75, [0.75] * 5)], seed=0, bounds=(0.0, 1.0))
+    assert (ci["ci_low"], ci["ci_high"]) == (0.75, 0.75)
+    flat = bootstrap_interval([run(1.0), run(1.0), run(1.0)], seed=0, bounds=(0.0, 1.0))
+    assert (flat["ci_low"], flat["ci_high"]) == (1.0, 1.0)
+
+
+def test_interval_weights_and_validation_sets():
+    # patients weighted by slices: 0.5 (1 slice) and 1.0 (3 slices) pool to 0.875, the run's value
+    ci = bootstrap_interval([run(0.875, [0.5, 1.0, 0.9], weights=[1, 3, 2])], seed=1)
+    assert 0.5 <= ci["ci_low"] <= 0.875 <= ci["ci_high"] <= 1.0
+    folds = [run(0.8, [0.7, 0.9], ids=["a", "b"]), run(0.6, [0.5, 0.7], ids=["c", "d"])]
+    cv = bootstrap_interval(folds, seed=0)
+    assert (cv["ci_unit"], cv["ci_patients"], cv["ci_sets"]) == ("runs × patients", 4, 2)
+    assert interval_units(cv) == "2 runs × 4 patients in 2 validation sets"
+
+
+def test_every_interval_stays_in_the_unit_interval():
+    rng = np.random.default_rng(5)
+    for k in range(60):
+        n_runs, n_pat = int(rng.integers(1, 5)), int(rng.integers(3, 9))
+        edge = rng.choice([0.0, 1.0])  # values piled at 0 or at 1: where t-intervals spill over
+        runs = []
+        for _ in range(n_runs):
+            v = np.clip(edge + rng.normal(0, 0.05, n_pat) * (1 - 2 * edge), 0, 1)
+            runs.append(run(float(v.mean()), list(v)))
+        for rs in (runs, [run(r["value"]) for r in runs] * 2):
+            ci = bootstrap_interval(rs, seed=[k], n_boot=2000, bounds=(0.0, 1.0))
+            if ci["ci_low"] is not None:
+                assert 0.0 <= ci["ci_low"] <= ci["ci_high"] <= 1.0, (k, ci)
+
+
+def test_interval_is_seeded():
+    rs = [run(0.7, [0.5, 0.7, 0.8, 0.8]), run(0.75, [0.6, 0.7, 0.8, 0.9])]
+    a = bootstrap_interval(rs, seed=[3, 1])
+    assert a == bootstrap_interval(rs, seed=[3, 1]) and a != bootstrap_interval(rs, seed=[4, 1])
+
+
+# ------------------------------------------------------------------------------ claims use Holm's p
+def test_holm_wording():
+    assert holm_text(0.078, 5) == "Holm-adjusted p = 0.078 over 5 comparisons"
+    assert holm_text(0.0004, 1) == "Holm-adjusted p < 0.001 over 1 comparison"
+
+
+def test_raw_p_below_alpha_is_no_claim_after_holm():
+    # 6 pairs, every difference positive and distinct: exact two-sided p = 2 / 2^6 = 0.03125 for each of the 5
+    # comparisons; Holm: 5 × 0.03125 = 0.156 for the smallest, and monotone, so 0.156 for all — no claim
+    best = group("best", [0.90, 0.91, 0.92, 0.93, 0.94, 0.95])
+    others = [group(f"o{k}", [0.90 - 0.001 * (i + 1) - 0.01 * k for i in range(6)]) for k in range(5)]
+    res = compare_study([best, *others], higher_is_better=True, value="best_val_dice", seed=0)
+    assert res["n_tested"] == 5
+    for c in res["comparisons"]:
+        assert c["p"] == pytest.approx(0.03125) and c["p_holm"] == pytest.approx(0.15625)
+        assert c["note"] == "no difference shown at 0.05 (Holm-adjusted p = 0.156 over 5 comparisons)"
+    # one comparison of 8 positive pairs: p = 2 / 2^8 = 0.0078 = its Holm p; a difference, said with Holm
+    one = compare_study(
+        [group("a", [0.9] * 8), group("b", [0.9 - 0.001 * (i + 1) for i in range(8)])],
+        higher_is_better=True,
+        value="best_val_dice",
+        seed=0,
+    )["comparisons"][0]
+    assert one["note"] == "difference 0.005 (Holm-adjusted p = 0.008 over 1 comparison)"

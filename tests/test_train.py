@@ -11,12 +11,30 @@ import torch
 
 from segsweep.errors import ConfigError, DataError, SegsweepError
 from segsweep.plan.config import cell_params
+from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS, PER_PATIENT_COLUMNS
 from segsweep.training.loop import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
 from segsweep.training.record import CellMetrics
 
 torch.set_num_threads(1)
 
 PATIENTS = ["p0000000a", "p0000000b", "p0000000c", "p0000000d"]
+VAL_KEYS = tuple(
+    f"val_{k}"
+    for k in (
+        "dice_patient",
+        "dice",
+        "iou_patient",
+        "iou",
+        "hd95_mm_patient",
+        "hd95_mm",
+        "nsd_patient",
+        "nsd",
+        "n_slices",
+        "n_patients",
+        "n_excluded_both_empty",
+        "n_one_empty",
+    )
+)
 
 
 def _write_dataset(root, n_per_patient=4, size=32, nan_in=None, seed=0):
@@ -127,6 +145,9 @@ def test_learns_and_writes_every_output(data, tmp_path):
         "n_train",
         "n_val",
         "params",
+        *VAL_KEYS,
+        "test",
+        "evaluation",
     }
     assert m.params == _params(epochs=12).to_dict()
     hist = _read_csv(out / "history.csv")
@@ -138,7 +159,12 @@ def test_learns_and_writes_every_output(data, tmp_path):
     assert m.final_val_dice == pytest.approx(float(hist[-1]["val_dice"]))
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == m.best_epoch
     rows = _read_csv(out / "per_image.csv")
-    assert tuple(rows[0]) == PER_IMAGE_COLUMNS and len(rows) == 4
+    assert tuple(rows[0]) == PER_IMAGE_COLUMNS + NATIVE_IMAGE_COLUMNS and len(rows) == 4
+    assert {r["set"] for r in rows} == {"val"}
+    # no native arrays in these patient files (as ingested before they existed): evaluated on the network grid
+    assert m.evaluation == {"nsd_tolerance_mm": 2.0, "hd95_cap_mm": None, "grid": "network"} and m.test is None
+    assert m.val_dice == pytest.approx(np.mean([float(r["native_dice"]) for r in rows]))
+    assert m.val_n_slices == 4 and m.val_n_patients == 1 and m.val_n_excluded_both_empty == 0
     assert {r["patient"] for r in rows} == {PATIENTS[3]} and [int(r["slice"]) for r in rows] == [0, 1, 2, 3]
     assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(m.best_val_dice, abs=1e-6)
     hd = [float(r["hd95_mm"]) for r in rows if r["hd95_mm"]]
@@ -407,3 +433,139 @@ def test_runner_turns_a_user_error_into_one_line(data, tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("segsweep: error:")]
     assert len(err) == 1 and "nope.json" in err[0]
     assert "Traceback" not in (tmp_path / "train.log").read_text()
+
+
+# ------------------------------------------------------------------- final evaluation (native, test set)
+NATIVE_PATIENTS = [f"p000000{i:02x}" for i in range(16, 21)]  # 5 patients: 3 pool, 1 val, 1 test
+
+
+def _write_native_dataset(root, test_flip=False, seed=1):
+    """5 patients × 4 images ingested as the pipeline does: native 64×56 discs (1 mm pixels), resize_pad to
+    32×32, with the native arrays. ``test_flip`` changes the test patient's images and masks (only its)."""
+    from segsweep.data import preprocess as pre
+    from segsweep.data.ingest import write_npz
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    native = (64, 56)
+    g = pre.plan(native, (32, 32), "resize_pad")
+    yy, xx = np.mgrid[: native[0], : native[1]]
+    for pid in NATIVE_PATIENTS:
+        imgs, masks, nmasks = [], [], []
+        for _ in range(4):
+            cy, cx = rng.uniform(20, 44), rng.uniform(20, 36)
+            r = rng.uniform(8, 15)
+            m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+            if test_flip and pid == NATIVE_PATIENTS[-1]:
+                m = np.ascontiguousarray(m[::-1, ::-1])
+            img = np.clip(0.25 + 0.5 * m + rng.normal(0, 0.08, m.shape), 0, 1).astype(np.float32)
+            imgs.append(pre.apply(g, img))
+            masks.append(pre.apply(g, m, is_mask=True))
+            nmasks.append(m)
+        n = len(imgs)
+        write_npz(
+            root / f"{pid}.npz",
+            {
+                "image": np.stack(imgs),
+                "raw": (np.stack(imgs) * 255).astype(np.uint8),
+                "mask": np.stack(masks),
+                "spacing": np.tile(np.array(g.factor, np.float32), (n, 1)),
+                "slice": np.arange(n, dtype=np.int32),
+                "native_mask": np.stack(nmasks),
+                "native_shape": np.tile(np.array(native, np.int32), (n, 1)),
+                "resized_shape": np.tile(np.array(g.resized, np.int32), (n, 1)),
+                "native_spacing": np.ones((n, 2), np.float32),
+            },
+        )
+    (root / "dataset.json").write_text(
+        json.dumps({"n_classes": 2, "patients": [{"id": p, "n_images": 4} for p in NATIVE_PATIENTS]})
+    )
+    split = root / "split.json"
+    split.write_text(
+        json.dumps(
+            {
+                "seed": 0,
+                "val_fraction": 0.2,
+                "val": [NATIVE_PATIENTS[3]],
+                "pool": NATIVE_PATIENTS[:3],
+                "folds": [],
+                "test_fraction": 0.2,
+                "test": [NATIVE_PATIENTS[4]],
+            }
+        )
+    )
+    return root, split
+
+
+def test_final_evaluation_at_native_resolution_with_a_test_set(tmp_path):
+    data_dir, split = _write_native_dataset(tmp_path / "data")
+    out = tmp_path / "cell"
+    m = train_cell(_params(epochs=6), data_dir, split, out, evaluation={"nsd_tolerance_mm": 3.0})
+    assert m.status == "ok" and m.n_train == 12 and m.n_val == 4
+    assert m.evaluation == {"nsd_tolerance_mm": 3.0, "hd95_cap_mm": None, "grid": "native"}
+    pp = _read_csv(out / "per_patient.csv")
+    assert tuple(pp[0]) == PER_PATIENT_COLUMNS
+    assert [(r["set"], r["patient"], r["n_slices"]) for r in pp] == [
+        ("val", NATIVE_PATIENTS[3], "4"),
+        ("test", NATIVE_PATIENTS[4], "4"),
+    ]
+    rows = _read_csv(out / "per_image.csv")
+    assert [r["set"] for r in rows] == ["val"] * 4 + ["test"] * 4
+    val_rows, test_rows = rows[:4], rows[4:]
+    # the monitor's network-grid numbers stay what they were; the native ones are the new fields
+    assert np.mean([float(r["dice"]) for r in val_rows]) == pytest.approx(m.best_val_dice, abs=1e-6)
+    assert m.val_dice == pytest.approx(np.mean([float(r["native_dice"]) for r in val_rows]))
+    assert m.val_nsd == pytest.approx(np.mean([float(r["native_nsd"]) for r in val_rows]))
+    assert m.val_dice_patient == pytest.approx(float(pp[0]["dice"]))
+    assert (m.val_n_slices, m.val_n_patients, m.val_n_excluded_both_empty) == (4, 1, 0)
+    t = m.test
+    assert set(t) >= {"dice", "dice_patient", "iou", "hd95_mm", "nsd", "n_slices", "n_patients", "n_one_empty"}
+    assert (t["n_slices"], t["n_patients"], t["n_excluded_both_empty"]) == (4, 1, 0)
+    assert t["dice"] == pytest.approx(np.mean([float(r["native_dice"]) for r in test_rows]))
+    assert t["dice_patient"] == pytest.approx(float(pp[1]["dice"]))
+    assert 0 <= t["nsd"] <= 1 and 0 <= t["dice"] <= 1 and t["hd95_mm"] >= 0
+    # the model learned: native Dice close to the network-grid Dice
+    assert m.val_dice > 0.5 and abs(m.val_dice - m.best_val_dice) < 0.1
+    # predictions.npz keeps the validation images only
+    with np.load(out / "predictions.npz") as z:
+        assert list(z["patient"]) == [NATIVE_PATIENTS[3]] * 4
+
+
+def test_test_patients_never_influence_training_or_validation(tmp_path):
+    """Changing only the test patient's data changes the test numbers and nothing else."""
+    runs = []
+    for flip in (False, True):
+        data_dir, split = _write_native_dataset(tmp_path / f"data{flip}", test_flip=flip)
+        runs.append(train_cell(_params(epochs=6), data_dir, split, tmp_path / f"cell{flip}"))
+    a, b = (_strip_times(r) for r in runs)
+    assert a.pop("test") != b.pop("test")
+    assert a == b
+    hist = [
+        [{k: v for k, v in r.items() if k != "epoch_s"} for r in _read_csv(tmp_path / f"cell{f}" / "history.csv")]
+        for f in (False, True)
+    ]
+    assert hist[0] == hist[1]
+
+
+def test_a_test_patient_in_training_is_refused(tmp_path):
+    data_dir, split = _write_native_dataset(tmp_path / "data")
+    s = json.loads(split.read_text())
+    s["test"] = [NATIVE_PATIENTS[0]]
+    split.write_text(json.dumps(s))
+    with pytest.raises(DataError, match="test patients also used"):
+        train_cell(_params(epochs=1), data_dir, split, tmp_path / "cell")
+
+
+def test_new_evaluation_settings_reevaluate_without_training(tmp_path):
+    """What a changed `evaluation` section does to a finished cell (the train rule reruns it): last.pt is
+    complete, so no epoch runs again; only the final evaluation is redone with the new settings."""
+    data_dir, split = _write_native_dataset(tmp_path / "data")
+    out = tmp_path / "cell"
+    first = train_cell(_params(epochs=2), data_dir, split, out)
+    epochs = []
+    again = train_cell(
+        _params(epochs=2), data_dir, split, out, evaluation={"nsd_tolerance_mm": 6.0}, on_epoch=epochs.append
+    )
+    assert epochs == [] and again.best_epoch == first.best_epoch and again.best_val_dice == first.best_val_dice
+    assert again.evaluation["nsd_tolerance_mm"] == 6.0 and again.val_dice == first.val_dice
+    assert again.val_nsd >= first.val_nsd and again.test["nsd"] >= first.test["nsd"]

@@ -4,6 +4,8 @@
   e.g. ``1e-4`` → ``"0.0001"``. Labels are what cells.csv, tables and figures show and group by.
 * `fmt` (with `value_decimals`): a metric number → text with the metric's decimals, ``"–"`` for none.
 * `label_number` / `label_sort_key`: reading a label back as a number, and sorting labels numerically.
+* `metric_range`: the range a metric's values (and so its intervals and figure axes) live in.
+* `fraction_label`: a training fraction by its real size, "17 % (2 of 12 patients)".
 
 Display *names* of metrics and axes ("best validation Dice") are another job: `segsweep.report.style.label_for`.
 """
@@ -11,7 +13,7 @@ Display *names* of metrics and axes ("best validation Dice") are another job: `s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -39,6 +41,35 @@ def value_decimals(value: str) -> int:
     """Decimals for the metric named ``value``: Dice and IoU are fractions (3); distances and counts read
     better with 2."""
     return 3 if any(k in value for k in ("dice", "iou")) else 2
+
+
+def metric_range(value: str) -> tuple[float, float]:
+    """[0, 1] for the overlap metrics (Dice, IoU, NSD: fractions), [0, ∞) for distances and counts."""
+    return (0.0, 1.0) if any(k in value for k in ("dice", "iou", "nsd")) else (0.0, math.inf)
+
+
+def _pct(share: float) -> str:
+    pct = 100 * share
+    return f"{pct:.0f}" if pct >= 1 or pct == 0 else f"{pct:.1g}"
+
+
+def _span(xs: list) -> str:
+    return f"{xs[0]}" if xs[0] == xs[-1] else f"{xs[0]}–{xs[-1]}"
+
+
+def fraction_label(sizes: Iterable[tuple[int, int]]) -> str:
+    """A training fraction by the patients it really trains on: ``(n_train, pool)`` pairs → "17 % (2 of 12
+    patients)" for [(2, 12)] — the percentage is the real share n_train / pool (the requested 0.2 rounds to 2
+    patients), not the requested fraction. Several pairs (folds with pools of different sizes) give ranges:
+    "33–40 % (2 of 5–6 patients)"."""
+    pairs = sorted(set(sizes))
+    if not pairs:
+        return ""
+    shares = sorted({n / p for n, p in pairs})
+    lo, hi = _pct(shares[0]), _pct(shares[-1])
+    n = _span(sorted({n for n, _ in pairs}))
+    pool = _span(sorted({p for _, p in pairs}))
+    return f"{lo if lo == hi else f'{lo}–{hi}'} % ({n} of {pool} patients)"
 
 
 def fmt(x: float | None, value: str) -> str:

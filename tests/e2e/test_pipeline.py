@@ -76,6 +76,20 @@ def test_report_and_tables(run_dir):
         assert m["status"] in {"ok", "diverged", "failed"}
         if m["status"] == "ok":
             assert 0.0 <= m["best_val_dice"] <= 1.0
+            # the final evaluation (docs/evaluation.md): native resolution, validation and the test patient
+            assert m["evaluation"]["grid"] == "native" and 0.0 <= m["val_dice_patient"] <= 1.0
+            assert m["val_n_patients"] == 2 and m["test"]["n_patients"] == 1
+            assert all(0.0 <= m["test"][k] <= 1.0 for k in ("dice", "dice_patient", "iou", "nsd"))
+            pp = pd.read_csv(wd / "results" / "cells" / cell / "per_patient.csv")
+            assert list(pp.columns) == ["set", "patient", "n_slices", "dice", "iou", "hd95_mm", "nsd"]
+            assert sorted(pp["set"]) == ["test", "val", "val"]
+            pi = pd.read_csv(wd / "results" / "cells" / cell / "per_image.csv")
+            assert list(pi.columns[:5]) == ["patient", "slice", "dice", "iou", "hd95_mm"]
+            assert (pi["set"] == "val").sum() == m["n_val"]
+    split = json.loads(next((wd / "results" / "splits").glob("*.json")).read_text())
+    assert len(split["test"]) == 1 and not set(split["test"]) & set(split["val"] + split["pool"])
+    html = (wd / "reports" / "report.html").read_text()
+    assert '<section id="test-set"' in html and 'id="no-test-set"' not in html
     qc = pd.read_csv(wd / "results" / "data" / "qc.csv")
     assert "image_without_contour" in set(qc["reason"])  # the phantom leaves some slices uncontoured
 

@@ -18,4 +18,5 @@ runner.run(
     Path(smk.output.cells).parent,
     Path(smk.params.logs_dir),
     seed=int(smk.params.seed),
+    splits=[Path(p) for p in smk.input.splits],
 )

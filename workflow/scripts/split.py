@@ -18,4 +18,5 @@ runner.run(
     seed=spec["seed"],
     val_fraction=spec["val_fraction"],
     folds=spec["folds"],
+    test_fraction=spec.get("test_fraction", 0.0),
 )

@@ -23,4 +23,5 @@ runner.run(
     max_attempts=int(smk.resources.max_attempts),
     amp=bool(smk.params.amp),
     channels_last=bool(smk.params.channels_last),
+    evaluation=dict(smk.params.evaluation),
 )

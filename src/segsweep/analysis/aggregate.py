@@ -7,11 +7,19 @@ per configuration.
 Per configuration, over the runs whose status is ``ok`` (n of them):
 
 * mean, sample standard deviation ``sd = sqrt(Σ(x − mean)² / (n − 1))``,
-* a two-sided 95 % confidence interval of the mean from Student's t distribution,
-  ``mean ± t_{0.975, n−1} · sd / sqrt(n)`` (Student 1908; undefined for n = 1),
+* a 95 % percentile-bootstrap interval of the mean (`segsweep.analysis.stats.bootstrap_interval`, seeded by
+  the config's ``seed``) that never leaves the metric's range: it resamples validation patients (each run's
+  per-patient values, `patient_sources`: ``per_image.csv`` pooled per patient, or the ``val`` rows of
+  ``per_patient.csv`` for per-patient means; used only where they reproduce the run's value) and, with
+  several runs, runs × patients; without per-patient values it resamples runs. Fewer than 3 patients (or
+  runs): "no interval" (docs/statistics.md),
 * a status: ``ok`` (all runs ok), ``partial`` (some diverged/failed: the mean is over the ok runs and the
   table says "k of n diverged"), ``diverged`` / ``failed`` / ``diverged/failed`` (no ok run: the table shows
   the word, never a number), ``missing`` (the layout has no run for this combination, e.g. one-factor studies).
+
+A ``fraction`` axis is labelled with its real size from the split files, "17 % (2 of 12 patients)"
+(`segsweep.labels.fraction_label`): ``table.json`` keeps the config's labels under ``labels`` and adds the
+shown ones (``display``, ``axis_labels``, ``fractions``); ``table.csv`` shows the real sizes.
 
 Outputs (written atomically) in the study folder: ``cells.csv``, ``table.csv``, ``table.json``,
 ``stats.json`` (see `segsweep.analysis.stats`). Each cell's ``metrics.json`` is a
@@ -20,29 +28,30 @@ Outputs (written atomically) in the study folder: ``cells.csv``, ``table.csv``, 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from segsweep.analysis.ranking import best_group, rank_key
-from segsweep.analysis.stats import compare_study
+from segsweep.analysis.stats import INTERVAL_KEYS, bootstrap_interval, compare_study, no_interval
+from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_json
-from segsweep.labels import fmt, label_sort_key
-from segsweep.training.record import FIELDS, NUMERIC_FIELDS, QUALITY_FIELDS, CellMetrics
+from segsweep.labels import fmt, fraction_label, label_number, label_sort_key, metric_range
+from segsweep.training.record import FIELDS, NUMERIC_FIELDS, OBJECT_FIELDS, QUALITY_FIELDS, CellMetrics
 
 if TYPE_CHECKING:  # only for annotations: aggregation works on any object with the Study fields
     from segsweep.study import Study
 
 # cells.csv metric columns: every CellMetrics field but the run's identity, status/reason and parameters
-METRIC_COLUMNS = tuple(k for k in FIELDS if k not in ("cell", "status", "reason", "params"))
+METRIC_COLUMNS = tuple(k for k in FIELDS if k not in ("cell", "status", "reason", *OBJECT_FIELDS))
 NUMERIC_METRICS = tuple(k for k in METRIC_COLUMNS if k in NUMERIC_FIELDS)
 RUN_COLUMNS = ("repeat", "fold", "cell", "config", "status", "reason")
 LOG_TAIL_LINES = 15
@@ -137,18 +146,130 @@ def read_cells_csv(path: Path, axes: Sequence[str]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------- summaries
-def summarize(values: Sequence[float], confidence: float = 0.95) -> dict:
-    """mean, sd (n−1), n and the t-based confidence interval of the mean (None where undefined)."""
+def _moments(values: Sequence[float]) -> dict:
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     n = int(x.size)
     if n == 0:
-        return {"mean": None, "sd": None, "n": 0, "ci_low": None, "ci_high": None}
-    mean = float(x.mean())
-    if n == 1:
-        return {"mean": mean, "sd": None, "n": 1, "ci_low": None, "ci_high": None}
-    sd = float(x.std(ddof=1))
-    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": float(x.mean()), "sd": float(x.std(ddof=1)) if n > 1 else None, "n": n}
+
+
+def summarize(
+    values: Sequence[float], confidence: float = 0.95, *, seed: int | Sequence[int] = 0, value: str = ""
+) -> dict:
+    """mean, sd (n−1), n and a percentile-bootstrap interval of the mean over the values taken as runs
+    without per-patient values (`stats.bootstrap_interval`: "no interval" below 3 runs; within the range of
+    the metric named ``value``, see `segsweep.labels.metric_range`)."""
+    m = _moments(values)
+    runs = [{"value": v, "patients": None} for v in values if v is not None and not math.isnan(v)]
+    ci = bootstrap_interval(runs, seed=seed, confidence=confidence, bounds=metric_range(value))
+    return {**m, **ci}
+
+
+# ------------------------------------------------------------------------------ per-patient values
+PER_PATIENT, PER_IMAGE = "per_patient.csv", "per_image.csv"
+REPRODUCE_TOL = 1e-4  # per-patient values that pool to the run's value within this (relative) tolerance
+
+
+def patient_sources(value: str) -> list[tuple[str, str, str]]:
+    """Where a table value's per-patient values are: ``(file, column, weighting)`` pairs, tried in order.
+
+    * ``best_val_X`` (network grid, every validation image): per_image.csv column ``X``, pooled per patient
+      as the mean of its slices, weighted by slices (the run's value is the mean over images);
+    * ``val_X_patient`` (mean over patients): per_patient.csv ``val`` rows, column ``X``, one weight per patient;
+    * ``val_X`` (native grid, mean over slices that are not both-empty): per_image.csv column ``native_X``;
+    * anything else (e.g. final_val_dice, not measured at the best checkpoint): none.
+
+    per_patient.csv's ``dice`` is a patient's pooled (volume) Dice, not the mean of its slices, so it does not
+    describe ``best_val_dice``; `patient_values` checks that the values reproduce the run's value anyway.
+    """
+    if value.startswith("best_val_"):
+        return [(PER_IMAGE, value.removeprefix("best_val_"), "slices")]
+    if value.startswith("val_") and value.endswith("_patient"):
+        return [(PER_PATIENT, value.removeprefix("val_").removesuffix("_patient"), "patients")]
+    if value.startswith("val_") and not value.startswith("val_n_"):
+        return [(PER_IMAGE, "native_" + value.removeprefix("val_"), "slices")]
+    return []
+
+
+def _per_patient_file(path: Path, col: str) -> dict | None:
+    """The ``val`` rows of per_patient.csv (``set,patient,n_slices,...``): one weight per patient that has
+    slices and a value."""
+    try:
+        df = pd.read_csv(path, dtype={"patient": str, "set": str})
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    if "set" in df:
+        df = df[df["set"] == "val"]
+    if df.empty or not {"patient", "n_slices", col} <= set(df.columns):
+        return None
+    v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+    n = pd.to_numeric(df["n_slices"], errors="coerce").fillna(0).to_numpy(float)
+    w = ((n > 0) & np.isfinite(v)).astype(float)
+    return {"ids": df["patient"].tolist(), "values": np.nan_to_num(v), "weights": w}
+
+
+def _per_image_file(path: Path, col: str) -> dict | None:
+    """per_image.csv pooled per patient: mean over the patient's slices with a value, weight = those slices
+    (native columns: both-empty slices excluded, as in ``val_*``)."""
+    try:
+        df = pd.read_csv(path, dtype={"patient": str, "set": str, "empty": str}, keep_default_na=False)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    if "set" in df:  # test rows (docs/evaluation.md) never enter a validation number
+        df = df[df["set"] == "val"]
+    if col.startswith("native_") and "empty" in df:
+        df = df[df["empty"] != "both"]
+    if df.empty or not {"patient", col} <= set(df.columns):
+        return None
+    x = pd.to_numeric(df[col], errors="coerce")
+    g = x.groupby(df["patient"], sort=True)
+    return {
+        "ids": [str(i) for i in g.mean().index],
+        "values": g.mean().fillna(0.0).to_numpy(float),
+        "weights": g.count().to_numpy(float),
+    }
+
+
+def patient_values(cell_dir: Path, value: str, run_value: float | None) -> dict | None:
+    """A run's per-patient values of ``value`` (`patient_sources`) — only where their weighted mean
+    reproduces the run's own value, so the interval describes the number in the table."""
+    if run_value is None:
+        return None
+    for name, col, _weighting in patient_sources(value):
+        read = _per_patient_file if name == PER_PATIENT else _per_image_file
+        pv = read(Path(cell_dir) / name, col)
+        if pv is None or pv["weights"].sum() <= 0:
+            continue
+        pooled = float((pv["weights"] * pv["values"]).sum() / pv["weights"].sum())
+        if abs(pooled - run_value) <= REPRODUCE_TOL * max(1.0, abs(run_value)):
+            return pv
+    return None
+
+
+def config_interval(g: Mapping, cells_dir: Path, value: str, seed: int, memo: dict | None = None) -> dict:
+    """The bootstrap interval of one configuration's mean (see `stats.bootstrap_interval`), its stream
+    seeded by (seed, the configuration's name), so adding a configuration leaves the others unchanged."""
+    memo = {} if memo is None else memo
+    runs = []
+    for r in g["runs"]:
+        if r["value"] is None:
+            continue
+        if r["cell"] not in memo:
+            memo[r["cell"]] = patient_values(Path(cells_dir) / r["cell"], value, r["value"])
+        runs.append({"value": r["value"], "patients": memo[r["cell"]]})
+    stream = int(hashlib.sha256(str(g["config"]).encode()).hexdigest()[:8], 16)
+    return bootstrap_interval(runs, seed=[int(seed), 1, stream], bounds=metric_range(value))
+
+
+def table_intervals(table: Mapping) -> dict[str, dict]:
+    """configuration name → its interval fields, from a table.json (older files without them: none)."""
+    out = {}
+    for line in table.get("cells", []):
+        for x in line:
+            if x.get("config") is not None and "ci_unit" in x:
+                out[x["config"]] = {k: x.get(k) for k in INTERVAL_KEYS}
+    return out
 
 
 def _status(n_total: int, n_ok: int, n_div: int, n_fail: int) -> tuple[str, str]:
@@ -171,11 +292,15 @@ def _status(n_total: int, n_ok: int, n_div: int, n_fail: int) -> tuple[str, str]
     return "partial", ", ".join(parts)
 
 
-def config_groups(study: Study, df: pd.DataFrame, value: str | None = None) -> list[dict]:
+def config_groups(
+    study: Study, df: pd.DataFrame, value: str | None = None, *, intervals: Mapping[str, Mapping] | None = None
+) -> list[dict]:
     """One dict per configuration (in the config's declared label order), aggregated over repeats/folds.
 
     Keys: labels (dict), config, runs (list of {repeat, fold, cell, status, value}), n_total, n_ok,
-    n_diverged, n_failed, status, note, mean, sd, n, ci_low, ci_high, text.
+    n_diverged, n_failed, status, note, mean, sd, n, text and the interval fields (`stats.INTERVAL_KEYS`):
+    from ``intervals`` (configuration name → fields, e.g. `table_intervals` of the study's table.json),
+    else none (`aggregate_study` computes them: they need the cells' per-patient files).
     """
     value = value or study.table.value
     if value not in df.columns or value not in NUMERIC_METRICS:
@@ -206,8 +331,9 @@ def config_groups(study: Study, df: pd.DataFrame, value: str | None = None) -> l
         n_div = sum(r["status"] == "diverged" for r in runs)
         n_fail = len(runs) - n_ok - n_div
         status, note = _status(len(runs), n_ok, n_div, n_fail)
-        s = summarize([r["value"] for r in runs if r["value"] is not None])
-        g.update(n_total=len(runs), n_ok=n_ok, n_diverged=n_div, n_failed=n_fail, status=status, note=note, **s)
+        s = _moments([r["value"] for r in runs if r["value"] is not None])
+        ci = dict((intervals or {}).get(g["config"]) or no_interval(runs=s["n"]))
+        g.update(n_total=len(runs), n_ok=n_ok, n_diverged=n_div, n_failed=n_fail, status=status, note=note, **s, **ci)
         g["text"] = cell_text(g, value)
         if study.mode == "random":  # sampled values: numeric order reads better than sampling order
             g["_order"] = tuple(label_sort_key(v) for v in key)
@@ -284,15 +410,23 @@ def _public(g: dict | None) -> dict:
             "n_ok",
             "n_diverged",
             "n_failed",
-            "ci_low",
-            "ci_high",
+            *INTERVAL_KEYS,
         )
     }
 
 
-def pivot(study: Study, groups: Sequence[dict]) -> dict:
-    """The study's table: rows × cols of configuration summaries, best per row/column/overall flagged."""
+def pivot(study: Study, groups: Sequence[dict], axis_labels: Mapping[str, Mapping[str, str]] | None = None) -> dict:
+    """The study's table: rows × cols of configuration summaries, best per row/column/overall flagged.
+
+    ``axis_labels`` (axis → label → shown label, e.g. `fraction_labels`) name rows and columns in ``label``
+    and ``display``; ``labels`` keep the config's labels.
+    """
     t = study.table
+    shown = {a: dict(m) for a, m in (axis_labels or {}).items()}
+
+    def display(axes: Sequence[str], combo: Sequence[str]) -> dict:
+        return {a: shown.get(a, {}).get(v, v) for a, v in zip(axes, combo)}
+
     row_axes, col_axes = layout_axes(study)
     by_key = {tuple(g["labels"][a] for a in study.axes): g for g in groups}
     rows = _combos(row_axes, study, groups)
@@ -332,11 +466,22 @@ def pivot(study: Study, groups: Sequence[dict]) -> dict:
         "row_axes": list(row_axes),
         "col_axes": list(col_axes),
         "rows": [
-            {"labels": dict(zip(row_axes, r)), "label": config_label(zip(row_axes, r)) if r else ""} for r in rows
+            {
+                "labels": dict(zip(row_axes, r)),
+                "display": display(row_axes, r),
+                "label": config_label(display(row_axes, r).items()) if r else "",
+            }
+            for r in rows
         ],
         "cols": [
-            {"labels": dict(zip(col_axes, c)), "label": config_label(zip(col_axes, c)) if c else t.value} for c in cols
+            {
+                "labels": dict(zip(col_axes, c)),
+                "display": display(col_axes, c),
+                "label": config_label(display(col_axes, c).items()) if c else t.value,
+            }
+            for c in cols
         ],
+        "axis_labels": shown,
         "cells": grid,
         "best": None if best is None else {"config": best["config"], "labels": best["labels"], **_public(best)},
         "n_configs": len(groups),
@@ -354,27 +499,95 @@ def table_frame(table: dict) -> pd.DataFrame:
     """
     records = []
     for row, line in zip(table["rows"], table["cells"]):
-        rec = dict(row["labels"])
+        rec = dict(row.get("display") or row["labels"])
         for col, x in zip(table["cols"], line):
             rec[col["label"]] = x["text"] + (f"; {x['note']}" if x["note"] and x["n"] else "")
         records.append(rec)
     return pd.DataFrame(records, columns=[*table["row_axes"], *[c["label"] for c in table["cols"]]])
 
 
+# ------------------------------------------------------------------------------------------ fractions
+def fraction_sizes(study: Study, cells_dir: Path, splits: Sequence[Path]) -> dict[str, dict]:
+    """Per label of the study's ``fraction`` axis: the (training patients, pool patients) pairs its runs
+    train on (`segsweep.data.splits.n_train` on the pool of the run's split and fold), the shown label and
+    the real share. The split seed of a run comes from its metrics.json (a run without one: every split
+    file of its kind)."""
+    if "fraction" not in study.axes or not splits:
+        return {}
+    parts: dict[tuple[int, bool], list[dict]] = {}  # (split seed, with folds) → split files
+    for p in sorted(Path(x) for x in splits):
+        sp = json.loads(p.read_text())
+        parts.setdefault((int(sp["seed"]), bool(sp.get("folds"))), []).append(sp)
+    sizes: dict[str, set[tuple[int, int]]] = {}
+    seeds: dict[str, int | None] = {}
+    for sc in study.cells:
+        label = sc.label("fraction")
+        f = label_number(label)
+        if f is None:
+            continue
+        if sc.cell_id not in seeds:
+            try:
+                seeds[sc.cell_id] = int(
+                    CellMetrics.read(Path(cells_dir) / sc.cell_id / "metrics.json").params["split_seed"]
+                )
+            except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError, DataError):
+                seeds[sc.cell_id] = None
+        cv = sc.fold is not None
+        # a holdout run trains on the holdout pool, the same in every file of its split seed (make_split)
+        files = [
+            sp
+            for (split_seed, with_folds), found in parts.items()
+            if (with_folds or not cv) and seeds[sc.cell_id] in (None, split_seed)
+            for sp in found
+        ]
+        for sp in files:
+            if cv and sc.fold >= len(sp["folds"]):
+                continue
+            pool = len((sp["folds"][sc.fold] if cv else sp)["pool"])
+            sizes.setdefault(label, set()).add((n_train(pool, f), pool))
+    return {
+        lab: {
+            "label": fraction_label(pairs),
+            "share": float(np.mean([n / p for n, p in sorted(pairs)])),
+            "n_train": sorted({n for n, _ in pairs}),
+            "pool": sorted({p for _, p in pairs}),
+        }
+        for lab, pairs in sizes.items()
+    }
+
+
+def axis_display(table: Mapping) -> dict[str, dict[str, str]]:
+    """axis → config label → shown label, from a table.json ({} for an older file)."""
+    return {a: dict(m) for a, m in (table.get("axis_labels") or {}).items()}
+
+
 # ---------------------------------------------------------------------------------------------- entry
 def aggregate_study(
-    study: Study, cells_dir: Path, out_dir: Path, logs_dir: Path | None = None, *, seed: int = 0
+    study: Study,
+    cells_dir: Path,
+    out_dir: Path,
+    logs_dir: Path | None = None,
+    *,
+    seed: int = 0,
+    splits: Sequence[Path] = (),
 ) -> pd.DataFrame:
     """Write ``cells.csv``, ``table.csv``, ``table.json`` and ``stats.json`` of one study into ``out_dir``.
 
-    ``cells_dir`` holds ``{cell}/metrics.json``; ``logs_dir`` holds the training logs ``{cell}.log`` (their
-    last lines are kept for runs that did not finish ok). ``seed`` seeds the bootstrap of
-    `segsweep.analysis.stats`. Returns the per-run frame (the content of cells.csv).
+    ``cells_dir`` holds ``{cell}/metrics.json`` (and per_patient.csv / per_image.csv, for the intervals);
+    ``logs_dir`` holds the training logs ``{cell}.log`` (their last lines are kept for runs that did not
+    finish ok). ``seed`` seeds the bootstraps (intervals and `segsweep.analysis.stats`). ``splits`` are the
+    split files of the study's cells (results/splits/*.json), for the real size of each training fraction.
+    Returns the per-run frame (the content of cells.csv).
     """
     out_dir = Path(out_dir)
     df = cells_frame(study, Path(cells_dir), None if logs_dir is None else Path(logs_dir))
     groups = config_groups(study, df)
-    table = pivot(study, groups)
+    memo: dict[str, dict | None] = {}
+    for g in groups:
+        g.update(config_interval(g, Path(cells_dir), study.table.value, seed, memo))
+    fractions = fraction_sizes(study, Path(cells_dir), splits)
+    table = pivot(study, groups, {"fraction": {k: v["label"] for k, v in fractions.items()}} if fractions else None)
+    table["fractions"] = fractions
     comparisons = compare_study(
         groups, higher_is_better=study.table.higher_is_better, value=study.table.value, seed=seed
     )

@@ -7,9 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from segsweep.errors import ConfigError
+from segsweep.io import added_field
 
 PHANTOM_ROOT = "results/raw/phantom"
 TARGETS = ("endo", "epi", "myo", "multiclass")
+# data.roi_map (rtstruct layout): RTSTRUCT ROI names of each contour, compared case-insensitively with runs of
+# whitespace as one space; data.label_map (nifti layout): label value of each structure (ACDC's values).
+# The schema repeats these defaults (tests/test_clinical_layouts.py checks that they agree).
+ROI_MAP_DEFAULT = {"endo": ("LV Endo", "LV endocardium"), "epi": ("LV Epi", "LV epicardium")}
+LABEL_MAP_DEFAULT = {"rv": 1, "myo": 2, "lv": 3}
+LABELS = ("lv", "myo", "rv")  # rv is read (its voxels are not unmapped) but no target uses it yet
 # number of label values in the mask, background included (binary targets: 0/1)
 N_CLASSES = {"endo": 2, "epi": 2, "myo": 2, "multiclass": 3}
 
@@ -33,10 +40,23 @@ class DataConfig:
     strict: bool
     pseudonym_key: str
     phantom: PhantomConfig
+    # normalised data.roi_map / data.label_map, kept only for the layout that reads them; None = the default
+    # (so other layouts' data identity, and every cell id from before these keys, stay unchanged)
+    roi_map: tuple[tuple[str, tuple[str, ...]], ...] | None = added_field(None)
+    label_map: tuple[tuple[str, int], ...] | None = added_field(None)
 
     @property
     def layout(self) -> str:
         return self.phantom.layout if self.source == "phantom" else self.source
+
+    @property
+    def layout_options(self) -> dict:
+        """What a layout's ``resolve`` reads: ``roi_map`` {"endo"|"epi": (normalised ROI names)} and
+        ``label_map`` {"lv"|"myo"|"rv": label value}, defaults filled in."""
+        return {
+            "roi_map": dict(self.roi_map or roi_map_option(ROI_MAP_DEFAULT, keep_default=True)),
+            "label_map": dict(self.label_map or LABEL_MAP_DEFAULT),
+        }
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> DataConfig:
@@ -48,7 +68,83 @@ class DataConfig:
             root = os.path.normpath(d["root"])  # "a/b/" and "a/b" are one root
         else:
             raise ConfigError(f"config key 'data.root': required when data.source is '{d['source']}'")
-        return cls(d["source"], root, d["target"], bool(d["strict"]), d["pseudonym_key"], ph)
+        layout = ph.layout if d["source"] == "phantom" else d["source"]
+        roi_map, label_map = roi_map_option(d.get("roi_map")), label_map_option(d.get("label_map"))
+        return cls(
+            d["source"],
+            root,
+            d["target"],
+            bool(d["strict"]),
+            d["pseudonym_key"],
+            ph,
+            roi_map=roi_map if layout == "rtstruct" else None,
+            label_map=label_map if layout == "nifti" else None,
+        )
+
+
+def roi_name(name: str) -> str:
+    """The form ROI names are compared in: case-folded, surrounding whitespace dropped, inner runs as one space."""
+    return " ".join(str(name).split()).casefold()
+
+
+def roi_map_option(value, keep_default: bool = False) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """``data.roi_map`` checked and normalised: ((contour, (ROI names in ``roi_name`` form, sorted)), ...);
+    None for None or the default map (unless ``keep_default``). Raises ConfigError naming the key."""
+    if value is None:
+        return None
+    key = "config key 'data.roi_map'"
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{key}: expected a mapping of endo and/or epi to lists of ROI names, got {value!r}")
+    out, seen = [], {}
+    for kind, names in value.items():
+        if kind not in ROI_MAP_DEFAULT:
+            raise ConfigError(f"{key}: unknown contour '{kind}' (known: {', '.join(ROI_MAP_DEFAULT)})")
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, (list, tuple)) or not names:
+            raise ConfigError(f"config key 'data.roi_map.{kind}': expected a non-empty list of ROI names")
+        norm = []
+        for n in names:
+            if not isinstance(n, str) or not roi_name(n):
+                raise ConfigError(f"config key 'data.roi_map.{kind}': ROI names must be non-empty strings, got {n!r}")
+            other = seen.setdefault(roi_name(n), kind)
+            if other != kind:
+                raise ConfigError(f"{key}: ROI name '{n}' is listed under both {other} and {kind}")
+            norm.append(roi_name(n))
+        out.append((kind, tuple(sorted(set(norm)))))
+    result = tuple(sorted(out))
+    if not keep_default and result == roi_map_option(ROI_MAP_DEFAULT, keep_default=True):
+        return None
+    return result
+
+
+def label_map_option(value) -> tuple[tuple[str, int], ...] | None:
+    """``data.label_map`` checked and normalised: ((structure, value), ...) sorted; None for None or the
+    default map. lv and myo are required, values are distinct integers 1..65535 (0 is the background)."""
+    if value is None:
+        return None
+    key = "config key 'data.label_map'"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of lv, myo (and rv) to label values, got {value!r}")
+    unknown = sorted(set(value) - set(LABELS))
+    if unknown:
+        raise ConfigError(f"{key}: unknown structure(s) {unknown} (known: {', '.join(LABELS)})")
+    missing = [k for k in ("lv", "myo") if k not in value]
+    if missing:
+        raise ConfigError(f"{key}: {' and '.join(missing)} required (the targets are built from lv and myo)")
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+            raise ConfigError(
+                f"config key 'data.label_map.{k}': expected a label value 1..65535 (0 is background), got {v!r}"
+            )
+    by_value: dict[int, list[str]] = {}
+    for k, v in value.items():
+        by_value.setdefault(v, []).append(k)
+    shared = {v: ks for v, ks in by_value.items() if len(ks) > 1}
+    if shared:
+        v, ks = next(iter(shared.items()))
+        raise ConfigError(f"{key}: {' and '.join(ks)} have the same label value {v}")
+    result = tuple(sorted((k, int(v)) for k, v in value.items()))
+    return None if result == tuple(sorted(LABEL_MAP_DEFAULT.items())) else result
 
 
 @dataclass(frozen=True)
@@ -76,15 +172,22 @@ class SplitConfig:
     seed: int = 0
     val_fraction: float = 0.25
     folds: int = 5
+    # share of all patients held out for testing (docs/evaluation.md); 0 = no test set, as before the field
+    test_fraction: float = added_field(0.0)
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> SplitConfig:
         s = cfg["splits"]
-        return cls(int(s["seed"]), float(s["val_fraction"]), int(s["folds"]))
+        return cls(int(s["seed"]), float(s["val_fraction"]), int(s["folds"]), float(s.get("test_fraction", 0.0)))
 
 
 def data_from_dict(d: Mapping) -> DataConfig:
-    return DataConfig(**{**d, "phantom": PhantomConfig(**d["phantom"])})
+    out = {**d, "phantom": PhantomConfig(**d["phantom"])}
+    if out.get("roi_map") is not None:  # JSON/YAML round trips turn the tuples into lists
+        out["roi_map"] = tuple((k, tuple(names)) for k, names in out["roi_map"])
+    if out.get("label_map") is not None:
+        out["label_map"] = tuple((k, int(v)) for k, v in out["label_map"])
+    return DataConfig(**out)
 
 
 def preprocess_from_dict(d: Mapping) -> PreprocessConfig:

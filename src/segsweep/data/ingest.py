@@ -2,7 +2,10 @@
 
 Patients are processed one at a time per worker (a process pool when ``workers > 1``); a worker writes its
 patient's npz itself and hands back only QC rows, so peak memory does not grow with the number of patients.
-Every image and contour file seen gets one QC row (docs/qc.md); nothing is skipped silently.
+Every image and contour file seen gets one QC row (docs/qc.md); nothing is skipped silently. Layouts that pair
+images and contours by file content (RTSTRUCT, NIfTI) are resolved in the worker (``layouts.resolve``); their
+items carry parts of files (``layouts.Part``): a volume slice is windowed like a DICOM image, an RTSTRUCT
+polygon is checked and rasterised like a contour file, a label region is taken as it is.
 
 Pseudonyms: ``"p" + hex(HMAC-SHA256(data.pseudonym_key, raw patient key))[:8]`` (RFC 2104). The raw key (a
 folder or case name) and every DICOM header value other than the whitelisted geometry stay inside this
@@ -74,6 +77,8 @@ class _Task:
     target: str
     prep: PreprocessConfig
     out_dir: Path
+    layout: str = ""  # for layouts.resolve (layouts that pair images and contours by content)
+    options: tuple = ()  # DataConfig.layout_options as (key, value) pairs
 
 
 class _Namer:
@@ -119,7 +124,14 @@ def _row(rows, namer: _Namer, path, reason: str = "", message: str = "", warning
         message = "; ".join(f"{c}: {m}" for c, m in warnings)
     sev = severity(reason)
     status = "ok" if sev == "ok" else ("warning" if sev == "warning" else "skipped")
-    rows.append((namer.pid, namer.path(path), status, reason, namer.text(message)))
+    rows.append((namer.pid, _where(namer, path), status, reason, namer.text(message)))
+
+
+def _where(namer: _Namer, path) -> str:
+    """The qc.csv ``file`` of a file, or ``<file>#<part>`` of a part of one (a volume slice, an RTSTRUCT contour)."""
+    if isinstance(path, layouts.Part):
+        return namer.path(path.path) + "#" + namer.text(path.part)
+    return namer.path(path)
 
 
 def _compose(target: str, inner, outer):
@@ -156,13 +168,13 @@ class _Job:
 
 def _process_patient(task: _Task) -> tuple[str, int, list]:
     """Read, validate and preprocess one patient; write its npz. Returns (pid, n_images, qc rows)."""
-    rec, target, prep = task.record, task.target, task.prep
+    rec, target, prep = _resolve(task), task.target, task.prep
     namer = _Namer(task.root, rec.aliases, task.pid)
     rows: list = []
     for note in rec.notes:
         _row(rows, namer, note.path, note.reason, note.message)
     need_i, need_o = NEEDS[target]
-    out = {"image": [], "raw": [], "mask": [], "spacing": [], "slice": []}
+    out: dict[str, list] = {k: [] for k in ("image", "raw", "mask", "spacing", "slice", *NATIVE_ARRAYS)}
     slots: list[list] = []  # QC rows per item, in item order (batched jobs fill theirs later)
     batch: list[_Job] = []
     for item in rec.items:
@@ -211,9 +223,55 @@ def _process_patient(task: _Task) -> tuple[str, int, list]:
                 "mask": out["mask"],
                 "spacing": np.asarray(out["spacing"], dtype=np.float32).reshape(n, 2),
                 "slice": np.asarray(out["slice"], dtype=np.int32),
+                **native_arrays(out),
             },
         )
     return task.pid, n, rows
+
+
+# Arrays added for the native-resolution evaluation (docs/architecture.md); older npz files lack them.
+NATIVE_ARRAYS = ("native_mask", "native_shape", "resized_shape", "native_spacing")
+
+
+def native_arrays(out: dict) -> dict:
+    """The native-grid arrays of one patient: ``native_shape`` / ``resized_shape`` int32 [N,2] (rows, cols of
+    the native image, and of the image after scaling and before the centred pad/crop: with the npz's image
+    size they are the `preprocess.Geometry` of each image), ``native_spacing`` float32 [N,2] (row, col mm of
+    the native pixels) and ``native_mask`` uint8 [N,Hn,Wn]: each image's mask at native resolution in the
+    top-left corner of the patient's largest native size (zeros beyond its ``native_shape``)."""
+    n = len(out["native_mask"])
+    shapes = np.asarray(out["native_shape"], dtype=np.int32).reshape(n, 2)
+    masks = out["native_mask"]
+    if n and len({m.shape for m in masks}) > 1:  # images of one patient with different sizes: pad to the largest
+        hmax, wmax = shapes.max(0)
+        padded = []
+        for m in masks:
+            z = np.zeros((hmax, wmax), np.uint8)
+            z[: m.shape[0], : m.shape[1]] = m
+            padded.append(z)
+        masks = padded
+    return {
+        "native_mask": masks,
+        "native_shape": shapes,
+        "resized_shape": np.asarray(out["resized_shape"], dtype=np.int32).reshape(n, 2),
+        "native_spacing": np.asarray(out["native_spacing"], dtype=np.float32).reshape(n, 2),
+    }
+
+
+def _resolve(task: _Task) -> layouts.PatientRecord:
+    """The patient's record with its items: layouts that pair by content open the patient's files here, in
+    the worker. An unexpected error becomes one processing_error row (the other patients go on)."""
+    if not task.layout:
+        return task.record
+    try:
+        return layouts.resolve(task.layout, task.record, dict(task.options))
+    except DataError:
+        raise
+    except Exception as exc:
+        rec = task.record
+        where = rec.files[0] if rec.files else task.root / rec.key
+        note = layouts.Note(where, "processing_error", f"{type(exc).__name__} while reading the patient's files")
+        return layouts.PatientRecord(rec.key, rec.aliases, [], [*rec.notes, note])
 
 
 def _process_batch(jobs: list, target: str, prep: PreprocessConfig, namer: _Namer, out: dict) -> None:
@@ -247,6 +305,9 @@ def _skip(job: _Job, namer: _Namer, reason: str, message: str, why_unused: str) 
 
 
 def _read_image(job: _Job, target, prep, namer: _Namer, out) -> bool:
+    if isinstance(job.item.image, layouts.SliceImage):  # read by the layout already (a NIfTI slice)
+        job.im = _slice_image(job.item.image)
+        return True
     try:
         im = dcm.read(job.item.image, describe=False)
     except dcm.DicomError as exc:
@@ -257,14 +318,51 @@ def _read_image(job: _Job, target, prep, namer: _Namer, out) -> bool:
     return True
 
 
+def _slice_image(src: layouts.SliceImage) -> dcm.DicomImage:
+    """A volume slice as the image the later stages take: windowed from its stored values and rescale
+    exactly as a DICOM image (``preprocess.window_dicom``)."""
+    stored = np.ascontiguousarray(src.stored)[None]
+    bits = stored.dtype.itemsize * 8
+    return dcm.DicomImage(
+        stored=stored,
+        slope=float(src.slope),
+        intercept=float(src.intercept),
+        invert=False,
+        pixel_spacing=(float(src.spacing[0]), float(src.spacing[1])),
+        rows=int(stored.shape[1]),
+        cols=int(stored.shape[2]),
+        bits_allocated=bits,
+        bits_stored=bits,
+        signed=stored.dtype.kind == "i",
+        photometric="MONOCHROME2",
+        warnings=tuple(src.warnings),
+    )
+
+
+def _part_mask(src, shape):
+    """(mask, notes) of a contour the layout read already: a polygon in pixel coordinates is validated and
+    rasterised like a contour file, a filled region is taken as it is; raises ContourError."""
+    where = f"{src.path.name}#{src.part}"  # exception text only; rows name the part through _where
+    if isinstance(src, layouts.PolygonContour):
+        mask, notes = ctr.to_mask(ctr.from_points(src.points, where), shape, where)
+        return mask, (*src.warnings, *notes)
+    mask = np.asarray(src.mask, dtype=bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"label slice {mask.shape} does not match its image {tuple(shape)}")
+    if not mask.any():
+        raise ctr.ContourError("contour_empty_mask", "the region covers no pixel", where)
+    return mask, tuple(src.warnings)
+
+
 def _rasterise_all(jobs: list) -> None:
-    """Parse and rasterise the used contours of all jobs in one contours.read_masks call (its results
-    are those of parse + to_mask per file, exceptions included); _read_contours reads them in order."""
+    """Parse and rasterise the used contour files of all jobs in one contours.read_masks call (its results
+    are those of parse + to_mask per file, exceptions included); _read_contours reads them in order.
+    Contours a layout read already (``layouts.Part``) are left to _contour_mask."""
     try:
-        files = [(p, (job.im.rows, job.im.cols)) for job in jobs for p in job.used.values()]
+        files = [(p, (job.im.rows, job.im.cols)) for job in jobs for p in job.used.values() if isinstance(p, Path)]
         results = iter(ctr.read_masks(files))
         for job in jobs:
-            job.contours = {kind: next(results) for kind in job.used}
+            job.contours = {kind: next(results) for kind, p in job.used.items() if isinstance(p, Path)}
     except Exception:  # unexpected: _read_contours then works file by file, errors land on their image
         for job in jobs:
             job.contours = None
@@ -272,6 +370,8 @@ def _rasterise_all(jobs: list) -> None:
 
 def _contour_mask(job: _Job, kind: str, path, shape):
     """(mask, notes) of one used contour: the batch result, or parse + to_mask now; raises what they raise."""
+    if isinstance(path, layouts.Part):
+        return _part_mask(path, shape)
     if job.contours is None:
         return ctr.to_mask(ctr.parse(path), shape, path)
     res = job.contours[kind]
@@ -329,6 +429,11 @@ def _finish(job: _Job, target, prep, namer: _Namer, out) -> bool:
     out["mask"].append(res.mask)
     out["spacing"].append(res.spacing)
     out["slice"].append(job.item.number)
+    # what the final evaluation needs to score predictions at native resolution (docs/evaluation.md)
+    out["native_mask"].append(np.array(mask, dtype=np.uint8))  # a copy: mask may view a contour buffer
+    out["native_shape"].append(res.geometry.in_shape)
+    out["resized_shape"].append(res.geometry.resized)
+    out["native_spacing"].append(tuple(float(x) for x in job.im.pixel_spacing))
     return False  # done
 
 
@@ -419,7 +524,8 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
     out_dir.mkdir(parents=True, exist_ok=True)
     # dataset.json marks a complete ingest: drop an earlier one first, so a failed run leaves none behind
     (out_dir / "dataset.json").unlink(missing_ok=True)
-    tasks = [_Task(r, pid, root, data.target, prep, out_dir) for r, pid in zip(records, pids)]
+    options = tuple(data.layout_options.items())
+    tasks = [_Task(r, pid, root, data.target, prep, out_dir, data.layout, options) for r, pid in zip(records, pids)]
     workers = max(1, min(int(workers), len(tasks)))
     if workers == 1:
         results = [_process_patient(t) for t in tasks]

@@ -15,6 +15,15 @@ Geometry policies (``preprocess.policy``), to the output size ``(H, W)``:
 Images are resampled with bilinear interpolation, masks with centre-aligned nearest neighbour
 (``cv2.INTER_NEAREST_EXACT``: plain ``INTER_NEAREST`` is offset by half a pixel against bilinear).
 The returned pixel spacing (row, col, mm) is the input spacing times (input size / resized size) per axis.
+
+Inverse (``invert``, for the final evaluation at native resolution; docs/evaluation.md): a map on the network
+grid goes back to the native grid by undoing the centred pad/crop (``_place`` is its own inverse with the
+same centring; native pixels that a crop cut away get ``fill``, i.e. background: the network never saw
+them) and then resizing from the resized size to the native size. Probability maps are resized with
+bilinear interpolation (area averaging when shrinking) and thresholded by the caller, which gives smoother
+and more accurate native boundaries than nearest-neighbour resampling of hard labels (the ``nnU-Net``
+practice of resampling softmax outputs; Isensee et al., Nat Methods 2021); labels (``is_mask``) use the
+same centre-aligned nearest neighbour as the forward mapping.
 """
 
 from __future__ import annotations
@@ -195,6 +204,36 @@ def apply(geom: Geometry, arr: np.ndarray, is_mask: bool = False) -> np.ndarray:
     return arr
 
 
+def invert(geom: Geometry, arr: np.ndarray, is_mask: bool = False, fill: float = 0) -> np.ndarray:
+    """Map one 2-D array on the network grid (``geom.out_shape``) back to the native grid (``geom.in_shape``).
+
+    Undo the centred pad/crop, then the scaling: bilinear (area averaging when both axes shrink) for an
+    image or probability map, centre-aligned nearest neighbour for a label mask (``is_mask``). Native pixels
+    outside what the network saw (cropped by ``crop_pad``) are ``fill``. ``invert(g, apply(g, x))`` is ``x``
+    up to the resampling (exactly ``x`` where no resampling happened: ``crop_pad`` without a crop).
+    """
+    arr = np.asarray(arr)
+    if arr.shape != geom.out_shape:
+        raise ValueError(f"array shape {arr.shape} does not match the plan's output {geom.out_shape}")
+    if geom.resized != geom.out_shape:
+        dtype = arr.dtype
+        out = _place(arr, geom.resized)  # the same centring undoes the pad (crop back) and the crop (pad)
+        if fill:
+            keep = _place(np.ones(geom.out_shape, dtype=np.uint8), geom.resized).astype(bool)
+            out = np.where(keep, out, np.asarray(fill, dtype=dtype))
+        arr = out
+    if geom.resized != geom.in_shape:
+        if is_mask:
+            interp = cv2.INTER_NEAREST_EXACT
+        elif geom.in_shape[0] <= geom.resized[0] and geom.in_shape[1] <= geom.resized[1]:
+            interp = cv2.INTER_AREA  # shrinking: average the covered pixels (bilinear would skip some)
+        else:
+            interp = cv2.INTER_LINEAR
+        src = arr if arr.dtype != np.bool_ else arr.view(np.uint8)
+        arr = cv2.resize(np.ascontiguousarray(src), (geom.in_shape[1], geom.in_shape[0]), interpolation=interp)
+    return arr
+
+
 def fit(image: np.ndarray, mask: np.ndarray | None, spacing, size, policy: str):
     """Resize/pad ``image`` (and ``mask``) jointly: (image, mask, new spacing (row, col))."""
     geom = plan(image.shape, size, policy)
@@ -210,6 +249,7 @@ class Prepared:
     image: np.ndarray  # float32 [H, W] in [0, 1], after CLAHE
     mask: np.ndarray  # uint8 [H, W]
     spacing: tuple[float, float]
+    geometry: Geometry | None = None  # the plan applied (what `invert` needs to map back to the native grid)
 
 
 def prepare(u8: np.ndarray, mask: np.ndarray, spacing, prep) -> Prepared:
@@ -230,4 +270,5 @@ def prepare(u8: np.ndarray, mask: np.ndarray, spacing, prep) -> Prepared:
         u8, eq, mask = (_place(a, geom.out_shape) for a in (u8, eq, mask))
     img = cv2.LUT(eq, _UNIT_LUT)
     fy, fx = geom.factor
-    return Prepared(u8, img, mask.astype(np.uint8, copy=False), (float(spacing[0]) * fy, float(spacing[1]) * fx))
+    sp = (float(spacing[0]) * fy, float(spacing[1]) * fx)
+    return Prepared(u8, img, mask.astype(np.uint8, copy=False), sp, geom)

@@ -182,4 +182,6 @@ def split_fingerprint(split: SplitConfig, split_seed: int, cv: bool) -> dict:
     fp = {"seed": split_seed, "val_fraction": split.val_fraction}
     if cv:
         fp["folds"] = split.folds
+    if split.test_fraction > 0:  # only then: cells without a test set keep their ids
+        fp["test_fraction"] = split.test_fraction
     return fp

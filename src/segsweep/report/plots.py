@@ -38,10 +38,18 @@ import pandas as pd
 # .style first: it selects the Agg backend before pyplot is imported
 # isort: off
 from segsweep.report import style
-from segsweep.analysis.aggregate import config_groups, config_label, layout_axes, read_cells_csv
+from segsweep.analysis.aggregate import (
+    axis_display,
+    config_groups,
+    config_label,
+    layout_axes,
+    read_cells_csv,
+    table_intervals,
+)
 from segsweep.analysis.ranking import best_group, ranked
+from segsweep.analysis.stats import UNIT_WORDS
 from segsweep.io import write_json, write_text
-from segsweep.labels import fmt, label_number, label_sort_key
+from segsweep.labels import fmt, label_number, label_sort_key, metric_range
 from segsweep.registry import Registry
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -58,7 +66,12 @@ STUDY_FIGURES: Registry[Callable[[_Ctx, Path], dict | None]] = Registry("study f
 DATA_FIGURES: Registry[Callable[[list, Path], dict | None]] = Registry("data figure", "figures")
 # what a caption field says where the data are not known (snakemake --report); a registration's ``generic``
 # adds to or overrides these
-GENERIC_FIELDS = {"value": "table value", "held": ""}
+GENERIC_FIELDS = {
+    "value": "table value",
+    "held": "",
+    "interval": "95 % percentile-bootstrap intervals over validation patients (and runs where repeated; none "
+    "where too few units, docs/statistics.md)",
+}
 
 
 def _register(reg: Registry, name: str, *, file: str, title: str, caption: str, generic: dict | None = None):
@@ -83,9 +96,19 @@ class _Ctx:
         self.table = json.loads((Path(study_dir) / "table.json").read_text())
         self.value = study.table.value
         self.higher = study.table.higher_is_better
-        self.groups = config_groups(study, self.df, self.value)
+        # the intervals aggregate computed from the cells' per-patient values (bootstrap, within the metric's range)
+        self.groups = config_groups(study, self.df, self.value, intervals=table_intervals(self.table))
         self.best = best_group(self.groups, self.higher)
+        self.shown = axis_display(self.table)  # e.g. fraction "0.2" → "17 % (2 of 12 patients)"
         self._hist: dict[str, pd.DataFrame | None] = {}
+
+    def show(self, axis: str, label: str) -> str:
+        """The label as tables and figures show it (a fraction by its real size)."""
+        return self.shown.get(axis, {}).get(label, label)
+
+    def name(self, items) -> str:
+        """config_label of (axis, label) pairs with the shown labels."""
+        return config_label((a, self.show(a, v)) for a, v in items)
 
     def history(self, cell: str) -> pd.DataFrame | None:
         if cell not in self._hist:
@@ -110,14 +133,35 @@ class _Ctx:
         return [g for g in self.groups if all(g["labels"][a] == v for a, v in held.items())], held
 
 
-def _held_text(held: dict) -> str:
-    return f" Other axes held at the best configuration: {config_label(held.items())}." if held else ""
+def _held_text(held: dict, c: _Ctx | None = None) -> str:
+    name = c.name(held.items()) if c is not None else config_label(held.items())
+    return f" Other axes held at the best configuration: {name}." if held else ""
 
 
 def _ci_err(g: dict) -> tuple[float, float]:
+    """Error-bar lengths below and above the mean from the bootstrap interval (0 where there is none)."""
     if g["ci_low"] is None:
         return 0.0, 0.0
-    return g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]
+    return max(0.0, g["mean"] - g["ci_low"]), max(0.0, g["ci_high"] - g["mean"])
+
+
+def _interval_phrase(groups: Sequence[dict]) -> str:
+    """What the error bars of these configurations are, for a caption."""
+    units = sorted({g["ci_unit"] for g in groups if g["mean"] is not None and g.get("ci_unit")})
+    if not units:
+        return "not drawn: no configuration has enough validation patients or runs for an interval"
+    missing = any(g["mean"] is not None and not g.get("ci_unit") for g in groups)
+    return f"95 % percentile-bootstrap intervals over {' or '.join(UNIT_WORDS[u] for u in units)}" + (
+        "; none where a configuration has too few units" if missing else ""
+    )
+
+
+def _metric_axis(ax, which: str, value: str) -> None:
+    """Keep an axis of a bounded metric (Dice, IoU, NSD: [0, 1]) within its range, margins included."""
+    lo, hi = metric_range(value)
+    get, set_ = (ax.get_xlim, ax.set_xlim) if which == "x" else (ax.get_ylim, ax.set_ylim)
+    a, b = get()
+    set_(max(lo, a), min(hi, b))
 
 
 def _label_width(labels: Sequence[str]) -> float:
@@ -143,9 +187,9 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     vals = np.array([[x["mean"] if x["mean"] is not None else np.nan for x in line] for line in t["cells"]])
     if np.all(np.isnan(vals)):
         return None
-    # tick labels carry the values only; the axis names are the axis titles
-    row_labels = [", ".join(r["labels"].values()) or "all" for r in t["rows"]]
-    col_labels = [", ".join(cl["labels"].values()) for cl in t["cols"]]
+    # tick labels carry the values only, in the axis order of the titles (JSON objects come back key-sorted)
+    row_labels = [", ".join(c.show(a, r["labels"][a]) for a in t["row_axes"]) or "all" for r in t["rows"]]
+    col_labels = [", ".join(c.show(a, cl["labels"][a]) for a in t["col_axes"]) for cl in t["cols"]]
     w = max(4.0, 1.6 + _label_width(row_labels) + 1.0 * nc)
     h = max(2.2, 1.1 + 0.45 * nr)
     fig, ax = plt.subplots(figsize=(w, h))
@@ -156,6 +200,9 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     if vmax - vmin < span:
         mid = (vmax + vmin) / 2
         vmin, vmax = mid - span / 2, mid + span / 2
+        lo, hi = metric_range(t["value"])  # the widened span stays within the metric's range (Dice ≤ 1)
+        shift = max(0.0, lo - vmin) - max(0.0, vmax - hi)
+        vmin, vmax = vmin + shift, vmax + shift
     masked = np.ma.masked_invalid(vals)
     cmap = cmap if t["higher_is_better"] else cmap.reversed()
     im = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -247,7 +294,7 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
             if any(tuple(g["labels"][a] for a in panel_axes) == k for g in c.groups)
         ]
         panels = [
-            (config_label(zip(panel_axes, k)), [g for g in c.groups if tuple(g["labels"][a] for a in panel_axes) == k])
+            (c.name(zip(panel_axes, k)), [g for g in c.groups if tuple(g["labels"][a] for a in panel_axes) == k])
             for k in keys
         ]
         note = f"One panel per {', '.join(panel_axes)}."
@@ -268,7 +315,7 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
     for ax, (title, gs) in zip(axes.flat, panels):
         for g in gs:
             sub = {a: g["labels"][a] for a in c.study.axes if a not in panel_axes}
-            name = config_label(sub.items()) if sub else g["config"]
+            name = c.name(sub.items()) if sub else c.name(g["labels"].items())
             k = colour_of.setdefault(name, len(colour_of))
             col = style.colour(k)
             curves = []
@@ -295,13 +342,15 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
                     markersize=4,
                 )
             handles.setdefault(name, Line2D([], [], color=col, marker=style.marker(k), linewidth=1.8, label=name))
-        ax.set_title(title, fontsize=9)
+        # one axis per line once titles grow long (a fraction's label names its patients)
+        ax.set_title(title.replace(", ", "\n") if len(title) > 30 else title, fontsize=9)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[-1, :]:
         ax.set_xlabel("epoch")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation Dice")
+        _metric_axis(ax, "y", "val_dice")
     hs = list(handles.values())[:12]
     if any_bad:
         hs.append(Line2D([], [], color=style.BAD_COLOUR, marker="x", linestyle="", mew=2, label="diverged / failed"))
@@ -337,7 +386,15 @@ def _value_vs_axis(
     log: bool,
     group_axes: Sequence[str] | None = None,
     xlabels: dict[str, str] | None = None,
+    xpos: dict[str, float] | None = None,
 ) -> tuple[dict | None, dict]:
+    """Mean ± bootstrap interval against a numeric ``axis``, placed at ``xpos[label]`` where given (a
+    fraction at its real share) and ticked ``xlabels[f"{x:g}"]``."""
+
+    def x_of(g: dict) -> float:
+        lab = g["labels"][axis]
+        return (xpos or {}).get(lab, label_number(lab))
+
     gs, held = c.slice_for([axis, *(group_axes or [])])
     gs = [g for g in gs if label_number(g["labels"][axis]) is not None]
     if len({g["labels"][axis] for g in gs}) < 2 or all(g["mean"] is None for g in gs):
@@ -345,14 +402,14 @@ def _value_vs_axis(
     lines_by = [a for a in c.study.axes if a != axis and a not in held]
     series: dict[str, list[dict]] = {}
     for g in gs:
-        series.setdefault(config_label((a, g["labels"][a]) for a in lines_by) if lines_by else "all", []).append(g)
+        series.setdefault(c.name((a, g["labels"][a]) for a in lines_by) if lines_by else "all", []).append(g)
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     bad_drawn = False
     random = c.study.mode == "random"
     for k, (name, members) in enumerate(series.items()):
-        members = sorted(members, key=lambda g: label_number(g["labels"][axis]))
+        members = sorted(members, key=x_of)
         ok = [g for g in members if g["mean"] is not None]
-        xs = [label_number(g["labels"][axis]) for g in ok]
+        xs = [x_of(g) for g in ok]
         ys = [g["mean"] for g in ok]
         err = np.array([_ci_err(g) for g in ok]).T if ok else None
         if ok:
@@ -370,7 +427,7 @@ def _value_vs_axis(
         for g in members:
             if g["mean"] is None:
                 ax.plot(
-                    label_number(g["labels"][axis]),
+                    x_of(g),
                     0.03,
                     marker="x",
                     color=style.colour(k),
@@ -382,12 +439,13 @@ def _value_vs_axis(
                 bad_drawn = True
     if log:
         ax.set_xscale("log")
-    ticks = sorted({label_number(g["labels"][axis]) for g in gs})
+    ticks = sorted({x_of(g) for g in gs})
     if not random and len(ticks) <= 10:
         ax.set_xticks(ticks, [xlabels.get(f"{t:g}", f"{t:g}") if xlabels else f"{t:g}" for t in ticks])
         ax.minorticks_off()
     ax.set_xlabel(style.label_for(axis))
     ax.set_ylabel(f"mean {style.label_for(c.value)}")
+    _metric_axis(ax, "y", c.value)
     hs, ls = ax.get_legend_handles_labels()
     if bad_drawn:
         hs.append(Line2D([], [], marker="x", color="#555555", linestyle="", mew=2))
@@ -395,7 +453,7 @@ def _value_vs_axis(
     if hs:
         _outside_legend(ax, hs, ls)
     style.save(fig, path)
-    return {}, held
+    return {"interval": _interval_phrase([g for g in gs if g["mean"] is not None])}, held
 
 
 @_register(
@@ -403,23 +461,22 @@ def _value_vs_axis(
     "fraction",
     file="fraction.svg",
     title="Effect of the training fraction",
-    caption="Mean {value} against the share of the training pool used (number of training patients in "
-    "brackets); error bars are 95 % t-intervals over repeats/folds. Smaller fractions are subsets "
+    caption="Mean {value} against the share of the training pool really used (training patients of the "
+    "pool's patients, from the split); error bars are {interval}. Smaller fractions are subsets "
     "of larger ones and the validation set is fixed.{held}",
 )
 def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     if "fraction" not in c.study.axes:
         return None
-    # tick labels give the number of training patients where the runs agree on it
-    xl = {}
-    for f, sub in c.df.groupby("fraction"):
-        n = sub["n_train"].dropna().unique()
-        if len(n) == 1 and label_number(f) is not None:
-            xl[f"{label_number(f):g}"] = f"{label_number(f):g}\n({int(n[0])} pt)"
-    res, held = _value_vs_axis(c, path, "fraction", log=False, xlabels=xl)
+    # each fraction sits at its real share and is ticked with its real size (table.json, from the split)
+    xpos, xl = {}, {}
+    for lab, f in (c.table.get("fractions") or {}).items():
+        xpos[lab] = f["share"]
+        xl[f"{f['share']:g}"] = c.show("fraction", lab).replace(" (", "\n(").replace(" patients)", ")")
+    res, held = _value_vs_axis(c, path, "fraction", log=False, xlabels=xl, xpos=xpos)
     if res is None:
         return None
-    return {"value": style.label_for(c.value), "held": _held_text(held)}
+    return {"value": style.label_for(c.value), "held": _held_text(held, c), **res}
 
 
 @_register(
@@ -428,8 +485,7 @@ def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     file="lr.svg",
     title="Effect of the learning rate",
     caption="Mean {value} against the initial learning rate (log scale){per_optimizer}; error bars are "
-    "95 % t-intervals over repeats/folds, × marks configurations whose runs all diverged or "
-    "failed.{held}",
+    "{interval}, × marks configurations whose runs all diverged or failed.{held}",
     generic={"per_optimizer": ", one line per optimizer where the study varies it"},
 )
 def fig_lr(c: _Ctx, path: Path) -> dict | None:
@@ -441,7 +497,8 @@ def fig_lr(c: _Ctx, path: Path) -> dict | None:
     return {
         "value": style.label_for(c.value),
         "per_optimizer": ", one line per optimizer" if "optimizer" in c.study.axes else "",
-        "held": _held_text(held),
+        "held": _held_text(held, c),
+        **res,
     }
 
 
@@ -470,7 +527,7 @@ def fig_schedule(c: _Ctx, path: Path) -> dict | None:
                 if h is None or h.empty or "lr" not in h:
                     continue
                 other = {a: v for a, v in g["labels"].items() if a != "schedule" and a not in held}
-                name = lab + (f" ({config_label(other.items())})" if other and len(members) > 1 else "")
+                name = lab + (f" ({c.name(other.items())})" if other and len(members) > 1 else "")
                 ax.plot(
                     h["epoch"],
                     h["lr"],
@@ -494,7 +551,7 @@ def fig_schedule(c: _Ctx, path: Path) -> dict | None:
     ax.set_ylabel("learning rate applied")
     _outside_legend(ax, title="schedule")
     style.save(fig, path)
-    return {"held": _held_text(held)}
+    return {"held": _held_text(held, c)}
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -503,7 +560,7 @@ def fig_schedule(c: _Ctx, path: Path) -> dict | None:
     "loss",
     file="loss.svg",
     title="Loss functions compared",
-    caption="Mean {value} per loss with its 95 % t-interval; short ticks are single runs.{held}",
+    caption="Mean {value} per loss; error bars are {interval}; short ticks are single runs.{held}",
 )
 def fig_loss(c: _Ctx, path: Path) -> dict | None:
     if "loss" not in c.study.axes:
@@ -513,7 +570,7 @@ def fig_loss(c: _Ctx, path: Path) -> dict | None:
     others = [a for a in c.study.axes if a != "loss" and a not in held]
     series: dict[str, list[dict]] = {}
     for g in gs:
-        series.setdefault(config_label((a, g["labels"][a]) for a in others) if others else "all", []).append(g)
+        series.setdefault(c.name((a, g["labels"][a]) for a in others) if others else "all", []).append(g)
     ns = len(series)
     fig, ax = plt.subplots(figsize=(5.2, max(2.2, 0.9 + 0.42 * len(losses) * max(1, ns / 2.5))))
     width = 0.7
@@ -548,13 +605,18 @@ def fig_loss(c: _Ctx, path: Path) -> dict | None:
             ax.plot(vals, [y] * len(vals), linestyle="none", marker="|", color=style.colour(k), markersize=8, alpha=0.6)
     ax.set_yticks(range(len(losses)), losses)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{style.label_for(c.value)} (mean, 95 % CI; ticks = single runs)")
+    ax.set_xlabel(f"{style.label_for(c.value)} (mean, bootstrap 95 % CI; ticks = single runs)")
     ax.set_ylabel("loss")
     ax.grid(axis="y", visible=False)
+    _metric_axis(ax, "x", c.value)
     if ns > 1:
         _outside_legend(ax)
     style.save(fig, path)
-    return {"value": style.label_for(c.value), "held": _held_text(held)}
+    return {
+        "value": style.label_for(c.value),
+        "held": _held_text(held, c),
+        "interval": _interval_phrase([g for g in gs if g["mean"] is not None]),
+    }
 
 
 # ---------------------------------------------------------------------------------------- per patient
@@ -564,7 +626,9 @@ def _patient_dice(c: _Ctx, g: dict) -> pd.Series | None:
     for r in g["runs"]:
         p = c.cells_dir / r["cell"] / "per_image.csv"
         if r["status"] == "ok" and p.exists():
-            pi = pd.read_csv(p, dtype={"patient": str})
+            pi = pd.read_csv(p, dtype={"patient": str, "set": str})
+            if "set" in pi:  # validation rows only: test rows are for the Test set section
+                pi = pi[pi["set"] == "val"]
             parts.append(pi.groupby("patient")["dice"].mean())
     if not parts:
         return None
@@ -590,7 +654,7 @@ def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
             break
     if not top:
         return None
-    labels = [g["config"] for g, _ in top]
+    labels = [c.name(g["labels"].items()) for g, _ in top]
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.5 * len(top)))
     data = [s.values for _, s in top]
     ax.boxplot(
@@ -619,6 +683,7 @@ def fig_per_patient(c: _Ctx, path: Path) -> dict | None:
     ax.invert_yaxis()
     ax.set_xlabel("per-patient validation Dice (mean over slices and runs)")
     ax.grid(axis="y", visible=False)
+    _metric_axis(ax, "x", "dice")
     style.save(fig, path)
     n_pat = sorted({len(s) for _, s in top})
     return {"n_patients": "/".join(map(str, n_pat)), "n_configs": str(len(top))}
@@ -650,7 +715,9 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
             break
     else:
         return None
-    pi = pd.read_csv(d / "per_image.csv", dtype={"patient": str}).dropna(subset=["dice"])
+    pi = pd.read_csv(d / "per_image.csv", dtype={"patient": str, "set": str}).dropna(subset=["dice"])
+    if "set" in pi:  # predictions.npz holds the validation images only
+        pi = pi[pi["set"] == "val"]
     if pi.empty:
         return None
     pi = pi.sort_values("dice", kind="stable").reset_index(drop=True)
@@ -681,7 +748,49 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     style.save(fig, path)
     rep = f"seed {r['repeat']}" + (f", fold {r['fold']}" if r["fold"] is not None else "")
-    return {"run": f" ({c.best['config']}; run {r['cell']}, {rep})"}
+    return {"run": f" ({c.name(c.best['labels'].items())}; run {r['cell']}, {rep})"}
+
+
+# ------------------------------------------------------------------------------------- validation vs test
+TOP_TEST_CONFIGS = 8
+
+
+@_register(
+    STUDY_FIGURES,
+    "val_vs_test",
+    file="val_vs_test.svg",
+    title="Validation and test Dice of the top configurations",
+    caption="Per-patient Dice at native resolution (mean over patients, each patient's slices pooled; mean over "
+    "ok runs) on the validation patients (circles: they chose the epoch, the checkpoint and the ranking) and on "
+    "the held-out test patients (diamonds: never used to choose) for the {n_configs} best configurations by "
+    "{value}, best first; the selected configuration is on top. A test value left of its validation value is "
+    "the optimism of selecting on validation.",
+    generic={"n_configs": f"up to {TOP_TEST_CONFIGS}"},
+)
+def fig_val_vs_test(c: _Ctx, path: Path) -> dict | None:
+    from segsweep.analysis.testset import val_vs_test
+
+    top = val_vs_test(c.groups, c.higher, c.cells_dir, TOP_TEST_CONFIGS)
+    if not top:
+        return None  # no test set (splits.test_fraction 0) or no finished run
+    labels = [c.name(t["labels"].items()) for t in top]
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.42 * len(top)))
+    for y, t in enumerate(top):
+        ax.plot([t["val"], t["test"]], [y, y], color="#999999", linewidth=1.5, zorder=1)
+        ax.plot(
+            t["val"], y, "o", color=style.OKABE_ITO[0], markersize=7, zorder=2, label="validation" if y == 0 else None
+        )
+        ax.plot(t["test"], y, "D", color=style.OKABE_ITO[1], markersize=6, zorder=3, label="test" if y == 0 else None)
+    ax.set_yticks(range(len(top)), [f"{lab} (selected)" if i == 0 else lab for i, lab in enumerate(labels)])
+    ax.invert_yaxis()
+    vals = [v for t in top for v in (t["val"], t["test"])]
+    pad = max(0.02, 0.1 * (max(vals) - min(vals)))
+    ax.set_xlim(max(0.0, min(vals) - pad), min(1.0, max(vals) + pad))  # Dice: within [0, 1]
+    ax.set_xlabel("per-patient Dice at native resolution (mean over patients)")
+    ax.grid(axis="y", visible=False)
+    _outside_legend(ax)
+    style.save(fig, path)
+    return {"n_configs": str(len(top)), "value": style.label_for(c.value)}
 
 
 def _run(figs: Registry, ctx, out_dir: Path) -> list[Path]:

@@ -28,9 +28,9 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup, escape
 
-from segsweep.analysis.aggregate import config_groups, read_cells_csv
+from segsweep.analysis.aggregate import axis_display, config_groups, config_label, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import ranked
-from segsweep.analysis.stats import describe_p
+from segsweep.analysis.stats import ALPHA, UNIT_WORDS, describe_p, holm_text, interval_units
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
@@ -63,12 +63,16 @@ def duration(seconds: float | None) -> str:
 
 
 def mean_ci_text(g: Mapping, value: str) -> str:
-    """'0.820 (95 % CI 0.770–0.870, n = 3)'."""
+    """'0.820 (95 % bootstrap CI 0.770–0.870 over 3 runs × 8 patients)', or '0.820 (n = 1; no interval: 2
+    validation patients (needs ≥ 3))' (docs/statistics.md)."""
     if g.get("mean") is None:
         return g.get("status", "–")
     if g.get("ci_low") is None:
-        return f"{fmt(g['mean'], value)} (n = {g['n']}, no interval from one run)"
-    return f"{fmt(g['mean'], value)} (95 % CI {fmt(g['ci_low'], value)}–{fmt(g['ci_high'], value)}, n = {g['n']})"
+        return f"{fmt(g['mean'], value)} (n = {g['n']}; {g.get('ci_note') or 'no interval'})"
+    return (
+        f"{fmt(g['mean'], value)} (95 % bootstrap CI {fmt(g['ci_low'], value)}–{fmt(g['ci_high'], value)} "
+        f"over {interval_units(g)})"
+    )
 
 
 def _plural(n: int, word: str) -> str:
@@ -163,6 +167,37 @@ class StudyView:
         f = self.cells["fold"].dropna()
         return int(f.max()) + 1 if len(f) else 0
 
+    def show(self, axis: str, label: str) -> str:
+        """An axis label as the study's tables show it (a fraction by its real size, from table.json)."""
+        return axis_display(self.table).get(axis, {}).get(label, label)
+
+    def shown(self, labels: Mapping[str, str]) -> dict[str, str]:
+        return {a: self.show(a, v) for a, v in labels.items()}
+
+    def axis_values_text(self, axis: str) -> str:
+        """'0.2 → 17 % (2 of 12 patients), 1.0 → 100 % (12 of 12 patients)': the config's labels, with the
+        real size where the tables show another label."""
+        vals = self.study.axis_values.get(axis, ())
+        return ", ".join(v if self.show(axis, v) == v else f"{v} → {self.show(axis, v)}" for v in vals)
+
+    def interval_summary(self) -> str:
+        """How the study's intervals were made: '3 configurations: resampling runs × validation patients (3 runs
+        × 8 patients in 3 validation sets)'; '5 configurations: no interval: 2 validation patients, needs ≥ 3'."""
+        by: Counter[str] = Counter()
+        for g in self.groups:
+            if g["mean"] is None:
+                continue
+            if g.get("ci_unit"):
+                by[f"resampling {UNIT_WORDS[g['ci_unit']]} ({interval_units(g)})"] += 1
+            else:
+                by[g.get("ci_note") or "no interval"] += 1
+        return "; ".join(f"{_plural(n, 'configuration')}: {k}" for k, n in by.items()) or "no configuration finished"
+
+    def config_name(self, config: str) -> str:
+        """A configuration's name with the shown labels ('fraction=17 % (2 of 12 patients), ...')."""
+        g = next((g for g in self.groups if g["config"] == config), None)
+        return config if g is None else config_label(self.shown(g["labels"]).items())
+
 
 def failure_sentences(view: StudyView) -> list[str]:
     """'All 3 diverged runs used optimizer sgd (3 of 9 sgd runs).' — attribute non-ok runs to an axis label
@@ -176,7 +211,7 @@ def failure_sentences(view: StudyView) -> list[str]:
         n, total = len(bad), len(df)
         if n == 1:
             r = bad.iloc[0]
-            where = pretty_config({a: r[a] for a in view.study.axes})
+            where = pretty_config(view.shown({a: r[a] for a in view.study.axes}))
             run = f"seed index {r['repeat']}" + (f", fold {r['fold']}" if not pd.isna(r["fold"]) else "")
             why = f": {r['reason']}" if r["reason"] else ""
             out.append(f"One of {total} runs {status} ({where}; {run}){why}.")
@@ -186,6 +221,7 @@ def failure_sentences(view: StudyView) -> list[str]:
         shared = [(a, v, int((df[a] == v).sum())) for a, v in shared if (df[a] == v).sum() < total]
         if shared:
             a, v, k = min(shared, key=lambda t: t[2])
+            v = view.show(a, v)
             out.append(f"{n} of {total} runs {status}, all with {a} {v} ({n} of the {k} runs with {a} {v}).")
         elif (edge := _threshold(df, bad, view.study.axes)) is not None:
             out.append(f"{n} of {total} runs {status}: every run with {edge}.")
@@ -212,7 +248,10 @@ def study_sentences(view: StudyView) -> list[str]:
     value = label_for(view.value)
     if best is None:
         return [f"No run of this study finished: {view.table['n_diverged']} diverged, {view.table['n_failed']} failed."]
-    out = [f"The best configuration is {pretty_config(best['labels'])}: mean {value} {mean_ci_text(best, view.value)}."]
+    out = [
+        f"The best configuration is {pretty_config(view.shown(best['labels']))}: "
+        f"mean {value} {mean_ci_text(best, view.value)}."
+    ]
     if best["status"] == "partial":
         out[-1] = out[-1][:-1] + f" ({best['note']})."
     r = ranked(view.groups, view.study.table.higher_is_better)
@@ -221,15 +260,20 @@ def study_sentences(view: StudyView) -> list[str]:
         comp = next((c for c in view.stats.get("comparisons", []) if c["other"] == second["config"]), None)
         diff = abs(best["mean"] - second["mean"])
         s = (
-            f"The runner-up, {pretty_config(second['labels'])}, reaches {fmt(second['mean'], view.value)} "
+            f"The runner-up, {pretty_config(view.shown(second['labels']))}, reaches {fmt(second['mean'], view.value)} "
             f"({fmt(diff, view.value)} {'lower' if view.study.table.higher_is_better else 'higher'})"
         )
         if comp and comp.get("p") is not None:
-            s += f"; paired Wilcoxon p = {describe_p(comp['p'])} over {comp['n_pairs']} seeds/folds"
+            # a claim rests on the Holm-adjusted p over the study's comparisons, never on the raw p
+            m = view.stats.get("n_tested") or sum(c.get("p") is not None for c in view.stats.get("comparisons", []))
+            p_holm = comp.get("p_holm", comp["p"])
+            s += f"; paired Wilcoxon over {comp['n_pairs']} seeds/folds, {holm_text(p_holm, m)}"
             if comp["note"].startswith("too few pairs"):
-                s += ", which cannot fall below 0.05 with so few pairs"
-            elif comp["p"] >= 0.05:
+                s += f"; with so few pairs p cannot fall below {ALPHA:g}"
+            elif p_holm >= ALPHA:
                 s += ", so the difference is not established"
+            else:
+                s += f", a difference at the {ALPHA:g} level"
         elif comp:
             s += f" ({comp['note']})"
         out.append(s + ".")
@@ -242,11 +286,12 @@ def load_study(study: Study, results_dir: Path) -> StudyView:
     if not (d / "cells.csv").exists():
         raise DataError(f"{d / 'cells.csv'}: missing (run the aggregate step first)")
     cells = read_cells_csv(d / "cells.csv", study.axes)
+    table = _read_json(d / "table.json")
     view = StudyView(
         study=study,
         cells=cells,
-        groups=config_groups(study, cells),
-        table=_read_json(d / "table.json"),
+        groups=config_groups(study, cells, intervals=table_intervals(table)),
+        table=table,
         stats=_read_json(d / "stats.json"),
         figures=load_figures(d / "figures", f"f-{study.name}-"),
     )
@@ -280,9 +325,13 @@ def table_html_rows(view: StudyView) -> dict:
                     "num": num,
                 }
             )
-        rows.append({"labels": list(row["labels"].values()), "cells": cells})
+        # in the order of the header's axes (a JSON object comes back with its keys sorted), as shown in table.csv
+        rows.append({"labels": [view.show(a, row["labels"][a]) for a in t["row_axes"]], "cells": cells})
     # column headers carry values only: the axis names head the row above
-    cols = [", ".join(c["labels"].values()) if t["col_axes"] else label_for(t["value"]) for c in t["cols"]]
+    cols = [
+        ", ".join(view.show(a, c["labels"][a]) for a in t["col_axes"]) if t["col_axes"] else label_for(t["value"])
+        for c in t["cols"]
+    ]
     return {"row_axes": t["row_axes"], "cols": cols, "rows": rows}
 
 
@@ -304,7 +353,7 @@ def secondary_rows(view: StudyView) -> list[dict]:
 
         out.append(
             {
-                "config": g["config"],
+                "config": view.config_name(g["config"]),
                 "status": g["status"],
                 "n_ok": g["n_ok"],
                 "n_total": g["n_total"],
@@ -329,7 +378,7 @@ def stats_rows(view: StudyView) -> tuple[list[dict], int]:
             continue
         out.append(
             {
-                "other": c["other"],
+                "other": view.config_name(c["other"]),
                 "status": c["other_status"],
                 "n": c["n_pairs"],
                 "diff": fmt(c["mean_diff"], value) if c["mean_diff"] is not None else "–",
@@ -383,6 +432,7 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
                         "name": p.stem,
                         "part": f"fold {k}",
                         "val": len(f["val"]),
+                        "test": len(sp.get("test", [])),
                         "pool": len(f["pool"]),
                         "train": {fr: n_train(len(f["pool"]), fr) for fr in sorted(fractions)},
                     }
@@ -393,6 +443,7 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
                     "name": p.stem,
                     "part": "holdout",
                     "val": len(sp["val"]),
+                    "test": len(sp.get("test", [])),
                     "pool": len(sp["pool"]),
                     "train": {fr: n_train(len(sp["pool"]), fr) for fr in sorted(fractions)},
                 }
@@ -409,6 +460,45 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
     }
 
 
+# -------------------------------------------------------------------------------------- test set
+def test_context(views: Sequence[StudyView], results_dir: Path, config: Mapping) -> dict:
+    """The "Test set" section: per study, the validation-selected configuration's test numbers with
+    patient-bootstrap intervals (`segsweep.analysis.testset`) and the validation-vs-test figure."""
+    from segsweep.analysis import testset
+
+    has_test = testset.split_has_test(sorted((results_dir / "splits").glob("*.json")))
+    seed = int(config.get("seed", 0) or 0)
+    ev = config.get("evaluation", {}) or {}
+    out = []
+    for v in views:
+        sel = None
+        if has_test:
+            sel = testset.selected_test(v.name, v.groups, v.study.table.higher_is_better, results_dir / "cells", seed)
+        rows = []
+        for r in sel["rows"] if sel else []:
+            d = 2 if r["key"].startswith("hd95") else 3
+            value = "–" if r["value"] is None else f"{r['value']:.{d}f}"
+            rows.append({**r, "text": value, "ci_text": testset.format_ci(r["ci"], d)})
+        out.append(
+            {
+                "view": v,
+                "sel": sel,
+                "config": v.config_name(sel["group"]["config"]) if sel else None,
+                "rows": rows,
+                "counts": testset.describe(sel) if sel else "",
+                "val_text": "–" if not sel or sel["val_dice_patient"] is None else f"{sel['val_dice_patient']:.3f}",
+                "figures": [f for f in v.figures if f["kind"] == "val_vs_test"],
+            }
+        )
+    return {
+        "has_test": has_test,
+        "studies": out,
+        "test_fraction": (config.get("splits", {}) or {}).get("test_fraction", 0),
+        "nsd_tolerance_mm": ev.get("nsd_tolerance_mm", 2.0),
+        "hd95_cap_mm": ev.get("hd95_cap_mm"),
+    }
+
+
 # --------------------------------------------------------------------------------------- summary
 def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
     """Best configurations across studies for each study's table value (ranked within each value)."""
@@ -419,7 +509,7 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
                 {
                     "study": v.study.title,
                     "anchor": v.anchor,
-                    "config": g["config"],
+                    "config": v.config_name(g["config"]),
                     "value": v.value,
                     "mean": g["mean"],
                     "text": mean_ci_text(g, v.value),
@@ -445,7 +535,7 @@ def overall_sentence(views: Sequence[StudyView]) -> str | None:
     v, b = max(cands, key=lambda t: (t[1]["status"] == "ok", t[1]["mean"]))
     return (
         f"Across the {len(cands)} studies that rank by best validation Dice, the highest mean is "
-        f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(b['labels'])}); studies differ in their "
+        f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(v.shown(b['labels']))}); studies differ in their "
         f"fixed settings, so compare across studies with care."
     )
 
@@ -529,6 +619,7 @@ def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Pat
         "js": Markup(js),
         "views": views,
         "data": data_context(results_dir, config, studies),
+        "test": test_context(views, results_dir, config),
         "top": top_rows(views, int(report_cfg.get("top_n", 10))),
         "overall": overall_sentence(views),
         "n_studies": len(views),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from segsweep.errors import SegsweepError
@@ -42,7 +43,10 @@ def run_train_job(
     max_attempts: int = 1,
     amp: bool = False,
     channels_last: bool = False,
+    evaluation: Mapping | None = None,
 ) -> CellMetrics:
+    """Run `train_cell` as one Snakemake attempt (module docstring); ``evaluation`` is the config's
+    ``evaluation`` section, passed on for the final evaluation."""
     out_dir = Path(out_dir)
     marker = out_dir / USER_ERROR_MARKER
     if attempt <= 1:
@@ -70,6 +74,7 @@ def run_train_job(
             log=log,
             amp=amp,
             channels_last=channels_last,
+            evaluation=evaluation,
         )
     except SegsweepError as exc:  # the user's to fix: no retry, no failed cell
         write_text(marker, f"{exc}\n")

@@ -21,7 +21,12 @@ Decisions (the contract the rest of the pipeline relies on):
   of ``sigmoid(logits) > 0.5``.
 * **Early stopping** on validation Dice: stop after ``patience`` epochs without a strict improvement.
   ``best.pt`` holds the best epoch's weights; it is restored for the final evaluation (``per_image.csv``,
-  ``predictions.npz``, HD95), which runs once at the end because HD95 is computed in numpy.
+  ``per_patient.csv``, ``predictions.npz``, HD95, NSD), which runs once at the end because the distance
+  metrics are computed in numpy. The per-epoch validation Dice on the network grid is only the *monitor*
+  (early stopping, best.pt, ``best_val_dice``); the final evaluation maps the best checkpoint's predictions
+  of the validation and test patients back to the native grid and scores them there
+  (`segsweep.training.evaluate`, docs/evaluation.md). Test patients (the split's ``test``) are loaded only
+  then and never influence training, stopping or the checkpoint.
 * **Resume.** ``last.pt`` is written atomically after every epoch (model, optimizer, schedule, every random
   generator's state, early-stopping state, history). When it exists at start (same parameters) training
   continues from it; on the CPU the result is bit-identical to an uninterrupted run. A finished run's
@@ -41,15 +46,15 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from segsweep.data.splits import select_patients
+from segsweep.data.splits import select_patients, test_patients
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.training.augment import Augmenter
@@ -76,6 +81,7 @@ class CellData:
     val_spacing: np.ndarray  # float32 [M, 2] (row, col) mm
     train_patients: list[str]
     val_patients: list[str]
+    test_patients: list[str] = field(default_factory=list)  # the split's test set: final evaluation only
 
     @property
     def n_train(self) -> int:
@@ -147,12 +153,16 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
         raise DataError(f"split file {split_path} lacks the key {exc}") from None
     except DataError as exc:
         raise DataError(f"split file {split_path}: {exc}") from None
+    test_ids = test_patients(split)
     known = {p["id"] for p in dataset.get("patients", [])}
-    unknown = sorted(set(train_ids + val_ids) - known)
+    unknown = sorted(set(train_ids + val_ids + test_ids) - known)
     if unknown:
         raise DataError(f"split file {split_path} names patients not in {data_dir / 'dataset.json'}: {unknown[:5]}")
     if not train_ids or not val_ids:
         raise DataError(f"split file {split_path}: no training or no validation patients")
+    leak = sorted(set(test_ids) & set(train_ids + val_ids))
+    if leak:
+        raise DataError(f"split file {split_path}: test patients also used for training or validation: {leak[:5]}")
     tr, va = _load_patients(data_dir, train_ids), _load_patients(data_dir, val_ids)
     if len(tr["image"]) == 0 or len(va["image"]) == 0:
         raise DataError(f"split file {split_path}: the selected patients have no training or no validation images")
@@ -170,6 +180,7 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
         val_spacing=va["spacing"],
         train_patients=train_ids,
         val_patients=val_ids,
+        test_patients=test_ids,
     )
 
 
@@ -291,6 +302,20 @@ class _Trainer:
         out = (loss_sum, torch.cat(dice), torch.cat(iou))
         return out + ((torch.cat(preds) if keep_pred else None),)
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits float32 [B,H,W] (CPU) of network-grid images float32 [B,H,W], in training-size batches."""
+        self.model.eval()
+        out = []
+        bs = self.p.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(x), bs):
+                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + bs], dtype=np.float32))
+                xb = xb.unsqueeze(1).to(self.device)
+                with torch.autocast(**self.autocast):
+                    z = self.model(self._input(xb))
+                out.append(z[:, 0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, *x.shape[1:]), np.float32)
+
     # -- checkpoints
     def rng_state(self) -> dict:
         state = {
@@ -332,8 +357,11 @@ def train_cell(
     amp: bool = False,
     channels_last: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    evaluation: Mapping | None = None,
 ) -> CellMetrics:
     """Train one cell and write its outputs to ``out_dir``; return its `CellMetrics` (also metrics.json).
+
+    ``evaluation`` is the config's ``evaluation`` section (NSD tolerance, HD95 cap) for the final evaluation.
 
     ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
     the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
@@ -350,12 +378,14 @@ def train_cell(
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     data = load_cell_data(params, Path(data_dir), Path(split_path), dev)
     log.info(
-        "cell %s: %d training images (%d patients), %d validation images (%d patients), device %s",
+        "cell %s: %d training images (%d patients), %d validation images (%d patients), %d test patients "
+        "(final evaluation only), device %s",
         out_dir.name,
         data.n_train,
         len(data.train_patients),
         data.n_val,
         len(data.val_patients),
+        len(data.test_patients),
         dev,
     )
     tr = _Trainer(params, data, dev, amp, channels_last)
@@ -455,7 +485,8 @@ def train_cell(
         _write_empty_evaluation(out_dir, data)
     else:
         status, best_epoch = "ok", best["epoch"]
-        quality = {**_final_evaluation(tr, data, best_path, out_dir), "final_val_dice": history[-1]["val_dice"]}
+        final = _final_evaluation(tr, data, best_path, out_dir, Path(data_dir), evaluation, log)
+        quality = {**final, "final_val_dice": history[-1]["val_dice"]}
     metrics = CellMetrics(
         cell=out_dir.name,
         status=status,
@@ -495,11 +526,22 @@ def _load_checkpoint(path: Path, log: logging.Logger) -> dict | None:
         return None
 
 
-def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Path) -> dict[str, float | None]:
-    """Restore best.pt, predict the validation images once more, per-image Dice/IoU/HD95, write the files.
+def _final_evaluation(
+    tr: _Trainer,
+    data: CellData,
+    best_path: Path,
+    out_dir: Path,
+    data_dir: Path,
+    evaluation: Mapping | None,
+    log: logging.Logger,
+) -> dict:
+    """Restore best.pt; score it on the validation patients (network grid: the monitor's numbers, per_image.csv's
+    first columns, predictions.npz) and on the validation and test patients at native resolution
+    (`segsweep.training.evaluate`); write per_image.csv and per_patient.csv.
 
-    Returns the best epoch's quality fields of `CellMetrics` (best_val_dice, best_val_iou, best_val_hd95_mm).
+    Returns the quality fields of `CellMetrics` (best_val_*, val_*, test, evaluation).
     """
+    from segsweep.training import evaluate as ev
     from segsweep.training.metrics import hd95_per_image
 
     state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -508,17 +550,35 @@ def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Pa
     dice, iou, pred = dice.cpu().numpy(), iou.cpu().numpy(), pred.cpu().numpy()
     mask = data.y_val[:, 0].to(torch.uint8).cpu().numpy()
     hd = hd95_per_image(pred, mask, data.val_spacing)
+
+    cfg = ev.EvaluationConfig.from_mapping(evaluation)
+    val = ev.evaluate_set("val", ev.load_images(data_dir, data.val_patients), tr.logits, cfg)
+    if val.images.patient != list(data.val_patient) or val.images.slice != [int(x) for x in data.val_slice]:
+        raise DataError(f"{data_dir}: the validation images changed while the cell trained; rerun it")
+    test = None
+    if data.test_patients:
+        test = ev.evaluate_set("test", ev.load_images(data_dir, data.test_patients), tr.logits, cfg)
+    if not val.images.native:
+        log.warning(
+            "%s: patient files without native-resolution arrays (ingested by an older segsweep): the final "
+            "evaluation runs on the network grid; rerun ingest (snakemake -R ingest) for native numbers",
+            data_dir,
+        )
     rows = [
-        {
-            "patient": data.val_patient[i],
-            "slice": int(data.val_slice[i]),
-            "dice": float(dice[i]),
-            "iou": float(iou[i]),
-            "hd95_mm": float(hd[i]),
-        }
+        [data.val_patient[i], int(data.val_slice[i]), float(dice[i]), float(iou[i]), float(hd[i])]
+        + ev.native_image_cells(val, i)
         for i in range(len(pred))
     ]
+    if test is not None:
+        rows += [
+            [test.images.patient[i], test.images.slice[i], *test.net[i], *ev.native_image_cells(test, i)]
+            for i in range(len(test.images))
+        ]
     _write_per_image(out_dir, rows)
+    ev.write_per_patient(out_dir, [val] + ([test] if test is not None else []))
+    for res in (val, test):
+        if res is not None:
+            ev.log_summary(log, res)
     with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
@@ -534,29 +594,31 @@ def _final_evaluation(tr: _Trainer, data: CellData, best_path: Path, out_dir: Pa
         "best_val_iou": float(iou.mean()),
         # mean over images where both masks are non-empty (HD95 is undefined otherwise); null if none
         "best_val_hd95_mm": float(finite_hd.mean()) if finite_hd.size else None,
+        **ev.metrics_fields(val, test, cfg),
     }
 
 
-def _write_per_image(out_dir: Path, rows: list[dict]) -> None:
+def _write_per_image(out_dir: Path, rows: list[list]) -> None:
+    """per_image.csv: the network-grid columns (PER_IMAGE_COLUMNS: HD95 empty where a mask is empty), then
+    the set and the native-resolution scores (`evaluate.NATIVE_IMAGE_COLUMNS`)."""
+    from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(PER_IMAGE_COLUMNS)
+    w.writerow(PER_IMAGE_COLUMNS + NATIVE_IMAGE_COLUMNS)
     for r in rows:
-        w.writerow(
-            [
-                r["patient"],
-                r["slice"],
-                repr(r["dice"]),
-                repr(r["iou"]),
-                repr(r["hd95_mm"]) if math.isfinite(r["hd95_mm"]) else "",
-            ]
-        )
+        patient, slc, dice, iou, hd = r[:5]
+        w.writerow([patient, slc, repr(dice), repr(iou), repr(hd) if math.isfinite(hd) else "", *r[5:]])
     write_text(out_dir / "per_image.csv", buf.getvalue())
 
 
 def _write_empty_evaluation(out_dir: Path, data: CellData) -> None:
-    """A diverged cell has no model worth evaluating: header-only per_image.csv, empty predictions."""
+    """A diverged cell has no model worth evaluating: header-only per_image.csv and per_patient.csv, empty
+    predictions."""
+    from segsweep.training.evaluate import write_per_patient
+
     _write_per_image(out_dir, [])
+    write_per_patient(out_dir, [])
     h, w = data.x_val.shape[-2:]
     with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(

@@ -45,7 +45,9 @@ class CellMetrics:
         "failed (exception, at most 500 characters); null for a full, ok run",
     )
     best_val_dice: float | None = _doc(
-        "number or null", "mean per-image validation Dice of the best epoch's weights (`best.pt`); null unless `ok`"
+        "number or null",
+        "mean per-image validation Dice of the best epoch's weights (`best.pt`) on the network grid: the "
+        "per-epoch monitor (both-empty images score 1; docs/evaluation.md); null unless `ok`",
     )
     best_epoch: int | None = _doc("integer or null", "epoch (from 1) with the best validation Dice; null unless `ok`")
     final_val_dice: float | None = _doc("number or null", "validation Dice of the last epoch run; null unless `ok`")
@@ -70,6 +72,58 @@ class CellMetrics:
     )
     hardware: str | None = _doc("string or null", "one-line CPU/GPU description; null if `failed`")
     params: dict | None = _doc("object", "the cell's parameters (`CellParams.to_dict()`)")
+    # Final evaluation (docs/evaluation.md): best.pt on the validation patients at native resolution, under
+    # the empty-mask policy. Added after 0.1.0: older files read them as null.
+    val_dice_patient: float | None = _doc(
+        "number or null",
+        "mean over validation patients of the per-patient Dice (all of a patient's slices pooled) at native "
+        "resolution, best checkpoint; null unless `ok`",
+    )
+    val_dice: float | None = _doc(
+        "number or null",
+        "mean per-slice Dice at native resolution over the `val_n_slices` validation slices (both-empty "
+        "slices excluded, one-empty slices 0); null unless `ok`",
+    )
+    val_iou_patient: float | None = _doc("number or null", "as `val_dice_patient`, for IoU")
+    val_iou: float | None = _doc("number or null", "as `val_dice`, for IoU")
+    val_hd95_mm_patient: float | None = _doc(
+        "number or null",
+        "mean over validation patients of the HD95 (mm) of the patient's pooled boundary pixels; null unless `ok`",
+    )
+    val_hd95_mm: float | None = _doc(
+        "number or null",
+        "mean per-slice HD95 (mm) at native resolution; a one-empty slice counts at the cap "
+        "(`evaluation.hd95_cap_mm`, default the image diagonal); null unless `ok`",
+    )
+    val_nsd_patient: float | None = _doc(
+        "number or null", "as `val_hd95_mm_patient`, for the NSD at `evaluation.nsd_tolerance_mm`"
+    )
+    val_nsd: float | None = _doc(
+        "number or null",
+        "mean per-slice normalised surface Dice at `evaluation.nsd_tolerance_mm` (one-empty slices 0); null unless `ok`",
+    )
+    val_n_slices: int | None = _doc(
+        "integer or null", "validation slices the per-slice means cover (both-empty slices excluded)"
+    )
+    val_n_patients: int | None = _doc("integer or null", "validation patients the per-patient means cover")
+    val_n_excluded_both_empty: int | None = _doc(
+        "integer or null", "validation slices excluded because both masks are empty"
+    )
+    val_n_one_empty: int | None = _doc(
+        "integer or null", "validation slices with exactly one empty mask (scored at the worst case)"
+    )
+    test: dict | None = _doc(
+        "object or null",
+        "the same numbers on the split's test patients, keys without `val_` (`dice`, `dice_patient`, `iou`, "
+        "`iou_patient`, `hd95_mm`, `hd95_mm_patient`, `nsd`, `nsd_patient`, `n_slices`, `n_patients`, "
+        "`n_excluded_both_empty`, `n_one_empty`); recorded, never used to choose; null without a test set or "
+        "unless `ok`",
+    )
+    evaluation: dict | None = _doc(
+        "object or null",
+        "settings of the final evaluation: `nsd_tolerance_mm`, `hd95_cap_mm` (null = image diagonal) and "
+        "`grid` (`native`, or `network` for data ingested before native arrays existed); null unless `ok`",
+    )
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -99,10 +153,16 @@ class CellMetrics:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CellMetrics))
+OBJECT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(CellMetrics) if f.metadata["json"].startswith("object")
+)
+"""Fields holding a JSON object (``params``, ``test``, ``evaluation``): not a column of cells.csv."""
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(CellMetrics) if f.metadata["json"].startswith(("number", "integer"))
 )
-QUALITY_FIELDS = ("best_val_dice", "final_val_dice", "best_val_iou", "best_val_hd95_mm")
+QUALITY_FIELDS = ("best_val_dice", "final_val_dice", "best_val_iou", "best_val_hd95_mm") + tuple(
+    f.name for f in dataclasses.fields(CellMetrics) if f.name.startswith("val_")
+)
 """Model-quality numbers: meaningful only for an ``ok`` run (aggregation ignores them otherwise)."""
 
 
