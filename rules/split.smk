@@ -17,8 +17,6 @@ rule split:
         mem_mb=500,
         runtime=5,
     params:
-        # test_fraction only when set: splits without a test set keep their params (no rerun)
-        spec=lambda wc: PLAN.split_specs[wc.split]
-        | ({"test_fraction": PLAN.splits.test_fraction} if PLAN.splits.test_fraction > 0 else {}),
+        spec=lambda wc: PLAN.split_specs[wc.split],
     script:
         "../workflow/scripts/split.py"

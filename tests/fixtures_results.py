@@ -12,6 +12,8 @@ check aggregation by hand:
 * fraction_loss (grid, 2 repeats): shares its (dice, 1.0) cells with optimizer_lr (adam, 0.001).
 * schedules (3-fold CV): cosine fold 2 failed with a metrics.json saying why.
 * random_search (40 sampled configurations, empty table layout → a long table): lr > 0.03 diverges.
+Every study ranks by best_val_dice (the value the fixture's known functions give; real studies default to
+val_dice_patient).
 """
 
 from __future__ import annotations
@@ -52,26 +54,26 @@ CONFIG = {
             "description": "Adam and SGD over three learning rates.",
             "axes": {"optimizer": ["adam", "sgd"], "lr": [1e-4, 1e-3, 1e-2]},
             "repeats": 3,
-            "table": {"rows": ["optimizer"], "cols": ["lr"]},
+            "table": {"rows": ["optimizer"], "cols": ["lr"], "value": "best_val_dice"},
         },
         "fraction_loss": {
             "title": "Training fraction × loss",
             "axes": {"loss": ["dice", "bce"], "fraction": [0.25, 0.5, 1.0]},
             "repeats": 2,
-            "table": {"rows": ["loss"], "cols": ["fraction"]},
+            "table": {"rows": ["loss"], "cols": ["fraction"], "value": "best_val_dice"},
         },
         "schedules": {
             "title": "Learning-rate schedules",
             "axes": {"schedule": ["none", "step", "cosine"]},
             "cv": True,
-            "table": {"rows": ["schedule"], "cols": []},
+            "table": {"rows": ["schedule"], "cols": [], "value": "best_val_dice"},
         },
         "random_search": {
             "title": "Random search",
             "mode": "random",
             "n": 40,
             "axes": {"lr": {"loguniform": [1e-5, 1e-1]}, "weight_decay": [0.0, 0.0001, 0.001]},
-            "table": {"rows": [], "cols": []},
+            "table": {"rows": [], "cols": [], "value": "best_val_dice"},
         },
     },
 }

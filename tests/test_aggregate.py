@@ -200,7 +200,7 @@ def test_oneway_layout_marks_missing_combinations(tmp_path):
         "",
         "oneway",
         ("optimizer", "lr"),
-        TableLayout(rows=("optimizer",), cols=("lr",)),
+        TableLayout(rows=("optimizer",), cols=("lr",), value="best_val_dice"),
         tuple(rows),
         {"optimizer": ("adam", "sgd"), "lr": ("0.001", "0.01")},
     )
@@ -268,7 +268,7 @@ def test_non_ok_values_are_never_averaged(tmp_path):
         "",
         "grid",
         ("lr",),
-        TableLayout(rows=("lr",), cols=()),
+        TableLayout(rows=("lr",), cols=(), value="best_val_dice"),
         (StudyCell("c1", (("lr", "0.1"),), 0, None), StudyCell("c2", (("lr", "0.1"),), 1, None)),
         {"lr": ("0.1",)},
     )
@@ -376,7 +376,16 @@ def test_aggregate_intervals_from_per_patient_values(tmp_path):
         _per_image(d, [[f"p{i}", 0, x, x, 1.0] for i, x in enumerate(dice)])
         (d / "metrics.json").write_text(json.dumps({"cell": cid, "status": "ok", "best_val_dice": sum(dice) / 4}))
         rows.append(StudyCell(cid, (("lr", lr),), 0, None))
-    study = Study("s", "S", "", "grid", ("lr",), TableLayout(rows=("lr",), cols=()), tuple(rows), {"lr": ("0.1", "1")})
+    study = Study(
+        "s",
+        "S",
+        "",
+        "grid",
+        ("lr",),
+        TableLayout(rows=("lr",), cols=(), value="best_val_dice"),
+        tuple(rows),
+        {"lr": ("0.1", "1")},
+    )
     aggregate_study(study, cells, tmp_path / "out", seed=3)
     t = json.loads((tmp_path / "out" / "table.json").read_text())
     near_one, spread = (line[0] for line in t["cells"])

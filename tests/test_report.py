@@ -202,7 +202,14 @@ def test_study_where_nothing_finished(tmp_path):
         for i, (lr, r) in enumerate([("0.1", 0), ("0.1", 1), ("1", 0), ("1", 1)])
     )
     study = Study(
-        "dead", "Dead study", "", "grid", ("lr",), TableLayout(rows=(), cols=("lr",)), cells, {"lr": ("0.1", "1")}
+        "dead",
+        "Dead study",
+        "",
+        "grid",
+        ("lr",),
+        TableLayout(rows=(), cols=("lr",), value="best_val_dice"),
+        cells,
+        {"lr": ("0.1", "1")},
     )
     sd = res / "studies" / "dead"
     aggregate_study(study, res / "cells", sd)

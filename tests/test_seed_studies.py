@@ -53,7 +53,7 @@ def test_full_scale_cell_counts():
 def test_layouts_match_the_seed_tables():
     plan = build_plan(seed_config())
     t = plan.studies["seed000_lr_optimizer"].table
-    assert (t.rows, t.cols, t.value) == (("optimizer", "fraction"), ("lr",), "best_val_dice")
+    assert (t.rows, t.cols, t.value) == (("optimizer", "fraction"), ("lr",), "val_dice_patient")
     assert plan.studies["seed001_lr_schedule"].axis_values["schedule"] == (
         "none",
         "inverse time",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class TableLayout:
     rows: tuple[str, ...]
     cols: tuple[str, ...]
-    value: str = "best_val_dice"
+    value: str = "val_dice_patient"
     higher_is_better: bool = True
 
 

@@ -19,7 +19,7 @@ def test_kfold_study_runs_at_smoke_scale(tmp_path):
     overlay = {
         "scale": "smoke",
         "select": ["seed006_kfold"],
-        "data": {"phantom": {"patients": 6, "slices": 4, "rows": 96, "cols": 80}},
+        "data": {"phantom": {"patients": 7, "slices": 4, "rows": 96, "cols": 80}},  # 2 test, 5 for 5 folds
         "resources": {"train_gpus": 0, "train_threads": 1, "train_mem_mb": 2000},
     }
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))

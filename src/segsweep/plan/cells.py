@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from segsweep.data.config import N_CLASSES, DataConfig, PreprocessConfig, SplitConfig
-from segsweep.errors import ConfigError
+from segsweep.data.splits import make_split
+from segsweep.errors import ConfigError, DataError
 from segsweep.io import digest, identity
 from segsweep.labels import format_value
 from segsweep.plan.config import deep_merge
@@ -94,7 +95,7 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
         layout = TableLayout(
             rows=tuple(spec["table"]["rows"]),
             cols=tuple(spec["table"]["cols"]),
-            value=spec["table"].get("value", "best_val_dice"),
+            value=spec["table"].get("value", "val_dice_patient"),
             higher_is_better=spec["table"].get("higher_is_better", True),
         )
         for a in (*layout.rows, *layout.cols):
@@ -135,6 +136,8 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
                             "val_fraction": splits.val_fraction,
                             "folds": splits.folds if f is not None else None,
                         }
+                        if splits.test_fraction > 0:  # absent otherwise: split params unchanged (no rerun)
+                            split_specs[sname]["test_fraction"] = splits.test_fraction
                         cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None), amp)
                         by_params[key] = cid
                         cells.setdefault(cid, Cell(cid, params, sname))
@@ -150,7 +153,20 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
             axis_values={a: tuple(dict.fromkeys(format_value(v) for v in order[a])) for a in axes},
         )
     check_plan(cells, studies)  # build each distinct loss/schedule/optimizer/... once: bad values fail now
+    if data.source == "phantom":
+        _check_splits(data.phantom.patients, split_specs)
     return Plan(data, prep, splits, ResourceConfig.from_config(cfg), cells, studies, split_specs, data_fp)
+
+
+def _check_splits(n_patients: int, split_specs: Mapping[str, dict]) -> None:
+    """The phantom's patient count is known before ingest: split it now, so that e.g. 5 folds of 4 patients
+    stop the dry run (for real data the same check runs in the split job, once the patients are known)."""
+    ids = [f"p{i:08x}" for i in range(n_patients)]
+    for spec in split_specs.values():
+        try:
+            make_split(ids, spec["seed"], spec["val_fraction"], spec["folds"], spec.get("test_fraction", 0.0))
+        except DataError as exc:
+            raise ConfigError(f"{exc} (data.phantom.patients is {n_patients})") from None
 
 
 # ------------------------------------------------------------------------------------------ identity

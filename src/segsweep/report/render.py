@@ -529,12 +529,17 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
 
 
 def overall_sentence(views: Sequence[StudyView]) -> str | None:
-    cands = [(v, v.best) for v in views if v.best is not None and v.value == "best_val_dice"]
+    # studies are compared only on the value most of them rank by (the default: per-patient validation Dice)
+    ranked_by = Counter(v.value for v in views if v.best is not None).most_common(1)
+    if not ranked_by:
+        return None
+    value = ranked_by[0][0]
+    cands = [(v, v.best) for v in views if v.best is not None and v.value == value and v.study.table.higher_is_better]
     if len(cands) < 2:
         return None
     v, b = max(cands, key=lambda t: (t[1]["status"] == "ok", t[1]["mean"]))
     return (
-        f"Across the {len(cands)} studies that rank by best validation Dice, the highest mean is "
+        f"Across the {len(cands)} studies that rank by {label_for(value)}, the highest mean is "
         f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(v.shown(b['labels']))}); studies differ in their "
         f"fixed settings, so compare across studies with care."
     )
