@@ -48,6 +48,7 @@ ADDED_KEYS = (
     "val_n_one_empty",
     "test",
     "evaluation",
+    "execution",  # amp / channels_last / threads (issue 13)
 )
 
 
@@ -73,7 +74,7 @@ def _ok() -> CellMetrics:
 
 def test_fields_are_todays_keys_each_documented():
     assert set(record.FIELDS) == set(KEYS + ADDED_KEYS) and STATUSES == ("ok", "diverged", "failed")
-    assert record.OBJECT_FIELDS == ("params", "test", "evaluation")
+    assert record.OBJECT_FIELDS == ("params", "execution", "test", "evaluation")
     assert {k for k in ADDED_KEYS if k.startswith("val_")} <= set(record.QUALITY_FIELDS)
     for f in dataclasses.fields(CellMetrics):
         assert f.metadata["doc"] and f.metadata["json"], f.name

@@ -145,10 +145,12 @@ def test_learns_and_writes_every_output(data, tmp_path):
         "n_train",
         "n_val",
         "params",
+        "execution",
         *VAL_KEYS,
         "test",
         "evaluation",
     }
+    assert m.execution == {"amp": False, "channels_last": False, "threads": 1, "device_requested": "auto"}
     assert m.params == _params(epochs=12).to_dict()
     hist = _read_csv(out / "history.csv")
     assert tuple(hist[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in hist] == list(range(1, 13))

@@ -36,6 +36,7 @@ from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.labels import fmt, label_number
 from segsweep.report.style import label_for
+from segsweep.training.record import CellMetrics
 
 if TYPE_CHECKING:
     from segsweep.study import Study
@@ -589,6 +590,29 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def execution_rows(cells: Sequence[str], cells_dir: Path) -> list[dict]:
+    """How the runs executed (metrics.json ``execution``: amp, channels_last, threads), one row per setting."""
+    counts: Counter[tuple] = Counter()
+    for cell in cells:
+        try:
+            ex = CellMetrics.read(Path(cells_dir) / cell / "metrics.json").execution
+        except (OSError, ValueError, DataError):
+            ex = None
+        key = (
+            ("unknown", "unknown", "unknown") if not ex else (ex.get("amp"), ex.get("channels_last"), ex.get("threads"))
+        )
+        counts[key] += 1
+    return [
+        {
+            "amp": {True: "bf16 autocast", False: "off"}.get(a, a),
+            "channels_last": {True: "on", False: "off"}.get(c, c),
+            "threads": t,
+            "n": n,
+        }
+        for (a, c, t), n in sorted(counts.items(), key=lambda kv: str(kv[0]))
+    ]
+
+
 def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Path, provenance: Mapping) -> dict:
     results_dir = Path(results_dir)
     views = [load_study(s, results_dir) for s in studies]
@@ -635,6 +659,7 @@ def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Pat
         "failures": failures,
         "log_groups": log_groups(failures),
         "hardware": hardware,
+        "execution": execution_rows(list(runs["cell"]) if len(runs) else [], results_dir / "cells"),
         "runs": runs.head(MAX_RUN_ROWS).to_dict("records") if len(runs) else [],
         "runs_truncated": max(0, len(runs) - MAX_RUN_ROWS),
         "prov": provenance,

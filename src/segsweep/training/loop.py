@@ -499,6 +499,12 @@ def train_cell(
         device=dev.type,
         hardware=hardware_description(dev),
         params=params.to_dict(),
+        execution={
+            "amp": bool(amp),
+            "channels_last": bool(channels_last),
+            "threads": torch.get_num_threads(),
+            "device_requested": device,
+        },
         **quality,
     )
     metrics.write(out_dir / "metrics.json")

@@ -72,6 +72,11 @@ class CellMetrics:
     )
     hardware: str | None = _doc("string or null", "one-line CPU/GPU description; null if `failed`")
     params: dict | None = _doc("object", "the cell's parameters (`CellParams.to_dict()`)")
+    execution: dict | None = _doc(
+        "object or null",
+        "how the run executed: `amp` (bf16 autocast; part of the cell id), `channels_last`, `threads` (CPU "
+        "threads torch used) and `device_requested` (`resources.device`); added after 0.1.0, null in older files",
+    )
     # Final evaluation (docs/evaluation.md): best.pt on the validation patients at native resolution, under
     # the empty-mask policy. Added after 0.1.0: older files read them as null.
     val_dice_patient: float | None = _doc(
