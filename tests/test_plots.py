@@ -84,7 +84,10 @@ def test_curves_mark_diverged_runs(fx):
     index = json.loads((fx.results / "studies" / "optimizer_lr" / "figures" / "figures.json").read_text())
     curves = next(f for f in index["figures"] if f["kind"] == "curves")
     assert "One panel per optimizer" in curves["caption"]
-    assert ">diverged / failed<" in (fx.results / "studies" / "optimizer_lr" / "figures" / "curves.svg").read_text()
+    assert (
+        ">collapsed / diverged / failed<"
+        in (fx.results / "studies" / "optimizer_lr" / "figures" / "curves.svg").read_text()
+    )
 
 
 def test_overlays_show_the_best_configuration(fx):

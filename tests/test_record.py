@@ -49,6 +49,8 @@ ADDED_KEYS = (
     "test",
     "evaluation",
     "execution",  # amp / channels_last / threads (issue 13)
+    "val_collapse",  # the check behind status collapsed (issue 13)
+    "val_per_class",  # multi-class targets (issue 12)
 )
 
 
@@ -73,9 +75,11 @@ def _ok() -> CellMetrics:
 
 
 def test_fields_are_todays_keys_each_documented():
-    assert set(record.FIELDS) == set(KEYS + ADDED_KEYS) and STATUSES == ("ok", "diverged", "failed")
-    assert record.OBJECT_FIELDS == ("params", "execution", "test", "evaluation")
-    assert {k for k in ADDED_KEYS if k.startswith("val_")} <= set(record.QUALITY_FIELDS)
+    assert set(record.FIELDS) == set(KEYS + ADDED_KEYS) and STATUSES == ("ok", "collapsed", "diverged", "failed")
+    assert record.OBJECT_FIELDS == ("params", "execution", "test", "evaluation", "val_collapse", "val_per_class")
+    assert {k for k in ADDED_KEYS if k.startswith("val_") and k not in record.OBJECT_FIELDS} <= set(
+        record.QUALITY_FIELDS
+    )
     for f in dataclasses.fields(CellMetrics):
         assert f.metadata["doc"] and f.metadata["json"], f.name
     assert set(record.QUALITY_FIELDS) <= set(record.NUMERIC_FIELDS)
@@ -105,7 +109,7 @@ def test_read_is_tolerant_of_old_files(tmp_path):
     assert all(getattr(m, k) is None for k in KEYS[3:])
     for bad in ({"cell": "c1"}, {"status": "crashed"}, ["ok"]):
         p.write_text(json.dumps(bad))
-        with pytest.raises(DataError, match="'status' must be one of ok, diverged, failed"):
+        with pytest.raises(DataError, match="'status' must be one of ok, collapsed, diverged, failed"):
             CellMetrics.read(p)
     p.write_text("{")
     with pytest.raises(json.JSONDecodeError):

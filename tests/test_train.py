@@ -149,7 +149,11 @@ def test_learns_and_writes_every_output(data, tmp_path):
         *VAL_KEYS,
         "test",
         "evaluation",
+        "val_collapse",
+        "val_per_class",
     }
+    assert m.val_per_class is None  # a binary target: the val_* fields are its only class
+    assert m.val_collapse["foreground"]["n_slices"] == 4 and 0.5 < m.val_collapse["foreground"]["area_ratio"] < 2
     assert m.execution == {"amp": False, "channels_last": False, "threads": 1, "device_requested": "auto"}
     assert m.params == _params(epochs=12).to_dict()
     hist = _read_csv(out / "history.csv")
@@ -330,7 +334,8 @@ def test_amp_and_channels_last_options_run(data, tmp_path):
     # GPU speed options; on the CPU they exercise the same code path (bf16 autocast, NHWC layout)
     data_dir, split = data
     m = train_cell(_params(epochs=2, in_channels=3), data_dir, split, tmp_path / "amp", amp=True, channels_last=True)
-    assert m.status == "ok" and 0.0 <= m.best_val_dice <= 1.0
+    # two epochs may leave a model that predicts every pixel: finished, with status collapsed (numbers kept)
+    assert m.status in ("ok", "collapsed") and 0.0 <= m.best_val_dice <= 1.0
     assert m.params == _params(epochs=2, in_channels=3).to_dict()  # not part of the cell's parameters
 
 
@@ -372,7 +377,8 @@ def test_user_error_fails_at_once_and_is_never_a_failed_cell(data, tmp_path, mon
     monkeypatch.undo()
     # a fresh invocation (attempt 1) after the fix drops the marker and trains
     m = _job(data, out, attempt=1, max_attempts=3)
-    assert m.status == "ok" and not (out / USER_ERROR_MARKER).exists()
+    # one epoch: finished, possibly with a model that predicts nothing yet (collapsed), never failed
+    assert m.status in ("ok", "collapsed") and not (out / USER_ERROR_MARKER).exists()
 
 
 def test_runtime_failure_is_retried_then_recorded_as_failed(data, tmp_path, monkeypatch):

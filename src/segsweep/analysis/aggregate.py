@@ -13,9 +13,12 @@ Per configuration, over the runs whose status is ``ok`` (n of them):
   ``per_patient.csv`` for per-patient means; used only where they reproduce the run's value) and, with
   several runs, runs × patients; without per-patient values it resamples runs. Fewer than 3 patients (or
   runs): "no interval" (docs/statistics.md),
-* a status: ``ok`` (all runs ok), ``partial`` (some diverged/failed: the mean is over the ok runs and the
-  table says "k of n diverged"), ``diverged`` / ``failed`` / ``diverged/failed`` (no ok run: the table shows
-  the word, never a number), ``missing`` (the layout has no run for this combination, e.g. one-factor studies).
+* a status: ``ok`` (all runs ok), ``partial`` (some collapsed/diverged/failed: the mean is over the ok runs
+  and the table says "k of n collapsed", "k of n diverged"), ``collapsed`` / ``diverged`` / ``failed`` (every
+  run ended that way) or a combination such as ``collapsed/diverged`` (no ok run: the table shows the word,
+  never a number), ``missing`` (the layout has no run for this combination, e.g. one-factor studies). A
+  ``collapsed`` run keeps its numbers in metrics.json; here, as every non-ok run, it has none, so it never
+  enters a mean, an interval, a comparison or the best configuration.
 
 A ``fraction`` axis is labelled with its real size from the split files, "17 % (2 of 12 patients)"
 (`segsweep.labels.fraction_label`): ``table.json`` keeps the config's labels under ``labels`` and adds the
@@ -41,11 +44,21 @@ import pandas as pd
 
 from segsweep.analysis.ranking import best_group, rank_key
 from segsweep.analysis.stats import INTERVAL_KEYS, bootstrap_interval, compare_study, no_interval
+from segsweep.data.config import LABELS
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_json
 from segsweep.labels import fmt, fraction_label, label_number, label_sort_key, metric_range
-from segsweep.training.record import FIELDS, NUMERIC_FIELDS, OBJECT_FIELDS, QUALITY_FIELDS, CellMetrics
+from segsweep.training.record import (
+    CLASS_COLUMNS,
+    FIELDS,
+    NUMERIC_FIELDS,
+    OBJECT_FIELDS,
+    QUALITY_FIELDS,
+    CellMetrics,
+    class_metric,
+    class_values,
+)
 
 if TYPE_CHECKING:  # only for annotations: aggregation works on any object with the Study fields
     from segsweep.study import Study
@@ -53,6 +66,8 @@ if TYPE_CHECKING:  # only for annotations: aggregation works on any object with 
 # cells.csv metric columns: every CellMetrics field but the run's identity, status/reason and parameters
 METRIC_COLUMNS = tuple(k for k in FIELDS if k not in ("cell", "status", "reason", *OBJECT_FIELDS))
 NUMERIC_METRICS = tuple(k for k in METRIC_COLUMNS if k in NUMERIC_FIELDS)
+# + multi-class targets: one column per class and metric, val_<metric>_<class> (record.class_columns); cells.csv
+# has those of the classes its runs report, in CLASS_COLUMNS order
 RUN_COLUMNS = ("repeat", "fold", "cell", "config", "status", "reason")
 LOG_TAIL_LINES = 15
 NO_METRICS_REASON = "no metrics (job failed)"
@@ -86,10 +101,12 @@ def read_cell(cell_id: str, cells_dir: Path, logs_dir: Path | None = None) -> di
     else:
         for k in METRIC_COLUMNS:
             out[k] = getattr(m, k)
+        per_class = class_values(m)
+        out.update(per_class)
         out["status"] = m.status
         out["reason"] = m.reason or ""
         if m.status != "ok":  # a number next to a non-ok status would be averaged by mistake
-            for k in QUALITY_FIELDS:
+            for k in (*QUALITY_FIELDS, *per_class):
                 out[k] = None
     out["log_tail"] = (
         "\n".join(tail_lines(Path(logs_dir) / f"{cell_id}.log"))
@@ -116,7 +133,8 @@ def cells_frame(study: Study, cells_dir: Path, logs_dir: Path | None = None) -> 
         row.update(repeat=sc.repeat, fold=sc.fold, cell=sc.cell_id, config=config_label(sc.labels))
         row.update(memo[sc.cell_id])
         rows.append(row)
-    cols = [*study.axes, *RUN_COLUMNS, *METRIC_COLUMNS, "log_tail"]
+    present = {k for rec in memo.values() for k in rec}
+    cols = [*study.axes, *RUN_COLUMNS, *METRIC_COLUMNS, *(k for k in CLASS_COLUMNS if k in present), "log_tail"]
     df = pd.DataFrame(rows, columns=cols)
     return _coerce(df, study.axes)
 
@@ -126,7 +144,7 @@ def _coerce(df: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
         df[a] = df[a].astype("string")
     df["repeat"] = pd.to_numeric(df["repeat"]).astype("Int64")
     df["fold"] = pd.to_numeric(df["fold"]).astype("Int64")
-    for k in NUMERIC_METRICS:
+    for k in (*NUMERIC_METRICS, *(c for c in CLASS_COLUMNS if c in df)):
         df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")
     for k in ("cell", "config", "status", "reason", "device", "hardware", "log_tail"):
         if k in df:
@@ -140,7 +158,7 @@ def read_cells_csv(path: Path, axes: Sequence[str]) -> pd.DataFrame:
         path,
         dtype={a: str for a in axes} | {"cell": str, "config": str},
         keep_default_na=False,
-        na_values={k: [""] for k in (*NUMERIC_METRICS, "repeat", "fold")},
+        na_values={k: [""] for k in (*NUMERIC_METRICS, *CLASS_COLUMNS, "repeat", "fold")},
     )
     return _coerce(df, axes)
 
@@ -178,6 +196,8 @@ def patient_sources(value: str) -> list[tuple[str, str, str]]:
       as the mean of its slices, weighted by slices (the run's value is the mean over images);
     * ``val_X_patient`` (mean over patients): per_patient.csv ``val`` rows, column ``X``, one weight per patient;
     * ``val_X`` (native grid, mean over slices that are not both-empty): per_image.csv column ``native_X``;
+    * a class of a multi-class target (``val_X_<class>``, ``val_X_patient_<class>``): the same files' columns
+      of that class (``native_X_<class>``, ``X_<class>``);
     * anything else (e.g. final_val_dice, not measured at the best checkpoint): none.
 
     per_patient.csv's ``dice`` is a patient's pooled (volume) Dice, not the mean of its slices, so it does not
@@ -185,6 +205,11 @@ def patient_sources(value: str) -> list[tuple[str, str, str]]:
     """
     if value.startswith("best_val_"):
         return [(PER_IMAGE, value.removeprefix("best_val_"), "slices")]
+    if (per_class := class_metric(value)) is not None:  # val_<X>[_patient]_<class>: that class's columns
+        key, c = per_class
+        if key.endswith("_patient"):
+            return [(PER_PATIENT, f"{key.removesuffix('_patient')}_{c}", "patients")]
+        return [(PER_IMAGE, f"native_{key}_{c}", "slices")]
     if value.startswith("val_") and value.endswith("_patient"):
         return [(PER_PATIENT, value.removeprefix("val_").removesuffix("_patient"), "patients")]
     if value.startswith("val_") and not value.startswith("val_n_"):
@@ -218,8 +243,10 @@ def _per_image_file(path: Path, col: str) -> dict | None:
         return None
     if "set" in df:  # test rows (docs/evaluation.md) never enter a validation number
         df = df[df["set"] == "val"]
-    if col.startswith("native_") and "empty" in df:
-        df = df[df["empty"] != "both"]
+    per_class = next((c for c in LABELS if col.startswith("native_") and col.endswith(f"_{c}")), None)
+    empty = "empty" if per_class is None else f"empty_{per_class}"  # a class's slices: its own empty column
+    if col.startswith("native_") and empty in df:
+        df = df[df[empty] != "both"]
     if df.empty or not {"patient", col} <= set(df.columns):
         return None
     x = pd.to_numeric(df[col], errors="coerce")
@@ -272,24 +299,19 @@ def table_intervals(table: Mapping) -> dict[str, dict]:
     return out
 
 
-def _status(n_total: int, n_ok: int, n_div: int, n_fail: int) -> tuple[str, str]:
-    """(status, note) of a configuration from its run counts."""
+def _status(n_total: int, n_ok: int, n_div: int, n_fail: int, n_col: int = 0) -> tuple[str, str]:
+    """(status, note) of a configuration from its run counts (ok, diverged, failed, collapsed)."""
     if n_total == 0:
         return "missing", ""
     if n_ok == n_total:
         return "ok", ""
+    bad = [(w, n) for w, n in (("collapsed", n_col), ("diverged", n_div), ("failed", n_fail)) if n]
     if n_ok == 0:
-        if n_fail == 0:
-            return "diverged", f"all {n_total} diverged" if n_total > 1 else ""
-        if n_div == 0:
-            return "failed", f"all {n_total} failed" if n_total > 1 else ""
-        return "diverged/failed", f"{n_div} diverged, {n_fail} failed"
-    parts = []
-    if n_div:
-        parts.append(f"{n_div} of {n_total} diverged")
-    if n_fail:
-        parts.append(f"{n_fail} of {n_total} failed")
-    return "partial", ", ".join(parts)
+        if len(bad) == 1:
+            w, _ = bad[0]
+            return w, f"all {n_total} {w}" if n_total > 1 else ""
+        return "/".join(w for w, _ in bad), ", ".join(f"{n} {w}" for w, n in bad)
+    return "partial", ", ".join(f"{n} of {n_total} {w}" for w, n in bad)
 
 
 def config_groups(
@@ -298,15 +320,16 @@ def config_groups(
     """One dict per configuration (in the config's declared label order), aggregated over repeats/folds.
 
     Keys: labels (dict), config, runs (list of {repeat, fold, cell, status, value}), n_total, n_ok,
-    n_diverged, n_failed, status, note, mean, sd, n, text and the interval fields (`stats.INTERVAL_KEYS`):
+    n_diverged, n_failed, n_collapsed, status, note, mean, sd, n, text and the interval fields (`stats.INTERVAL_KEYS`):
     from ``intervals`` (configuration name → fields, e.g. `table_intervals` of the study's table.json),
     else none (`aggregate_study` computes them: they need the cells' per-patient files).
     """
     value = value or study.table.value
-    if value not in df.columns or value not in NUMERIC_METRICS:
+    if value not in df.columns or (value not in NUMERIC_METRICS and class_metric(value) is None):
         raise DataError(
-            f"study '{study.name}': table value '{value}' is not a metric "
-            f"(config key 'studies.{study.name}.table.value'; known: {', '.join(NUMERIC_METRICS)})"
+            f"study '{study.name}': table value '{value}' is not a metric of its runs "
+            f"(config key 'studies.{study.name}.table.value'; known: {', '.join(NUMERIC_METRICS)}; for a multiclass "
+            "target also val_<metric>_<class>, e.g. val_dice_patient_myo)"
         )
     order = {a: {v: i for i, v in enumerate(study.axis_values.get(a, ()))} for a in study.axes}
     groups: dict[tuple, dict] = {}
@@ -329,11 +352,22 @@ def config_groups(
         runs = g["runs"]
         n_ok = sum(r["status"] == "ok" for r in runs)
         n_div = sum(r["status"] == "diverged" for r in runs)
-        n_fail = len(runs) - n_ok - n_div
-        status, note = _status(len(runs), n_ok, n_div, n_fail)
+        n_col = sum(r["status"] == "collapsed" for r in runs)
+        n_fail = len(runs) - n_ok - n_div - n_col
+        status, note = _status(len(runs), n_ok, n_div, n_fail, n_col)
         s = _moments([r["value"] for r in runs if r["value"] is not None])
         ci = dict((intervals or {}).get(g["config"]) or no_interval(runs=s["n"]))
-        g.update(n_total=len(runs), n_ok=n_ok, n_diverged=n_div, n_failed=n_fail, status=status, note=note, **s, **ci)
+        g.update(
+            n_total=len(runs),
+            n_ok=n_ok,
+            n_diverged=n_div,
+            n_failed=n_fail,
+            n_collapsed=n_col,
+            status=status,
+            note=note,
+            **s,
+            **ci,
+        )
         g["text"] = cell_text(g, value)
         if study.mode == "random":  # sampled values: numeric order reads better than sampling order
             g["_order"] = tuple(label_sort_key(v) for v in key)
@@ -410,6 +444,7 @@ def _public(g: dict | None) -> dict:
             "n_ok",
             "n_diverged",
             "n_failed",
+            "n_collapsed",
             *INTERVAL_KEYS,
         )
     }
@@ -489,6 +524,7 @@ def pivot(study: Study, groups: Sequence[dict], axis_labels: Mapping[str, Mappin
         "n_ok": int(sum(g["n_ok"] for g in groups)),
         "n_diverged": int(sum(g["n_diverged"] for g in groups)),
         "n_failed": int(sum(g["n_failed"] for g in groups)),
+        "n_collapsed": int(sum(g["n_collapsed"] for g in groups)),
     }
 
 

@@ -19,6 +19,17 @@ LABEL_MAP_DEFAULT = {"rv": 1, "myo": 2, "lv": 3}
 LABELS = ("lv", "myo", "rv")  # rv is read (its voxels are not unmapped) but no target uses it yet
 # number of label values in the mask, background included (binary targets: 0/1)
 N_CLASSES = {"endo": 2, "epi": 2, "myo": 2, "multiclass": 3}
+# the foreground classes of a multi-class mask by label value (1, 2, ...): metrics.json's per-class keys
+CLASS_NAMES = {"multiclass": ("lv", "myo")}  # LV cavity (inner contour), myocardium (outer minus inner)
+
+
+def class_names(target: str | None, n_classes: int) -> tuple[str, ...]:
+    """Names of the foreground classes of a mask with ``n_classes`` label values (background included):
+    ``("foreground",)`` for a binary target, ``CLASS_NAMES[target]`` (or ``class1``, ``class2``, ...) else."""
+    if n_classes <= 2:
+        return ("foreground",)
+    names = CLASS_NAMES.get(target or "", ())
+    return tuple(names) if len(names) == n_classes - 1 else tuple(f"class{k}" for k in range(1, n_classes))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ SEQUENTIAL = "cividis"
 GT_COLOUR = "#009E73"  # ground truth contour (bluish green)
 PRED_COLOUR = "#E69F00"  # predicted contour (orange)
 BAD_COLOUR = "#D55E00"  # diverged / failed markers (vermillion)
+# multi-class overlays: one Okabe–Ito colour per structure (reference solid, prediction dashed, as for binary)
+CLASS_COLOURS = {"lv": "#0072B2", "myo": "#E69F00", "rv": "#CC79A7"}  # blue, orange, reddish purple
+CLASS_TITLES = {"lv": "LV cavity", "myo": "myocardium", "rv": "RV cavity"}
 MISSING_FACE = "#EEEEEE"
 FONT = ["DejaVu Sans", "Liberation Sans", "Arial", "sans-serif"]
 
@@ -89,8 +92,19 @@ AXIS_LABELS = {
 
 
 def label_for(name: str) -> str:
-    """Axis label with its unit for a metric or hyperparameter name."""
+    """Axis label with its unit for a metric or hyperparameter name (a class of a multi-class target,
+    ``val_dice_patient_myo``: "validation Dice per patient (native resolution), myocardium")."""
+    if name not in AXIS_LABELS:
+        for c, title in CLASS_TITLES.items():
+            base = name.removesuffix(f"_{c}")
+            if base != name and base in AXIS_LABELS:
+                return f"{AXIS_LABELS[base]}, {title}"
     return AXIS_LABELS.get(name, name.replace("_", " "))
+
+
+def class_colour(name: str, i: int) -> str:
+    """The colour of a class in overlays (`CLASS_COLOURS`; another name: the palette by its index)."""
+    return CLASS_COLOURS.get(name, colour(i))
 
 
 def colour(i: int) -> str:

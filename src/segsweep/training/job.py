@@ -1,6 +1,6 @@
 """A training job as Snakemake runs it: retries for crashes, a `failed` cell on the last attempt.
 
-- diverged: a normal, successful job (metrics.json says so); the study goes on.
+- diverged, collapsed: a normal, successful job (metrics.json says so); the study goes on.
 - a user error (`SegsweepError`: a missing split or data file, a bad config value): never a failed cell, and
   not worth retrying. It propagates at once (`segsweep.runner.run` makes it one line on stderr and in the log,
   exit 1) after writing ``{out_dir}/user_error.txt`` with the message; the retries Snakemake still makes

@@ -44,6 +44,8 @@ __all__ = [
     "score_slice",
     "pool_patient",
     "summarize",
+    "class_mean",
+    "class_dice_iou",
 ]
 
 
@@ -334,8 +336,32 @@ def summarize(slices: Sequence[SliceScore], patients: Sequence[dict]) -> dict[st
     }
 
 
-def hd95_per_image(pred: np.ndarray, target: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """``hd95_mm`` for each image of [N,H,W] masks with per-image spacing [N,2] (or one (row, col) pair)."""
+def hd95_per_image(pred: np.ndarray, target: np.ndarray, spacing: np.ndarray, n_classes: int = 2) -> np.ndarray:
+    """``hd95_mm`` for each image of [N,H,W] masks with per-image spacing [N,2] (or one (row, col) pair).
+
+    ``n_classes`` > 2 (label masks, background 0): the mean over the foreground classes of each class's HD95,
+    over the classes where both masks are non-empty (NaN if none), as `class_mean` does for Dice.
+    """
     pred, target = np.asarray(pred), np.asarray(target)
     sp = np.broadcast_to(np.asarray(spacing, dtype=float), (len(pred), 2))
+    if n_classes > 2:
+        per = np.array([hd95_per_image(pred == c, target == c, sp) for c in range(1, n_classes)])
+        return class_mean(per)
     return np.array([hd95_mm(p, g, s) for p, g, s in zip(pred, target, sp)], dtype=float)
+
+
+def class_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 (the classes) of the finite values; NaN where no class has one (no warning)."""
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v)
+    n = ok.sum(0)
+    return np.where(n > 0, np.where(ok, v, 0.0).sum(0) / np.maximum(n, 1), np.nan)
+
+
+def class_dice_iou(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """Monitor of a multi-class prediction: per image, the mean over the foreground classes ``1..n_classes-1``
+    of `dice_per_image` / `iou_per_image` of ``pred == c`` against ``target == c`` (label maps [B,H,W]; a class
+    empty in both scores 1, the monitor's convention). On the inputs' device, no host sync."""
+    dice = torch.stack([dice_per_image(pred == c, target == c) for c in range(1, n_classes)])
+    iou = torch.stack([iou_per_image(pred == c, target == c) for c in range(1, n_classes)])
+    return dice.mean(0), iou.mean(0)

@@ -1,6 +1,6 @@
 """`CellMetrics`: the one definition of a cell's ``metrics.json`` (no torch here: analysis and report import it).
 
-Written by training (`loop.train_cell` for ``ok``/``diverged``, `job.run_train_job` for ``failed``), read back
+Written by training (`loop.train_cell` for ``ok``/``collapsed``/``diverged``, `job.run_train_job` for ``failed``), read back
 by aggregation (`analysis.aggregate.read_cell`) and hence the report. On disk it is `segsweep.io.write_json`
 of `CellMetrics.to_json` (keys sorted, two-space indent). `CellMetrics.read` is tolerant: a key missing from
 an older file reads as None. The table in docs/architecture.md is `markdown_table()`; after changing a field
@@ -12,16 +12,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segsweep.data.config import LABELS
 from segsweep.errors import DataError
 from segsweep.io import write_json, write_text
 
-STATUSES = ("ok", "diverged", "failed")
+STATUSES = ("ok", "collapsed", "diverged", "failed")
 """Every value of ``status``, in the order tables count them."""
+# The `collapsed` rule (`segsweep.training.evaluate.collapse_way`; docs/evaluation.md says why these values).
+COLLAPSE_EMPTY_RATIO = 0.05
+"""Collapsed to empty: predicted area below this share of the reference area (validation slices with a reference)."""
+COLLAPSE_FULL_COVERAGE = 0.95
+"""Collapsed to full: prediction on at least this share of the pixels of those slices."""
 
 
 def _doc(json_type: str, doc: str, default: Any = None) -> Any:
@@ -36,28 +42,35 @@ class CellMetrics:
     status: str = field(
         metadata={
             "json": "string",
-            "doc": "`ok`, `diverged` (non-finite loss: no quality numbers) or `failed` (crashed on the last attempt)",
+            "doc": "`ok`, `collapsed` (finite loss, but the chosen model predicts (almost) nothing or (almost) "
+            "everything on the validation slices that contain the structure: `val_collapse`, docs/evaluation.md; "
+            "its numbers are kept here, tables show the word), `diverged` (non-finite loss: no quality numbers) or "
+            "`failed` (crashed on the last attempt)",
         }
     )
     reason: str | None = _doc(
         "string or null",
-        "why training stopped early, diverged (epoch and value) or "
-        "failed (exception, at most 500 characters); null for a full, ok run",
+        "why training stopped early, collapsed (to empty or full, with the measured fractions), diverged (epoch "
+        "and value) or failed (exception, at most 500 characters); null for a full, ok run",
     )
     best_val_dice: float | None = _doc(
         "number or null",
         "mean per-image validation Dice of the best epoch's weights (`best.pt`) on the network grid: the "
-        "per-epoch monitor (both-empty images score 1; docs/evaluation.md); null unless `ok`",
+        "per-epoch monitor (both-empty images score 1; docs/evaluation.md); null if `diverged` or `failed`",
     )
-    best_epoch: int | None = _doc("integer or null", "epoch (from 1) with the best validation Dice; null unless `ok`")
-    final_val_dice: float | None = _doc("number or null", "validation Dice of the last epoch run; null unless `ok`")
+    best_epoch: int | None = _doc(
+        "integer or null", "epoch (from 1) with the best validation Dice; null if `diverged` or `failed`"
+    )
+    final_val_dice: float | None = _doc(
+        "number or null", "validation Dice of the last epoch run; null if `diverged` or `failed`"
+    )
     best_val_iou: float | None = _doc(
-        "number or null", "mean per-image validation IoU of the best epoch's weights; null unless `ok`"
+        "number or null", "mean per-image validation IoU of the best epoch's weights; null if `diverged` or `failed`"
     )
     best_val_hd95_mm: float | None = _doc(
         "number or null",
         "mean HD95 (mm) of the best epoch's weights over "
-        "the images where both masks are non-empty; null if none, or unless `ok`",
+        "the images where both masks are non-empty; null if none, or if `diverged` or `failed`",
     )
     epochs_run: int | None = _doc("integer or null", "epochs trained, the diverging one included; null if `failed`")
     wall_s: float | None = _doc(
@@ -82,30 +95,30 @@ class CellMetrics:
     val_dice_patient: float | None = _doc(
         "number or null",
         "mean over validation patients of the per-patient Dice (all of a patient's slices pooled) at native "
-        "resolution, best checkpoint; null unless `ok`",
+        "resolution, best checkpoint; null if `diverged` or `failed`",
     )
     val_dice: float | None = _doc(
         "number or null",
         "mean per-slice Dice at native resolution over the `val_n_slices` validation slices (both-empty "
-        "slices excluded, one-empty slices 0); null unless `ok`",
+        "slices excluded, one-empty slices 0); null if `diverged` or `failed`",
     )
     val_iou_patient: float | None = _doc("number or null", "as `val_dice_patient`, for IoU")
     val_iou: float | None = _doc("number or null", "as `val_dice`, for IoU")
     val_hd95_mm_patient: float | None = _doc(
         "number or null",
-        "mean over validation patients of the HD95 (mm) of the patient's pooled boundary pixels; null unless `ok`",
+        "mean over validation patients of the HD95 (mm) of the patient's pooled boundary pixels; null if `diverged` or `failed`",
     )
     val_hd95_mm: float | None = _doc(
         "number or null",
         "mean per-slice HD95 (mm) at native resolution; a one-empty slice counts at the cap "
-        "(`evaluation.hd95_cap_mm`, default the image diagonal); null unless `ok`",
+        "(`evaluation.hd95_cap_mm`, default the image diagonal); null if `diverged` or `failed`",
     )
     val_nsd_patient: float | None = _doc(
         "number or null", "as `val_hd95_mm_patient`, for the NSD at `evaluation.nsd_tolerance_mm`"
     )
     val_nsd: float | None = _doc(
         "number or null",
-        "mean per-slice normalised surface Dice at `evaluation.nsd_tolerance_mm` (one-empty slices 0); null unless `ok`",
+        "mean per-slice normalised surface Dice at `evaluation.nsd_tolerance_mm` (one-empty slices 0); null if `diverged` or `failed`",
     )
     val_n_slices: int | None = _doc(
         "integer or null", "validation slices the per-slice means cover (both-empty slices excluded)"
@@ -121,13 +134,29 @@ class CellMetrics:
         "object or null",
         "the same numbers on the split's test patients, keys without `val_` (`dice`, `dice_patient`, `iou`, "
         "`iou_patient`, `hd95_mm`, `hd95_mm_patient`, `nsd`, `nsd_patient`, `n_slices`, `n_patients`, "
-        "`n_excluded_both_empty`, `n_one_empty`); recorded, never used to choose; null without a test set or "
-        "unless `ok`",
+        "`n_excluded_both_empty`, `n_one_empty`; multi-class targets also `per_class`, as `val_per_class`); "
+        "recorded, never used to choose; null without a test set or "
+        "if `diverged` or `failed`",
     )
     evaluation: dict | None = _doc(
         "object or null",
         "settings of the final evaluation: `nsd_tolerance_mm`, `hd95_cap_mm` (null = image diagonal) and "
-        "`grid` (`native`, or `network` for data ingested before native arrays existed); null unless `ok`",
+        "`grid` (`native`, or `network` for data ingested before native arrays existed); null if `diverged` or `failed`",
+    )
+    val_collapse: dict | None = _doc(
+        "object or null",
+        "the check behind `collapsed`, per class (`foreground` for a binary target): `area_ratio` (predicted / "
+        "reference area) and `coverage` (predicted share of the pixels) over the `n_slices` validation slices "
+        "whose reference is non-empty, best checkpoint, scored grid; collapsed to empty if `area_ratio` < "
+        f"{COLLAPSE_EMPTY_RATIO}, to full if `coverage` ≥ {COLLAPSE_FULL_COVERAGE}; null if `diverged` or `failed`",
+    )
+    val_per_class: dict | None = _doc(
+        "object or null",
+        "multi-class targets (`data.target: multiclass`): per foreground class (`lv`, `myo`) the same numbers "
+        "as the `val_*` fields (`dice`, `dice_patient`, `iou`, `iou_patient`, `hd95_mm`, `hd95_mm_patient`, "
+        "`nsd`, `nsd_patient` and the four counts), each class scored on its own; the `val_*` fields are then "
+        "their means over the classes and `test` has `per_class` alike; tables read a class as "
+        "`val_<metric>_<class>` (e.g. `val_dice_patient_myo`); null for binary targets",
     )
 
     def __post_init__(self) -> None:
@@ -158,6 +187,32 @@ class CellMetrics:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CellMetrics))
+CLASS_KEYS = ("dice", "dice_patient", "iou", "iou_patient", "hd95_mm", "hd95_mm_patient", "nsd", "nsd_patient")
+"""The keys of ``val_per_class`` that become table values ``val_<key>_<class>`` (cells.csv columns)."""
+
+
+def class_columns(classes: Sequence[str]) -> tuple[str, ...]:
+    """cells.csv columns of the per-class values: ``val_<key>_<class>`` for each class, then each key."""
+    return tuple(f"val_{k}_{c}" for c in classes for k in CLASS_KEYS)
+
+
+CLASS_COLUMNS = class_columns(LABELS)
+"""Every per-class column a multi-class target can have (the structures of `segsweep.data.config.LABELS`)."""
+
+
+def class_metric(name: str) -> tuple[str, str] | None:
+    """``"val_dice_patient_myo"`` → ``("dice_patient", "myo")``; None for anything else."""
+    for c in LABELS:
+        if name.startswith("val_") and name.endswith(f"_{c}") and name[4 : -len(c) - 1] in CLASS_KEYS:
+            return name[4 : -len(c) - 1], c
+    return None
+
+
+def class_values(m: CellMetrics) -> dict[str, float | None]:
+    """The per-class columns of one run (`class_columns`), from its ``val_per_class``; {} for binary targets."""
+    return {f"val_{k}_{c}": v.get(k) for c, v in (m.val_per_class or {}).items() if c in LABELS for k in CLASS_KEYS}
+
+
 OBJECT_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(CellMetrics) if f.metadata["json"].startswith("object")
 )
@@ -166,9 +221,10 @@ NUMERIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(CellMetrics) if f.metadata["json"].startswith(("number", "integer"))
 )
 QUALITY_FIELDS = ("best_val_dice", "final_val_dice", "best_val_iou", "best_val_hd95_mm") + tuple(
-    f.name for f in dataclasses.fields(CellMetrics) if f.name.startswith("val_")
+    f.name for f in dataclasses.fields(CellMetrics) if f.name.startswith("val_") and f.name not in OBJECT_FIELDS
 )
-"""Model-quality numbers: meaningful only for an ``ok`` run (aggregation ignores them otherwise)."""
+"""Model-quality numbers: aggregation uses them only for an ``ok`` run (a ``collapsed`` run keeps them in
+metrics.json, but no table, interval or comparison reads them)."""
 
 
 # ------------------------------------------------------------------------------------------------ docs
