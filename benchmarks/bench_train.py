@@ -16,6 +16,11 @@ of every run (warm-up) is dropped; the bar compares medians of wall time (CPU ti
 
 Run: .venv/bin/python benchmarks/bench_train.py [--epochs 5] [--rounds 2] [--threads 1]
      → benchmarks/results/train.json
+
+Speed per architecture (``--models unet,resnet18_unet,resnet34_unet``): ``train_cell`` epochs of each model on
+the same data, setup and thread count (the U-Net as above; the ResNet U-Nets with their fixed encoders), as
+training images per second (n_train / median epoch wall time, validation of n_val images included; first
+epoch dropped), so users can size studies → benchmarks/results/train_models.json.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from segsweep.io import write_json  # noqa: E402
 from segsweep.plan.config import cell_params
 from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.training.loop import train_cell  # noqa: E402
-from segsweep.training.model import UNet  # noqa: E402
+from segsweep.training.model import MODELS, UNet  # noqa: E402
 from segsweep.training.params import CellParams  # noqa: E402
 
 BAR = 1.05
@@ -180,6 +185,64 @@ def interleaved_run(params: CellParams, data_dir: Path, split: Path, out_dir: Pa
     return {k: [float(x) for x in v[1:]] for k, v in t.items()}
 
 
+def machine(threads: int) -> dict:
+    return {
+        "hardware": hardware_description(torch.device("cpu")),
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- architectures
+def model_speed(models: list[str], args) -> dict:
+    """Median segsweep epoch time and training images per second of each model (module doc)."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_dir, split = write_synthetic_dataset(tmp / "data", args.patients, 8, (128, 112), val_patients=3)
+        n_train, n_val = (len(t) for t in load_tensors(data_dir, split)[::2])
+        for model in models:
+            params = cell_params(
+                {"model": model, "depth": 3, "base_width": 8, "batch_size": 8, "epochs": args.epochs, "lr": 1e-3}
+            )
+            stamps = [time.perf_counter()]
+            train_cell(
+                params,
+                data_dir,
+                split,
+                tmp / model,
+                threads=args.threads,
+                device="cpu",
+                on_epoch=lambda row, stamps=stamps: stamps.append(time.perf_counter()),
+            )
+            epochs = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # first epoch: warm-up
+            med = statistics.median(epochs)
+            rows[model] = {
+                "median_epoch_s": round(med, 3),
+                "train_img_per_s": round(n_train / med, 2),
+                "epoch_s": [round(x, 3) for x in epochs],
+                "parameters": sum(p.numel() for p in MODELS[model](params).parameters()),
+            }
+            print(f"{model}: {med:.2f} s/epoch, {n_train / med:.1f} training img/s", flush=True)
+    return {
+        "benchmark": "train_speed_per_model",
+        "models": rows,
+        "setup": {
+            "image_size": [128, 112],
+            "batch_size": 8,
+            "n_train": n_train,
+            "n_val": n_val,
+            "epochs_per_run": args.epochs,
+            "optimizer": "adam",
+            "note": "epoch = training + validation + checkpoints; img/s counts training images",
+        },
+        "machine": machine(args.threads),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,8 +252,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--patients", type=int, default=16, help="8 slices each; 3 validate, the rest train")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
     ap.add_argument("--profile", action="store_true", help="cProfile one segsweep run and print the top entries")
+    ap.add_argument("--models", help="comma-separated models: epoch speed per architecture (module doc)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.models:
+        out = args.out if args.out != ROOT / "benchmarks" / "results" / "train.json" else None
+        result = model_speed(args.models.split(","), args)
+        write_json(out or ROOT / "benchmarks" / "results" / "train_models.json", result)
+        return result
 
     params = cell_params(
         {
@@ -250,13 +319,7 @@ def main(argv=None) -> dict:
             "interleaving": "one bare epoch inside each segsweep on_epoch callback",
             "segsweep_augmentation": "flip, ±10°, ±10 % zoom, ±0.1 intensity",
         },
-        "machine": {
-            "hardware": hardware_description(torch.device("cpu")),
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
+        "machine": machine(args.threads),
         "date": time.strftime("%Y-%m-%d"),
     }
     write_json(args.out, result)

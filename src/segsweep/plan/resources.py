@@ -13,13 +13,17 @@ from segsweep.training.params import CellParams
 # (stack-notes), ~0.002 s on a current GPU. Used only to size the Slurm time limit, with headroom.
 _CPU_S, _GPU_S = 0.3, 0.004
 _REF_PIXELS, _REF_WIDTH = 256 * 216, 16
+# The U-Net base width with the per-image cost of each backbone U-Net (benchmarks/results/train_models.json: on one
+# CPU thread resnet18_unet trains 6.3× and resnet34_unet 9.1× slower than the width-8 U-Net; cost ∝ width²).
+EQUIVALENT_WIDTH = {"resnet18_unet": 20, "resnet34_unet": 24}
 
 
 def train_runtime_min(params: CellParams, prep: PreprocessConfig, res: ResourceConfig, n_images: int = 300) -> int:
     """Time limit (minutes) for one training job: epochs × images × per-image cost, ×3 headroom."""
     if res.train_runtime_min:
         return res.train_runtime_min
-    scale = (prep.size[0] * prep.size[1] / _REF_PIXELS) * (params.base_width / _REF_WIDTH) ** 2
+    width = EQUIVALENT_WIDTH.get(params.model, params.base_width)
+    scale = (prep.size[0] * prep.size[1] / _REF_PIXELS) * (width / _REF_WIDTH) ** 2
     per_image = (_GPU_S if res.train_gpus else _CPU_S) * max(scale, 0.05)
     seconds = params.epochs * n_images * params.fraction * per_image * 1.3  # + validation
     return max(10, math.ceil(3 * seconds / 60))

@@ -137,3 +137,24 @@ def collect(config: Mapping, repo_dir: Path) -> dict:
         },
         "date": now_utc().isoformat(),
     }
+
+
+def pretrained_rows(cells: list[str], cells_dir: Path) -> list[dict]:
+    """The pretrained weights files the runs started from (metrics.json ``params.pretrained``): one row per
+    sha256 (what a cell id holds) with the paths it was read from and the number of runs."""
+    import json
+
+    by_sha: dict[str, dict] = {}
+    for cell in dict.fromkeys(cells):
+        try:
+            params = json.loads((Path(cells_dir) / cell / "metrics.json").read_text()).get("params") or {}
+        except (OSError, ValueError):
+            continue
+        w = params.get("pretrained")
+        if isinstance(w, Mapping) and w.get("sha256"):
+            row = by_sha.setdefault(w["sha256"], {"sha256": w["sha256"], "paths": [], "n": 0, "model": set()})
+            row["n"] += 1
+            row["model"].add(str(params.get("model")))
+            if w.get("path") not in row["paths"]:
+                row["paths"].append(w.get("path"))
+    return [{**r, "model": ", ".join(sorted(r["model"]))} for _, r in sorted(by_sha.items())]

@@ -14,6 +14,9 @@ Decisions (the contract the rest of the pipeline relies on):
   training (or validation) loss stops the run with status ``diverged`` — a normal return, not an error.
   Its metrics.json has every quality field (Dice, IoU, HD95, best_epoch) null, ``epochs_run`` = the epoch
   it diverged in and ``reason`` naming epoch and value; per_image.csv is header-only, predictions.npz empty.
+  A finite-loss run whose best checkpoint predicts (almost) nothing or everything on the validation slices
+  that contain the structure is ``collapsed`` (`segsweep.training.evaluate.collapse_reason`): its outputs and
+  numbers are written as for ``ok``, ``reason`` says which way and the measured fractions.
 * **Logged LR** (``history.csv`` column ``lr``) is the LR of the epoch's *first* optimizer step; per-step
   schedules move it within the epoch. ``train_loss`` is the mean data loss over the epoch's images
   (without the regulariser penalty, so cells with and without a penalty compare); ``val_loss`` likewise
@@ -52,17 +55,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from segsweep.data.config import class_names
 from segsweep.data.splits import select_patients, test_patients
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.training.augment import Augmenter
 from segsweep.training.device import hardware_description, resolve_device
+from segsweep.training.evaluate import collapse_reason
 from segsweep.training.params import CellParams
 from segsweep.training.record import CellMetrics
 
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s")
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s", "lr_encoder")
 PER_IMAGE_COLUMNS = ("patient", "slice", "dice", "iou", "hd95_mm")
 CHECKPOINT_VERSION = 1
 
@@ -70,7 +76,7 @@ CHECKPOINT_VERSION = 1
 # ------------------------------------------------------------------------------------------------- data
 @dataclass
 class CellData:
-    """The cell's images as device tensors ([N,1,H,W] float32; masks 0/1) + validation metadata."""
+    """The cell's images as device tensors ([N,1,H,W] float32; masks 0/1, or label values 0..C) + validation metadata."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -82,6 +88,13 @@ class CellData:
     train_patients: list[str]
     val_patients: list[str]
     test_patients: list[str] = field(default_factory=list)  # the split's test set: final evaluation only
+    n_classes: int = 2  # label values, background included (dataset.json): 2 = binary, one sigmoid channel
+    classes: tuple[str, ...] = ("foreground",)  # foreground class names, label value k+1 = classes[k]
+
+    @property
+    def n_outputs(self) -> int:
+        """Output channels of the model: 1 (sigmoid) for a binary target, else background + classes (softmax)."""
+        return 1 if self.n_classes <= 2 else self.n_classes
 
     @property
     def n_train(self) -> int:
@@ -101,7 +114,7 @@ def _read_json(path: Path, what: str) -> dict:
         raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def _load_patients(data_dir: Path, pids: list[str]) -> dict[str, np.ndarray]:
+def _load_patients(data_dir: Path, pids: list[str], n_classes: int = 2) -> dict[str, np.ndarray]:
     parts: dict[str, list] = {"image": [], "mask": [], "spacing": [], "slice": [], "patient": []}
     for pid in pids:
         path = data_dir / f"{pid}.npz"
@@ -127,8 +140,11 @@ def _load_patients(data_dir: Path, pids: list[str]) -> dict[str, np.ndarray]:
     if len(sizes) > 1:
         raise DataError(f"images in {data_dir} differ in size {sorted(sizes)}; ingest resizes them to one size")
     out = {k: np.concatenate(v) for k, v in parts.items()}
-    if out["mask"].size and out["mask"].max() > 1:
-        raise DataError(f"masks in {data_dir} hold class ids > 1: training supports binary targets only")
+    top = max(1, n_classes - 1)
+    if out["mask"].size and out["mask"].max() > top:
+        raise DataError(
+            f"masks in {data_dir} hold label values > {top}, but dataset.json says n_classes {n_classes}; rerun ingest"
+        )
     return out
 
 
@@ -136,12 +152,7 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
     """Read ``dataset.json``, the split and the patients' npz files; return device tensors."""
     data_dir, split_path = Path(data_dir), Path(split_path)
     dataset = _read_json(data_dir / "dataset.json", "data set manifest")
-    n_classes = int(dataset.get("n_classes", 1))
-    if n_classes > 2:
-        raise DataError(
-            f"{data_dir / 'dataset.json'}: target '{dataset.get('target')}' has {n_classes} classes; "
-            "training supports binary targets (endo, epi, myo) only"
-        )
+    n_classes = max(2, int(dataset.get("n_classes", 2)))  # binary: 2 label values (older files say 1)
     split = _read_json(split_path, "split file")
     if "seed" in split and int(split["seed"]) != params.split_seed:
         raise DataError(
@@ -163,7 +174,7 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
     leak = sorted(set(test_ids) & set(train_ids + val_ids))
     if leak:
         raise DataError(f"split file {split_path}: test patients also used for training or validation: {leak[:5]}")
-    tr, va = _load_patients(data_dir, train_ids), _load_patients(data_dir, val_ids)
+    tr, va = _load_patients(data_dir, train_ids, n_classes), _load_patients(data_dir, val_ids, n_classes)
     if len(tr["image"]) == 0 or len(va["image"]) == 0:
         raise DataError(f"split file {split_path}: the selected patients have no training or no validation images")
 
@@ -181,6 +192,8 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
         train_patients=train_ids,
         val_patients=val_ids,
         test_patients=test_ids,
+        n_classes=n_classes,
+        classes=class_names(dataset.get("target"), n_classes),
     )
 
 
@@ -192,7 +205,8 @@ def _seeds(seed: int) -> tuple[int, int]:
 
 
 def _format_row(row: dict) -> list[str]:
-    return [str(row[c]) if not isinstance(row[c], float) else repr(row[c]) for c in HISTORY_COLUMNS]
+    # .get: rows of a last.pt written before a column existed (lr_encoder) leave it empty
+    return [repr(v) if isinstance(v := row.get(c, ""), float) else str(v) for c in HISTORY_COLUMNS]
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -217,9 +231,9 @@ class _Trainer:
     """One cell's training state; `train_cell` drives it. Kept small: the loop lives in `run_epoch`."""
 
     def __init__(self, params: CellParams, data: CellData, device: torch.device, amp: bool, channels_last: bool):
+        from segsweep.training.finetune import FineTune
         from segsweep.training.losses import build_loss
         from segsweep.training.model import MODELS
-        from segsweep.training.optim import build_optimizer
         from segsweep.training.regularizers import penalty
         from segsweep.training.schedules import LRSchedule
 
@@ -227,11 +241,13 @@ class _Trainer:
         self.amp, self.channels_last = amp, channels_last
         torch.manual_seed(params.seed)  # weight init + dropout masks (global generators, CPU and CUDA)
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
-        self.model = MODELS["unet"](params, n_classes=1).to(device)
+        self.model = MODELS[params.model](params, n_classes=data.n_outputs).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(params.loss).to(device)
-        self.optimizer = build_optimizer(params, self.model)
+        # trainable parameters and their groups (segsweep.training.finetune; "full": one group, as ever)
+        self.finetune = FineTune(params, self.model)
+        self.optimizer = self.finetune.build_optimizer()
         self.steps_per_epoch = math.ceil(data.n_train / params.batch_size)
         self.schedule = LRSchedule(params.schedule, self.optimizer, params.lr, self.steps_per_epoch, params.epochs)
         self._penalty = penalty
@@ -241,6 +257,12 @@ class _Trainer:
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
 
     # -- one batch's input in the model's layout
+    def _target(self, y: torch.Tensor) -> torch.Tensor:
+        """The loss's target: the 0/1 mask [B,1,H,W] (binary), or label values one-hot [B,C,H,W] (softmax)."""
+        if self.data.n_outputs == 1:
+            return y
+        return F.one_hot(y[:, 0].long(), self.data.n_outputs).permute(0, 3, 1, 2).to(y.dtype)
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         if self.p.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
@@ -255,6 +277,7 @@ class _Trainer:
         perm = torch.randperm(d.n_train, generator=self.shuffle_gen).to(self.device, non_blocking=True)
         loss_sum = torch.zeros((), device=self.device)
         lr_first = float(self.schedule.lr)
+        self.finetune.start_epoch(self.schedule.step_count // self.steps_per_epoch, lr_first)
         reg = p.regularizer != "none"
         for start in range(0, d.n_train, p.batch_size):
             idx = perm[start : start + p.batch_size]
@@ -263,7 +286,7 @@ class _Trainer:
                 x, y = self.augmenter(x, y)
             with torch.autocast(**self.autocast):
                 logits = self.model(self._input(x))
-            loss = self.loss_fn(logits, y)
+            loss = self.loss_fn(logits, self._target(y))
             total = loss
             if reg:
                 total = loss + self._penalty(self.model, p.regularizer, p.reg_lambda, p.reg_l1_ratio, p.reg_on)
@@ -281,7 +304,7 @@ class _Trainer:
 
     def predict(self, x_all: torch.Tensor, y_all: torch.Tensor, keep_pred: bool = False):
         """Validation in batches: (loss sum, per-image Dice [M], per-image IoU [M], optional pred uint8 [M,H,W])."""
-        from segsweep.training.metrics import dice_per_image, iou_per_image
+        from segsweep.training.metrics import class_dice_iou, dice_per_image, iou_per_image
 
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -292,18 +315,26 @@ class _Trainer:
                 x, y = x_all[start : start + bs], y_all[start : start + bs]
                 with torch.autocast(**self.autocast):
                     logits = self.model(self._input(x))
-                loss_sum += self.loss_fn(logits, y) * x.shape[0]
-                pred = logits > 0  # sigmoid(z) > 0.5  ⇔  z > 0, without computing the sigmoid
-                truth = y > 0.5
-                dice.append(dice_per_image(pred, truth))
-                iou.append(iou_per_image(pred, truth))
+                loss_sum += self.loss_fn(logits, self._target(y)) * x.shape[0]
+                if self.data.n_outputs == 1:
+                    pred = logits > 0  # sigmoid(z) > 0.5  ⇔  z > 0, without computing the sigmoid
+                    truth = y > 0.5
+                    dice.append(dice_per_image(pred, truth))
+                    iou.append(iou_per_image(pred, truth))
+                    pred = pred[:, 0]
+                else:  # softmax: the most probable label; Dice/IoU the mean over the foreground classes
+                    pred = logits.argmax(1)
+                    d, j = class_dice_iou(pred, y[:, 0].long(), self.data.n_outputs)
+                    dice.append(d)
+                    iou.append(j)
                 if keep_pred:
-                    preds.append(pred[:, 0].to(torch.uint8))
+                    preds.append(pred.to(torch.uint8))
         out = (loss_sum, torch.cat(dice), torch.cat(iou))
         return out + ((torch.cat(preds) if keep_pred else None),)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits float32 [B,H,W] (CPU) of network-grid images float32 [B,H,W], in training-size batches."""
+        """Logits float32 (CPU) of network-grid images float32 [B,H,W], in training-size batches: [B,H,W] for
+        one sigmoid channel, [B,C,H,W] for softmax outputs."""
         self.model.eval()
         out = []
         bs = self.p.batch_size
@@ -313,8 +344,11 @@ class _Trainer:
                 xb = xb.unsqueeze(1).to(self.device)
                 with torch.autocast(**self.autocast):
                     z = self.model(self._input(xb))
-                out.append(z[:, 0].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, *x.shape[1:]), np.float32)
+                out.append((z[:, 0] if z.shape[1] == 1 else z).float().cpu().numpy())
+        if not out:
+            n = self.data.n_outputs
+            return np.zeros((0, *x.shape[1:]) if n == 1 else (0, n, *x.shape[1:]), np.float32)
+        return np.concatenate(out)
 
     # -- checkpoints
     def rng_state(self) -> dict:
@@ -389,6 +423,7 @@ def train_cell(
         dev,
     )
     tr = _Trainer(params, data, dev, amp, channels_last)
+    tr.finetune.initialise(out_dir, log)  # pretrained / init_from weights (a resume overwrites them)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     history: list[dict] = []
@@ -396,7 +431,7 @@ def train_cell(
     bad_epochs, stopped, reason, wall_before = 0, None, None, 0.0
     ckpt = _load_checkpoint(last_path, log) if last_path.exists() else None
     if ckpt is not None:
-        if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("params") != params.to_dict():
+        if ckpt.get("version") != CHECKPOINT_VERSION or not params.same_run(ckpt.get("params")):
             log.warning("%s belongs to other parameters or another version: starting afresh", last_path)
         else:
             tr.model.load_state_dict(ckpt["model"])
@@ -426,6 +461,7 @@ def train_cell(
             "val_dice": vd,
             "val_iou": vi,
             "epoch_s": round(time.perf_counter() - t0, 4),
+            "lr_encoder": tr.finetune.lr_encoder,  # the encoder group's LR (0 while frozen; finetune.py)
         }
         history.append(row)
         if not math.isfinite(tl) or not math.isfinite(vl):
@@ -487,6 +523,10 @@ def train_cell(
         status, best_epoch = "ok", best["epoch"]
         final = _final_evaluation(tr, data, best_path, out_dir, Path(data_dir), evaluation, log)
         quality = {**final, "final_val_dice": history[-1]["val_dice"]}
+        collapsed = collapse_reason(final["val_collapse"])
+        if collapsed:  # a finite loss, but a model that predicts (almost) nothing or everything: numbers kept
+            status, reason = "collapsed", collapsed + (f"; {reason}" if reason else "")
+            log.warning("cell %s collapsed: %s", out_dir.name, collapsed)
     metrics = CellMetrics(
         cell=out_dir.name,
         status=status,
@@ -555,15 +595,15 @@ def _final_evaluation(
     _, dice, iou, pred = tr.predict(data.x_val, data.y_val, keep_pred=True)
     dice, iou, pred = dice.cpu().numpy(), iou.cpu().numpy(), pred.cpu().numpy()
     mask = data.y_val[:, 0].to(torch.uint8).cpu().numpy()
-    hd = hd95_per_image(pred, mask, data.val_spacing)
+    hd = hd95_per_image(pred, mask, data.val_spacing, data.n_classes)
 
     cfg = ev.EvaluationConfig.from_mapping(evaluation)
-    val = ev.evaluate_set("val", ev.load_images(data_dir, data.val_patients), tr.logits, cfg)
+    val = ev.evaluate_set("val", ev.load_images(data_dir, data.val_patients), tr.logits, cfg, data.classes)
     if val.images.patient != list(data.val_patient) or val.images.slice != [int(x) for x in data.val_slice]:
         raise DataError(f"{data_dir}: the validation images changed while the cell trained; rerun it")
     test = None
     if data.test_patients:
-        test = ev.evaluate_set("test", ev.load_images(data_dir, data.test_patients), tr.logits, cfg)
+        test = ev.evaluate_set("test", ev.load_images(data_dir, data.test_patients), tr.logits, cfg, data.classes)
     if not val.images.native:
         log.warning(
             "%s: patient files without native-resolution arrays (ingested by an older segsweep): the final "
@@ -580,8 +620,8 @@ def _final_evaluation(
             [test.images.patient[i], test.images.slice[i], *test.net[i], *ev.native_image_cells(test, i)]
             for i in range(len(test.images))
         ]
-    _write_per_image(out_dir, rows)
-    ev.write_per_patient(out_dir, [val] + ([test] if test is not None else []))
+    _write_per_image(out_dir, rows, data.classes)
+    ev.write_per_patient(out_dir, [val] + ([test] if test is not None else []), data.classes)
     for res in (val, test):
         if res is not None:
             ev.log_summary(log, res)
@@ -593,6 +633,8 @@ def _final_evaluation(
             mask=mask,
             patient=data.val_patient.astype(str),
             slice=data.val_slice,
+            # multi-class: the class names of label values 1, 2, ... (overlays draw them in class colours)
+            **({"classes": np.asarray(data.classes)} if data.n_outputs > 1 else {}),
         )
     finite_hd = hd[np.isfinite(hd)]
     return {
@@ -604,14 +646,15 @@ def _final_evaluation(
     }
 
 
-def _write_per_image(out_dir: Path, rows: list[list]) -> None:
+def _write_per_image(out_dir: Path, rows: list[list], classes: tuple[str, ...] = ("foreground",)) -> None:
     """per_image.csv: the network-grid columns (PER_IMAGE_COLUMNS: HD95 empty where a mask is empty), then
-    the set and the native-resolution scores (`evaluate.NATIVE_IMAGE_COLUMNS`)."""
-    from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS
+    the set and the native-resolution scores (`evaluate.NATIVE_IMAGE_COLUMNS`; multi-class: means over the
+    classes, then each class's, `evaluate.class_image_columns`)."""
+    from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS, class_image_columns
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(PER_IMAGE_COLUMNS + NATIVE_IMAGE_COLUMNS)
+    w.writerow(PER_IMAGE_COLUMNS + NATIVE_IMAGE_COLUMNS + class_image_columns(classes))
     for r in rows:
         patient, slc, dice, iou, hd = r[:5]
         w.writerow([patient, slc, repr(dice), repr(iou), repr(hd) if math.isfinite(hd) else "", *r[5:]])
@@ -623,8 +666,8 @@ def _write_empty_evaluation(out_dir: Path, data: CellData) -> None:
     predictions."""
     from segsweep.training.evaluate import write_per_patient
 
-    _write_per_image(out_dir, [])
-    write_per_patient(out_dir, [])
+    _write_per_image(out_dir, [], data.classes)
+    write_per_patient(out_dir, [], data.classes)
     h, w = data.x_val.shape[-2:]
     with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(

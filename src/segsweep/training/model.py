@@ -19,7 +19,10 @@ Inputs of any size ≥ 2^depth pixels work: max pooling floors odd sizes, and th
 upsampled map (by at most one pixel per level, bottom/right) to its skip connection's size, so the output
 always has the input's spatial size.
 
-Architectures are registered in ``MODELS``: a builder ``f(params: CellParams, n_classes) -> nn.Module``.
+Architectures are registered in ``MODELS``: a builder ``f(params: CellParams, n_classes) -> nn.Module``; the
+config key ``model`` picks one: ``unet`` (this module) or a U-Net with a torchvision ResNet encoder
+(``resnet18_unet``, ``resnet34_unet``: `segsweep.training.backbones`). Every model is a
+``blocks.SegmentationNet`` (its encoder, its feature levels, frozen BatchNorm kept in eval mode).
 The plan builds every distinct architecture of a config once, on the meta device (no memory, no weight
 init), so an invalid value fails at plan time (``segsweep.plan.validate``).
 """
@@ -35,57 +38,18 @@ from torch import nn
 
 from segsweep.errors import ConfigError
 from segsweep.registry import Registry
+from segsweep.training import backbones
+from segsweep.training.blocks import DROPOUT_MODES, DoubleConv, SegmentationNet, Up
+
+__all__ = ["DROPOUT_MODES", "MODELS", "DoubleConv", "UNet", "Up", "n_parameters"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from segsweep.training.params import CellParams
 
-DROPOUT_MODES = ("element", "spatial")
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model")
 
 
-def _dropout(p: float, mode: str) -> nn.Module:
-    if mode not in DROPOUT_MODES:
-        raise ValueError(f"dropout_mode must be one of {DROPOUT_MODES}, got {mode!r}")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    if p == 0.0:
-        return nn.Identity()  # no module in the graph at all: zero cost when dropout is off
-    return nn.Dropout(p) if mode == "element" else nn.Dropout2d(p)
-
-
-class DoubleConv(nn.Sequential):
-    """(3×3 conv → [BN] → ReLU) × 2 → dropout."""
-
-    def __init__(self, c_in: int, c_out: int, batch_norm: bool, p: float, mode: str):
-        layers: list[nn.Module] = []
-        for c in (c_in, c_out):
-            # A conv followed by BN needs no bias: BN's shift makes it redundant.
-            layers.append(nn.Conv2d(c, c_out, kernel_size=3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c_out))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(_dropout(p, mode))
-        super().__init__(*layers)
-
-
-class Up(nn.Module):
-    """2×2 transposed conv (halves channels, doubles size) → pad to the skip's size → concat → DoubleConv."""
-
-    def __init__(self, c_in: int, c_out: int, batch_norm: bool, p: float, mode: str):
-        super().__init__()
-        self.up = nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)
-        self.conv = DoubleConv(2 * c_out, c_out, batch_norm, p, mode)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x)
-        dh = skip.shape[-2] - x.shape[-2]
-        dw = skip.shape[-1] - x.shape[-1]
-        if dh or dw:  # odd size at this level: pooling floored it, so the upsampled map is 1 px short
-            x = F.pad(x, (0, dw, 0, dh))
-        return self.conv(torch.cat([skip, x], dim=1))
-
-
-class UNet(nn.Module):
+class UNet(SegmentationNet):
     """Classic 2D U-Net returning logits ``[B, n_classes, H, W]`` for input ``[B, in_channels, H, W]``."""
 
     def __init__(
@@ -129,6 +93,15 @@ class UNet(nn.Module):
             x = dec(x, skip)
         return self.head(x)
 
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.encoders, self.bottleneck]  # the contracting path and the bottleneck
+
+    def feature_levels(self) -> list[tuple[str, str, nn.Module]]:
+        enc = [(f"enc{i}", "encoder", m) for i, m in enumerate(self.encoders)] + [
+            ("bottleneck", "encoder", self.bottleneck)
+        ]
+        return enc + [(f"dec{self.depth - 1 - i}", "decoder", m) for i, m in enumerate(self.decoders)]
+
     @classmethod
     def from_params(cls, p: CellParams, n_classes: int = 1) -> UNet:
         return cls(
@@ -151,6 +124,21 @@ def unet(params: CellParams, n_classes: int = 1) -> UNet:
         return UNet.from_params(params, n_classes=n_classes)
     except ValueError as exc:
         raise ConfigError(f"config key 'model': unet: {exc}") from None
+
+
+def _backbone(name: str) -> Callable[..., nn.Module]:
+    def build(params: CellParams, n_classes: int = 1) -> nn.Module:
+        try:
+            return backbones.build(name, params, n_classes=n_classes)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'model': {name}: {exc}") from None
+
+    build.__doc__ = f"U-Net with a torchvision {backbones.BACKBONES[name]} encoder (segsweep.training.backbones)."
+    return build
+
+
+for _name in backbones.BACKBONES:  # resnet18_unet, resnet34_unet
+    MODELS.register(_name)(_backbone(_name))
 
 
 def n_parameters(model: nn.Module) -> int:

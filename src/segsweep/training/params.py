@@ -6,13 +6,15 @@ not split one cell into two.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from segsweep.errors import ConfigError
-from segsweep.io import is_neutral
+from segsweep.io import added_field, is_neutral
+from segsweep.training.backbones import BACKBONES, file_sha256
 from segsweep.training.losses import LOSSES
 from segsweep.training.optim import OPTIMIZERS
 from segsweep.training.regularizers import REGULARIZERS
@@ -106,6 +108,83 @@ def _opt(v):
     return None if v is None else float(v)
 
 
+FINETUNE_MODES = ("full", "freeze_encoder", "freeze_then_unfreeze", "discriminative")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """Pretrained encoder weights (``pretrained``): known to a cell id by their **sha256**, not their path.
+
+    ``path`` (absolute) is where the train job opens the file; it travels in the identity form (the train
+    rule's params) but `CellParams.id_form` leaves it out, so moving the file keeps the cell id.
+    """
+
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256}
+
+    def id_form(self) -> dict:
+        return {"sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class InitFrom:
+    """Initial weights from another cell's ``best.pt`` (``init_from``).
+
+    ``{cell: <id>}``: that cell. ``{study: X}``: X's validation-selected cell, known only once X has run, so the
+    plan stores what decides it: X's cell ids, its table value and direction (`segsweep.plan.finetune`).
+    The study's name says where its table lies and is left out of the id (`id_form`), like a weights path.
+    """
+
+    cell: str | None = None
+    study: str | None = None
+    cells: tuple[str, ...] = ()
+    value: str | None = None
+    higher_is_better: bool | None = None
+
+    @classmethod
+    def from_value(cls, v: Mapping) -> InitFrom:
+        if v.get("cell") is not None:
+            return cls(cell=str(v["cell"]))
+        if not v.get("cells"):
+            raise ConfigError(
+                f"config key 'init_from': {{study: {v.get('study')}}} is resolved by the plan (the study's cells); "
+                "build cells through segsweep.plan.cells.build_plan"
+            )
+        return cls(
+            study=str(v["study"]),
+            cells=tuple(v["cells"]),
+            value=str(v["value"]),
+            higher_is_better=bool(v["higher_is_better"]),
+        )
+
+    def to_dict(self) -> dict:
+        if self.cell is not None:
+            return {"cell": self.cell}
+        return {
+            "study": self.study,
+            "cells": list(self.cells),
+            "value": self.value,
+            "higher_is_better": self.higher_is_better,
+        }
+
+    def id_form(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k != "study"}
+
+
+def _weights_file(path: Any) -> WeightsFile | None:
+    if path is None:
+        return None
+    if isinstance(path, Mapping):
+        if "sha256" in path:  # already resolved (from_dict)
+            return WeightsFile(str(path["path"]), str(path["sha256"]))
+        path = path["path"]  # {path, label}: the label names the value in tables only
+    full = os.path.abspath(os.path.expanduser(os.path.expandvars(str(path))))
+    return WeightsFile(full, file_sha256(full))
+
+
 @dataclass(frozen=True)
 class CellParams:
     """Everything that determines one training run (and so its content hash)."""
@@ -138,6 +217,13 @@ class CellParams:
     seed: int
     fold: int | None
     split_seed: int
+    # added after 0.1.0 (docs/architecture.md, "Cell ids"): left out of the id at these neutral values
+    model: str = added_field("unet")
+    pretrained: WeightsFile | None = added_field(None)
+    init_from: InitFrom | None = added_field(None)
+    finetune: str = added_field("full")
+    unfreeze_epoch: int | None = added_field(None)
+    encoder_lr_factor: float | None = added_field(None)
 
     @classmethod
     def from_config(cls, d: Mapping) -> CellParams:
@@ -153,6 +239,20 @@ class CellParams:
             reg = "none"
         # A key the optimizer / regulariser does not read (its keyword parameters) gets one neutral value.
         opt_reads, reg_reads = OPTIMIZERS.params(opt), REGULARIZERS.params(reg)
+        model = d.get("model", "unet")
+        backbone = model in BACKBONES  # depth and base_width do not apply: one neutral value (0)
+        ft = d.get("finetune", "full")
+        if ft not in FINETUNE_MODES:
+            raise ConfigError(f"config key 'finetune': unknown mode {ft!r} (known: {', '.join(FINETUNE_MODES)})")
+        if d.get("pretrained") is not None and not backbone:
+            raise ConfigError(
+                f"config key 'pretrained': model '{model}' has no torchvision encoder to load it into "
+                f"(pretrained weights apply to {', '.join(BACKBONES)})"
+            )
+        pretrained = _weights_file(d.get("pretrained"))  # hashed once per file and plan (memo)
+        init_from = None if d.get("init_from") is None else InitFrom.from_value(d["init_from"])
+        if pretrained is not None and init_from is not None:
+            raise ConfigError("config keys 'pretrained' and 'init_from' both set: a cell starts from one of them")
         drop = (
             first(d["dropout_down"], d["dropout_blocks"], g),
             first(d["dropout_bottleneck"], d["dropout_body"], g),
@@ -181,13 +281,20 @@ class CellParams:
             patience=None if d["patience"] is None else int(d["patience"]),
             augment=AugmentParams(**{k: v for k, v in d["augment"].items()}),
             in_channels=int(d["in_channels"]),
-            depth=int(d["depth"]),
-            base_width=int(d["base_width"]),
+            depth=0 if backbone else int(d["depth"]),
+            base_width=0 if backbone else int(d["base_width"]),
             batch_norm=bool(d["batch_norm"]),
             fraction=float(d["fraction"]),
             seed=int(d["seed"]),
             fold=None if d["fold"] is None else int(d["fold"]),
             split_seed=int(d["split_seed"]),
+            model=model,
+            pretrained=pretrained,
+            init_from=init_from,
+            finetune=ft,
+            # read only by the mode that uses it, so other modes' cells do not split on it
+            unfreeze_epoch=int(d.get("unfreeze_epoch", 1)) if ft == "freeze_then_unfreeze" else None,
+            encoder_lr_factor=float(d.get("encoder_lr_factor", 0.1)) if ft == "discriminative" else None,
         )
 
     def to_dict(self, identity: bool = False) -> dict:
@@ -208,9 +315,21 @@ class CellParams:
                 v = v.to_dict()
             elif f.name == "augment":
                 v = asdict(v)
+            elif isinstance(v, (WeightsFile, InitFrom)):
+                v = v.to_dict()
             elif isinstance(v, tuple):
                 v = list(v)
             out[f.name] = v
+        return out
+
+    def id_form(self) -> dict:
+        """What a cell id hashes (`segsweep.plan.cells.cell_id`): the identity form without where files lie:
+        a weights file by its sha256 (not its path), ``init_from`` a study by its content (not its name). For
+        every cell without those two it is the identity form itself."""
+        out = self.to_dict(identity=True)
+        for name in ("pretrained", "init_from"):
+            if name in out:
+                out[name] = getattr(self, name).id_form()
         return out
 
     @classmethod
@@ -221,9 +340,29 @@ class CellParams:
         kw["schedule"] = parse_schedule(kw["schedule"])
         kw["augment"] = AugmentParams(**kw["augment"])
         kw["reg_on"] = tuple(kw["reg_on"])
+        if kw.get("pretrained") is not None:
+            kw["pretrained"] = _weights_file(kw["pretrained"])
+        if kw.get("init_from") is not None:
+            kw["init_from"] = InitFrom.from_value(kw["init_from"])
         return cls(**kw)
 
+    def same_run(self, saved: Mapping | None) -> bool:
+        """Whether ``saved`` (a checkpoint's ``to_dict()``) describes this cell: compared by `id_form`, so a
+        checkpoint from before a field was added, or with a weights file since moved, still resumes."""
+        if saved is None:
+            return False
+        try:
+            return CellParams.from_dict(saved).id_form() == self.id_form()
+        except (KeyError, TypeError, ValueError, ConfigError):
+            return False
 
-# Label values (background included) that training can learn: one sigmoid output, i.e. binary targets.
-# The plan rejects a data.target with more (segsweep.plan.cells), so no train job fails on it.
-TRAINABLE_CLASSES = 2
+    @property
+    def is_backbone(self) -> bool:
+        return self.model in BACKBONES
+
+
+# Label values (background included) that training can learn: binary targets (one sigmoid output) and
+# multiclass (LV cavity + myocardium: softmax over 3 channels). The plan rejects a data.target with more
+# (segsweep.plan.cells), and a binary-only loss for a multi-class target (segsweep.plan.validate), so no
+# train job fails on either.
+TRAINABLE_CLASSES = 3

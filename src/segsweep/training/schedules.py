@@ -182,7 +182,8 @@ def lr_at(spec: ScheduleSpec, lr0: float, step: int, steps_per_epoch: int, epoch
 
 
 class LRSchedule:
-    """Sets ``param_group['lr']`` of an optimizer from ``lr_at`` at every optimizer step.
+    """Sets ``param_group['lr']`` of an optimizer from ``lr_at`` at every optimizer step; a group with an
+    ``lr_factor`` entry gets ``lr_at × lr_factor`` (`segsweep.training.finetune`: the encoder's group).
 
     Usage: build after the optimizer (it sets the LR of step 0 at once), call ``step()`` right after every
     ``optimizer.step()``; ``lr`` is the LR the next/current optimizer step uses. ``state_dict`` /
@@ -209,7 +210,8 @@ class LRSchedule:
     def _apply(self) -> None:
         self._lr = self._fn(self.step_count)
         for group in self.optimizer.param_groups:
-            group["lr"] = self._lr
+            # a group's stored factor (discriminative fine-tuning: the encoder's) scales the scheduled LR
+            group["lr"] = self._lr * group["lr_factor"] if "lr_factor" in group else self._lr
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count}
