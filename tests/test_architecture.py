@@ -12,8 +12,9 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "segsweep"
 SHARED = {"errors", "io", "registry", "labels", "study", "runner"}
 # A stage may import shared modules and stages of a lower rank; `plan` composes every stage's registry to
-# check a config, so it sits on top and no stage imports it.
-RANK = {"shared": 0, "data": 1, "training": 2, "analysis": 3, "report": 4, "plan": 5}
+# check a config, so it sits on top and no stage imports it. `apply` (predict on new series) uses the trained
+# model, the analysis' model selection and the report's colours; nothing but plan may import it.
+RANK = {"shared": 0, "data": 1, "training": 2, "analysis": 3, "report": 4, "apply": 5, "plan": 6}
 
 
 def module_name(path: Path) -> str:

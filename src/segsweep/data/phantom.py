@@ -487,3 +487,90 @@ def generate(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+# ------------------------------------------------------------------------------- unlabelled series
+def generate_series(cfg: PhantomConfig, root: str | Path, phi: Mapping[str, str] | None = None, mixed: bool = False):
+    """An unlabelled DICOM root for ``predict`` (docs/predict.md): ``caseNN/MR/IMxxxx.dcm``, one short-axis
+    series per patient drawn exactly as `generate` draws it (same images, headers and UIDs for the same
+    seed), no contours. File numbers are shuffled, so only ImagePositionPatient gives the slice order.
+
+    ``mixed`` adds what a real export holds besides the cine stack: a CT series (``case01/CT``), an MR
+    file cut short (an extra slice of patient 1's series, ``case01/MR/IM9999.dcm``), a non-image DICOM
+    object (a Basic Text SR, ``case01/SR/SR0001.dcm``), a text file (``case01/notes.txt``) and, for
+    patient 2 if any, a series whose images differ in size (``case02/MIXED``). Writes nothing else (no
+    manifest: every file under the root is input) and returns, per series, the files written and, for the
+    cine series, their SOP Instance UIDs in position order.
+    """
+    from pydicom.uid import BasicTextSRStorage, CTImageStorage
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, cols = cfg.rows, cfg.cols
+    Y, X = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    series = []
+    for p in range(1, cfg.patients + 1):
+        rng = np.random.default_rng([cfg.seed, p])
+        params = _patient_params(rng, rows, cols)
+        values = {k: _fill(v, p) for k, v in {**PHI_DEFAULTS, **(phi or {})}.items()}
+        bg = _background(params, rows, cols, X, Y, rng)
+        _contour_plan(rng, cfg.slices, cfg.no_contour_fraction)  # the same random stream as `generate`
+        ds = _template(cfg, p, params, values, series=400 + p, desc="cine SAX (phantom)")
+        names = np.random.default_rng([cfg.seed, p, 7]).permutation(cfg.slices)
+        files, uids = [], []
+        for k in range(cfg.slices):
+            g = _slice_geometry(params, k, cfg.slices, rng)
+            stored, uid = _acquire(render(params, g, bg, X, Y), params, rng), _uid(cfg.seed, p, "image", k)
+            path = root / f"case{p:02d}" / "MR" / f"IM{int(names[k]) + 1:04d}.dcm"
+            _write_dicom(ds, path, stored, k + 1, -10.0 * k, uid)
+            files.append(path.relative_to(root).as_posix())
+            uids.append(uid)
+        entry = {"patient": p, "modality": "MR", "series_uid": str(ds.SeriesInstanceUID), "files": files}
+        entry["sop_uids"] = uids
+        if mixed and p == 1:  # one more slice of this series, cut short
+            path = root / "case01" / "MR" / "IM9999.dcm"
+            _write_dicom(ds, path, stored, cfg.slices + 1, -10.0 * cfg.slices, _uid(cfg.seed, p, "image", "cut"))
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) - stored.nbytes // 2])
+            entry["truncated"] = path.relative_to(root).as_posix()
+        series.append(entry)
+        if not mixed:
+            continue
+        if p == 1:
+            ct = _template(cfg, p, params, values, series=2, desc="CT (phantom)")
+            ct.Modality, ct.SOPClassUID = "CT", CTImageStorage
+            ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
+            ct.RescaleIntercept, ct.RescaleSlope = "-1024", "1"
+            ct_files = []
+            for j in range(3):
+                path = root / "case01" / "CT" / f"CT{j + 1:04d}.dcm"
+                noise = np.clip(rng.normal(1000, 50, (rows, cols)), 0, 4095).astype(np.uint16)
+                _write_dicom(ct, path, noise, j + 1, -5.0 * j, _uid(cfg.seed, p, "ct", j))
+                ct_files.append(path.relative_to(root).as_posix())
+            series.append({"patient": p, "modality": "CT", "series_uid": str(ct.SeriesInstanceUID), "files": ct_files})
+            sr = Dataset()
+            sr.file_meta = FileMetaDataset()
+            sr.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+            sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID = _uid(cfg.seed, p, "sr")
+            sr.SOPClassUID, sr.Modality = BasicTextSRStorage, "SR"
+            for kw in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyInstanceUID"):
+                setattr(sr, kw, getattr(ds, kw))
+            sr.SeriesInstanceUID = _uid(cfg.seed, p, "series", "sr")
+            path = root / "case01" / "SR" / "SR0001.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sr.save_as(path, enforce_file_format=True)
+            (root / "case01" / "notes.txt").write_text("not a DICOM file\n")
+        if p == 2:
+            mix = _template(cfg, p, params, values, series=3, desc="mixed sizes (phantom)")
+            mix_files = []
+            for j, (r, c) in enumerate(((rows, cols), (rows, cols), (rows // 2, cols // 2))):
+                mix.Rows, mix.Columns = r, c
+                path = root / "case02" / "MIXED" / f"IM{j + 1:04d}.dcm"
+                img = np.clip(rng.normal(800, 60, (r, c)), 0, 4095).astype(np.uint16)
+                _write_dicom(mix, path, img, j + 1, -10.0 * j, _uid(cfg.seed, p, "mixed", j))
+                mix_files.append(path.relative_to(root).as_posix())
+            series.append(
+                {"patient": p, "modality": "MR", "series_uid": str(mix.SeriesInstanceUID), "files": mix_files}
+            )
+    return {"generator": "segsweep.phantom.generate_series", "config": asdict(cfg), "mixed": mixed, "series": series}

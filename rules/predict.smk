@@ -1,0 +1,53 @@
+# Use the trained model: `snakemake predict --config predict='{input: /path/to/dicom, model: best}'` segments
+# every MR series under the input root (results/predict/); a model card per study (docs/predict.md).
+# Functions: rules/predict_common.smk.
+rule predict:
+    input:
+        unpack(predict_inputs),
+    output:
+        directory("results/predict"),
+    log:
+        "logs/predict.log",
+    benchmark:
+        "benchmarks/runs/predict.tsv"
+    conda:
+        "../envs/predict.yaml"
+    threads: CFG["resources"]["train_threads"]
+    resources:
+        mem_mb=CFG["resources"]["train_mem_mb"],
+        runtime=60,
+        gpu=CFG["resources"]["train_gpus"],
+    params:
+        # a new input root, model or setting reruns predict; new files in the same root need -R predict
+        predict=CFG["predict"],
+        preprocess=identity(PLAN.preprocess),
+        pseudonym_key=CFG["data"]["pseudonym_key"],
+        studies=[study_to_dict(s) for s in STUDIES.values()],
+        results_dir=lambda wc, input: str(Path(input.data).parent),
+    script:
+        "../workflow/scripts/predict.py"
+
+
+rule model_card:
+    input:
+        table="results/studies/{study}/table.json",
+        cells="results/studies/{study}/cells.csv",
+        data=DATA_DIR,
+    output:
+        "results/studies/{study}/model_card.md",
+    log:
+        "logs/model_card/{study}.log",
+    benchmark:
+        "benchmarks/runs/model_card/{study}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        study=study_dict,
+        results_dir=lambda wc, input: str(Path(input.data).parent),
+        seed=CFG["seed"],
+    script:
+        "../workflow/scripts/model_card.py"

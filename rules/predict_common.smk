@@ -1,0 +1,30 @@
+# What the predict and model_card rules (rules/predict.smk) need: the chosen model's inputs, the model cards.
+import re
+
+MODEL_CARDS = expand("results/studies/{study}/model_card.md", study=STUDIES)
+
+
+def predict_inputs(wc):
+    """What the chosen model needs: the study tables it is selected from (best, a study) or the cell's
+    metrics (a cell id); and the ingested data set (its target and image size)."""
+    spec = str(CFG["predict"]["model"]).strip()
+    if not CFG["predict"]["input"]:
+        raise WorkflowError(
+            "segsweep: config key 'predict.input' is required for the predict target, e.g. "
+            "snakemake predict --config predict='{input: /path/to/dicom, model: best}'"
+        )
+    if re.fullmatch("[0-9a-f]{12}", spec):
+        if spec not in CELLS:
+            raise WorkflowError(f"segsweep: config key 'predict.model': cell {spec} is not a cell of this config")
+        return {"data": DATA_DIR, "cell": f"{CELLS_DIR}/{spec}/metrics.json"}
+    if spec != "best" and spec not in STUDIES:
+        raise WorkflowError(
+            f"segsweep: config key 'predict.model': '{spec}' is neither 'best', a study "
+            f"({', '.join(STUDIES)}) nor a cell id (12 hex digits)"
+        )
+    names = list(STUDIES) if spec == "best" else [spec]
+    return {
+        "data": DATA_DIR,
+        "tables": expand("results/studies/{study}/table.json", study=names),
+        "cells": expand("results/studies/{study}/cells.csv", study=names),
+    }

@@ -1,0 +1,382 @@
+"""Apply a trained cell to the MR series under an input root: DICOM SEG, overlays, volumes, QC (docs/predict.md).
+
+For each series found by `discover` (grouped by SeriesInstanceUID, ordered along the slice normal):
+
+1. every image is read (`dicom.read`: stored values, rescale, MONOCHROME1) and given **the cell's
+   preprocessing**, the functions ingest uses: the percentile window (`preprocess.window_dicom`), then resize,
+   CLAHE and centred pad/crop (`preprocess.prepare`) with the ``preprocess`` settings the cell's data were
+   made with (checked against results/data/dataset.json's size);
+2. the cell's ``best.pt`` predicts the network-grid images in batches of ``predict.batch_size`` on
+   ``predict.device`` (``auto``: the first visible GPU, else the CPU);
+3. each prediction goes back to its image's **native grid** as in the final evaluation
+   (docs/evaluation.md): the probability map is mapped by `preprocess.invert` (undo pad/crop, then bilinear /
+   area resize; pixels a crop cut away are background) and thresholded at 0.5 (one output: sigmoid; several:
+   softmax per class, then the most probable class);
+4. written to ``<out>/<series pseudonym>/``: ``<series pseudonym>_seg.dcm`` (`seg.build_seg`),
+   ``overlays/NNNN.png`` (`overlay`), ``volumes.csv`` and ``series.json`` (`volumes`).
+
+``<out>/qc.csv`` has one row per file seen (``series,file,status,reason,message``; `discover`), ``<out>/
+predict.json`` the run: the model (cell, how it was selected), the settings, counts and throughput. Files
+that cannot be used are rows, never errors: the run goes on. Outside the SEG no header value is written;
+series and patients appear as pseudonyms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segsweep import __version__
+from segsweep.analysis.card import Selection, resolve_model
+from segsweep.apply import overlay, volumes
+from segsweep.apply import seg as segmod
+from segsweep.apply.discover import QC_COLUMNS, Discovery, Series, discover, row
+from segsweep.data import dicom as dcm
+from segsweep.data import preprocess as pre
+from segsweep.data.config import PreprocessConfig
+from segsweep.data.ingest import pseudonym
+from segsweep.errors import ConfigError, DataError
+from segsweep.io import write_bytes, write_json, write_text
+
+log = logging.getLogger("segsweep.predict")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The config's ``predict`` section (schema defaults)."""
+
+    input: str | None = None
+    model: str = "best"
+    deidentify: bool = False
+    batch_size: int = 16
+    device: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, d: Mapping | None) -> PredictConfig:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {"input", "model", "deidentify", "batch_size", "device"})
+        if unknown:
+            raise ConfigError(
+                f"config key 'predict.{unknown[0]}': unknown (known: input, model, deidentify, batch_size, device)"
+            )
+        bs = int(d.get("batch_size", 16))
+        if bs < 1:
+            raise ConfigError(f"config key 'predict.batch_size': must be ≥ 1, got {bs}")
+        return cls(
+            input=d.get("input"),
+            model=str(d.get("model", "best")),
+            deidentify=bool(d.get("deidentify", False)),
+            batch_size=bs,
+            device=str(d.get("device", "auto")),
+        )
+
+
+# ------------------------------------------------------------------------------------------- model
+class CellModel:
+    """A cell's ``best.pt`` as a predictor: network-grid images → label masks on their native grids."""
+
+    def __init__(self, cell_dir: Path, n_classes: int, device: torch.device | str = "cpu", batch_size: int = 16):
+        from segsweep.training.model import MODELS
+        from segsweep.training.params import CellParams
+
+        path = Path(cell_dir) / "best.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DataError(f"{path}: the cell's weights are missing (retrain it: snakemake -R train)") from None
+        self.params = CellParams.from_dict(state["params"])
+        self.n_out = 1 if n_classes <= 2 else int(n_classes)
+        net = MODELS[getattr(self.params, "model", "unet")](self.params, n_classes=self.n_out)
+        net.load_state_dict(state["model"])
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        self.epoch = state.get("epoch")
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """float64 [B, C, H, W] class probabilities of network-grid images float32 [B, H, W]: C = 1
+        (sigmoid of the one output: the foreground) or the classes (softmax)."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.float32))
+                xb = xb.unsqueeze(1).to(self.device)
+                if self.params.in_channels == 3:
+                    xb = xb.expand(-1, 3, -1, -1)
+                out.append(self.net(xb).float().cpu().numpy().astype(np.float64))
+        z = np.concatenate(out) if out else np.zeros((0, self.n_out, *x.shape[1:]))
+        if self.n_out == 1:
+            return 1.0 / (1.0 + np.exp(-z))  # as the final evaluation: float64, no 0.5 ties from rounding
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, images: Sequence[np.ndarray], geometries: Sequence[pre.Geometry]) -> list[np.ndarray]:
+        """Label masks uint8 (0 background; 1, or the class ids) on each image's native grid."""
+        if not images:
+            return []
+        prob = self.probabilities(np.stack(images))
+        return [native_labels(p, g) for p, g in zip(prob, geometries)]
+
+
+def native_labels(prob: np.ndarray, geom: pre.Geometry) -> np.ndarray:
+    """Class probabilities [C, H, W] on the network grid → labels on the native grid (module docstring)."""
+    if prob.shape[0] == 1:
+        return (pre.invert(geom, prob[0], fill=0.0) > 0.5).astype(np.uint8)
+    native = np.stack([pre.invert(geom, p, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob)])
+    return native.argmax(axis=0).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- series
+@dataclass
+class _Image:
+    header: object  # discover.ImageHeader
+    im: dcm.DicomImage
+    u8: np.ndarray
+    prepared: pre.Prepared
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """What the run keeps of a written series (not its masks: memory stays flat over many series)."""
+
+    name: str
+    patient: str
+    n_images: int
+
+
+def _prepare(s: Series, prep: PreprocessConfig, found: Discovery, rows: list) -> list[_Image]:
+    kept = []
+    for h in s.images:
+        where = found.scrub(h.rel)
+        try:
+            im = dcm.read(h.path, describe=False)
+        except dcm.DicomError as exc:
+            rows.append(row(s.name, where, exc.reason, found.scrub(exc.detail)))
+            continue
+        if im.n_frames > 1:
+            rows.append(row(s.name, where, "predict_multiframe", f"{im.n_frames} frames"))
+            continue
+        if (im.rows, im.cols) != (h.rows, h.cols):
+            rows.append(row(s.name, where, "dicom_bad_header", "pixel data size differs from the header's"))
+            continue
+        u8, lo, hi = pre.window_dicom(im, 0, prep.window)
+        if not hi > lo:
+            rows.append(row(s.name, where, "image_blank", "the window percentiles are equal"))
+            continue
+        kept.append(_Image(h, im, u8, pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, prep)))
+    return kept
+
+
+def predict_series(
+    s: Series,
+    model: CellModel,
+    prep: PreprocessConfig,
+    target: str,
+    found: Discovery,
+    rows: list,
+    out_dir: Path,
+    *,
+    selection: Selection,
+    key: str,
+    deidentify: bool,
+) -> SeriesResult | None:
+    """Predict one series and write its folder; QC rows go to ``rows``. None if no image could be used."""
+    kept = _prepare(s, prep, found, rows)
+    if not kept:
+        rows.append(row(s.name, "", "predict_empty_series", f"none of its {len(s.images)} images could be used"))
+        return None
+    hdr = kept[0].header.ds
+    patient = pseudonym(key, str(hdr.get("PatientID", "") or "") or s.uid)
+    masks = model.predict([k.prepared.image for k in kept], [k.prepared.geometry for k in kept])
+    locations = [k.header.location() for k in kept]
+    spacing = volumes.slice_spacing(locations, hdr.get("SpacingBetweenSlices"), hdr.get("SliceThickness"))
+    segments = segmod.SEGMENTS[target]
+    vols = volumes.measure(
+        masks, {x.key: x.value for x in segments}, [k.im.pixel_spacing for k in kept], locations, spacing
+    )
+    warnings = list(s.warnings)
+    if spacing.irregular:
+        warnings.append(
+            ("predict_irregular_spacing", "gaps " + ", ".join(f"{g:.2f}" for g in spacing.gaps_mm[:8]) + " mm")
+        )
+    if spacing.spacing_mm is None:
+        warnings.append(("predict_no_spacing", "no slice spacing: areas only"))
+    elif vols.phase is None:
+        warnings.append(("predict_phases_uneven", "positions hold different numbers of images: no volume"))
+    for reason, msg in warnings:
+        rows.append(row(s.name, "", reason, msg))
+    for k in kept:
+        w = k.im.warnings
+        rows.append(row(s.name, found.scrub(k.header.rel), w[0][0] if w else "", "; ".join(f"{c}: {m}" for c, m in w)))
+
+    out = Path(out_dir) / s.name
+    # highdicom and pydicom log and warn about header values (which can be PHI): silenced, as ingest does
+    with _silent():
+        seg = segmod.build_seg(
+            [k.header.ds for k in kept],
+            np.stack(masks),
+            target,
+            cell=selection.cell,
+            study=selection.study,
+            key=key,
+            deidentify=deidentify,
+            patient=patient,
+        )
+    segmod.write_seg(seg, out / f"{s.name}_seg.dcm")
+    values = [x.value for x in segments]
+    images = []
+    for i, (k, m) in enumerate(zip(kept, masks)):
+        name = f"overlays/{i:04d}.png"
+        overlay.write_png(out / name, k.u8, m, values)
+        images.append(
+            {
+                "index": i,
+                "slice": None if vols.slice is None else vols.slice[i],
+                "phase": None if vols.phase is None else vols.phase[i],
+                "position_mm": locations[i],
+                "overlay": name,
+                "areas_mm2": vols.areas[i],
+            }
+        )
+    write_text(out / "volumes.csv", volumes.volumes_csv(vols, locations))
+    write_json(
+        out / "series.json",
+        {
+            "series": s.name,
+            "patient": patient,
+            "n_images": len(kept),
+            "n_files": len(s.images),
+            "size": [int(hdr.Rows), int(hdr.Columns)],
+            "pixel_spacing_mm": list(kept[0].im.pixel_spacing),
+            **vols.to_json(),
+            "target": target,
+            "segments": [{"number": i + 1, "label": x.label, "structure": x.key} for i, x in enumerate(segments)],
+            "seg": f"{s.name}_seg.dcm",
+            "deidentified": deidentify,
+            "model": {"cell": selection.cell, "study": selection.study, "how": selection.how},
+            "images": images,
+        },
+    )
+    return SeriesResult(s.name, patient, len(kept))
+
+
+@contextlib.contextmanager
+def _silent():
+    """pydicom's warnings and log records off (`dicom.quiet`), highdicom's below ERROR (its modules log the
+    UIDs and attributes they copy)."""
+    hd_log = logging.getLogger("highdicom")
+    level = hd_log.level
+    hd_log.setLevel(logging.ERROR)
+    try:
+        with dcm.quiet():
+            yield
+    finally:
+        hd_log.setLevel(level)
+
+
+def _qc_csv(rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(QC_COLUMNS)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _dataset(results_dir: Path) -> dict:
+    path = Path(results_dir) / "data" / "dataset.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (run ingest first: the cell's target and image size come from it)") from None
+
+
+def run_predict(
+    predict: Mapping,
+    *,
+    studies: Sequence,
+    results_dir: Path,
+    prep: PreprocessConfig,
+    pseudonym_key: str,
+    out_dir: Path,
+    threads: int = 1,
+) -> dict:
+    """Predict every MR series under ``predict.input`` (module docstring); returns predict.json's dict."""
+    from segsweep.training.device import resolve_device
+
+    t0 = time.perf_counter()
+    pc = PredictConfig.from_mapping(predict)
+    if not pc.input:
+        raise ConfigError(
+            "config key 'predict.input': required for the predict target, e.g. "
+            "snakemake predict --config predict='{input: /path/to/dicom, model: best}'"
+        )
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    sel = resolve_model(pc.model, studies, results_dir)
+    dataset = _dataset(results_dir)
+    target = dataset.get("target", "endo")
+    if target not in segmod.SEGMENTS:
+        raise DataError(f"{results_dir / 'data' / 'dataset.json'}: unknown target '{target}'")
+    if list(dataset.get("size") or []) != [int(x) for x in prep.size]:
+        raise DataError(
+            f"{results_dir / 'data' / 'dataset.json'}: the data were made at size {dataset.get('size')}, the config's "
+            f"preprocess.size is {list(prep.size)}: predict with the preprocessing the cell was trained with"
+        )
+    torch.set_num_threads(int(threads))
+    device = resolve_device(pc.device, log)
+    model = CellModel(results_dir / "cells" / sel.cell, int(dataset.get("n_classes", 2)), device, pc.batch_size)
+    log.info("predict: model %s (%s) on %s", sel.cell, sel.how, device)
+    found = discover(pc.input, pseudonym_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = list(found.rows)
+    t1 = time.perf_counter()
+    done = []
+    for s in found.series:
+        res = predict_series(
+            s, model, prep, target, found, rows, out_dir, selection=sel, key=pseudonym_key, deidentify=pc.deidentify
+        )
+        if res is not None:
+            done.append(res)
+            log.info("series %s: %d images", res.name, res.n_images)
+    wall = time.perf_counter() - t0
+    n_images = sum(r.n_images for r in done)
+    rows.sort(key=lambda r: (r[0], r[1], r[3]))
+    write_bytes(out_dir / "qc.csv", _qc_csv(rows).encode())
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r[3]:
+            counts[r[3]] = counts.get(r[3], 0) + 1
+    summary = {
+        "segsweep": __version__,
+        "model": {"cell": sel.cell, "study": sel.study, "config": sel.config, "how": sel.how, "spec": pc.model},
+        "target": target,
+        "deidentify": pc.deidentify,
+        "device": device.type,
+        "batch_size": pc.batch_size,
+        "n_files": found.n_files,
+        "n_series": len(done),
+        "n_images": n_images,
+        "series": [{"series": r.name, "patient": r.patient, "n_images": r.n_images} for r in done],
+        "qc_counts": dict(sorted(counts.items())),
+        "wall_s": round(wall, 3),
+        "images_per_s": round(n_images / (time.perf_counter() - t1), 2) if n_images else None,
+    }
+    write_json(out_dir / "predict.json", summary)
+    log.info(
+        "predict: %d images in %d series (%d files) in %.1f s; QC: %s",
+        n_images,
+        len(done),
+        found.n_files,
+        wall,
+        ", ".join(f"{k} {v}" for k, v in summary["qc_counts"].items()) or "clean",
+    )
+    return summary
