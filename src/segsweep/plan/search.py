@@ -141,3 +141,48 @@ def random(study: str, spec: Mapping, base: dict, limit: int | None) -> Points:
             if p[a] not in order[a]:
                 order[a].append(p[a])
     return pts, order
+
+
+def optuna_space(study: str, spec: Mapping) -> dict[str, tuple[str, Any]]:
+    """The search space of a ``mode: optuna`` study: axis → (kind, arg) with kind ∈ categorical (arg: the
+    values), uniform / loguniform / int (arg: (lo, hi)). Values and bounds pass ``check_axis_values``."""
+    out: dict[str, tuple[str, Any]] = {}
+    for a, dist in spec["axes"].items():
+        where = f"config key 'studies.{study}.axes.{a}'"
+        if isinstance(dist, Mapping) and len(dist) == 1 and "choice" in dist:
+            dist = dist["choice"]
+        if isinstance(dist, list) and dist:
+            check_axis_values(study, a, dist)
+            out[a] = ("categorical", list(dist))
+            continue
+        if isinstance(dist, Mapping) and len(dist) == 1:
+            ((kind, arg),) = dist.items()
+            if kind in ("uniform", "loguniform", "int") and isinstance(arg, list) and len(arg) == 2:
+                lo, hi = arg
+                ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in arg) and lo < hi
+                ok = ok and (kind != "loguniform" or lo > 0) and (kind != "int" or all(isinstance(x, int) for x in arg))
+                if ok:
+                    check_axis_values(study, a, [lo, hi])
+                    out[a] = (kind, (lo, hi))
+                    continue
+        raise ConfigError(
+            f"{where}: expected a list, {{choice: [...]}}, {{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}} "
+            f"(0 < lo) or {{int: [lo, hi]}} with lo < hi, got {dist!r}"
+        )
+    return out
+
+
+@SEARCH_MODES.register("optuna")
+def optuna(study: str, spec: Mapping, base: dict, limit: int | None) -> Points:
+    """No static points: trials are proposed in rounds by Optuna (``segsweep.plan.optuna_rounds``); the
+    study's axes are ``trial`` + the searched parameters (one table row per trial)."""
+    if "n_trials" not in spec:
+        raise ConfigError(f"config key 'studies.{study}.n_trials': required for mode 'optuna'")
+    if spec.get("repeats", 1) != 1 or spec.get("cv"):
+        raise ConfigError(f"config key 'studies.{study}': mode 'optuna' takes no repeats or cv (one cell per trial)")
+    if "trial" in spec["axes"]:
+        raise ConfigError(f"config key 'studies.{study}.axes.trial': 'trial' is the trial number's axis")
+    space = optuna_space(study, spec)
+    order: dict[str, list] = {"trial": []}
+    order.update({a: list(arg) if kind == "categorical" else [] for a, (kind, arg) in space.items()})
+    return [], order

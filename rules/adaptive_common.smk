@@ -1,0 +1,37 @@
+# Functions of rules/adaptive.smk. Adaptive studies (mode: optuna): rounds of trials as a checkpoint. Round r's proposals depend only on the
+# study's context (the config) and the metrics of the trials of rounds < r; each valid trial is an ordinary
+# cell trained by the train rule (CELLS falls back to the cells recorded in round files, common.smk).
+from segsweep.plan.optuna_rounds import round_sizes, study_context, trial_cells
+
+OPTUNA_STUDIES = [n for n, s in STUDIES.items() if s.mode == "optuna"]
+OPTUNA_CTX = {n: study_context(CFG, n, PLAN.data_fp) for n in OPTUNA_STUDIES}
+OPTUNA_ROUNDS = {n: round_sizes(CFG["studies"][n]) for n in OPTUNA_STUDIES}
+OPTUNA_DIR = "results/studies/{study}/optuna"
+
+
+def optuna_round_files():
+    return [f"{OPTUNA_DIR.format(study=s)}/round{r}.json" for s in OPTUNA_STUDIES for r in range(len(OPTUNA_ROUNDS[s]))]
+
+
+def optuna_rounds_done(study, upto):
+    """The round files of rounds < upto (each a finished checkpoint)."""
+    return [checkpoints.optuna_round.get(study=study, round=str(r)).output.round for r in range(upto)]
+
+
+def optuna_metrics(rounds):
+    return [f"{CELLS_DIR}/{c}/metrics.json" for c in sorted(trial_cells(rounds))]
+
+
+def optuna_round_input(wc):
+    rounds = optuna_rounds_done(wc.study, int(wc.round))
+    return {"rounds": rounds, "metrics": optuna_metrics(rounds)}
+
+
+def optuna_study_input(wc):
+    rounds = optuna_rounds_done(wc.study, len(OPTUNA_ROUNDS[wc.study]))
+    return {"rounds": rounds, "metrics": optuna_metrics(rounds)}
+
+
+def optuna_trial_metrics(wc):
+    """The aggregate rule's metrics for an optuna study: every valid trial's cell."""
+    return optuna_study_input(wc)["metrics"]
