@@ -12,14 +12,19 @@ report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/adaptive_common.smk"
 include: "rules/data.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"
+include: "rules/adaptive.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
+include: "rules/predict_common.smk"
+include: "rules/predict.smk"
 
 
 rule all:
     default_target: True
     input:
         REPORT_OUTPUTS,
+        MODEL_CARDS,

@@ -4,6 +4,10 @@
 rule aggregate:
     input:
         study_metrics,
+        # an optuna study: the study with its trials as rows (rules/adaptive.smk)
+        optuna_study=lambda wc: (
+            f"results/studies/{wc.study}/optuna/study.json" if STUDIES[wc.study].mode == "optuna" else []
+        ),
         # the split files of the study's cells: the real size of each training fraction
         splits=lambda wc: sorted({f"results/splits/{CELLS[c].split}.json" for c in STUDIES[wc.study].cell_ids}),
     output:
@@ -45,9 +49,34 @@ rule aggregate:
         "../workflow/scripts/aggregate.py"
 
 
+# A look inside the study's validation-selected cell (its best.pt on its validation images): activations per
+# level, dead channels, weight histograms, as arrays for the figures rule (torch runs here, not in the report env).
+rule inspect:
+    input:
+        table="results/studies/{study}/table.json",
+        cells="results/studies/{study}/cells.csv",
+    output:
+        "results/studies/{study}/inspect.npz",
+    log:
+        "logs/inspect/{study}.log",
+    benchmark:
+        "benchmarks/runs/inspect/{study}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cells_dir=CELLS_DIR,
+    script:
+        "../workflow/scripts/inspect.py"
+
+
 rule figures:
     input:
         cells="results/studies/{study}/cells.csv",
+        inspect="results/studies/{study}/inspect.npz",
     output:
         figures=report(
             directory("results/studies/{study}/figures"),

@@ -11,6 +11,7 @@ from segsweep.data.scan import watch_root
 from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan
+from segsweep.plan.optuna_rounds import TrialCells
 from segsweep.study import study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
@@ -27,7 +28,8 @@ try:
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 
-CELLS = PLAN.cells
+# + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk)
+CELLS = TrialCells(PLAN.cells, lambda: optuna_round_files())
 STUDIES = PLAN.studies
 DATA_DIR = "results/data"
 CELLS_DIR = "results/cells"
@@ -46,7 +48,20 @@ def cell_split(wc):
     return ancient(f"results/splits/{CELLS[wc.cell].split}.json")
 
 
+def init_from_inputs(wc):
+    # init_from (rules/train.smk): the source cell's metrics.json, or the source study's table (the job picks its
+    # validation-selected cell there); ancient: the source's identity is in the cell's id. [] for other cells.
+    ref = CELLS[wc.cell].params.init_from
+    if ref is None:
+        return []
+    if ref.cell is not None:
+        return [ancient(f"{CELLS_DIR}/{ref.cell}/metrics.json")]
+    return [ancient(f"results/studies/{ref.study}/{f}") for f in ("table.json", "cells.csv")]
+
+
 def study_metrics(wc):
+    if STUDIES[wc.study].mode == "optuna":  # its cells are known once its rounds are (rules/adaptive.smk)
+        return optuna_trial_metrics(wc)
     return [f"{CELLS_DIR}/{c}/metrics.json" for c in STUDIES[wc.study].cell_ids]
 
 

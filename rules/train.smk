@@ -13,6 +13,9 @@ rule train:
         # ingest rerun that produces the same data retrains nothing, and new data means new cells
         data=ancient(DATA_DIR),
         split=cell_split,
+        # init_from: the source cell's metrics.json, or the source study's table (the job reads the selected
+        # cell's best.pt there); ancient: the source's identity is in this cell's id. [] for other cells.
+        init=init_from_inputs,
     output:
         metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
     log:

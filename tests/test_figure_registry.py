@@ -54,6 +54,13 @@ def test_file_maps_follow_the_registries():
         "per_patient",
         "overlays",
         "val_vs_test",  # shown in the report's Test set section
+        "activations",  # the validation-selected cell inside (segsweep.report.inspect)
+        "dead_channels",
+        "weight_hist",
+        "optuna_history",  # mode optuna only (segsweep.report.adaptive)
+        "optuna_importance",
+        "optuna_slices",
+        "optuna_trials",
     ]  # report order
 
 

@@ -1,5 +1,6 @@
 # Thin adapter: unpack `snakemake`, call the library. The sys.path line lets conda envs (which install
 # only the dependencies) import the in-repo package; in the project venv it is installed anyway.
+import json
 import sys
 from pathlib import Path
 
@@ -10,10 +11,13 @@ from segsweep.analysis import aggregate  # noqa: E402
 from segsweep.study import study_from_dict  # noqa: E402
 
 smk = snakemake  # noqa: F821
+study = smk.params.study
+if smk.input.get("optuna_study"):  # an optuna study: its trials as rows (rules/adaptive.smk)
+    study = json.loads(Path(str(smk.input.optuna_study)).read_text())
 runner.run(
     smk,
     aggregate.aggregate_study,
-    study_from_dict(smk.params.study),
+    study_from_dict(study),
     Path(smk.params.cells_dir),
     Path(smk.output.cells).parent,
     Path(smk.params.logs_dir),

@@ -20,7 +20,8 @@ from segsweep.data.splits import make_split
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import digest, identity
 from segsweep.labels import format_value
-from segsweep.plan.config import deep_merge
+from segsweep.plan.config import cell_defaults, deep_merge
+from segsweep.plan.finetune import check_backbone_keys, planning_order, resolve_init_from
 from segsweep.plan.resources import ResourceConfig
 from segsweep.plan.search import SEARCH_MODES
 from segsweep.plan.validate import check_plan
@@ -75,7 +76,7 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
     if N_CLASSES[data.target] > TRAINABLE_CLASSES:
         raise ConfigError(
             f"config key 'data.target': training cannot serve '{data.target}' yet ({N_CLASSES[data.target]} label "
-            f"values); it trains binary targets only: {', '.join(t for t, n in N_CLASSES.items() if n <= TRAINABLE_CLASSES)}"
+            f"values); it trains: {', '.join(t for t, n in N_CLASSES.items() if n <= TRAINABLE_CLASSES)}"
         )
     prep = PreprocessConfig.from_config(cfg, size_override=preset.get("size"))
     splits = SplitConfig.from_config(cfg)
@@ -85,13 +86,14 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
     studies: dict[str, Study] = {}
     split_specs: dict[str, dict] = {}
     by_params: dict[str, str] = {}  # params digest → cell id (memo: identical cells resolve once)
+    defaults = cell_defaults()
 
-    for name, spec in cfg["studies"].items():
-        base = deep_merge(cfg["train"], {"split_seed": splits.seed})
-        base = deep_merge(base, spec.get("base") or {})
+    for name in planning_order(cfg):  # a study that initialises from another is planned after it
+        spec = cfg["studies"][name]
+        base = study_base(cfg, name)
         mode = SEARCH_MODES.entry(spec.get("mode", "grid"), key=f"studies.{name}.mode").obj
         pts, order = mode(name, spec, base, preset.get("axes_limit"))
-        axes = tuple(spec["axes"])
+        axes = tuple(order)  # the spec's axes (an adaptive mode may add one, e.g. optuna's "trial")
         layout = TableLayout(
             rows=tuple(spec["table"]["rows"]),
             cols=tuple(spec["table"]["cols"]),
@@ -119,29 +121,22 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
                         _set(d, a, v)
                     d["seed"] = int(d.get("seed", 0)) + r
                     d["fold"] = f
+                    check_backbone_keys(name, spec.get("base") or {}, p, d, defaults)
+                    resolve_init_from(name, d, studies)
                     if preset.get("cell"):
                         d = deep_merge(d, preset["cell"])
                     key = digest(d, 24)
                     cid = by_params.get(key)
                     if cid is None:
-                        try:
-                            params = CellParams.from_config(d)
-                        except ConfigError as exc:
-                            raise ConfigError(f"study '{name}': {exc}") from None
-                        except (KeyError, TypeError, ValueError) as exc:
-                            raise ConfigError(f"config key 'studies.{name}': cannot resolve a cell ({exc!r})") from None
-                        sname = f"seed{params.split_seed}" + (f"-cv{splits.folds}" if f is not None else "")
-                        split_specs[sname] = {
-                            "seed": params.split_seed,
-                            "val_fraction": splits.val_fraction,
-                            "folds": splits.folds if f is not None else None,
-                        }
-                        if splits.test_fraction > 0:  # absent otherwise: split params unchanged (no rerun)
-                            split_specs[sname]["test_fraction"] = splits.test_fraction
-                        cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None), amp)
-                        by_params[key] = cid
-                        cells.setdefault(cid, Cell(cid, params, sname))
+                        cell, spec_ = resolve_cell(name, d, splits=splits, data_fp=data_fp, amp=amp)
+                        split_specs[cell.split] = spec_
+                        cid = by_params[key] = cell.id
+                        cells.setdefault(cid, cell)
                     rows.append(StudyCell(cid, labels, r, f))
+        if not pts and spec.get("mode") == "optuna":  # trials become cells in rounds; their split is the base's
+            d = deep_merge(base, preset.get("cell") or {})
+            cell, spec_ = resolve_cell(name, {**d, "fold": None}, splits=splits, data_fp=data_fp, amp=amp)
+            split_specs[cell.split] = spec_
         studies[name] = Study(
             name=name,
             title=spec.get("title", name),
@@ -152,10 +147,39 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
             cells=tuple(rows),
             axis_values={a: tuple(dict.fromkeys(format_value(v) for v in order[a])) for a in axes},
         )
-    check_plan(cells, studies)  # build each distinct loss/schedule/optimizer/... once: bad values fail now
+    studies = {n: studies[n] for n in cfg["studies"]}  # config order (planning order may differ)
+    # build each distinct loss/schedule/optimizer/... once: bad values fail now (a binary-only loss for multiclass too)
+    check_plan(cells, studies, n_classes=N_CLASSES[data.target])
     if data.source == "phantom":
         _check_splits(data.phantom.patients, split_specs)
     return Plan(data, prep, splits, ResourceConfig.from_config(cfg), cells, studies, split_specs, data_fp)
+
+
+def study_base(cfg: Mapping, name: str) -> dict:
+    """A study's base cell: the config's ``train`` + the split seed + the study's ``base``."""
+    base = deep_merge(cfg["train"], {"split_seed": SplitConfig.from_config(cfg).seed})
+    return deep_merge(base, cfg["studies"][name].get("base") or {})
+
+
+def resolve_cell(study: str, d: Mapping, *, splits: SplitConfig, data_fp: str, amp: bool) -> tuple[Cell, dict]:
+    """One fully merged cell dict → (its ``Cell``, its split's spec); ConfigError names the study."""
+    f = d.get("fold")
+    try:
+        params = CellParams.from_config(d)
+    except ConfigError as exc:
+        raise ConfigError(f"study '{study}': {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"config key 'studies.{study}': cannot resolve a cell ({exc!r})") from None
+    sname = f"seed{params.split_seed}" + (f"-cv{splits.folds}" if f is not None else "")
+    sspec = {
+        "seed": params.split_seed,
+        "val_fraction": splits.val_fraction,
+        "folds": splits.folds if f is not None else None,
+    }
+    if splits.test_fraction > 0:  # absent otherwise: split params unchanged (no rerun)
+        sspec["test_fraction"] = splits.test_fraction
+    cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None), amp)
+    return Cell(cid, params, sname), sspec
 
 
 def _check_splits(n_patients: int, split_specs: Mapping[str, dict]) -> None:
@@ -176,7 +200,7 @@ def cell_id(params: CellParams, data_fp: str, split_fp: dict, amp: bool = False)
     bf16 autocast (``resources.amp``) changes the numbers a run produces, so it is part of the identity (only
     when on: runs without it keep their ids); device, threads and channels_last are recorded, not hashed.
     """
-    ident = {"params": params.to_dict(identity=True), "data": data_fp, "split": split_fp}
+    ident = {"params": params.id_form(), "data": data_fp, "split": split_fp}  # a weights file by its sha256
     if amp:
         ident["amp"] = True
     return digest(ident)

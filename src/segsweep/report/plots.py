@@ -48,6 +48,7 @@ from segsweep.analysis.aggregate import (
 )
 from segsweep.analysis.ranking import best_group, ranked
 from segsweep.analysis.stats import UNIT_WORDS
+from segsweep.report import inspect as inspect_figs
 from segsweep.io import write_json, write_text
 from segsweep.labels import fmt, label_number, label_sort_key, metric_range
 from segsweep.registry import Registry
@@ -91,6 +92,7 @@ class _Ctx:
 
     def __init__(self, study: Study, study_dir: Path, cells_dir: Path):
         self.study = study
+        self.study_dir = Path(study_dir)
         self.cells_dir = Path(cells_dir)
         self.df = read_cells_csv(Path(study_dir) / "cells.csv", study.axes)
         self.table = json.loads((Path(study_dir) / "table.json").read_text())
@@ -176,7 +178,7 @@ def _label_width(labels: Sequence[str]) -> float:
     title="Mean per configuration (heatmap)",
     caption="Mean {value} per configuration over repeats/folds (n = runs that finished). The boxed cell is "
     "the best configuration. Hatched cells name the status of configurations whose runs all "
-    "diverged or failed; they carry no number.{partial}",
+    "collapsed, diverged or failed; they carry no number.{partial}",
     generic={"partial": " An asterisk marks configurations where only some runs finished; the mean is over those."},
 )
 def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
@@ -264,7 +266,7 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     style.save(fig, path)
     return {
         "value": style.label_for(t["value"]),
-        "partial": " * some runs of this configuration diverged or failed; the mean is over the rest."
+        "partial": " * some runs of this configuration collapsed, diverged or failed; the mean is over the rest."
         if partial
         else "",
     }
@@ -277,7 +279,7 @@ def fig_heatmap(c: _Ctx, path: Path) -> dict | None:
     file="curves.svg",
     title="Validation Dice per epoch",
     caption="Validation Dice per epoch: thin lines are single runs (seeds/folds), thick lines their mean. "
-    "{panels} × marks the last epoch of a run that diverged or failed.",
+    "{panels} × marks the last epoch of a run that collapsed, diverged or failed.",
     generic={"panels": "One panel per row of the study table (if there are too many, the six best configurations)."},
 )
 def fig_curves(c: _Ctx, path: Path) -> dict | None:
@@ -353,7 +355,11 @@ def fig_curves(c: _Ctx, path: Path) -> dict | None:
         _metric_axis(ax, "y", "val_dice")
     hs = list(handles.values())[:12]
     if any_bad:
-        hs.append(Line2D([], [], color=style.BAD_COLOUR, marker="x", linestyle="", mew=2, label="diverged / failed"))
+        hs.append(
+            Line2D(
+                [], [], color=style.BAD_COLOUR, marker="x", linestyle="", mew=2, label="collapsed / diverged / failed"
+            )
+        )
     longest = max(len(h.get_label()) for h in hs)
     ncol = max(1, min(4, len(hs), int(18 * ncol_fig_width(axes) / max(longest, 1))))
     fig.legend(handles=hs, loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 1.0))
@@ -449,7 +455,7 @@ def _value_vs_axis(
     hs, ls = ax.get_legend_handles_labels()
     if bad_drawn:
         hs.append(Line2D([], [], marker="x", color="#555555", linestyle="", mew=2))
-        ls.append("all runs diverged/failed")
+        ls.append("all runs collapsed/diverged/failed")
     if hs:
         _outside_legend(ax, hs, ls)
     style.save(fig, path)
@@ -485,7 +491,7 @@ def fig_fraction(c: _Ctx, path: Path) -> dict | None:
     file="lr.svg",
     title="Effect of the learning rate",
     caption="Mean {value} against the initial learning rate (log scale){per_optimizer}; error bars are "
-    "{interval}, × marks configurations whose runs all diverged or failed.{held}",
+    "{interval}, × marks configurations whose runs all collapsed, diverged or failed.{held}",
     generic={"per_optimizer": ", one line per optimizer where the study varies it"},
 )
 def fig_lr(c: _Ctx, path: Path) -> dict | None:
@@ -701,9 +707,9 @@ def _contour(ax, m: np.ndarray, colour: str, ls: str) -> None:
     "overlays",
     file="overlays.png",
     title="Best, median and worst validation images",
-    caption="Validation images of the best configuration{run} with the best, median and worst Dice: "
+    caption="Validation images of the best configuration{run} with the best, median and worst Dice{classes}: "
     "ground truth solid, prediction dashed. Patients are named by pseudonym.",
-    generic={"run": ""},
+    generic={"run": "", "classes": ""},
 )
 def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     if c.best is None:
@@ -725,6 +731,7 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     with np.load(d / "predictions.npz", allow_pickle=False) as z:
         pred, img, mask = z["pred"], z["image"], z["mask"]
         pat, sl = z["patient"].astype(str), z["slice"].astype(int)
+        classes = [str(c) for c in z["classes"]] if "classes" in z.files else []  # multi-class: label k+1
     fig, axes = plt.subplots(1, 3, figsize=(7.2, 3.0))
     for ax, (name, row) in zip(axes, picks):
         idx = np.flatnonzero((pat == str(row["patient"])) & (sl == int(row["slice"])))
@@ -733,22 +740,38 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
             continue
         i = int(idx[0])
         ax.imshow(img[i], cmap="gray", interpolation="nearest")
-        _contour(ax, mask[i], style.GT_COLOUR, "solid")
-        _contour(ax, pred[i], style.PRED_COLOUR, "dashed")
+        if classes:  # one colour per class: its reference solid, its prediction dashed; the inner (LV) last,
+            for k, cname in reversed(list(enumerate(classes))):  # as its edge is also the myocardium's
+                col = style.class_colour(cname, k)
+                _contour(ax, (mask[i] == k + 1).astype(np.uint8), col, "solid")
+                _contour(ax, (pred[i] == k + 1).astype(np.uint8), col, "dashed")
+        else:
+            _contour(ax, mask[i], style.GT_COLOUR, "solid")
+            _contour(ax, pred[i], style.PRED_COLOUR, "dashed")
         ax.set_title(f"{name}: Dice {row['dice']:.3f}\n{row['patient']}, slice {int(row['slice'])}", fontsize=8.5)
-    fig.legend(
-        handles=[
+    if classes:
+        handles = [
+            Line2D([], [], color=style.class_colour(c, k), linewidth=3, label=style.CLASS_TITLES.get(c, c))
+            for k, c in enumerate(classes)
+        ]
+        handles += [
+            Line2D([], [], color="#555555", linewidth=1.6, label="ground truth"),
+            Line2D([], [], color="#555555", linewidth=1.6, linestyle="dashed", label="prediction"),
+        ]
+    else:
+        handles = [
             Line2D([], [], color=style.GT_COLOUR, linewidth=1.6, label="ground truth"),
             Line2D([], [], color=style.PRED_COLOUR, linewidth=1.6, linestyle="dashed", label="prediction"),
-        ],
-        loc="lower center",
-        ncol=2,
-        bbox_to_anchor=(0.5, -0.02),
-    )
+        ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     style.save(fig, path)
     rep = f"seed {r['repeat']}" + (f", fold {r['fold']}" if r["fold"] is not None else "")
-    return {"run": f" ({c.name(c.best['labels'].items())}; run {r['cell']}, {rep})"}
+    names = ", ".join(style.CLASS_TITLES.get(x, x) for x in classes)
+    return {
+        "run": f" ({c.name(c.best['labels'].items())}; run {r['cell']}, {rep})",
+        "classes": f" (mean over the classes; {names} in their own colours)" if classes else "",
+    }
 
 
 # ------------------------------------------------------------------------------------- validation vs test
@@ -791,6 +814,52 @@ def fig_val_vs_test(c: _Ctx, path: Path) -> dict | None:
     _outside_legend(ax)
     style.save(fig, path)
     return {"n_configs": str(len(top)), "value": style.label_for(c.value)}
+
+
+# ------------------------------------------------------------- inside the network (segsweep.report.inspect)
+_INSIDE = "of the validation-selected cell ({cell}; the best configuration's best run)"
+
+
+@_register(
+    STUDY_FIGURES,
+    "activations",
+    file="activations.png",
+    title="Activation maps per level",
+    caption="Activations " + _INSIDE + " on {n_images} validation images (network grid), after the ReLU of each "
+    "encoder and decoder level, input to output: the mean over a level's channels for each image, then the {k} "
+    "channels with the largest mean activation over the validation set, for the first image. Colours are scaled "
+    "per panel.",
+    generic={"cell": "", "n_images": "two or three", "k": "strongest"},
+)
+def fig_activations(c: _Ctx, path: Path) -> dict | None:
+    return inspect_figs.activations(inspect_figs.load(c.study_dir / inspect_figs.INSPECT_FILE), path)
+
+
+@_register(
+    STUDY_FIGURES,
+    "dead_channels",
+    file="dead_channels.svg",
+    title="Dead channels per level",
+    caption="Share of each level's channels that are exactly zero after the ReLU on every pixel of every validation "
+    "image, " + _INSIDE + "; {n_dead} of {n_total} channels in all. Many dead channels can mean a too high "
+    "learning rate.",
+    generic={"cell": "", "n_dead": "the dead", "n_total": "all"},
+)
+def fig_dead_channels(c: _Ctx, path: Path) -> dict | None:
+    return inspect_figs.dead_channels(inspect_figs.load(c.study_dir / inspect_figs.INSPECT_FILE), path)
+
+
+@_register(
+    STUDY_FIGURES,
+    "weight_hist",
+    file="weight_hist.svg",
+    title="Weight histograms per layer",
+    caption="Histogram of the weights of each convolution " + _INSIDE + ", in network order ({n_shown} of "
+    "{n_layers} layers; σ = standard deviation, n = weights), each on its own range.",
+    generic={"cell": "", "n_shown": "up to 48", "n_layers": "all"},
+)
+def fig_weight_hist(c: _Ctx, path: Path) -> dict | None:
+    return inspect_figs.weight_histograms(inspect_figs.load(c.study_dir / inspect_figs.INSPECT_FILE), path)
 
 
 def _run(figs: Registry, ctx, out_dir: Path) -> list[Path]:
@@ -921,6 +990,11 @@ def make_data_figures(data_dir: Path, out_dir: Path) -> list[Path]:
     ex = _examples(Path(data_dir))
     return _run(DATA_FIGURES, ex, out_dir)
 
+
+from segsweep.report import adaptive  # noqa: E402  (the figures of adaptive studies, after these)
+
+for _name, _meta, _fn in adaptive.FIGURES:
+    _register(STUDY_FIGURES, _name, **_meta)(_fn)
 
 # kind -> file name (callers that only need the names)
 FIGURE_FILES = {e.name: e.meta["file"] for e in STUDY_FIGURES}

@@ -28,6 +28,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup, escape
 
+from segsweep.analysis import card
 from segsweep.analysis.aggregate import axis_display, config_groups, config_label, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import ALPHA, UNIT_WORDS, describe_p, holm_text, interval_units
@@ -35,6 +36,7 @@ from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.labels import fmt, label_number
+from segsweep.report.provenance import pretrained_rows
 from segsweep.report.style import label_for
 from segsweep.training.record import CellMetrics
 
@@ -205,7 +207,7 @@ def failure_sentences(view: StudyView) -> list[str]:
     when they all share one; otherwise give the plain count."""
     df = view.cells
     out = []
-    for status in ("diverged", "failed"):
+    for status in ("collapsed", "diverged", "failed"):
         bad = df[df["status"] == status]
         if bad.empty:
             continue
@@ -248,7 +250,9 @@ def study_sentences(view: StudyView) -> list[str]:
     best = view.best
     value = label_for(view.value)
     if best is None:
-        return [f"No run of this study finished: {view.table['n_diverged']} diverged, {view.table['n_failed']} failed."]
+        t = view.table
+        collapsed = f"{t['n_collapsed']} collapsed, " if t.get("n_collapsed") else ""
+        return [f"No run of this study finished: {collapsed}{t['n_diverged']} diverged, {t['n_failed']} failed."]
     out = [
         f"The best configuration is {pretty_config(view.shown(best['labels']))}: "
         f"mean {value} {mean_ci_text(best, view.value)}."
@@ -649,6 +653,7 @@ def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Pat
         "views": views,
         "data": data_context(results_dir, config, studies),
         "test": test_context(views, results_dir, config),
+        "cards": card.card_context(studies, results_dir, config),  # the Model cards section
         "top": top_rows(views, int(report_cfg.get("top_n", 10))),
         "overall": overall_sentence(views),
         "n_studies": len(views),
@@ -660,6 +665,7 @@ def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Pat
         "log_groups": log_groups(failures),
         "hardware": hardware,
         "execution": execution_rows(list(runs["cell"]) if len(runs) else [], results_dir / "cells"),
+        "pretrained": pretrained_rows(list(runs["cell"]) if len(runs) else [], results_dir / "cells"),
         "runs": runs.head(MAX_RUN_ROWS).to_dict("records") if len(runs) else [],
         "runs_truncated": max(0, len(runs) - MAX_RUN_ROWS),
         "prov": provenance,
