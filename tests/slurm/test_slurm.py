@@ -262,7 +262,11 @@ def test_cancelled_training_job_is_retried(runs):
     redone = {c for j in later for c in _cells_in_log(_job_log(wd, j["JobID"]).read_text())}
     assert set(cancelled_cells) <= redone, (cancelled_cells, redone)
     for cell in cancelled_cells:
-        assert json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())["status"] == "ok"
+        # finished after the retry, with the outcome of the uninterrupted local run (tiny cells may collapse)
+        retried = json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())
+        local = json.loads((runs["local"] / "results" / "cells" / cell / "metrics.json").read_text())
+        assert retried["status"] in {"ok", "collapsed"} and retried["status"] == local["status"], (retried, local)
+        assert retried["best_val_dice"] == local["best_val_dice"]
     assert "Trying to restart job" in runs["out"]
 
 
