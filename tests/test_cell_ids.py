@@ -55,7 +55,7 @@ DEMO_IDS = [
 
 def demo_plan():
     """The demo's plan without its test set (splits.test_fraction 0): a config that does not hold out test
-    patients keeps every 0.1.0 id; holding them out is a new split, so new cells (test_cells.py)."""
+    patients keeps the ids it had before test sets existed; holding them out is a new split, so new cells."""
     cfg = sc.load_config(ROOT / "config" / "config.yaml")
     cfg["splits"]["test_fraction"] = 0
     return build_plan(cfg)

@@ -13,6 +13,7 @@ import pydicom
 import pytest
 import torch
 
+import segsweep
 from segsweep.analysis import card
 from segsweep.analysis.aggregate import aggregate_study
 from segsweep.apply import discover as disc
@@ -148,7 +149,11 @@ def test_seg_reads_back_references_sources_and_equals_the_prediction(predicted, 
         assert seg_item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "87878005"
         assert seg_item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
         alg = seg_item.SegmentationAlgorithmIdentificationSequence[0]
-        assert alg.AlgorithmName == "segsweep" and alg.AlgorithmVersion == "0.1.0" and best_cell in alg.AlgorithmSource
+        assert (
+            alg.AlgorithmName == "segsweep"
+            and alg.AlgorithmVersion == segsweep.__version__
+            and best_cell in alg.AlgorithmSource
+        )
         assert best_cell in ds.ContentDescription and ds.DeviceSerialNumber == best_cell
         expected = _expected_masks(results, best_cell, files)
         for uid, mask in expected.items():

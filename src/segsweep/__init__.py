@@ -1,3 +1,3 @@
 """segsweep: cardiac-MRI segmentation hyperparameter studies, from DICOM to report."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
