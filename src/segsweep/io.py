@@ -54,6 +54,15 @@ def _json_default(o):
     return str(o)
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks (weights files and data roots are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_file(path: str | Path) -> tuple[bytes, int]:
     """(content, st_size at open) of a file: open, fstat, read, close. ``Path.read_bytes`` makes ~7 system
     calls (isatty, seek, buffer set-up); with thousands of small DICOM and contour files per ingest that shows."""

@@ -44,7 +44,7 @@ from segsweep.analysis.ranking import rank_key, ranked
 from segsweep.analysis.testset import MIN_PATIENTS, patient_bootstrap
 from segsweep.data.splits import select_patients
 from segsweep.errors import ConfigError, DataError
-from segsweep.io import write_text
+from segsweep.io import sha256_file, write_text
 from segsweep.labels import fmt
 from segsweep.training.record import CellMetrics
 
@@ -181,15 +181,11 @@ def resolve_model(spec: str, studies: Sequence[Study], results_dir: Path) -> Sel
 
 
 # ------------------------------------------------------------------------------------------- card
-def sha256_file(path: Path) -> str | None:
-    h = hashlib.sha256()
+def _weights_sha256(path: Path) -> str | None:
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> Any:
@@ -258,7 +254,7 @@ def study_card(study: Study, results_dir: Path, seed: int = 0) -> dict:
     card["split"] = _split_counts(results_dir, params)
     card["metrics"] = m
     weights = cell_dir / "best.pt"
-    card["weights"] = {"path": f"results/cells/{sel.cell}/best.pt", "sha256": sha256_file(weights)}
+    card["weights"] = {"path": f"results/cells/{sel.cell}/best.pt", "sha256": _weights_sha256(weights)}
     card["best_epoch"], card["epochs_run"] = m.best_epoch, m.epochs_run
     card["n_train"], card["n_val"] = m.n_train, m.n_val
 

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from segsweep.data.config import DataConfig
 from segsweep.errors import DataError
-from segsweep.io import digest, write_json
+from segsweep.io import digest, sha256_file, write_json
 
 SCAN_DIR = "results/raw/scan"
-_CHUNK = 1 << 20
 log = logging.getLogger("segsweep.scan")
 
 
@@ -51,14 +50,6 @@ def _files(root: Path) -> list[str]:
             if not name.startswith("."):
                 out.append(os.path.relpath(os.path.join(dirpath, name), root))
     return out
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> dict:
@@ -89,7 +80,7 @@ def watch_root(data: DataConfig, out_dir: str | Path = SCAN_DIR) -> RootScan:
             sha = hit[2]
         else:
             try:
-                sha = _sha256(path)
+                sha = sha256_file(path)
             except OSError as exc:  # unreadable: ingest reports it as a QC row; the id still sees it
                 sha = f"unreadable:{type(exc).__name__}"
             n_hashed += 1

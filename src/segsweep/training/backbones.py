@@ -38,7 +38,6 @@ images); fine-tuning adapts to that.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segsweep.errors import ConfigError, DataError
+from segsweep.io import sha256_file
 from segsweep.training.blocks import DoubleConv, SegmentationNet, Up, dropout
 
 # model name → torchvision constructor name; one model per entry (registered in segsweep.training.model)
@@ -144,11 +144,7 @@ def build(model: str, params, n_classes: int = 1) -> ResNetUNet:
 # ------------------------------------------------------------------------------------- pretrained weights
 @lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)  # size and mtime only key the memo
 
 
 def file_sha256(path: str | Path, key: str = "pretrained") -> str:
