@@ -27,9 +27,33 @@ checkpoint optuna_round:
         "../workflow/scripts/optuna_round.py"
 
 
+# The study's round sizes as a plain (non-checkpoint) job. optuna_trials waits for the checkpoint rounds, and
+# Snakemake skips the params check of a job whose input waits for a checkpoint, so without this job raising
+# n_trials on a finished study would schedule nothing; this one reruns when the sizes change, and its
+# consumer optuna_trials with it, which then asks for the new rounds.
+rule optuna_plan:
+    output:
+        plan=f"{OPTUNA_DIR}/plan.json",
+    log:
+        "logs/optuna_plan/{study}.log",
+    benchmark:
+        "benchmarks/runs/optuna_plan/{study}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        rounds=lambda wc: OPTUNA_ROUNDS[wc.study],
+    script:
+        "../workflow/scripts/optuna_plan.py"
+
+
 rule optuna_trials:
     input:
         unpack(optuna_study_input),
+        plan=f"{OPTUNA_DIR}/plan.json",
     output:
         trials=f"{OPTUNA_DIR}/trials.json",
         study=f"{OPTUNA_DIR}/study.json",

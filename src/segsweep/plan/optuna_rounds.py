@@ -77,6 +77,13 @@ def round_sizes(spec: Mapping) -> list[int]:
     return [min(k, n - i) for i in range(0, n, k)]
 
 
+def write_plan(study: str, sizes: Sequence[int], out: Path) -> dict:
+    """``plan.json``: the study's trials per round (`round_sizes`); the file a changed ``n_trials`` reruns."""
+    plan = {"study": study, "n_trials": int(sum(sizes)), "rounds": [int(n) for n in sizes]}
+    write_json(Path(out), plan)
+    return plan
+
+
 def _splits(ctx: Mapping) -> SplitConfig:
     s = ctx["splits"]
     return SplitConfig(
