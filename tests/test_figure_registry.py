@@ -60,6 +60,8 @@ def test_file_maps_follow_the_registries():
         "optuna_history",  # mode optuna only (segsweep.report.adaptive)
         "optuna_importance",
         "optuna_slices",
+        "optuna_contour",
+        "optuna_parallel",
         "optuna_trials",
     ]  # report order
 
