@@ -1,5 +1,6 @@
 """Errors a user can cause. Each message names the file or config key at fault."""
 
+import signal
 from pathlib import Path
 
 
@@ -27,3 +28,34 @@ class QCError(DataError):
         self.path = None if path is None else Path(path)
         self.detail = message
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+# A stop request, not a user error: here (shared) because the runner, below every stage, turns it into an exit
+# code; the signal handling that raises it is segsweep.training.preempt.
+# sysexits EX_TEMPFAIL: "a temporary failure; the user is invited to retry". Any non-zero code makes
+# Snakemake retry; this one tells a preempted job's exit apart from a crash (1) in sacct and the logs.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(BaseException):
+    """A stop signal ended training at a safe point; ``last.pt`` holds the state to resume from.
+
+    A BaseException, like KeyboardInterrupt: it is a request to stop, not an error, so no ``except
+    Exception`` on its way (the job's crash path, a caller's catch-all) may turn it into a ``failed`` cell.
+    """
+
+    def __init__(self, signum: int, epoch: int, step: int, steps: int, checkpoint: Path | None):
+        self.signum, self.epoch, self.step, self.steps = int(signum), int(epoch), int(step), int(steps)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        saved = f"{self.checkpoint.name} written" if self.checkpoint is not None else "nothing trained yet"
+        super().__init__(
+            f"{_signal_name(self.signum)}: preempted at epoch {self.epoch} step {self.step}/{self.steps}; "
+            f"{saved}; exiting for the retry"
+        )
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

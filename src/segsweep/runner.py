@@ -1,7 +1,9 @@
 """The one way workflow scripts run library code: logging to the rule's log file, clear user errors.
 
 A `SegsweepError` (bad config, unreadable data root, strict QC failure) becomes one line on stderr and in the
-log, and a non-zero exit, instead of a traceback. Anything else is a bug and keeps its traceback.
+log, and a non-zero exit, instead of a traceback. A preempted training job (`Preempted`: a stop signal, a
+mid-epoch last.pt written) exits with `EXIT_PREEMPTED` (75), also without a traceback, so Snakemake retries
+it. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segsweep.errors import SegsweepError
+from segsweep.errors import EXIT_PREEMPTED, Preempted, SegsweepError
 
 
 def setup_logging(log_path: str | os.PathLike | None, level: int = logging.INFO) -> logging.Logger:
@@ -40,5 +42,8 @@ def run(smk: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         log.error("%s", exc)
         print(f"segsweep: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as exc:  # already logged by the job; the exit code tells Snakemake/sacct what happened
+        print(f"segsweep: {exc}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     log.info("rule %s: done", smk.rule)
     return result

@@ -38,7 +38,7 @@ SLURMCTLD_LOG = Path("/var/log/slurm/slurmctld.log")
 # What tests/slurm/cluster.sh builds: the default account/partition and the ones the test asks for.
 ACCOUNT, CPU_PARTITION, GPU_PARTITION = "ci-alt", "cpu", "gpu"
 GROUP = 3  # cells per sbatch: 4 cells -> one job of 3 + one of 1
-RUN_LIMIT_S = 300
+RUN_LIMIT_S = 600  # the whole study through Slurm on a loaded 2-core machine (inspect, model cards, ...)
 
 pytestmark = pytest.mark.slurm
 
@@ -280,3 +280,126 @@ def test_table_equals_the_local_run(runs):
     slurm = pd.read_csv(runs["slurm"] / "results" / "studies" / "tiny" / "cells.csv")[cols].sort_values("cell")
     pd.testing.assert_frame_equal(local.reset_index(drop=True), slurm.reset_index(drop=True))
     assert (runs["slurm"] / "reports" / "report.pdf").read_bytes().startswith(b"%PDF")
+
+
+# ----------------------------------------------------------------- a time-limit warning / preemption signal
+PREEMPT_STUDY = "preempt"
+
+
+def _preempt_config(wd: Path) -> Path:
+    """The tiny config with one cell long enough (5 steps x 40 epochs) to be signalled while it trains."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(epochs=40, batch_size=2)
+    cfg["studies"] = {
+        PREEMPT_STUDY: {
+            "title": "Preempted cell",
+            "axes": {"optimizer": ["sgd"], "lr": [0.01]},
+            "table": {"rows": ["optimizer"], "cols": ["lr"]},
+        }
+    }
+    cfg.setdefault("resources", {}).update(device="cpu", train_gpus=1)
+    path = wd / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _signal_training_job(wd: Path, stop: threading.Event, found: dict) -> None:
+    """`scancel --signal=TERM` (all job steps, not the batch shell: what the profile's --signal=TERM@120 sends)
+    to the running training job once its cell has finished an epoch (history.csv written)."""
+    while not stop.is_set():
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True
+        ).stdout
+        for line in out.splitlines():
+            jobid, _, workdir = line.partition("|")
+            histories = list((wd / "results" / "cells").glob("*/history.csv"))
+            if workdir.rstrip("/") == str(wd) and histories:
+                subprocess.run(["scancel", "--signal=TERM", jobid], check=True)
+                found.update(jobid=jobid, cell=histories[0].parent.name)
+                return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory):
+    local_wd = tmp_path_factory.mktemp("preempt-local").resolve()
+    slurm_wd = tmp_path_factory.mktemp("preempt-slurm").resolve()
+    _preempt_config(local_wd)
+    _preempt_config(slurm_wd)
+    target = f"results/studies/{PREEMPT_STUDY}/table.csv"  # the table; no figures, no report
+    local = subprocess.run(
+        _snakemake_cmd(local_wd, "local", "--cores", "2", target), capture_output=True, text=True, timeout=RUN_LIMIT_S
+    )
+    assert local.returncode == 0, f"local run failed:\n{local.stdout[-3000:]}\n{local.stderr[-5000:]}"
+
+    env = dict(
+        os.environ,
+        SEGSWEEP_SLURM_ACCOUNT=ACCOUNT,
+        SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
+        SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION,
+    )
+    cmd = _snakemake_cmd(
+        slurm_wd, "slurm", "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs", target
+    )
+    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    stop, signalled = threading.Event(), {}
+    signaller = threading.Thread(target=_signal_training_job, args=(slurm_wd, stop, signalled), daemon=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signaller.start()
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
+    finally:
+        stop.set()
+        signaller.join(timeout=10)
+        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
+        if leftover:
+            subprocess.run(["scancel", *leftover])
+    assert proc.returncode == 0, f"Slurm run failed ({proc.returncode}):\n{out[-8000:]}"
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "jobs": _jobs_in(slurm_wd, since), **signalled}
+
+
+def test_signalled_training_job_saves_mid_epoch_and_its_retry_resumes(preempted):
+    wd, jobid, cell = preempted["slurm"], preempted.get("jobid"), preempted.get("cell")
+    assert jobid, "the training job was never seen training: nothing was signalled"
+    # The step's training process stopped by itself (exit 75, the step's Snakemake exit 1): FAILED, not
+    # CANCELLED; Slurm killed nothing. The batch step's Snakemake then retries the train job at once (the
+    # rule's `retries:`) as a new srun step of the same job, unless the job is over (a preemption, the limit).
+    steps = subprocess.run(
+        ["sacct", "-j", jobid, "-P", "-n", "-o", "JobID,State"], capture_output=True, text=True, check=True
+    ).stdout
+    states = dict(line.split("|") for line in steps.splitlines() if line.strip())
+    assert states.get(f"{jobid}.0") == "FAILED", states
+    text = _job_log(wd, jobid).read_text()
+    m = re.search(r"SIGTERM: preempted at epoch (\d+) step (\d+)/(\d+); last\.pt written; exiting for the retry", text)
+    assert m, text[-4000:]
+    assert "Traceback" not in text
+    # the retry: later in this job's log (a new step) or in a later job's
+    for job in sorted(preempted["jobs"], key=lambda j: int(j["JobID"])):
+        if "train" in job["Comment"] and int(job["JobID"]) > int(jobid):
+            text += _job_log(wd, job["JobID"]).read_text()
+    after = text[m.end() :]
+    epoch, step, n_steps = int(m[1]), int(m[2]), int(m[3])
+    resumed = f"inside epoch {epoch}, after step {step}/{n_steps}" if step else f"after epoch {epoch - 1}"
+    assert "Trying to restart job" in after
+    assert re.search(rf"attempt=2, max_attempts=2.*?resuming from \S+last\.pt {resumed}", after, re.S), after[-4000:]
+    assert f"epoch {epoch}/40 " in after and "epoch 1/40 " not in after  # went on inside, redid nothing
+
+    # the numbers of the uninterrupted local run: the table, the cell's metrics and its every epoch
+    for name in ("table.csv", "table.json"):
+        local = (preempted["local"] / "results" / "studies" / PREEMPT_STUDY / name).read_text()
+        assert (wd / "results" / "studies" / PREEMPT_STUDY / name).read_text() == local, name
+    strip = ("wall_s", "hardware")
+    ours = json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())
+    theirs = json.loads((preempted["local"] / "results" / "cells" / cell / "metrics.json").read_text())
+    assert {k: v for k, v in ours.items() if k not in strip} == {k: v for k, v in theirs.items() if k not in strip}
+    hist = lambda d: pd.read_csv(d / "results" / "cells" / cell / "history.csv").drop(columns="epoch_s")  # noqa: E731
+    pd.testing.assert_frame_equal(hist(wd), hist(preempted["local"]))
+    print(f"signalled at epoch {epoch} step {step}/{n_steps}")

@@ -10,7 +10,15 @@
   so Snakemake/Slurm retries it (the run resumes from ``last.pt``).
 - a crash on the last attempt: metrics.json with status ``failed`` and the reason, and the job succeeds, so
   one broken cell never blocks the study's table and report (the report lists it with its log tail).
-A job killed from outside (node failure, scancel, OOM killer) writes nothing and is retried by Snakemake.
+- preempted (`Preempted`: SIGTERM / SIGUSR1 from Slurm's time-limit warning, preemption or scancel; training
+  wrote a mid-epoch ``last.pt``, `segsweep.training.preempt`): never a failed cell and never a user error,
+  on any attempt. Re-raised, so the job exits non-zero (`segsweep.runner.run`: ``EXIT_PREEMPTED``) and
+  Snakemake retries, resuming inside the epoch. It does use up one of Snakemake's attempts (nothing can give
+  one back), but never takes the failure path: preempted on the last attempt, the job still exits non-zero,
+  the cell stays unrecorded and the next ``snakemake`` run (attempt 1 again) resumes it. Only a crash on the
+  last attempt records ``failed``, however many attempts before it were preemptions.
+A job killed from outside without a signal it can catch in time (node failure, SIGKILL, OOM killer) writes
+nothing and is retried by Snakemake, resuming from the last epoch's ``last.pt``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 from segsweep.errors import SegsweepError
 from segsweep.io import write_text
 from segsweep.training.params import CellParams
+from segsweep.training.preempt import Preempted
 from segsweep.training.record import CellMetrics
 
 log = logging.getLogger("segsweep.jobs")
@@ -78,6 +87,15 @@ def run_train_job(
         )
     except SegsweepError as exc:  # the user's to fix: no retry, no failed cell
         write_text(marker, f"{exc}\n")
+        raise
+    except Preempted as exc:  # a BaseException, so never the crash path below: exit for the retry
+        log.warning(
+            "attempt %d of %d: %s%s",
+            attempt,
+            max_attempts,
+            exc,
+            "" if attempt < max_attempts else " (no Snakemake retry left: run the same snakemake command again)",
+        )
         raise
     except Exception as exc:  # noqa: BLE001 - any other crash becomes a retry or a recorded failure
         if attempt < max_attempts:

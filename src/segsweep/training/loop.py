@@ -34,6 +34,14 @@ Decisions (the contract the rest of the pipeline relies on):
   generator's state, early-stopping state, history). When it exists at start (same parameters) training
   continues from it; on the CPU the result is bit-identical to an uninterrupted run. A finished run's
   ``last.pt`` makes a rerun only redo the (deterministic) final evaluation.
+* **Stop signals** (SIGTERM, SIGUSR1: Slurm's time-limit warning, preemption, scancel; `preempt`). The flag
+  is read after every optimizer step; when set, ``last.pt`` is written *inside* the epoch (version
+  ``PARTIAL_CHECKPOINT_VERSION``: the state above after the step, plus ``partial``: the epoch's image order,
+  the steps done, the device loss sum, its first-step LRs) and `preempt.Preempted` is raised, which the job
+  turns into an exit for the retry, never a ``failed`` cell. Resuming goes on with the next step of that
+  epoch (no new shuffle draw), so the numbers stay those of an uninterrupted run. A signal before an epoch's
+  first step (e.g. while the data load) stops there, with last.pt as it was; one during the final
+  evaluation lets it finish.
 * **Failures.** A crash (CUDA OOM, I/O error...) propagates: `segsweep.training.job.run_train_job` decides between a
   Snakemake retry (which resumes from ``last.pt``) and recording status ``failed``. User errors (missing
   files, bad split) raise `DataError` / `ConfigError` naming the file; the job never records them as failed.
@@ -62,6 +70,7 @@ from segsweep.data.config import class_names
 from segsweep.data.splits import select_patients, test_patients
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
+from segsweep.training import preempt
 from segsweep.training.augment import Augmenter
 from segsweep.training.device import hardware_description, resolve_device
 from segsweep.training.evaluate import collapse_reason
@@ -70,7 +79,10 @@ from segsweep.training.record import CellMetrics
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s", "lr_encoder")
 PER_IMAGE_COLUMNS = ("patient", "slice", "dice", "iou", "hd95_mm")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # last.pt written after a whole epoch
+# last.pt written inside an epoch on a stop signal: version 1 plus its "partial" section. A number of its own
+# so that a segsweep predating it starts afresh instead of resuming at the epoch's start (other numbers).
+PARTIAL_CHECKPOINT_VERSION = 2
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -227,6 +239,15 @@ def _save_torch(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+class _StopInEpoch(Exception):
+    """`_Trainer.train_epoch` stopped after a step on a stop signal; ``state`` is what a mid-epoch last.pt
+    needs to go on inside the epoch (its ``partial`` section)."""
+
+    def __init__(self, state: dict):
+        super().__init__(f"stopped after step {state['step']}")
+        self.state = state
+
+
 class _Trainer:
     """One cell's training state; `train_cell` drives it. Kept small: the loop lives in `run_epoch`."""
 
@@ -270,16 +291,34 @@ class _Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def train_epoch(self) -> tuple[float, torch.Tensor]:
-        """One pass over the training images. Returns (LR of the first step, device sum of batch losses × size)."""
+    def train_epoch(
+        self, partial: Mapping | None = None, stop: Callable[[], object] | None = None
+    ) -> tuple[float, torch.Tensor]:
+        """One pass over the training images. Returns (LR of the first step, device sum of batch losses × size).
+
+        ``partial``: a mid-epoch last.pt's section: go on after its step, with its order, sums and LRs (the
+        shuffle draw and `FineTune.start_epoch` of this epoch happened before it was written). ``stop``:
+        asked after every step but the epoch's last (a flag read, no sync); true raises `_StopInEpoch`.
+        """
         p, d = self.p, self.data
         self.model.train()
-        perm = torch.randperm(d.n_train, generator=self.shuffle_gen).to(self.device, non_blocking=True)
-        loss_sum = torch.zeros((), device=self.device)
-        lr_first = float(self.schedule.lr)
-        self.finetune.start_epoch(self.schedule.step_count // self.steps_per_epoch, lr_first)
+        if partial is None:
+            order = torch.randperm(d.n_train, generator=self.shuffle_gen)
+            loss_sum = torch.zeros((), device=self.device)
+            lr_first = float(self.schedule.lr)
+            self.finetune.start_epoch(self.schedule.step_count // self.steps_per_epoch, lr_first)
+            done = 0
+        else:
+            order, loss_sum = partial["perm"], partial["loss_sum"].to(self.device)
+            lr_first, self.finetune.lr_encoder, done = partial["lr_first"], partial["lr_encoder"], partial["step"]
+            # the modes the epoch ran in: train() above came before start_epoch's unfreezing, so in that epoch
+            # the encoder's BatchNorm stayed in eval mode; a resumed run must not put it in train mode
+            for m, training in zip(self.model.modules(), partial["training"], strict=True):
+                m.training = training
+        perm = order.to(self.device, non_blocking=True)
+        modes = [m.training for m in self.model.modules()]
         reg = p.regularizer != "none"
-        for start in range(0, d.n_train, p.batch_size):
+        for step, start in enumerate(range(done * p.batch_size, d.n_train, p.batch_size), start=done + 1):
             idx = perm[start : start + p.batch_size]
             x, y = d.x_train[idx], d.y_train[idx]
             if self.augmenter.active:
@@ -300,6 +339,17 @@ class _Trainer:
             if reg:  # log the data loss, but let a blown-up penalty turn it NaN so divergence is still seen
                 logged = logged + 0.0 * total.detach()
             loss_sum += logged * idx.numel()
+            if stop is not None and step < self.steps_per_epoch and stop():
+                raise _StopInEpoch(
+                    {
+                        "step": step,
+                        "perm": order,
+                        "loss_sum": loss_sum.detach().cpu(),
+                        "lr_first": lr_first,
+                        "lr_encoder": self.finetune.lr_encoder,
+                        "training": modes,
+                    }
+                )
         return lr_first, loss_sum
 
     def predict(self, x_all: torch.Tensor, y_all: torch.Tensor, keep_pred: bool = False):
@@ -379,6 +429,7 @@ class _Trainer:
 
 
 # ---------------------------------------------------------------------------------------------- driver
+@preempt.stop_signals_caught  # SIGTERM / SIGUSR1: a mid-epoch last.pt and `preempt.Preempted` (module docstring)
 def train_cell(
     params: CellParams,
     data_dir: Path,
@@ -392,15 +443,21 @@ def train_cell(
     channels_last: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
     evaluation: Mapping | None = None,
-) -> CellMetrics:
+    stop_at: int | None = None,
+) -> CellMetrics | dict:
     """Train one cell and write its outputs to ``out_dir``; return its `CellMetrics` (also metrics.json).
+
+    ``stop_at`` (a pruner's rung, `segsweep.plan.pruning`): train only up to that epoch, keep ``last.pt``, skip
+    the final evaluation and return `rung_summary` instead. The schedule's horizon stays ``params.epochs``,
+    so a later call without ``stop_at`` continues exactly where an uninterrupted run would be; a ``last.pt``
+    already past ``stop_at`` trains nothing (the summary is read from its history).
 
     ``evaluation`` is the config's ``evaluation`` section (NSD tolerance, HD95 cap) for the final evaluation.
 
     ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
     the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
     with each epoch's history row after ``last.pt`` is written (progress reporting; tests use it to
-    interrupt a run).
+    interrupt a run). SIGTERM / SIGUSR1 while it trains: a mid-epoch ``last.pt``, then `preempt.Preempted`.
     """
     t_start = time.perf_counter()
     log = log or logging.getLogger("segsweep.train")
@@ -429,27 +486,49 @@ def train_cell(
     history: list[dict] = []
     best = {"dice": -math.inf, "epoch": None}
     bad_epochs, stopped, reason, wall_before = 0, None, None, 0.0
+    partial = None  # the "partial" section of a mid-epoch last.pt: the first epoch goes on inside (train_epoch)
     ckpt = _load_checkpoint(last_path, log) if last_path.exists() else None
     if ckpt is not None:
-        if ckpt.get("version") != CHECKPOINT_VERSION or not params.same_run(ckpt.get("params")):
+        if not params.same_run(ckpt.get("params")) or not _resumable(ckpt, tr.steps_per_epoch, data.n_train):
             log.warning("%s belongs to other parameters or another version: starting afresh", last_path)
         else:
+            partial = ckpt.get("partial")
             tr.model.load_state_dict(ckpt["model"])
             tr.optimizer.load_state_dict(ckpt["optimizer"])
             tr.schedule.load_state_dict(ckpt["schedule"])
             tr.load_rng_state(ckpt["rng"], log)
             history, best, bad_epochs = ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
             stopped, reason, wall_before = ckpt["stopped"], ckpt["reason"], ckpt["wall_s"]
-            log.info("resuming from %s after epoch %d", last_path, len(history))
+            if partial is None:
+                log.info("resuming from %s after epoch %d", last_path, len(history))
+            else:
+                log.info(
+                    "resuming from %s inside epoch %d, after step %d/%d",
+                    last_path,
+                    partial["epoch"],
+                    partial["step"],
+                    tr.steps_per_epoch,
+                )
             if best["epoch"] is not None and best_path.exists():
                 saved = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
                 if saved != best["epoch"]:
                     log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, best["epoch"])
 
-    while stopped is None and len(history) < params.epochs:
+    horizon = params.epochs if stop_at is None else min(int(stop_at), params.epochs)
+    while stopped is None and len(history) < horizon:
         epoch = len(history) + 1
-        t0 = time.perf_counter()
-        lr, train_sum = tr.train_epoch()
+        if signum := preempt.requested():  # came since the last step (data load, last epoch's end): last.pt is current
+            saved = last_path if history or partial else None
+            raise preempt.Preempted(signum, epoch, partial["step"] if partial else 0, tr.steps_per_epoch, saved)
+        t0 = time.perf_counter() - (partial["epoch_s"] if partial else 0.0)
+        try:
+            lr, train_sum = tr.train_epoch(partial, preempt.requested)
+        except _StopInEpoch as stop:  # a stop signal: save the epoch so far (module docstring, Stop signals)
+            state = {**stop.state, "epoch": epoch, "epoch_s": time.perf_counter() - t0}
+            wall_s = wall_before + time.perf_counter() - t_start
+            _save_torch(_checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s, state), last_path)
+            raise preempt.Preempted(preempt.requested(), epoch, state["step"], tr.steps_per_epoch, last_path) from None
+        partial = None
         val_sum, dice, iou, _ = tr.predict(data.x_val, data.y_val)
         # The one host sync of the epoch.
         tl, vl, vd, vi = torch.stack([train_sum / data.n_train, val_sum / data.n_val, dice.mean(), iou.mean()]).tolist()
@@ -492,29 +571,15 @@ def train_cell(
                     stopped = "early_stop"
                     reason = f"early stop after epoch {epoch}: no val Dice gain in {params.patience} epochs"
                     log.info("%s", reason)
-        _save_torch(
-            {
-                "version": CHECKPOINT_VERSION,
-                "epoch": epoch,
-                "params": params.to_dict(),
-                "model": tr.model.state_dict(),
-                "optimizer": tr.optimizer.state_dict(),
-                "schedule": tr.schedule.state_dict(),
-                "rng": tr.rng_state(),
-                "history": history,
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "stopped": stopped,
-                "reason": reason,
-                "wall_s": wall_before + time.perf_counter() - t_start,
-            },
-            last_path,
-        )
+        wall_s = wall_before + time.perf_counter() - t_start
+        _save_torch(_checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s), last_path)
         write_text(out_dir / "history.csv", _history_csv(history))
         if on_epoch is not None:
             on_epoch(dict(row))
 
     write_text(out_dir / "history.csv", _history_csv(history))
+    if stop_at is not None:
+        return rung_summary(history, int(stop_at), params.patience, wall_before + time.perf_counter() - t_start)
     if stopped == "diverged":
         # no model of this run is reported: every quality field stays null; epochs_run is the diverging epoch
         status, best_epoch, quality = "diverged", None, {}
@@ -557,6 +622,87 @@ def train_cell(
         metrics.wall_s,
     )
     return metrics
+
+
+def _checkpoint(
+    tr: _Trainer,
+    params: CellParams,
+    history: list[dict],
+    best: dict,
+    bad_epochs: int,
+    stopped: str | None,
+    reason: str | None,
+    wall_s: float,
+    partial: dict | None = None,
+) -> dict:
+    """last.pt's content after ``len(history)`` whole epochs, plus ``partial`` (the next epoch's progress,
+    `_StopInEpoch`) for a mid-epoch one."""
+    out = {
+        "version": CHECKPOINT_VERSION if partial is None else PARTIAL_CHECKPOINT_VERSION,
+        "epoch": len(history),
+        "params": params.to_dict(),
+        "model": tr.model.state_dict(),
+        "optimizer": tr.optimizer.state_dict(),
+        "schedule": tr.schedule.state_dict(),
+        "rng": tr.rng_state(),
+        "history": history,
+        "best": best,
+        "bad_epochs": bad_epochs,
+        "stopped": stopped,
+        "reason": reason,
+        "wall_s": wall_s,
+    }
+    if partial is not None:
+        out["partial"] = partial
+    return out
+
+
+def _resumable(ckpt: dict, steps_per_epoch: int, n_train: int) -> bool:
+    """A last.pt of a version this code reads; a mid-epoch one must fit this run's epoch layout."""
+    if ckpt.get("version") == CHECKPOINT_VERSION:
+        return True
+    if ckpt.get("version") != PARTIAL_CHECKPOINT_VERSION or not isinstance(ckpt.get("partial"), dict):
+        return False
+    part = ckpt["partial"]
+    return (
+        part.get("epoch") == len(ckpt.get("history", ())) + 1
+        and 0 < part.get("step", 0) < steps_per_epoch
+        and isinstance(part.get("perm"), torch.Tensor)
+        and isinstance(part.get("training"), list)
+        and tuple(part["perm"].shape) == (n_train,)
+        and ckpt["schedule"]["step_count"] == (part["epoch"] - 1) * steps_per_epoch + part["step"]
+    )
+
+
+def rung_summary(history: list[dict], stop_at: int, patience: int | None, wall_s: float) -> dict:
+    """A run's state at epoch ``stop_at`` from its history alone (so it is the same whether the epochs were
+    trained just now or by a longer run earlier): ``status`` ok / early_stop / diverged, ``epochs_run``,
+    ``best_val_dice`` and ``best_epoch`` (the validation monitor up to then) and the history rows."""
+    rows, status, reason = [], "ok", None
+    best, best_epoch, bad = -math.inf, None, 0
+    for row in history[:stop_at]:
+        rows.append(dict(row))
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            status, reason = "diverged", f"non-finite loss in epoch {row['epoch']}"
+            best_epoch = None
+            break
+        if row["val_dice"] > best:
+            best, best_epoch, bad = row["val_dice"], row["epoch"], 0
+        else:
+            bad += 1
+            if patience is not None and bad >= patience:
+                status, reason = "early_stop", f"early stop after epoch {row['epoch']}"
+                break
+    return {
+        "stop_at": stop_at,
+        "status": status,
+        "reason": reason,
+        "epochs_run": len(rows),
+        "best_val_dice": None if best_epoch is None else best,
+        "best_epoch": best_epoch,
+        "wall_s": round(wall_s, 3),
+        "history": rows,
+    }
 
 
 def _load_checkpoint(path: Path, log: logging.Logger) -> dict | None:
