@@ -8,8 +8,10 @@ rule aggregate:
         optuna_study=lambda wc: (
             f"results/studies/{wc.study}/optuna/study.json" if STUDIES[wc.study].mode == "optuna" else []
         ),
+        # a pruned study: its pruner's decisions (rules/prune.smk)
+        prune=pruned_study_decisions,
         # the split files of the study's cells: the real size of each training fraction
-        splits=lambda wc: sorted({f"results/splits/{CELLS[c].split}.json" for c in STUDIES[wc.study].cell_ids}),
+        splits=lambda wc: sorted({split_file(CELLS[c]) for c in STUDIES[wc.study].cell_ids}),
     output:
         cells=report(
             "results/studies/{study}/cells.csv",
@@ -71,6 +73,45 @@ rule inspect:
         cells_dir=CELLS_DIR,
     script:
         "../workflow/scripts/inspect.py"
+
+
+# Any cell on request, one command: snakemake results/cells/<id>/inspect/figures (trains the cell if needed).
+rule inspect_cell:
+    input:
+        metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
+    output:
+        f"{CELLS_DIR}/{{cell}}/inspect/inspect.npz",
+    log:
+        "logs/inspect_cell/{cell}.log",
+    benchmark:
+        "benchmarks/runs/inspect_cell/{cell}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow/scripts/inspect_cell.py"
+
+
+rule inspect_cell_figures:
+    input:
+        f"{CELLS_DIR}/{{cell}}/inspect/inspect.npz",
+    output:
+        directory(f"{CELLS_DIR}/{{cell}}/inspect/figures"),
+    log:
+        "logs/inspect_cell_figures/{cell}.log",
+    benchmark:
+        "benchmarks/runs/inspect_cell_figures/{cell}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/inspect_cell_figures.py"
 
 
 rule figures:

@@ -6,11 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the in-repo package, also under --use-conda
 
 from snakemake.exceptions import WorkflowError
-from segsweep.data.config import PHANTOM_ROOT, DataConfig
+from segsweep.data.config import PHANTOM_ROOT, DataConfig, dataset_base
 from segsweep.data.scan import watch_root
 from segsweep.io import identity
 from segsweep.plan import config as sscfg
-from segsweep.plan.cells import build_plan
+from segsweep.plan.cells import build_plan, used_datasets
 from segsweep.plan.optuna_rounds import TrialCells
 from segsweep.study import study_to_dict
 from segsweep.errors import SegsweepError
@@ -24,7 +24,17 @@ try:
     # ingest's input and its digest the data part of every cell id; the phantom is made by a rule.
     DATA_CFG = DataConfig.from_config(CFG)
     ROOT_SCAN = None if DATA_CFG.source == "phantom" else watch_root(DATA_CFG)
-    PLAN = build_plan(CFG, data_content=ROOT_SCAN.digest if ROOT_SCAN else None)
+    # the same for each extra data set a study uses (`datasets`, `studies.<s>.data`), under its own prefix
+    DATASET_SCANS = {}
+    for _ds in used_datasets(CFG):
+        _dcfg = DataConfig.from_config(CFG, _ds)
+        if _dcfg.source != "phantom":
+            DATASET_SCANS[_ds] = watch_root(_dcfg, f"{dataset_base(_ds)}/raw/scan", key=f"datasets.{_ds}")
+    PLAN = build_plan(
+        CFG,
+        data_content=ROOT_SCAN.digest if ROOT_SCAN else None,
+        dataset_content={k: v.digest for k, v in DATASET_SCANS.items()},
+    )
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 
@@ -32,20 +42,48 @@ except SegsweepError as exc:
 CELLS = TrialCells(PLAN.cells, lambda: optuna_round_files())
 STUDIES = PLAN.studies
 DATA_DIR = "results/data"
+DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
 CELLS_DIR = "results/cells"
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
 
 
 wildcard_constraints:
     cell="[0-9a-f]{12}",
+    dataset="|".join(DATASETS) or "NONE",
     study="|".join(STUDIES) or "NONE",
     split=r"seed\d+(-cv\d+)?",
+
+
+def data_dir(dataset):
+    """The ingested arrays of a data set: results/data (default), results/datasets/<name>/data."""
+    return DATA_DIR if dataset is None else f"{dataset_base(dataset)}/data"
+
+
+def split_file(cell):
+    return f"{dataset_base(cell.dataset)}/splits/{cell.split}.json"
+
+
+def cell_data(wc):
+    # ancient: the data's identity is part of the cell id (docs/architecture.md, "Cell ids"), so an ingest
+    # rerun that produces the same data retrains nothing, and new data means new cells
+    return ancient(data_dir(CELLS[wc.cell].dataset))
 
 
 def cell_split(wc):
     # ancient: what the split holds is in the cell id (seed, fractions, the data's identity), so a split
     # rewritten with the same content (after ingest reran) retrains nothing
-    return ancient(f"results/splits/{CELLS[wc.cell].split}.json")
+    return ancient(split_file(CELLS[wc.cell]))
+
+
+def dataset_source(wc):
+    """An extra data set's ingest input: its phantom's manifest, or its data root's content manifest."""
+    if wc.dataset in DATASET_SCANS:
+        return str(DATASET_SCANS[wc.dataset].manifest)
+    return f"{dataset_base(wc.dataset)}/raw/phantom/MANIFEST.json"
+
+
+def study_data(wc):
+    return data_dir(STUDIES[wc.study].dataset)
 
 
 def init_from_inputs(wc):
@@ -60,6 +98,8 @@ def init_from_inputs(wc):
 
 
 def study_metrics(wc):
+    if wc.study in PRUNERS_OF:  # the stages its pruner let each configuration reach (rules/prune.smk)
+        return pruned_study_metrics(wc)
     if STUDIES[wc.study].mode == "optuna":  # its cells are known once its rounds are (rules/adaptive.smk)
         return optuna_trial_metrics(wc)
     return [f"{CELLS_DIR}/{c}/metrics.json" for c in STUDIES[wc.study].cell_ids]

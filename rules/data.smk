@@ -42,3 +42,30 @@ rule ingest:
         preprocess=identity(PLAN.preprocess),
     script:
         "../workflow/scripts/ingest.py"
+
+
+# An extra data set (config key `datasets`, used by a study's `data: <name>`): the same two jobs, under
+# results/datasets/{dataset}/ (raw/phantom, data); a real root is watched like the default one (common.smk).
+use rule phantom as dataset_phantom with:
+    output:
+        manifest="results/datasets/{dataset}/raw/phantom/MANIFEST.json",
+    log:
+        "logs/phantom/{dataset}.log",
+    benchmark:
+        "benchmarks/runs/phantom/{dataset}.tsv"
+    params:
+        phantom=lambda wc: asdict(DATASETS[wc.dataset].data.phantom),
+
+
+use rule ingest as dataset_ingest with:
+    input:
+        dataset_source,
+    output:
+        data=directory("results/datasets/{dataset}/data"),
+    log:
+        "logs/ingest/{dataset}.log",
+    benchmark:
+        "benchmarks/runs/ingest/{dataset}.tsv"
+    params:
+        data=lambda wc: identity(DATASETS[wc.dataset].data),
+        preprocess=identity(PLAN.preprocess),

@@ -32,7 +32,7 @@ rule model_card:
     input:
         table="results/studies/{study}/table.json",
         cells="results/studies/{study}/cells.csv",
-        data=DATA_DIR,
+        data=study_data,  # the study's data set (its dataset.json and split)
     output:
         "results/studies/{study}/model_card.md",
     log:
@@ -47,7 +47,7 @@ rule model_card:
         runtime=10,
     params:
         study=study_dict,
-        results_dir=lambda wc, input: str(Path(input.data).parent),
+        results_dir=lambda wc, input: str(Path(input.table).parents[2]),
         seed=CFG["seed"],
     script:
         "../workflow/scripts/model_card.py"

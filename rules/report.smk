@@ -10,6 +10,8 @@ rule report:
         data_figures="results/figures/data",
         splits=[f"results/splits/{s}.json" for s in PLAN.split_specs],
         data=DATA_DIR,
+        # the extra data sets in use (their counts in the Data section): results/datasets/{dataset}/data
+        datasets=[data_dir(d) for d in DATASETS],
     output:
         html="reports/report.html",
         pdf="reports/report.pdf",

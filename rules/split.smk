@@ -20,3 +20,17 @@ rule split:
         spec=lambda wc: PLAN.split_specs[wc.split],
     script:
         "../workflow/scripts/split.py"
+
+
+# The splits of an extra data set (config key `datasets`): results/datasets/{dataset}/splits/{split}.json.
+use rule split as dataset_split with:
+    input:
+        data="results/datasets/{dataset}/data",
+    output:
+        "results/datasets/{dataset}/splits/{split}.json",
+    log:
+        "logs/split/{dataset}/{split}.log",
+    benchmark:
+        "benchmarks/runs/split/{dataset}/{split}.tsv"
+    params:
+        spec=lambda wc: DATASETS[wc.dataset].split_specs[wc.split],

@@ -9,13 +9,14 @@
 
 rule train:
     input:
-        # ancient: the data's identity is part of the cell id (docs/architecture.md, "Cell ids"), so an
-        # ingest rerun that produces the same data retrains nothing, and new data means new cells
-        data=ancient(DATA_DIR),
+        # the cell's data set (ancient: its identity is in the cell id; rules/common.smk `cell_data`)
+        data=cell_data,
         split=cell_split,
         # init_from: the source cell's metrics.json, or the source study's table (the job reads the selected
         # cell's best.pt there); ancient: the source's identity is in this cell's id. [] for other cells.
         init=init_from_inputs,
+        # a cell of a pruned study: its last rung (that job's last.pt is where this one continues). [] else.
+        rung=lambda wc: [ancient(f) for f in train_last_rung(wc)],
     output:
         metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
     log:

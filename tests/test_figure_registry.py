@@ -57,6 +57,7 @@ def test_file_maps_follow_the_registries():
         "activations",  # the validation-selected cell inside (segsweep.report.inspect)
         "dead_channels",
         "weight_hist",
+        "pruning",  # pruned studies only (segsweep.report.adaptive)
         "optuna_history",  # mode optuna only (segsweep.report.adaptive)
         "optuna_importance",
         "optuna_slices",

@@ -48,6 +48,13 @@ def test_figures_render_from_a_tiny_trained_study(tmp_path):
     model = plan.cells[picked].params.model
     assert str(d["model"]) == model and len(d["images"]) == 3
     assert len(d["levels"]) == (10 if model == "resnet18_unet" else 5)
+    # any cell on request (rules inspect_cell + inspect_cell_figures): the same figures from its own file
+    from segsweep.training.inspect import inspect_cell
+
+    other = next(c for c in study.cell_ids if c != picked)
+    inspect_cell(cells / other, tmp_path / "other" / "inspect.npz")
+    drawn = figs.draw_all(tmp_path / "other" / "inspect.npz", tmp_path / "other" / "figures")
+    assert {p.name for p in drawn} == {"activations.png", "dead_channels.svg", "weight_hist.svg"}
     # a study without a finished run: an empty file, and the figures do not apply
     for cid in study.cell_ids:
         mj = cells / cid / "metrics.json"

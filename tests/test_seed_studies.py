@@ -31,6 +31,8 @@ FULL = {
     "seed007_optuna": 0,  # mode optuna: its trials become cells in rounds (tests/test_optuna_rounds.py)
     "seed008_pretrained_resnet": 2 * 4 * 2 * 3,
     "seed008_finetune_modes": 4 * 3,
+    "seed010_random_fold_pruning": 12 * 5,  # every fold planned; the pruner decides which are asked for
+    "seed011_asha_grid": 3 * 3 * 3,
 }
 
 
@@ -86,7 +88,9 @@ def test_smoke_scale_shrinks_every_study():
     plan = build_plan(seed_config(scale="smoke"))
     assert set(plan.studies) == set(FULL)
     for name, study in plan.studies.items():
-        assert 0 < len(study.cells) <= 16 or study.mode == "optuna", name
+        # a random search samples n configurations at any scale: the smoke preset shrinks its folds to 2
+        limit = 2 * 12 if name == "seed010_random_fold_pruning" else 16
+        assert 0 < len(study.cells) <= limit or study.mode == "optuna", name
     assert {c.params.epochs for c in plan.cells.values()} == {2}
     assert plan.preprocess.size == (48, 40)
 
@@ -120,5 +124,18 @@ def test_smoke_dag_builds(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    n_cells = len(build_plan(seed_config(scale="smoke")).cells)
-    assert any(line.split()[:2] == ["train", str(n_cells)] for line in out.splitlines()), out[-2000:]
+    cfg = seed_config(scale="smoke")
+    plan = build_plan(cfg)
+    # a pruned study's later stages are known only after its decisions: ASHA cells start with a rung job,
+    # a fold-pruned study shows its first fold
+    pruned = {n: s["pruner"]["name"] for n, s in cfg["studies"].items() if s.get("pruner")}
+    first = set()
+    for name, study in plan.studies.items():
+        if pruned.get(name) == "folds":
+            first |= {c.cell_id for c in study.cells if c.fold == 0}
+        elif name not in pruned:
+            first |= {c.cell_id for c in study.cells}
+    rung = {c.cell_id for n, s in plan.studies.items() if pruned.get(n) == "asha" for c in s.cells}
+    counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
+    assert counts.get("train") == str(len(first)), out[-2000:]
+    assert counts.get("train_rung") == str(len(rung)), out[-2000:]

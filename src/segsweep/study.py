@@ -41,6 +41,7 @@ class Study:
     table: TableLayout
     cells: tuple[StudyCell, ...]
     axis_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    dataset: str | None = None  # the `datasets` entry it trains on (`data: <name>`); None: the default (`data`)
 
     @property
     def cell_ids(self) -> list[str]:
@@ -64,7 +65,7 @@ def study_to_dict(study: Study) -> dict:
         },
         "cells": [[c.cell_id, [list(x) for x in c.labels], c.repeat, c.fold] for c in study.cells],
         "axis_values": {a: list(v) for a, v in study.axis_values.items()},
-    }
+    } | ({"dataset": study.dataset} if study.dataset is not None else {})  # absent: params of older studies kept
 
 
 def study_from_dict(d: Mapping) -> Study:
@@ -78,4 +79,5 @@ def study_from_dict(d: Mapping) -> Study:
         table=TableLayout(tuple(t["rows"]), tuple(t["cols"]), t["value"], t["higher_is_better"]),
         cells=tuple(StudyCell(c[0], tuple(tuple(x) for x in c[1]), c[2], c[3]) for c in d["cells"]),
         axis_values={a: tuple(v) for a, v in d["axis_values"].items()},
+        dataset=d.get("dataset"),
     )

@@ -23,4 +23,5 @@ runner.run(
     Path(smk.params.logs_dir),
     seed=int(smk.params.seed),
     splits=[Path(p) for p in smk.input.splits],
+    decisions=[json.loads(Path(p).read_text()) for p in smk.input.prune],
 )

@@ -122,19 +122,62 @@ def config_label(labels: Iterable[tuple[str, str]]) -> str:
     return ", ".join(parts) if parts else "base"
 
 
-def cells_frame(study: Study, cells_dir: Path, logs_dir: Path | None = None) -> pd.DataFrame:
-    """One row per study run: axis labels (str), repeat, fold, cell, config, status, reason, metrics."""
+def pruned_cells(decisions: Sequence[Mapping]) -> dict[str, dict]:
+    """Cell id → how a pruner stopped it (``reason``, ``epochs_run``, the last ``value`` and its key), from
+    a pruned study's decision files (`segsweep.plan.pruning`, results/studies/<s>/prune/stage<k>.json)."""
+    out = {}
+    for d in decisions:
+        for p in d.get("pruned", ()):
+            for c in p["cells"]:
+                out[c] = {
+                    "reason": p["reason"],
+                    "epochs_run": p.get("epochs_run"),
+                    "value": p.get("value"),
+                    "value_key": p.get("value_key"),
+                    "budget": d.get("budget"),
+                }
+    return out
+
+
+def _pruned_record(info: Mapping) -> dict:
+    """A run a pruner stopped: status ``pruned``, no quality number (its last monitored value is kept apart,
+    in ``pruned_value``, for the tables to show greyed)."""
+    rec: dict[str, Any] = {k: None for k in METRIC_COLUMNS}
+    rec.update(status="pruned", reason=info["reason"], epochs_run=info.get("epochs_run"))
+    rec["pruned_value"] = info.get("value")
+    return rec
+
+
+def cells_frame(
+    study: Study, cells_dir: Path, logs_dir: Path | None = None, pruned: Mapping[str, Mapping] | None = None
+) -> pd.DataFrame:
+    """One row per study run: axis labels (str), repeat, fold, cell, config, status, reason, metrics.
+
+    ``pruned`` (`pruned_cells`): runs this study's pruner stopped are status ``pruned`` here, even when the
+    cell went on to finish for another study (this study never saw that result)."""
     memo: dict[str, dict] = {}
     rows = []
+    pruned = pruned or {}
     for sc in study.cells:
         if sc.cell_id not in memo:
-            memo[sc.cell_id] = read_cell(sc.cell_id, cells_dir, logs_dir)
+            if sc.cell_id in pruned:
+                memo[sc.cell_id] = _pruned_record(pruned[sc.cell_id])
+            else:
+                memo[sc.cell_id] = read_cell(sc.cell_id, cells_dir, logs_dir)
         row = dict(sc.labels)
         row.update(repeat=sc.repeat, fold=sc.fold, cell=sc.cell_id, config=config_label(sc.labels))
         row.update(memo[sc.cell_id])
         rows.append(row)
     present = {k for rec in memo.values() for k in rec}
-    cols = [*study.axes, *RUN_COLUMNS, *METRIC_COLUMNS, *(k for k in CLASS_COLUMNS if k in present), "log_tail"]
+    extra = ["pruned_value"] if pruned else []
+    cols = [
+        *study.axes,
+        *RUN_COLUMNS,
+        *METRIC_COLUMNS,
+        *(k for k in CLASS_COLUMNS if k in present),
+        *extra,
+        "log_tail",
+    ]
     df = pd.DataFrame(rows, columns=cols)
     return _coerce(df, study.axes)
 
@@ -299,10 +342,13 @@ def table_intervals(table: Mapping) -> dict[str, dict]:
     return out
 
 
-def _status(n_total: int, n_ok: int, n_div: int, n_fail: int, n_col: int = 0) -> tuple[str, str]:
-    """(status, note) of a configuration from its run counts (ok, diverged, failed, collapsed)."""
+def _status(n_total: int, n_ok: int, n_div: int, n_fail: int, n_col: int = 0, n_pruned: int = 0) -> tuple[str, str]:
+    """(status, note) of a configuration from its run counts (ok, diverged, failed, collapsed, pruned)."""
     if n_total == 0:
         return "missing", ""
+    if n_pruned:  # never a finished result, whatever its other runs did
+        done = n_total - n_pruned
+        return "pruned", f"{done} of {n_total} runs before pruning" if done else ""
     if n_ok == n_total:
         return "ok", ""
     bad = [(w, n) for w, n in (("collapsed", n_col), ("diverged", n_div), ("failed", n_fail)) if n]
@@ -333,8 +379,10 @@ def config_groups(
         )
     order = {a: {v: i for i, v in enumerate(study.axis_values.get(a, ()))} for a in study.axes}
     groups: dict[tuple, dict] = {}
+    df_by_cell: dict[tuple, list[dict]] = {}
     for rec in df.to_dict("records"):
         key = tuple(str(rec[a]) for a in study.axes)
+        df_by_cell.setdefault(key, []).append(rec)
         g = groups.setdefault(key, {"labels": dict(zip(study.axes, key)), "config": rec["config"], "runs": []})
         ok = rec["status"] == "ok" and not pd.isna(rec[value])
         g["runs"].append(
@@ -353,8 +401,25 @@ def config_groups(
         n_ok = sum(r["status"] == "ok" for r in runs)
         n_div = sum(r["status"] == "diverged" for r in runs)
         n_col = sum(r["status"] == "collapsed" for r in runs)
-        n_fail = len(runs) - n_ok - n_div - n_col
-        status, note = _status(len(runs), n_ok, n_div, n_fail, n_col)
+        n_pruned = sum(r["status"] == "pruned" for r in runs)
+        n_fail = len(runs) - n_ok - n_div - n_col - n_pruned
+        status, note = _status(len(runs), n_ok, n_div, n_fail, n_col, n_pruned)
+        pruned_info = {}
+        if n_pruned:  # shown greyed, ranked and compared never: its runs' values leave the statistics
+            recs = [r for r in df_by_cell.get(key, []) if r["status"] == "pruned"]
+            # (read back from cells.csv the column may be text, and empty cells NaN)
+            vals = [float(v) for r in recs if (v := r.get("pruned_value")) not in (None, "") and not pd.isna(v)]
+            done = [r["value"] for r in runs if r["value"] is not None]
+            pruned_info = {
+                "pruned_value": (sum(done) / len(done)) if done else (sum(vals) / len(vals) if vals else None),
+                "pruned_at": min((int(r["epochs_run"]) for r in recs if r.get("epochs_run")), default=None),
+                "pruned_reason": recs[0]["reason"] if recs else "",
+                "pruned_folds_done": len(
+                    {r["fold"] for r in runs if r["status"] != "pruned" and r["fold"] is not None}
+                ),
+            }
+            for r in runs:
+                r["value"] = None
         s = _moments([r["value"] for r in runs if r["value"] is not None])
         ci = dict((intervals or {}).get(g["config"]) or no_interval(runs=s["n"]))
         g.update(
@@ -363,10 +428,12 @@ def config_groups(
             n_diverged=n_div,
             n_failed=n_fail,
             n_collapsed=n_col,
+            n_pruned=n_pruned,
             status=status,
             note=note,
             **s,
             **ci,
+            **pruned_info,
         )
         g["text"] = cell_text(g, value)
         if study.mode == "random":  # sampled values: numeric order reads better than sampling order
@@ -384,6 +451,11 @@ def cell_text(g: dict, value: str) -> str:
     """'0.812 ± 0.010 (3)', '0.812 (1)', or the status word — never a number for a run-less config."""
     if g["status"] == "missing":
         return "–"
+    if g["status"] == "pruned":  # the last value it reached, as a note in the status word: never a result
+        v = g.get("pruned_value")
+        k = g.get("pruned_folds_done", 0)
+        where = f"at epoch {g['pruned_at']}" if g.get("pruned_at") else f"after {k} fold{'' if k == 1 else 's'}"
+        return f"pruned {where}" + (f" ({fmt(v, value)})" if v is not None and not pd.isna(v) else "")
     if g["n"] == 0:
         return "n/a" if g["status"] in ("ok", "partial") else g["status"]
     txt = fmt(g["mean"], value)
@@ -445,8 +517,10 @@ def _public(g: dict | None) -> dict:
             "n_diverged",
             "n_failed",
             "n_collapsed",
+            "n_pruned",
             *INTERVAL_KEYS,
         )
+        if k in g
     }
 
 
@@ -525,6 +599,7 @@ def pivot(study: Study, groups: Sequence[dict], axis_labels: Mapping[str, Mappin
         "n_diverged": int(sum(g["n_diverged"] for g in groups)),
         "n_failed": int(sum(g["n_failed"] for g in groups)),
         "n_collapsed": int(sum(g["n_collapsed"] for g in groups)),
+        "n_pruned": int(sum(g.get("n_pruned", 0) for g in groups)),
     }
 
 
@@ -606,6 +681,7 @@ def aggregate_study(
     *,
     seed: int = 0,
     splits: Sequence[Path] = (),
+    decisions: Sequence[Mapping] = (),
 ) -> pd.DataFrame:
     """Write ``cells.csv``, ``table.csv``, ``table.json`` and ``stats.json`` of one study into ``out_dir``.
 
@@ -613,10 +689,12 @@ def aggregate_study(
     ``logs_dir`` holds the training logs ``{cell}.log`` (their last lines are kept for runs that did not
     finish ok). ``seed`` seeds the bootstraps (intervals and `segsweep.analysis.stats`). ``splits`` are the
     split files of the study's cells (results/splits/*.json), for the real size of each training fraction.
+    ``decisions`` are a pruned study's decision files (read as JSON; `pruned_cells`): the runs its pruner
+    stopped are ``pruned``, and a configuration with any pruned run is never ranked or compared.
     Returns the per-run frame (the content of cells.csv).
     """
     out_dir = Path(out_dir)
-    df = cells_frame(study, Path(cells_dir), None if logs_dir is None else Path(logs_dir))
+    df = cells_frame(study, Path(cells_dir), None if logs_dir is None else Path(logs_dir), pruned_cells(decisions))
     groups = config_groups(study, df)
     memo: dict[str, dict | None] = {}
     for g in groups:

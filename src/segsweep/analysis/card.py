@@ -42,6 +42,7 @@ from segsweep import __version__
 from segsweep.analysis.aggregate import config_groups, config_label, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import rank_key, ranked
 from segsweep.analysis.testset import MIN_PATIENTS, patient_bootstrap
+from segsweep.data.config import dataset_root
 from segsweep.data.splits import select_patients
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import sha256_file, write_text
@@ -226,8 +227,10 @@ def study_card(study: Study, results_dir: Path, seed: int = 0) -> dict:
     """The model card of one study as a dict (what `card_markdown` and the report's section show)."""
     results_dir = Path(results_dir)
     card: dict[str, Any] = {"study": study.name, "title": study.title, "version": __version__}
-    dataset = _read_json(results_dir / "data" / "dataset.json") or {}
+    data_root = dataset_root(results_dir, study.dataset)  # the study's data set (config key `datasets`)
+    dataset = _read_json(data_root / "data" / "dataset.json") or {}
     card["data"] = {
+        "dataset": study.dataset,
         "source": dataset.get("source"),
         "layout": dataset.get("layout"),
         "target": dataset.get("target"),
@@ -251,7 +254,7 @@ def study_card(study: Study, results_dir: Path, seed: int = 0) -> dict:
     params = dict(m.params or {})
     card["params"] = params
     card["config"] = config_label(sel.labels.items()) or "the base configuration"
-    card["split"] = _split_counts(results_dir, params)
+    card["split"] = _split_counts(data_root, params)
     card["metrics"] = m
     weights = cell_dir / "best.pt"
     card["weights"] = {"path": f"results/cells/{sel.cell}/best.pt", "sha256": _weights_sha256(weights)}
@@ -369,7 +372,8 @@ def card_markdown(card: Mapping) -> str:
         "",
         "## Training data",
         "",
-        f"- Source: {d['source']} (layout {d['layout']}); target: {d['target']}, the {d['target_words']}.",
+        f"- Source: {d['source']} (layout {d['layout']}); target: {d['target']}, the {d['target_words']}"
+        + (f"; data set `{d['dataset']}` (config key `datasets`)." if d.get("dataset") else "."),
         f"- Data set after quality control: {_plural(d['n_patients'], 'patient')}, "
         f"{_plural(d['n_images'], 'contoured slice')}, resized to {_size(d['size'])} pixels.",
     ]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from segsweep.errors import ConfigError
 from segsweep.io import added_field
 
 PHANTOM_ROOT = "results/raw/phantom"
+# Extra data sets (config key `datasets`, used by a study's `data: <name>`) live under their own prefix; the
+# default one (`data:`) keeps results/{data,splits,raw/...}: `dataset_base` is the prefix of either.
+DATASETS_DIR = "results/datasets"
 TARGETS = ("endo", "epi", "myo", "multiclass")
 # data.roi_map (rtstruct layout): RTSTRUCT ROI names of each contour, compared case-insensitively with runs of
 # whitespace as one space; data.label_map (nifti layout): label value of each structure (ACDC's values).
@@ -70,15 +74,32 @@ class DataConfig:
         }
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> DataConfig:
-        d = cfg["data"]
-        ph = PhantomConfig(**d["phantom"], seed=int(cfg["seed"]))
+    def from_config(cls, cfg: Mapping, dataset: str | None = None) -> DataConfig:
+        """The top-level ``data`` block, or (``dataset``) the entry ``datasets.<dataset>``: the same keys;
+        its phantom is generated under ``dataset_base(dataset)``. ConfigError names the block's key."""
+        if dataset is None:
+            return cls._from_block(cfg["data"], cfg, PHANTOM_ROOT, "data")
+        if dataset not in (cfg.get("datasets") or {}):
+            raise ConfigError(
+                f"config key 'datasets': no data set '{dataset}' (declared: {', '.join(cfg.get('datasets') or {}) or 'none'})"
+            )
+        key = f"datasets.{dataset}"
+        try:
+            return cls._from_block(cfg["datasets"][dataset], cfg, f"{dataset_base(dataset)}/raw/phantom", key)
+        except ConfigError as exc:  # the option parsers name data.<key>: name the entry instead
+            raise ConfigError(str(exc).replace("'data.", f"'{key}.")) from None
+
+    @classmethod
+    def _from_block(cls, d: Mapping, cfg: Mapping, phantom_root: str, key: str) -> DataConfig:
+        ph = dict(d["phantom"])
+        seed = int(ph.pop("seed", cfg["seed"]))  # the phantom's own seed; default: the master seed
+        ph = PhantomConfig(**ph, seed=seed)
         if d["source"] == "phantom":
-            root = PHANTOM_ROOT
+            root = phantom_root
         elif d["root"]:
             root = os.path.normpath(d["root"])  # "a/b/" and "a/b" are one root
         else:
-            raise ConfigError(f"config key 'data.root': required when data.source is '{d['source']}'")
+            raise ConfigError(f"config key '{key}.root': required when {key}.source is '{d['source']}'")
         layout = ph.layout if d["source"] == "phantom" else d["source"]
         roi_map, label_map = roi_map_option(d.get("roi_map")), label_map_option(d.get("label_map"))
         return cls(
@@ -91,6 +112,17 @@ class DataConfig:
             roi_map=roi_map if layout == "rtstruct" else None,
             label_map=label_map if layout == "nifti" else None,
         )
+
+
+def dataset_base(dataset: str | None) -> str:
+    """Prefix of a data set's files: ``results`` for the default one (results/data, results/splits/...),
+    ``results/datasets/<name>`` for an entry of ``datasets`` (its data/, splits/, raw/phantom, raw/scan)."""
+    return "results" if dataset is None else f"{DATASETS_DIR}/{dataset}"
+
+
+def dataset_root(results_dir: str | os.PathLike, dataset: str | None) -> Path:
+    """``dataset_base`` under another results folder: ``results_dir`` itself, or ``results_dir/datasets/<name>``."""
+    return Path(results_dir) if dataset is None else Path(results_dir) / "datasets" / dataset
 
 
 def roi_name(name: str) -> str:

@@ -59,11 +59,15 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def watch_root(data: DataConfig, out_dir: str | Path = SCAN_DIR) -> RootScan:
-    """Scan ``data.root`` and (re)write ``out_dir/manifest.json`` only when the content changed."""
+def watch_root(data: DataConfig, out_dir: str | Path = SCAN_DIR, key: str = "data") -> RootScan:
+    """Scan ``data.root`` and (re)write ``out_dir/manifest.json`` only when the content changed.
+
+    An extra data set (``datasets.<name>``, ``key`` names it in errors) has its own ``out_dir``:
+    ``<dataset_base(name)>/raw/scan``.
+    """
     root, out_dir = Path(data.root), Path(out_dir)
     if not root.is_dir():
-        raise DataError(f"config key 'data.root': '{root}' does not exist or is not a folder")
+        raise DataError(f"config key '{key}.root': '{root}' does not exist or is not a folder")
     key = data.pseudonym_key.encode()
     cache_path, manifest_path = out_dir / "cache.json", out_dir / "manifest.json"
     old_cache = _read_json(cache_path).get("files", {})

@@ -5,14 +5,15 @@ random sample) + repeats (training seeds) or cross-validation folds + a table la
 gives a static list of cells at DAG time. A cell's id is a short hash of its fully resolved parameters plus
 the identity of its data and split, so a cell shared by two studies is trained once and a config change
 touches only the cells whose parameters changed. Expansion is O(cells): axis values are validated once each,
-not once per cell.
+not once per cell. A study with ``data: <name>`` trains on that entry of ``datasets``: its cells carry the name
+(``Cell.dataset``) and that data set's identity, so the same parameters on two data sets are two cells.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from segsweep.data.config import N_CLASSES, DataConfig, PreprocessConfig, SplitConfig
@@ -21,7 +22,7 @@ from segsweep.errors import ConfigError, DataError
 from segsweep.io import digest, identity
 from segsweep.labels import format_value
 from segsweep.plan.config import cell_defaults, deep_merge
-from segsweep.plan.finetune import check_backbone_keys, planning_order, resolve_init_from
+from segsweep.plan.finetune import check_backbone_keys, planning_order, resolve_init_from, source_cells
 from segsweep.plan.resources import ResourceConfig
 from segsweep.plan.search import SEARCH_MODES
 from segsweep.plan.validate import check_plan
@@ -33,12 +34,24 @@ from segsweep.training.params import TRAINABLE_CLASSES, CellParams
 class Cell:
     id: str
     params: CellParams
-    split: str  # name of the split file (without .json) under results/splits/
+    split: str  # name of the split file (without .json) under <dataset_base(dataset)>/splits/
+    dataset: str | None = None  # the `datasets` entry it trains on; None: the default data set (`data`)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An extra data set (config key ``datasets``) that a study uses: its settings, identity and splits."""
+
+    name: str
+    data: DataConfig
+    data_fp: str
+    split_specs: dict[str, dict]  # as Plan.split_specs, for the splits its cells use
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything the Snakefile needs, built once per invocation."""
+    """Everything the Snakefile needs, built once per invocation. ``data``, ``data_fp`` and ``split_specs``
+    are the default data set's (``data``); ``datasets`` holds the used entries of ``datasets``."""
 
     data: DataConfig
     preprocess: PreprocessConfig
@@ -48,6 +61,7 @@ class Plan:
     studies: dict[str, Study]
     split_specs: dict[str, dict]  # split name → {"seed", "val_fraction", "folds"}
     data_fp: str
+    datasets: dict[str, Dataset] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- expansion
@@ -65,31 +79,66 @@ def _set(d: dict, axis: str, value: Any) -> None:
         d[axis] = value
 
 
-def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
+def used_datasets(cfg: Mapping) -> list[str]:
+    """The entries of ``datasets`` that a study names (``studies.<s>.data``), in ``datasets`` order.
+
+    ConfigError naming ``studies.<s>.data`` for an unknown name, or for an optuna study (its trials are
+    recorded without a data set: not supported yet).
+    """
+    declared = cfg.get("datasets") or {}
+    used = set()
+    for name, spec in cfg["studies"].items():
+        ds = spec.get("data")
+        if ds is None:
+            continue
+        if ds not in declared:
+            raise ConfigError(
+                f"config key 'studies.{name}.data': unknown data set '{ds}' (declared under `datasets`: "
+                f"{', '.join(declared) or 'none'}; without `data` a study uses the top-level `data`)"
+            )
+        if spec.get("mode") == "optuna":
+            raise ConfigError(
+                f"config key 'studies.{name}.data': a mode optuna study trains on the default data set only "
+                "(remove `data`, or make this data set the top-level `data`)"
+            )
+        used.add(ds)
+    return [d for d in declared if d in used]
+
+
+def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: Mapping[str, str] | None = None) -> Plan:
     """Expand every study of a validated config (see config.prepare) into cells.
 
     ``data_content`` identifies a real data root's content (``segsweep.data.scan.watch_root``); the phantom
-    is identified by its settings instead.
+    is identified by its settings instead. ``dataset_content``: the same for each used entry of ``datasets``
+    with a real source (by name).
     """
     preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
-    data = DataConfig.from_config(cfg)
-    if N_CLASSES[data.target] > TRAINABLE_CLASSES:
-        raise ConfigError(
-            f"config key 'data.target': training cannot serve '{data.target}' yet ({N_CLASSES[data.target]} label "
-            f"values); it trains: {', '.join(t for t, n in N_CLASSES.items() if n <= TRAINABLE_CLASSES)}"
-        )
     prep = PreprocessConfig.from_config(cfg, size_override=preset.get("size"))
+    # the data sets: None = the default (`data`), then each entry of `datasets` a study uses
+    sources: dict[str | None, DataConfig] = {None: DataConfig.from_config(cfg)}
+    for ds in used_datasets(cfg):
+        sources[ds] = DataConfig.from_config(cfg, ds)
+    fps: dict[str | None, str] = {}
+    for ds, dcfg in sources.items():
+        key = "data" if ds is None else f"datasets.{ds}"
+        if N_CLASSES[dcfg.target] > TRAINABLE_CLASSES:
+            raise ConfigError(
+                f"config key '{key}.target': training cannot serve '{dcfg.target}' yet ({N_CLASSES[dcfg.target]} "
+                f"label values); it trains: {', '.join(t for t, n in N_CLASSES.items() if n <= TRAINABLE_CLASSES)}"
+            )
+        fps[ds] = data_fingerprint(dcfg, prep, data_content if ds is None else (dataset_content or {}).get(ds))
+    data, data_fp = sources[None], fps[None]
     splits = SplitConfig.from_config(cfg)
-    data_fp = data_fingerprint(data, prep, data_content)
     amp = ResourceConfig.from_config(cfg).amp
     cells: dict[str, Cell] = {}
     studies: dict[str, Study] = {}
-    split_specs: dict[str, dict] = {}
+    split_specs: dict[str | None, dict[str, dict]] = {ds: {} for ds in sources}
     by_params: dict[str, str] = {}  # params digest → cell id (memo: identical cells resolve once)
     defaults = cell_defaults()
 
     for name in planning_order(cfg):  # a study that initialises from another is planned after it
         spec = cfg["studies"][name]
+        ds = spec.get("data")
         base = study_base(cfg, name)
         mode = SEARCH_MODES.entry(spec.get("mode", "grid"), key=f"studies.{name}.mode").obj
         pts, order = mode(name, spec, base, preset.get("axes_limit"))
@@ -125,18 +174,18 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
                     resolve_init_from(name, d, studies)
                     if preset.get("cell"):
                         d = deep_merge(d, preset["cell"])
-                    key = digest(d, 24)
+                    key = digest(d if ds is None else [d, ds], 24)
                     cid = by_params.get(key)
                     if cid is None:
-                        cell, spec_ = resolve_cell(name, d, splits=splits, data_fp=data_fp, amp=amp)
-                        split_specs[cell.split] = spec_
+                        cell, spec_ = resolve_cell(name, d, splits=splits, data_fp=fps[ds], amp=amp, dataset=ds)
                         cid = by_params[key] = cell.id
-                        cells.setdefault(cid, cell)
+                        cell = cells.setdefault(cid, cell)  # the same data under two names: one cell
+                        split_specs[cell.dataset][cell.split] = spec_
                     rows.append(StudyCell(cid, labels, r, f))
         if not pts and spec.get("mode") == "optuna":  # trials become cells in rounds; their split is the base's
             d = deep_merge(base, preset.get("cell") or {})
             cell, spec_ = resolve_cell(name, {**d, "fold": None}, splits=splits, data_fp=data_fp, amp=amp)
-            split_specs[cell.split] = spec_
+            split_specs[None][cell.split] = spec_
         studies[name] = Study(
             name=name,
             title=spec.get("title", name),
@@ -146,13 +195,49 @@ def build_plan(cfg: Mapping, data_content: str | None = None) -> Plan:
             table=layout,
             cells=tuple(rows),
             axis_values={a: tuple(dict.fromkeys(format_value(v) for v in order[a])) for a in axes},
+            dataset=ds,
         )
     studies = {n: studies[n] for n in cfg["studies"]}  # config order (planning order may differ)
+    _check_init_from_targets(cells, studies, {ds: c.target for ds, c in sources.items()})
     # build each distinct loss/schedule/optimizer/... once: bad values fail now (a binary-only loss for multiclass too)
-    check_plan(cells, studies, n_classes=N_CLASSES[data.target])
-    if data.source == "phantom":
-        _check_splits(data.phantom.patients, split_specs)
-    return Plan(data, prep, splits, ResourceConfig.from_config(cfg), cells, studies, split_specs, data_fp)
+    check_plan(cells, studies, n_classes={cid: N_CLASSES[sources[c.dataset].target] for cid, c in cells.items()})
+    for ds, dcfg in sources.items():
+        if dcfg.source == "phantom":
+            _check_splits(dcfg.phantom.patients, split_specs[ds], "data" if ds is None else f"datasets.{ds}")
+    extra = {ds: Dataset(ds, sources[ds], fps[ds], split_specs[ds]) for ds in sources if ds is not None}
+    return Plan(data, prep, splits, ResourceConfig.from_config(cfg), cells, studies, split_specs[None], data_fp, extra)
+
+
+def _dataset_words(ds: str | None, target: str) -> str:
+    return f"{'the default data set `data`' if ds is None else f'data set {ds!r}'}, target {target}"
+
+
+def _check_init_from_targets(
+    cells: Mapping[str, Cell], studies: Mapping[str, Study], targets: Mapping[str | None, str]
+) -> None:
+    """``init_from`` across data sets needs the source's target (ConfigError naming both studies otherwise).
+
+    A multi-class network ends in a softmax over background + classes and a binary one in one sigmoid channel,
+    so their weights do not fit each other (the architecture check sees one target per plan and would not
+    notice). Two binary targets (endo → myo) would load, but the output channel would be retrained for another
+    structure from a source selected for the first one; that is refused too rather than passed off as
+    fine-tuning (within one data set the target is one, so nothing changes there)."""
+    where: dict[str, str] = {}
+    for name, study in studies.items():
+        for sc in study.cells:
+            where.setdefault(sc.cell_id, name)
+    for cid, cell in cells.items():
+        for src in source_cells(cell.params):
+            if src not in cells:
+                continue  # named by check_plan
+            a, b = cells[src].dataset, cell.dataset
+            if a != b and targets[a] != targets[b]:
+                raise ConfigError(
+                    f"study '{where.get(cid, '?')}' ({_dataset_words(b, targets[b])}): config key 'init_from': "
+                    f"its source, cell '{src}' of study '{where.get(src, '?')}' ({_dataset_words(a, targets[a])}), "
+                    "was trained for another target; init_from across data sets needs the same target "
+                    "(binary and multiclass networks have different output layers)"
+                )
 
 
 def study_base(cfg: Mapping, name: str) -> dict:
@@ -161,7 +246,9 @@ def study_base(cfg: Mapping, name: str) -> dict:
     return deep_merge(base, cfg["studies"][name].get("base") or {})
 
 
-def resolve_cell(study: str, d: Mapping, *, splits: SplitConfig, data_fp: str, amp: bool) -> tuple[Cell, dict]:
+def resolve_cell(
+    study: str, d: Mapping, *, splits: SplitConfig, data_fp: str, amp: bool, dataset: str | None = None
+) -> tuple[Cell, dict]:
     """One fully merged cell dict → (its ``Cell``, its split's spec); ConfigError names the study."""
     f = d.get("fold")
     try:
@@ -179,10 +266,10 @@ def resolve_cell(study: str, d: Mapping, *, splits: SplitConfig, data_fp: str, a
     if splits.test_fraction > 0:  # absent otherwise: split params unchanged (no rerun)
         sspec["test_fraction"] = splits.test_fraction
     cid = cell_id(params, data_fp, split_fingerprint(splits, params.split_seed, f is not None), amp)
-    return Cell(cid, params, sname), sspec
+    return Cell(cid, params, sname, dataset), sspec
 
 
-def _check_splits(n_patients: int, split_specs: Mapping[str, dict]) -> None:
+def _check_splits(n_patients: int, split_specs: Mapping[str, dict], key: str = "data") -> None:
     """The phantom's patient count is known before ingest: split it now, so that e.g. 5 folds of 4 patients
     stop the dry run (for real data the same check runs in the split job, once the patients are known)."""
     ids = [f"p{i:08x}" for i in range(n_patients)]
@@ -190,7 +277,7 @@ def _check_splits(n_patients: int, split_specs: Mapping[str, dict]) -> None:
         try:
             make_split(ids, spec["seed"], spec["val_fraction"], spec["folds"], spec.get("test_fraction", 0.0))
         except DataError as exc:
-            raise ConfigError(f"{exc} (data.phantom.patients is {n_patients})") from None
+            raise ConfigError(f"{exc} ({key}.phantom.patients is {n_patients})") from None
 
 
 # ------------------------------------------------------------------------------------------ identity

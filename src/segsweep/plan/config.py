@@ -83,7 +83,7 @@ def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
 
 
 def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
-    """Merge study files into `studies`, validate, and fill every default (idempotent)."""
+    """Merge study files into `studies` (and their `datasets`), validate, and fill every default (idempotent)."""
     cfg = copy.deepcopy(dict(cfg))
     for rel in cfg.get("study_files", []) or []:
         sp = Path(rel) if Path(rel).is_absolute() else Path(base_dir) / rel
@@ -95,6 +95,11 @@ def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
             raise ConfigError(f"study file {sp} must hold a mapping 'studies: {{name: study}}'")
         for name, study in extra["studies"].items():
             cfg.setdefault("studies", {}).setdefault(name, study)
+        # the data sets its studies name (`data: <name>`) may come with them; the config's own entries win
+        if not isinstance(extra.get("datasets") or {}, dict):
+            raise ConfigError(f"study file {sp}: 'datasets' must be a mapping {{name: data block}}")
+        for name, block in (extra.get("datasets") or {}).items():
+            cfg.setdefault("datasets", {}).setdefault(name, block)
     cfg["study_files"] = []
     validate(cfg)
     cfg["train"] = deep_merge(cell_defaults(), cfg.get("train") or {})

@@ -105,18 +105,25 @@ def _check_pretrained(p: CellParams) -> None:
     adapt_state_dict(_build_model(p), read_state_dict(p.pretrained.path, device="meta"), p.pretrained.path)
 
 
-def check_cells(cells: Mapping[str, Cell], where: Mapping[str, str], n_classes: int = 2) -> None:
+def check_cells(cells: Mapping[str, Cell], where: Mapping[str, str], n_classes: int | Mapping[str, int] = 2) -> None:
     """Construct each distinct spec of every cell once; raise ConfigError naming the study and the key.
 
     ``where`` maps a cell id to the study named in the error (the first study that holds the cell);
-    ``n_classes``: label values of the data target, background included (`segsweep.data.config.N_CLASSES`).
+    ``n_classes``: label values of the data target, background included (`segsweep.data.config.N_CLASSES`),
+    or per cell id (cells of data sets with different targets).
     """
-    checks = _checks(_Dummy(), 1 if n_classes <= 2 else n_classes)
-    seen: dict[str, set] = {kind: set() for kind in checks}
+    dummy = _Dummy()
+    by_outputs: dict[int, dict] = {}
+    seen: dict[str, set] = {}
     for cid, cell in cells.items():
+        n = n_classes.get(cid, 2) if isinstance(n_classes, Mapping) else n_classes
+        n_out = 1 if n <= 2 else n
+        if n_out not in by_outputs:
+            by_outputs[n_out] = _checks(dummy, n_out)
+        checks = by_outputs[n_out]
         for kind, (key_of, build) in checks.items():
-            key = key_of(cell.params)
-            if key in seen[kind]:
+            key = (n_out, key_of(cell.params))
+            if key in seen.setdefault(kind, set()):
                 continue
             try:
                 build(cell.params)
@@ -136,7 +143,7 @@ def _check_init_from(cells: Mapping[str, Cell], where: Mapping[str, str]) -> Non
     check_sources(cells, where, lambda p: _build_model(p).state_dict())
 
 
-def check_plan(cells: Mapping[str, Cell], studies: Mapping[str, Study], n_classes: int = 2) -> None:
+def check_plan(cells: Mapping[str, Cell], studies: Mapping[str, Study], n_classes: int | Mapping[str, int] = 2) -> None:
     """`check_cells` with each cell attributed to the first study (in config order) that holds it."""
     where: dict[str, str] = {}
     for name, study in studies.items():

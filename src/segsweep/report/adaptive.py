@@ -1,4 +1,5 @@
-"""Figures of adaptive (``mode: optuna``) studies, for `segsweep.report.plots.STUDY_FIGURES`.
+"""Figures of adaptive studies (``mode: optuna``, and any study with a ``pruner``), for
+`segsweep.report.plots.STUDY_FIGURES`.
 
 Registered by `segsweep.report.plots` (which imports this module; this module does not import it). They
 read ``optuna/trials.json`` beside the study's cells.csv (written by the study's last round,
@@ -99,6 +100,91 @@ def importances(t: dict) -> dict[str, float]:
     except (RuntimeError, ValueError):
         return {}
     return dict(imp)
+
+
+def _pruned_study(c: _Ctx) -> bool:
+    return "status" in c.df and bool((c.df["status"] == "pruned").any())
+
+
+@_register(
+    "pruning",
+    file="pruning.svg",
+    title="Pruning",
+    caption="How far each configuration got before the study's pruner stopped it. {what} Grey: pruned "
+    "configurations ({n_pruned} of {n_configs}); colour: the {n_kept} that finished. {rule}",
+    generic={"what": "", "n_pruned": "the", "n_configs": "all", "n_kept": "ones", "rule": ""},
+)
+def fig_pruning(c: _Ctx, path: Path) -> dict | None:
+    if not _pruned_study(c):
+        return None
+    folds = c.df["fold"].notna().any()
+    groups = c.groups
+    kept = [g for g in groups if g["status"] != "pruned"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if not folds:  # ASHA: the validation monitor per epoch of every run, cut where its rung stopped it
+        for g in groups:
+            pruned = g["status"] == "pruned"
+            colour = "#9a9a9a" if pruned else style.colour(kept.index(g) % 8)
+            for r in g["runs"]:
+                h = c.history(r["cell"])
+                if h is None or not len(h):
+                    continue
+                stop = len(h)
+                if pruned and g.get("pruned_at"):
+                    stop = min(stop, int(g["pruned_at"]))  # the run may have gone on for another study
+                ax.plot(
+                    h["epoch"][:stop],
+                    h["val_dice"][:stop],
+                    color=colour,
+                    lw=0.8 if pruned else 1.6,
+                    alpha=0.7 if pruned else 1.0,
+                    zorder=1 if pruned else 2,
+                )
+                ax.plot(
+                    h["epoch"][stop - 1], h["val_dice"][stop - 1], "x" if pruned else "o", color=colour, ms=4, zorder=3
+                )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation Dice (monitor, per image)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        what = (
+            "Lines: the validation monitor (mean per-image Dice on the network grid, the metric rungs "
+            "rank on) per epoch of every run."
+        )
+    else:  # fold pruning: each configuration's value per completed fold; skipped folds marked
+        df = c.df
+        for i, g in enumerate(groups):
+            pruned = g["status"] == "pruned"
+            colour = "#9a9a9a" if pruned else style.colour(kept.index(g) % 8)
+            rows = df[df["config"] == g["config"]]
+            for _, r in rows.iterrows():
+                f = int(r["fold"])
+                if r["status"] == "pruned":
+                    ax.plot(f + 1, i, "x", color="#9a9a9a", ms=5)
+                else:
+                    v = r.get(c.value)
+                    ax.scatter(f + 1, i, s=36, color=colour, zorder=2)
+                    if v is not None and not pd.isna(v):
+                        ax.annotate(
+                            fmt(v, c.value),
+                            (f + 1, i),
+                            textcoords="offset points",
+                            xytext=(0, 5),
+                            ha="center",
+                            fontsize=6,
+                        )
+        ax.set_yticks(range(len(groups)), [textwrap.shorten(g["config"], 40) for g in groups], fontsize=6)
+        ax.set_xlabel("fold")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        what = f"Dots: each fold's {style.label_for(c.value)} (number above it); ×: a fold the pruner skipped."
+    style.save(fig, path)
+    reasons = sorted({g.get("pruned_reason", "") for g in groups if g["status"] == "pruned"})
+    return {
+        "what": what,
+        "n_pruned": str(len(groups) - len(kept)),
+        "n_configs": str(len(groups)),
+        "n_kept": str(len(kept)),
+        "rule": (f"First reason given: {reasons[0]}." if reasons else ""),
+    }
 
 
 @_register(

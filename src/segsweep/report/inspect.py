@@ -143,13 +143,11 @@ def weight_histograms(d: dict | None, path: Path) -> dict | None:
     return {"cell": _cell_text(d), "n_layers": str(len(names)), "n_shown": str(len(pick))}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m segsweep.report.inspect", description="Draw an inspect file.")
-    ap.add_argument("npz", help="written by python -m segsweep.training.inspect")
-    ap.add_argument("out_dir", help="folder for the three figures")
-    args = ap.parse_args(argv)
-    d, out = load(Path(args.npz)), Path(args.out_dir)
+def draw_all(npz: Path, out_dir: Path) -> list[Path]:
+    """The three figures of an inspect file into ``out_dir`` (rule ``inspect_cell_figures``, and the CLI)."""
+    d, out = load(Path(npz)), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    drawn = []
     with style.use():
         for f, name in (
             (activations, "activations.png"),
@@ -157,7 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             (weight_histograms, "weight_hist.svg"),
         ):
             if f(d, out / name) is not None:
-                print(out / name)
+                drawn.append(out / name)
+    return drawn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m segsweep.report.inspect", description="Draw an inspect file.")
+    ap.add_argument("npz", help="written by python -m segsweep.training.inspect")
+    ap.add_argument("out_dir", help="folder for the three figures")
+    args = ap.parse_args(argv)
+    for p in draw_all(Path(args.npz), Path(args.out_dir)):
+        print(p)
     return 0
 
 

@@ -3,7 +3,8 @@ A4 PDF of the same document (WeasyPrint).
 
 `render_report` only reads files the earlier steps wrote:
 
-* ``results/data/dataset.json``, ``results/data/qc.csv``, ``results/splits/*.json``
+* ``results/data/dataset.json``, ``results/data/qc.csv``, ``results/splits/*.json`` (the default data set)
+* ``results/datasets/<name>/data/{dataset.json, qc.csv}`` of each extra data set a study uses (counts only)
 * ``results/figures/data/figures.json`` (+ figures) from `plots.make_data_figures`
 * per study ``results/studies/{study}/{cells.csv, table.json, stats.json}`` from `aggregate.aggregate_study`
   and ``results/studies/{study}/figures/figures.json`` (+ figures) from `plots.make_study_figures`
@@ -32,6 +33,7 @@ from segsweep.analysis import card
 from segsweep.analysis.aggregate import axis_display, config_groups, config_label, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import ALPHA, UNIT_WORDS, describe_p, holm_text, interval_units
+from segsweep.data.config import dataset_root
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
@@ -252,7 +254,10 @@ def study_sentences(view: StudyView) -> list[str]:
     if best is None:
         t = view.table
         collapsed = f"{t['n_collapsed']} collapsed, " if t.get("n_collapsed") else ""
-        return [f"No run of this study finished: {collapsed}{t['n_diverged']} diverged, {t['n_failed']} failed."]
+        pruned = f"{t['n_pruned']} pruned, " if t.get("n_pruned") else ""
+        return [
+            f"No run of this study finished: {pruned}{collapsed}{t['n_diverged']} diverged, {t['n_failed']} failed."
+        ]
     out = [
         f"The best configuration is {pretty_config(view.shown(best['labels']))}: "
         f"mean {value} {mean_ci_text(best, view.value)}."
@@ -454,7 +459,9 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
                 }
             )
     per_patient = [p["n_images"] for p in ds["patients"]] if ds and ds.get("patients") else []
+    extra = extra_datasets(results_dir, studies)
     return {
+        "extra": extra,  # the other data sets (config key `datasets`) by name, in study order
         "dataset": ds,
         "qc": qc,
         "splits": splits,
@@ -463,6 +470,39 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
         "images_max": max(per_patient) if per_patient else None,
         "figures": load_figures(results_dir / DATA_FIGURES, "f-data-"),
     }
+
+
+def extra_datasets(results_dir: Path, studies: Sequence[Study]) -> dict[str, dict]:
+    """Each extra data set a study trains on (``studies.<s>.data``): what it is and its counts (patients,
+    images, files QC checked and dropped), from its dataset.json and qc.csv; no patient identifier."""
+    out: dict[str, dict] = {}
+    for s in studies:
+        name = getattr(s, "dataset", None)
+        if name is None:
+            continue
+        if name in out:
+            out[name]["studies"].append(s.title)
+            continue
+        d = dataset_root(results_dir, name) / "data"
+        ds = json.loads((d / "dataset.json").read_text()) if (d / "dataset.json").exists() else {}
+        by_status: dict[str, int] = {}
+        if (d / "qc.csv").exists():
+            q = pd.read_csv(d / "qc.csv", dtype=str, keep_default_na=False)
+            by_status = {k: int(v) for k, v in q["status"].value_counts().items()} if not q.empty else {}
+        out[name] = {
+            "name": name,
+            "found": bool(ds),
+            "source": ds.get("source"),
+            "layout": ds.get("layout"),
+            "target": ds.get("target"),
+            "n_patients": len(ds.get("patients") or []),
+            "n_images": ds.get("n_images"),
+            "n_files": sum(by_status.values()),
+            "n_dropped": by_status.get("skipped", 0),
+            "n_warnings": by_status.get("warning", 0),
+            "studies": [s.title],
+        }
+    return out
 
 
 # -------------------------------------------------------------------------------------- test set
@@ -623,7 +663,8 @@ def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Pat
     runs = run_table(views)
     total_wall = float(runs["wall_s"].fillna(0).sum()) if len(runs) else 0.0
     status_counts = Counter(runs["status"]) if len(runs) else Counter()
-    failures = runs[runs["status"] != "ok"].to_dict("records") if len(runs) else []
+    # pruned runs were stopped on purpose (the study's pruner), not lost: the tables show them, not Failures
+    failures = runs[~runs["status"].isin(["ok", "pruned"])].to_dict("records") if len(runs) else []
     hardware = []
     if len(runs):
         hw = runs.assign(

@@ -1,0 +1,101 @@
+"""A rung job: train a cell up to a pruner's rung epoch and record where it stands (``rungs/<epoch>.json``).
+
+The cell's ``last.pt`` is kept, so the next rung (or the cell's ordinary train job) continues from it: no
+epoch is trained twice, and the numbers equal an uninterrupted run's (`segsweep.training.loop.train_cell`,
+``stop_at``). The retry policy is the train job's (`segsweep.training.job`): a user error propagates, a crash
+before the last attempt is retried, a crash on the last attempt is recorded as status ``failed`` in the rung
+file, so the pruner's decision (which never promotes it) and the rest of the study go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+
+from segsweep.errors import SegsweepError
+from segsweep.io import write_json
+from segsweep.training.params import CellParams
+
+log = logging.getLogger("segsweep.jobs")
+
+
+def _clean(obj):
+    """JSON has no NaN/inf: a diverged epoch's loss becomes null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def run_rung_job(
+    params: CellParams,
+    *,
+    stop_at: int,
+    data_dir: Path,
+    split_path: Path,
+    out: Path,
+    threads: int = 1,
+    device: str = "auto",
+    attempt: int = 1,
+    max_attempts: int = 1,
+    amp: bool = False,
+    channels_last: bool = False,
+    evaluation: Mapping | None = None,
+) -> dict:
+    """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``)."""
+    out = Path(out)
+    cell_dir = out.parent.parent
+    from segsweep.training.loop import train_cell  # torch only when a cell really trains
+
+    t0 = time.time()
+    try:
+        summary = train_cell(
+            params,
+            data_dir,
+            split_path,
+            cell_dir,
+            threads=threads,
+            device=device,
+            log=log,
+            amp=amp,
+            channels_last=channels_last,
+            evaluation=evaluation,
+            stop_at=stop_at,
+        )
+    except SegsweepError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as the train job: retry, or record on the last attempt
+        if attempt < max_attempts:
+            log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
+            raise
+        log.error(
+            "attempt %d of %d failed; recording the rung as failed:\n%s", attempt, max_attempts, traceback.format_exc()
+        )
+        summary = {
+            "stop_at": stop_at,
+            "status": "failed",
+            "reason": f"{type(exc).__name__}: {exc}"[:500],
+            "epochs_run": None,
+            "best_val_dice": None,
+            "best_epoch": None,
+            "wall_s": round(time.time() - t0, 2),
+            "history": [],
+        }
+    summary = _clean({"cell": cell_dir.name, **summary})
+    write_json(out, summary)
+    log.info(
+        "cell %s at rung epoch %d: %s, %s epochs, best val Dice %s",
+        cell_dir.name,
+        stop_at,
+        summary["status"],
+        summary["epochs_run"],
+        summary["best_val_dice"],
+    )
+    return summary

@@ -1,0 +1,21 @@
+# Thin adapter: unpack `snakemake`, call the library. The sys.path line lets conda envs (which install
+# only the dependencies) import the in-repo package; in the project venv it is installed anyway.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
+
+from segsweep import runner  # noqa: E402
+from segsweep.plan import pruning  # noqa: E402
+from segsweep.study import study_from_dict  # noqa: E402
+
+smk = snakemake  # noqa: F821
+runner.run(
+    smk,
+    pruning.decide_stage,
+    dict(smk.params.pruner),
+    study_from_dict(smk.params.study),
+    int(smk.wildcards.stage),
+    list(smk.params.prior),
+    Path(smk.output.decision),
+)
