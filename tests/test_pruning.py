@@ -288,3 +288,21 @@ def test_schema_knows_every_pruner_and_setting():
     filled_by_the_plan = {"n_folds", "value", "higher_is_better"}  # from the study, not the config
     for entry in pruning.PRUNERS:
         assert set(keyword_defaults(entry.obj)) - filled_by_the_plan <= set(schema), entry.name
+
+
+def test_a_rung_job_retries_a_crash_then_records_it_as_failed(tmp_path, monkeypatch):
+    from segsweep.training import loop, rungs
+
+    def crash(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(loop, "train_cell", crash)
+    out = tmp_path / "abc" / "rungs" / "3.json"
+    kw = {"stop_at": 3, "data_dir": tmp_path, "split_path": tmp_path / "s.json", "out": out}
+    with pytest.raises(RuntimeError):
+        rungs.run_rung_job(None, attempt=1, max_attempts=2, **kw)
+    assert not out.exists()
+    rec = rungs.run_rung_job(None, attempt=2, max_attempts=2, **kw)
+    assert rec["status"] == "failed" and "CUDA out of memory" in rec["reason"]
+    assert json.loads(out.read_text())["status"] == "failed"
+    assert not (tmp_path / "abc" / "metrics.json").exists()  # the cell itself is not marked failed

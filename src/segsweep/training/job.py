@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from segsweep.errors import SegsweepError
 from segsweep.io import write_text
@@ -38,6 +39,57 @@ from segsweep.training.record import CellMetrics
 log = logging.getLogger("segsweep.jobs")
 
 USER_ERROR_MARKER = "user_error.txt"
+T = TypeVar("T")
+
+
+def run_attempt(
+    run: Callable[[], T],
+    record_failure: Callable[[BaseException, float], T],
+    *,
+    out_dir: Path,
+    attempt: int = 1,
+    max_attempts: int = 1,
+) -> T:
+    """One Snakemake attempt of a training job (module docstring): ``run()``, with the user-error marker in
+    ``out_dir``, preemption passed through, and a crash re-raised for the retry or, on the last attempt,
+    turned into ``record_failure(exc, seconds)`` (whose result the job returns). The train and rung jobs."""
+    out_dir = Path(out_dir)
+    marker = out_dir / USER_ERROR_MARKER
+    if attempt <= 1:
+        marker.unlink(missing_ok=True)
+    elif marker.exists():
+        log.error(
+            "attempt %d of %d: not retrying, an earlier attempt stopped on a user error (%s)",
+            attempt,
+            max_attempts,
+            marker,
+        )
+        raise SegsweepError(marker.read_text().strip())
+    t0 = time.time()
+    try:
+        return run()
+    except SegsweepError as exc:  # the user's to fix: no retry, no failed cell
+        write_text(marker, f"{exc}\n")
+        raise
+    except Preempted as exc:  # a BaseException, so never the crash path below: exit for the retry
+        log.warning(
+            "attempt %d of %d: %s%s",
+            attempt,
+            max_attempts,
+            exc,
+            "" if attempt < max_attempts else " (no Snakemake retry left: run the same snakemake command again)",
+        )
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other crash becomes a retry or a recorded failure
+        if attempt < max_attempts:
+            log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
+            raise
+        log.error("attempt %d of %d failed; recording it as failed:\n%s", attempt, max_attempts, traceback.format_exc())
+        return record_failure(exc, time.time() - t0)
+
+
+def failure_reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def run_train_job(
@@ -57,22 +109,10 @@ def run_train_job(
     """Run `train_cell` as one Snakemake attempt (module docstring); ``evaluation`` is the config's
     ``evaluation`` section, passed on for the final evaluation."""
     out_dir = Path(out_dir)
-    marker = out_dir / USER_ERROR_MARKER
-    if attempt <= 1:
-        marker.unlink(missing_ok=True)
-    elif marker.exists():
-        log.error(
-            "attempt %d of %d: not retrying, an earlier attempt stopped on a user error (%s)",
-            attempt,
-            max_attempts,
-            marker,
-        )
-        raise SegsweepError(marker.read_text().strip())
 
-    from segsweep.training.loop import train_cell  # torch import only when a cell really trains
+    def run() -> CellMetrics:
+        from segsweep.training.loop import train_cell  # torch import only when a cell really trains
 
-    t0 = time.time()
-    try:
         return train_cell(
             params,
             data_dir,
@@ -85,32 +125,17 @@ def run_train_job(
             channels_last=channels_last,
             evaluation=evaluation,
         )
-    except SegsweepError as exc:  # the user's to fix: no retry, no failed cell
-        write_text(marker, f"{exc}\n")
-        raise
-    except Preempted as exc:  # a BaseException, so never the crash path below: exit for the retry
-        log.warning(
-            "attempt %d of %d: %s%s",
-            attempt,
-            max_attempts,
-            exc,
-            "" if attempt < max_attempts else " (no Snakemake retry left: run the same snakemake command again)",
-        )
-        raise
-    except Exception as exc:  # noqa: BLE001 - any other crash becomes a retry or a recorded failure
-        if attempt < max_attempts:
-            log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
-            raise
-        log.error(
-            "attempt %d of %d failed; recording the cell as failed:\n%s", attempt, max_attempts, traceback.format_exc()
-        )
+
+    def failed(exc: BaseException, seconds: float) -> CellMetrics:
         metrics = CellMetrics(
             cell=out_dir.name,
             status="failed",
-            reason=f"{type(exc).__name__}: {exc}"[:500],
-            wall_s=round(time.time() - t0, 2),
+            reason=failure_reason(exc),
+            wall_s=round(seconds, 2),
             device=device,
             params=params.to_dict(),
         )
         metrics.write(out_dir / "metrics.json")
         return metrics
+
+    return run_attempt(run, failed, out_dir=out_dir, attempt=attempt, max_attempts=max_attempts)

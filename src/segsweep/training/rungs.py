@@ -2,7 +2,7 @@
 
 The cell's ``last.pt`` is kept, so the next rung (or the cell's ordinary train job) continues from it: no
 epoch is trained twice, and the numbers equal an uninterrupted run's (`segsweep.training.loop.train_cell`,
-``stop_at``). The retry policy is the train job's (`segsweep.training.job`): a user error propagates, a crash
+``stop_at``). The retry policy is the train job's (`segsweep.training.job.run_attempt`): a user error propagates, a crash
 before the last attempt is retried, a crash on the last attempt is recorded as status ``failed`` in the rung
 file, so the pruner's decision (which never promotes it) and the rest of the study go on.
 """
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-from segsweep.errors import SegsweepError
 from segsweep.io import write_json
+from segsweep.training.job import failure_reason, run_attempt
 from segsweep.training.params import CellParams
 
 log = logging.getLogger("segsweep.jobs")
@@ -52,11 +50,11 @@ def run_rung_job(
     """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``)."""
     out = Path(out)
     cell_dir = out.parent.parent
-    from segsweep.training.loop import train_cell  # torch only when a cell really trains
 
-    t0 = time.time()
-    try:
-        summary = train_cell(
+    def run() -> dict:
+        from segsweep.training.loop import train_cell  # torch only when a cell really trains
+
+        return train_cell(
             params,
             data_dir,
             split_path,
@@ -69,25 +67,20 @@ def run_rung_job(
             evaluation=evaluation,
             stop_at=stop_at,
         )
-    except SegsweepError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - as the train job: retry, or record on the last attempt
-        if attempt < max_attempts:
-            log.error("attempt %d of %d failed (%s); Snakemake will retry", attempt, max_attempts, exc)
-            raise
-        log.error(
-            "attempt %d of %d failed; recording the rung as failed:\n%s", attempt, max_attempts, traceback.format_exc()
-        )
-        summary = {
+
+    def failed(exc: BaseException, seconds: float) -> dict:
+        return {
             "stop_at": stop_at,
             "status": "failed",
-            "reason": f"{type(exc).__name__}: {exc}"[:500],
+            "reason": failure_reason(exc),
             "epochs_run": None,
             "best_val_dice": None,
             "best_epoch": None,
-            "wall_s": round(time.time() - t0, 2),
+            "wall_s": round(seconds, 2),
             "history": [],
         }
+
+    summary = run_attempt(run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts)
     summary = _clean({"cell": cell_dir.name, **summary})
     write_json(out, summary)
     log.info(
