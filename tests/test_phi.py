@@ -103,3 +103,17 @@ def test_real_sunnybrook_ids_and_dates_stay_out(phantom_sunnybrook_sample, tmp_p
     ]
     # PatientID/PatientName are the SCD numbers; case names are the raw keys of the contour folders
     assert scan(blobs, {"SCD0000101", "SCD0000201", "SC-HF-I-1", "SC-HF-I-2", "20120000"}) == []
+
+
+def test_uid_named_files_are_pseudonymised_in_qc_paths(tmp_path):
+    """Exporters name files after the SOP Instance UID; a UID identifies the study, so qc.csv gets a keyed hash."""
+    from segsweep.data.ingest import _Namer
+
+    uid = "1.2.840.113619.2.312.4120.8419438.12068.1592380116.839"
+    namer = _Namer(tmp_path, ["P01"], "p1234abcd", key="secret")
+    got = namer.path(tmp_path / "P01" / f"MR.{uid}.dcm")
+    assert uid not in got and got.startswith("p1234abcd/MR.uid-") and got.endswith(".dcm")
+    assert namer.path(tmp_path / "P01" / f"MR.{uid}.dcm") == got  # stable: rows of one file stay together
+    assert _Namer(tmp_path, ["P01"], "p1234abcd", key="other").path(tmp_path / "P01" / f"MR.{uid}.dcm") != got
+    assert uid not in namer.text(f"cannot read {uid}: truncated")
+    assert namer.text("IM-0001-0020.dcm, 0.5 mm, v1.2") == "IM-0001-0020.dcm, 0.5 mm, v1.2"  # not UIDs

@@ -79,13 +79,21 @@ class _Task:
     out_dir: Path
     layout: str = ""  # for layouts.resolve (layouts that pair images and contours by content)
     options: tuple = ()  # DataConfig.layout_options as (key, value) pairs
+    key: str = ""  # data.pseudonym_key: keys the hashes that replace DICOM UIDs in file names
+
+
+# A DICOM UID (PS3.5 §9: digits and dots, the root 0/1/2, here ≥ 5 components): exporters name files after
+# the SOP Instance UID (MR.1.2.840....dcm), and a UID identifies the patient's study, so it never reaches qc.csv.
+_UID_RE = re.compile(r"(?<![0-9])(?<![0-9]\.)[0-2](?:\.(?:0|[1-9][0-9]*)){4,}(?![0-9])")
 
 
 class _Namer:
-    """Data-root-relative paths and messages with the patient's names replaced by the pseudonym."""
+    """Data-root-relative paths and messages with the patient's names replaced by the pseudonym, and DICOM
+    UIDs by ``uid-`` + 10 hex of HMAC-SHA256(pseudonym key, UID) (the same file always gets the same name)."""
 
-    def __init__(self, root: Path, aliases, pid: str):
+    def __init__(self, root: Path, aliases, pid: str, key: str = ""):
         self.root = root
+        self.key = key
         self.prefix = str(root).rstrip(os.sep) + os.sep
         self.pid = pid
         # an alias matches only as a whole name part: not after a letter/digit, not before a digit
@@ -97,7 +105,13 @@ class _Namer:
         self.dirs: dict[str, str] | None = None if any("/" in a for a in aliases) else {}
 
     def text(self, s: str) -> str:
-        return self.rx.sub(self.pid, s) if self.rx and s else s
+        if not s:
+            return s
+        s = _UID_RE.sub(self._uid, s)
+        return self.rx.sub(self.pid, s) if self.rx else s
+
+    def _uid(self, m: re.Match) -> str:
+        return "uid-" + hmac.new(self.key.encode(), m.group(0).encode(), hashlib.sha256).hexdigest()[:10]
 
     def path(self, p: Path) -> str:
         s = str(p)
@@ -169,7 +183,7 @@ class _Job:
 def _process_patient(task: _Task) -> tuple[str, int, list]:
     """Read, validate and preprocess one patient; write its npz. Returns (pid, n_images, qc rows)."""
     rec, target, prep = _resolve(task), task.target, task.prep
-    namer = _Namer(task.root, rec.aliases, task.pid)
+    namer = _Namer(task.root, rec.aliases, task.pid, task.key)
     rows: list = []
     for note in rec.notes:
         _row(rows, namer, note.path, note.reason, note.message)
@@ -525,7 +539,10 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
     # dataset.json marks a complete ingest: drop an earlier one first, so a failed run leaves none behind
     (out_dir / "dataset.json").unlink(missing_ok=True)
     options = tuple(data.layout_options.items())
-    tasks = [_Task(r, pid, root, data.target, prep, out_dir, data.layout, options) for r, pid in zip(records, pids)]
+    tasks = [
+        _Task(r, pid, root, data.target, prep, out_dir, data.layout, options, data.pseudonym_key)
+        for r, pid in zip(records, pids)
+    ]
     workers = max(1, min(int(workers), len(tasks)))
     if workers == 1:
         results = [_process_patient(t) for t in tasks]
