@@ -143,7 +143,11 @@ def fig_pruning(c: _Ctx, path: Path) -> dict | None:
                 ax.plot(
                     h["epoch"][stop - 1], h["val_dice"][stop - 1], "x" if pruned else "o", color=colour, ms=4, zorder=3
                 )
-        ax.set_xlabel("epoch")
+        for d in sorted((c.study_dir / "prune").glob("stage*.json")):  # the rungs the decisions were taken at
+            budget = json.loads(d.read_text()).get("budget", "")
+            if budget.startswith("epoch "):
+                ax.axvline(int(budget.split()[1]), color="#bbbbbb", lw=0.8, ls=":", zorder=0)
+        ax.set_xlabel("epoch (dotted: the rungs)")
         ax.set_ylabel("validation Dice (monitor, per image)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         what = (
