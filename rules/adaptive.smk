@@ -50,6 +50,35 @@ rule optuna_plan:
         "../workflow/scripts/optuna_plan.py"
 
 
+# A pruned optuna study: decision k of round r's successive-halving bracket (rules/prune_common.smk).
+checkpoint optuna_prune_stage:
+    input:
+        unpack(optuna_prune_stage_input),
+    output:
+        decision=f"{OPTUNA_DIR}/round{{round}}-stage{{stage}}.json",
+    log:
+        "logs/optuna_prune_stage/{study}/{round}-{stage}.log",
+    benchmark:
+        "benchmarks/runs/optuna_prune_stage/{study}/{round}-{stage}.tsv"
+    wildcard_constraints:
+        round=r"\d+",
+        stage=r"\d+",
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        pruner=lambda wc: pruner_dict(PRUNERS_OF[wc.study]),
+        study=study_dict,
+        prior=lambda wc: [
+            f"{OPTUNA_DIR.format(study=wc.study)}/round{wc.round}-stage{k}.json" for k in range(int(wc.stage))
+        ],
+    script:
+        "../workflow/scripts/optuna_prune_stage.py"
+
+
 rule optuna_trials:
     input:
         unpack(optuna_study_input),

@@ -22,14 +22,27 @@ def optuna_metrics(rounds):
     return [f"{CELLS_DIR}/{c}/metrics.json" for c in sorted(trial_cells(rounds))]
 
 
+def optuna_results(study, rounds):
+    """What a round (and the study's end) reads of the rounds before: each valid trial's metrics.json; in a
+    pruned study, each round's successive-halving bracket (its decisions and the files they read)."""
+    if study not in PRUNERS_OF:
+        return {"metrics": optuna_metrics(rounds), "decisions": []}
+    metrics, decisions = [], []
+    for r, path in enumerate(rounds):
+        files, dec = optuna_bracket(study, r, path)
+        metrics += files
+        decisions += dec
+    return {"metrics": sorted(set(metrics)), "decisions": decisions}
+
+
 def optuna_round_input(wc):
     rounds = optuna_rounds_done(wc.study, int(wc.round))
-    return {"rounds": rounds, "metrics": optuna_metrics(rounds)}
+    return {"rounds": rounds, **optuna_results(wc.study, rounds)}
 
 
 def optuna_study_input(wc):
     rounds = optuna_rounds_done(wc.study, len(OPTUNA_ROUNDS[wc.study]))
-    return {"rounds": rounds, "metrics": optuna_metrics(rounds)}
+    return {"rounds": rounds, **optuna_results(wc.study, rounds)}
 
 
 def optuna_trial_metrics(wc):

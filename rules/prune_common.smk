@@ -1,6 +1,9 @@
 # Functions of rules/prune.smk. Pruned studies (`pruner:` asha or folds, segsweep.plan.pruning) run in stages:
 # stage k's results of the configurations still alive, then a decision (checkpoint prune_stage) that keeps
 # some of them for stage k+1. Cells and ids are the plan's; only which files are asked for changes.
+import json
+
+from segsweep.plan.optuna_rounds import trial_study
 from segsweep.plan.pruning import cell_rungs, pruner_dict, rung_path, stage_inputs, study_pruners
 
 try:
@@ -25,7 +28,46 @@ def pruned_study_decisions(wc):
     """The aggregate rule's decision files of a pruned study ([] for other studies)."""
     if wc.study not in PRUNERS_OF:
         return []
+    if STUDIES[wc.study].mode == "optuna":  # every round's bracket
+        return optuna_study_input(wc)["decisions"]
     return prune_decisions(wc.study, PRUNERS_OF[wc.study].n_stages - 1)
+
+
+# A pruned optuna study: each round is one successive-halving bracket over its valid trials.
+def round_study(study, round_file):
+    return trial_study(STUDIES[study], json.loads(Path(round_file).read_text())["trials"])
+
+
+def optuna_round_decisions(study, r, upto):
+    return [
+        checkpoints.optuna_prune_stage.get(study=study, round=str(r), stage=str(k)).output.decision for k in range(upto)
+    ]
+
+
+def optuna_bracket(study, r, round_file):
+    """(the files the round's last stage reads, the round's decision files)."""
+    p = PRUNERS_OF[study]
+    decisions = optuna_round_decisions(study, r, p.n_stages - 1)
+    return stage_inputs(p, round_study(study, round_file), p.n_stages - 1, decisions), decisions
+
+
+def optuna_prune_stage_input(wc):
+    path = checkpoints.optuna_round.get(study=wc.study, round=wc.round).output.round
+    k = int(wc.stage)
+    files = stage_inputs(
+        PRUNERS_OF[wc.study], round_study(wc.study, path), k, optuna_round_decisions(wc.study, int(wc.round), k)
+    )
+    return {"round": path, "results": files}
+
+
+def optuna_trial_rungs(cell):
+    """The rungs of a cell proposed by a pruned optuna study's round (() for any other cell)."""
+    for s in OPTUNA_STUDIES:
+        if s in PRUNERS_OF:
+            rounds = [f"{OPTUNA_DIR.format(study=s)}/round{r}.json" for r in range(len(OPTUNA_ROUNDS[s]))]
+            if cell in trial_cells(rounds):
+                return PRUNERS_OF[s].cell_rungs()
+    return ()
 
 
 def pruned_study_metrics(wc):
@@ -36,7 +78,8 @@ def pruned_study_metrics(wc):
 
 def rung_before(cell, epoch):
     """The cell's rung file just below ``epoch`` (its checkpoint continues from there), or []."""
-    prev = [r for r in CELL_RUNGS.get(cell, ()) if r < epoch]
+    rungs = CELL_RUNGS.get(cell) or optuna_trial_rungs(cell)
+    prev = [r for r in rungs if r < epoch]
     return [rung_path(cell, prev[-1], CELLS_DIR)] if prev else []
 
 

@@ -306,3 +306,69 @@ def test_a_rung_job_retries_a_crash_then_records_it_as_failed(tmp_path, monkeypa
     assert rec["status"] == "failed" and "CUDA out of memory" in rec["reason"]
     assert json.loads(out.read_text())["status"] == "failed"
     assert not (tmp_path / "abc" / "metrics.json").exists()  # the cell itself is not marked failed
+
+
+# ----------------------------------------------------------------------------------------- optuna + asha
+def test_optuna_pruned_trials_are_told_as_pruned_with_their_rung_value(tmp_path):
+    import optuna
+
+    from segsweep.plan import optuna_rounds as orr
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(epochs=4)
+    axes = {"lr": {"loguniform": [1e-4, 1e-1]}}
+    spec = {"mode": "optuna", "n_trials": 4, "parallel": 2, "axes": axes, "table": {"rows": ["trial"], "cols": []}}
+    cfg["studies"] = {"opt": {**spec, "pruner": {"name": "asha", "rungs": [1, 4], "eta": 2}}}
+    cfg = sc.prepare(cfg)
+    p, plan = pruners_of(cfg)
+    assert p["opt"].rungs == (1, 4)
+    ctx = orr.study_context(cfg, "opt", plan.data_fp)
+    r0 = orr.propose_round(ctx, 0, 2, [], {})
+    a, b = (t["cell"] for t in r0["trials"])
+    (tmp_path / a).mkdir()
+    (tmp_path / a / "metrics.json").write_text(json.dumps({"status": "ok", "val_dice_patient": 0.7}))
+    decision = {"pruned": [{"config": "x", "cells": [b], "epochs_run": 1, "value": 0.2, "reason": "pruned at epoch 1"}]}
+    metrics = orr.read_metrics([r0], tmp_path, [decision])
+    told = orr.told_trials(ctx, [r0], metrics)
+    assert [t["optuna_state"] for t in told] == ["COMPLETE", "PRUNED"]
+    assert told[1]["intermediate"] == {"1": 0.2} and told[1]["status"] == "pruned"
+    r1 = orr.propose_round(ctx, 1, 2, [r0], metrics)  # TPE accepts the pruned trial
+    assert len(r1["trials"]) == 2
+    frozen = orr._frozen(told[1], "PRUNED", None, orr.distributions(ctx)[0])
+    assert frozen.state == optuna.trial.TrialState.PRUNED and frozen.intermediate_values == {1: 0.2}
+
+
+def test_optuna_with_a_fold_pruner_or_an_epochs_axis_is_refused():
+    cfg = yaml.safe_load(TINY.read_text())
+    spec = {"mode": "optuna", "n_trials": 4, "table": {"rows": ["trial"], "cols": []}}
+    cfg["studies"] = {"opt": {**spec, "axes": {"lr": [0.01, 0.1]}, "pruner": {"name": "folds"}}}
+    with pytest.raises(ConfigError, match="mode 'optuna' takes 'asha' only"):
+        pruners_of(sc.prepare(cfg))
+    cfg["studies"] = {"opt": {**spec, "axes": {"epochs": [2, 4]}, "pruner": {"name": "asha", "rungs": [2, 4]}}}
+    with pytest.raises(ConfigError, match=r"axes\.epochs"):
+        pruners_of(sc.prepare(cfg))
+
+
+@pytest.mark.slow
+def test_e2e_optuna_study_under_asha(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(epochs=2, patience=None)
+    cfg["studies"] = {
+        "opt": {
+            "mode": "optuna",
+            "n_trials": 4,
+            "parallel": 4,
+            "sample_seed": 1,
+            "axes": {"lr": {"loguniform": [1e-4, 1e-1]}, "optimizer": ["adam", "sgd"]},
+            "table": {"rows": ["trial"], "cols": []},
+            "pruner": {"name": "asha", "rungs": [1, 2], "eta": 2},
+        }
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, "results/studies/opt/table.csv")
+    assert ran(out, "train_rung") == 4 and ran(out, "train") == 2  # one bracket: 4 to epoch 1, 2 go on
+    trials = json.loads((tmp_path / "results/studies/opt/optuna/trials.json").read_text())["trials"]
+    assert sorted(t["status"] == "pruned" for t in trials) == [False, False, True, True]
+    assert (tmp_path / "results/studies/opt/table.csv").read_text().count("pruned at epoch 1") == 2
+    assert "Nothing to be done" in snakemake(tmp_path, "results/studies/opt/table.csv", "-n")
+    shutil.rmtree(tmp_path / "results" / "cells", ignore_errors=True)

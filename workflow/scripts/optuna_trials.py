@@ -18,4 +18,5 @@ runner.run(
     list(smk.input.rounds),
     Path(smk.params.cells_dir),
     Path(smk.output.study).parent,
+    list(smk.input.decisions),
 )

@@ -31,7 +31,7 @@ from segsweep.plan.config import deep_merge
 from segsweep.plan.resources import ResourceConfig
 from segsweep.plan.search import optuna_space
 from segsweep.plan.validate import check_cells
-from segsweep.study import Study, StudyCell, TableLayout, study_to_dict
+from segsweep.study import Study, StudyCell, TableLayout, study_from_dict, study_to_dict
 from segsweep.training.params import CellParams
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
@@ -130,12 +130,15 @@ def make_sampler(name: str, seed: int):
 
 
 def trial_value(trial: Mapping, metrics: Mapping[str, Mapping], value: str) -> tuple[str, float | None, str]:
-    """(state, value, status) of a recorded trial: COMPLETE with the table value of an ok cell, else FAIL."""
+    """(state, value, status) of a recorded trial: COMPLETE with the table value of an ok cell, PRUNED for a
+    trial its round's pruner stopped (`read_metrics`), else FAIL."""
     if trial["state"] == "invalid":
         return "FAIL", None, "invalid"
     m = metrics.get(trial["cell"])
     if m is None:
         return "FAIL", None, "missing"
+    if m.get("status") == "pruned":
+        return "PRUNED", None, "pruned"
     v = m.get(value)
     if m.get("status") == "ok" and isinstance(v, (int, float)) and math.isfinite(v):
         return "COMPLETE", float(v), "ok"
@@ -145,9 +148,13 @@ def trial_value(trial: Mapping, metrics: Mapping[str, Mapping], value: str) -> t
 def _frozen(trial: Mapping, state: str, value: float | None, dists: Mapping):
     import optuna
 
+    # a pruned trial: its rung value at the epoch it stopped, as Optuna's pruners report (TPE ranks such
+    # trials after the complete ones, by how far they got and that value)
+    steps = trial.get("intermediate") or {}
     return optuna.trial.create_trial(
         state=getattr(optuna.trial.TrialState, state),
         value=value,
+        intermediate_values={int(k): float(v) for k, v in steps.items()},
         params=dict(trial["optuna_params"]),
         distributions={a: dists[a] for a in trial["optuna_params"]},
         user_attrs={"round": trial["round"], "cell": trial.get("cell"), "reason": trial.get("reason")},
@@ -171,7 +178,12 @@ def told_trials(ctx: Mapping, prior: Sequence[Mapping], metrics: Mapping[str, Ma
     for rnd in sorted(prior, key=lambda x: x["round"]):
         for t in rnd["trials"]:
             state, value, status = trial_value(t, metrics, ctx["value"])
-            out.append({**t, "optuna_state": state, "value": value, "status": status})
+            rec = {**t, "optuna_state": state, "value": value, "status": status}
+            m = metrics.get(t["cell"]) or {}
+            if state == "PRUNED" and m.get("epochs_run") and m.get("pruned_value") is not None:
+                rec["intermediate"] = {str(int(m["epochs_run"])): float(m["pruned_value"])}
+                rec["reason"] = m.get("reason")
+            out.append(rec)
     return out
 
 
@@ -232,10 +244,25 @@ def read_rounds(paths: Sequence[str | Path]) -> list[dict]:
     return sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda x: x["round"])
 
 
-def read_metrics(rounds: Sequence[Mapping], cells_dir: Path) -> dict[str, dict]:
+def read_metrics(rounds: Sequence[Mapping], cells_dir: Path, decisions: Sequence[Mapping] = ()) -> dict[str, dict]:
+    """Cell → its metrics.json, or, for a trial its round's pruner stopped (``decisions``: the rounds'
+    `segsweep.plan.pruning` decision files), ``{status: pruned, epochs_run, pruned_value, reason}``."""
     out = {}
+    pruned = {}
+    for d in decisions:
+        for p in d.get("pruned", ()):
+            for c in p["cells"]:
+                pruned[c] = {
+                    "status": "pruned",
+                    "epochs_run": p.get("epochs_run"),
+                    "pruned_value": p.get("value"),
+                    "reason": p["reason"],
+                }
     for rnd in rounds:
         for t in rnd["trials"]:
+            if t["cell"] in pruned:
+                out[t["cell"]] = pruned[t["cell"]]
+                continue
             p = Path(cells_dir) / str(t["cell"]) / "metrics.json"
             if t["cell"] and p.exists():
                 out[t["cell"]] = json.loads(p.read_text())
@@ -273,10 +300,19 @@ def write_journal(path: Path, ctx: Mapping, told: Sequence[Mapping]) -> None:
     Path(f"{tmp}.lock").unlink(missing_ok=True)
 
 
-def run_round(ctx: Mapping, r: int, count: int, prior_paths: Sequence[str | Path], cells_dir: Path, out: Path) -> dict:
-    """The round rule's job: propose round ``r`` into ``out`` (and refresh the journal beside it)."""
+def run_round(
+    ctx: Mapping,
+    r: int,
+    count: int,
+    prior_paths: Sequence[str | Path],
+    cells_dir: Path,
+    out: Path,
+    decision_paths: Sequence[str | Path] = (),
+) -> dict:
+    """The round rule's job: propose round ``r`` into ``out`` (and refresh the journal beside it).
+    ``decision_paths``: the earlier rounds' pruning decisions (a study with ``pruner``)."""
     prior = read_rounds(prior_paths)
-    metrics = read_metrics(prior, cells_dir)
+    metrics = read_metrics(prior, cells_dir, [json.loads(Path(p).read_text()) for p in decision_paths])
     rnd = propose_round(ctx, r, count, prior, metrics)
     write_journal(Path(out).parent / "journal.log", ctx, told_trials(ctx, prior, metrics))
     write_json(Path(out), rnd)
@@ -299,11 +335,17 @@ def trial_study(study: Study, trials: Sequence[Mapping]) -> Study:
 
 
 def finish_study(
-    ctx: Mapping, study: Study, round_paths: Sequence[str | Path], cells_dir: Path, out_dir: Path
+    ctx: Mapping,
+    study: Study,
+    round_paths: Sequence[str | Path],
+    cells_dir: Path,
+    out_dir: Path,
+    decision_paths: Sequence[str | Path] = (),
 ) -> list[dict]:
     """After the last round: ``trials.json``, ``study.json`` and the full ``journal.log`` in ``out_dir``."""
     rounds = read_rounds(round_paths)
-    told = told_trials(ctx, rounds, read_metrics(rounds, cells_dir))
+    decisions = [json.loads(Path(p).read_text()) for p in decision_paths]
+    told = told_trials(ctx, rounds, read_metrics(rounds, cells_dir, decisions))
     from optuna.distributions import distribution_to_json
 
     keys = ("number", "round", "params", "labels", "optuna_params", "state", "reason", "cell", "value", "status")
@@ -322,6 +364,16 @@ def finish_study(
     )
     write_json(Path(out_dir) / "study.json", study_to_dict(trial_study(study, told)))
     return trials
+
+
+def decide_round_stage(
+    pruner_d: Mapping, study_d: Mapping, round_path: Path, k: int, prior: Sequence[str | Path], out: Path
+) -> dict:
+    """A pruned optuna study: decision ``k`` of one round's successive-halving bracket over its trials."""
+    from segsweep.plan.pruning import decide_stage
+
+    rnd = json.loads(Path(round_path).read_text())
+    return decide_stage(pruner_d, trial_study(study_from_dict(study_d), rnd["trials"]), k, prior, out)
 
 
 class TrialCells(dict):

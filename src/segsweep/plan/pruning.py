@@ -20,6 +20,9 @@ stage k+1. What a stage asks for is a pruner's business:
   p < ``wilcoxon_p`` (the rule of Optuna's ``WilcoxonPruner``, with folds as its instances; scipy's exact
   test). Both wait for ``min_folds`` completed folds.
 
+An optuna study takes ``asha`` only: each round is one bracket over its trials (`segsweep.plan.optuna_rounds`,
+``decide_round_stage``), and a trial stopped at a rung is told to Optuna as PRUNED with its rung value.
+
 A pruner is one class registered in ``PRUNERS`` (the study's ``pruner.name``); its keyword-only constructor
 arguments are its settings (schema: ``studies.<s>.pruner``).
 """
@@ -35,6 +38,7 @@ from typing import Any
 
 from segsweep.errors import ConfigError
 from segsweep.io import write_json
+from segsweep.plan.cells import study_base
 from segsweep.registry import Registry
 from segsweep.study import Study, StudyCell
 
@@ -299,12 +303,17 @@ def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str
         p = spec.get("pruner")
         if not p:
             continue
-        if spec.get("mode") == "optuna":
-            raise ConfigError(
-                f"config key 'studies.{name}.pruner': not with mode 'optuna' yet (an optuna study is pruned by its "
-                "sampler's choices; use a grid or random study with a pruner)"
-            )
         settings = {k: v for k, v in p.items() if k != "name"}
+        if spec.get("mode") == "optuna":  # each round is one successive-halving bracket over its trials
+            if p.get("name") != "asha":
+                raise ConfigError(f"config key 'studies.{name}.pruner.name': mode 'optuna' takes 'asha' only")
+            if "epochs" in spec["axes"]:
+                raise ConfigError(
+                    f"config key 'studies.{name}.axes.epochs': the pruner's rungs set the epochs of an asha study"
+                )
+            pruner = Asha(**settings)
+            out[name] = pruner.check(name, {"base": _Epochs(_optuna_epochs(cfg, name))}, cfg)
+            continue
         cls = PRUNERS.entry(p.get("name"), key=f"studies.{name}.pruner.name").obj
         if cls is FoldPruner:
             study = studies[name]
@@ -318,6 +327,28 @@ def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str
             raise ConfigError(f"config key 'studies.{name}.pruner': asha on a cv study is not supported (use 'folds')")
         out[name] = pruner.check(name, {c.cell_id: cells[c.cell_id] for c in studies[name].cells}, cfg)
     return out
+
+
+@dataclass(frozen=True)
+class _Params:
+    epochs: int
+
+
+@dataclass(frozen=True)
+class _Epochs:
+    """Stands in for an optuna study's cells (they exist only once proposed): their shared epochs."""
+
+    epochs_: int
+
+    @property
+    def params(self) -> _Params:
+        return _Params(self.epochs_)
+
+
+def _optuna_epochs(cfg: Mapping, name: str) -> int:
+    preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
+    base = study_base(cfg, name)
+    return int((preset.get("cell") or {}).get("epochs", base["epochs"]))
 
 
 def cell_rungs(pruners: Mapping[str, Any], studies: Mapping[str, Study]) -> dict[str, tuple[int, ...]]:
