@@ -328,7 +328,8 @@ def test_optuna_pruned_trials_are_told_as_pruned_with_their_rung_value(tmp_path)
     (tmp_path / a).mkdir()
     (tmp_path / a / "metrics.json").write_text(json.dumps({"status": "ok", "val_dice_patient": 0.7}))
     decision = {"pruned": [{"config": "x", "cells": [b], "epochs_run": 1, "value": 0.2, "reason": "pruned at epoch 1"}]}
-    metrics = orr.read_metrics([r0], tmp_path, [decision])
+    (tmp_path / "d.json").write_text(json.dumps(decision))
+    metrics = orr.read_metrics([r0], tmp_path, [tmp_path / "d.json"])
     told = orr.told_trials(ctx, [r0], metrics)
     assert [t["optuna_state"] for t in told] == ["COMPLETE", "PRUNED"]
     assert told[1]["intermediate"] == {"1": 0.2} and told[1]["status"] == "pruned"

@@ -6,7 +6,7 @@ need no planning code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -81,3 +81,21 @@ def study_from_dict(d: Mapping) -> Study:
         axis_values={a: tuple(v) for a, v in d["axis_values"].items()},
         dataset=d.get("dataset"),
     )
+
+
+# ------------------------------------------------------------------ a pruned study's decisions
+def pruned_cells(decisions: Sequence[Mapping]) -> dict[str, dict]:
+    """Cell id → how a pruner stopped it (``reason``, ``epochs_run``, the last ``value`` and its key), from
+    a pruned study's decision files (`segsweep.plan.pruning`, results/studies/<s>/prune/stage<k>.json)."""
+    out = {}
+    for d in decisions:
+        for p in d.get("pruned", ()):
+            for c in p["cells"]:
+                out[c] = {
+                    "reason": p["reason"],
+                    "epochs_run": p.get("epochs_run"),
+                    "value": p.get("value"),
+                    "value_key": p.get("value_key"),
+                    "budget": d.get("budget"),
+                }
+    return out

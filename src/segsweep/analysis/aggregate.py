@@ -49,6 +49,7 @@ from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_json
 from segsweep.labels import fmt, fraction_label, label_number, label_sort_key, metric_range
+from segsweep.study import pruned_cells  # the decision files' reader (shared: optuna rounds read them too)
 from segsweep.training.record import (
     CLASS_COLUMNS,
     FIELDS,
@@ -120,23 +121,6 @@ def config_label(labels: Iterable[tuple[str, str]]) -> str:
     """'optimizer=adam, lr=1e-3' — the configuration name used in every table and figure."""
     parts = [f"{a}={v}" for a, v in labels]
     return ", ".join(parts) if parts else "base"
-
-
-def pruned_cells(decisions: Sequence[Mapping]) -> dict[str, dict]:
-    """Cell id → how a pruner stopped it (``reason``, ``epochs_run``, the last ``value`` and its key), from
-    a pruned study's decision files (`segsweep.plan.pruning`, results/studies/<s>/prune/stage<k>.json)."""
-    out = {}
-    for d in decisions:
-        for p in d.get("pruned", ()):
-            for c in p["cells"]:
-                out[c] = {
-                    "reason": p["reason"],
-                    "epochs_run": p.get("epochs_run"),
-                    "value": p.get("value"),
-                    "value_key": p.get("value_key"),
-                    "budget": d.get("budget"),
-                }
-    return out
 
 
 def _pruned_record(info: Mapping) -> dict:

@@ -31,7 +31,7 @@ from segsweep.plan.config import deep_merge
 from segsweep.plan.resources import ResourceConfig
 from segsweep.plan.search import optuna_space
 from segsweep.plan.validate import check_cells
-from segsweep.study import Study, StudyCell, TableLayout, study_from_dict, study_to_dict
+from segsweep.study import Study, StudyCell, TableLayout, pruned_cells, study_from_dict, study_to_dict
 from segsweep.training.params import CellParams
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
@@ -244,20 +244,17 @@ def read_rounds(paths: Sequence[str | Path]) -> list[dict]:
     return sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda x: x["round"])
 
 
-def read_metrics(rounds: Sequence[Mapping], cells_dir: Path, decisions: Sequence[Mapping] = ()) -> dict[str, dict]:
-    """Cell → its metrics.json, or, for a trial its round's pruner stopped (``decisions``: the rounds'
+def read_metrics(
+    rounds: Sequence[Mapping], cells_dir: Path, decision_paths: Sequence[str | Path] = ()
+) -> dict[str, dict]:
+    """Cell → its metrics.json, or, for a trial its round's pruner stopped (``decision_paths``: the rounds'
     `segsweep.plan.pruning` decision files), ``{status: pruned, epochs_run, pruned_value, reason}``."""
     out = {}
-    pruned = {}
-    for d in decisions:
-        for p in d.get("pruned", ()):
-            for c in p["cells"]:
-                pruned[c] = {
-                    "status": "pruned",
-                    "epochs_run": p.get("epochs_run"),
-                    "pruned_value": p.get("value"),
-                    "reason": p["reason"],
-                }
+    decisions = [json.loads(Path(p).read_text()) for p in decision_paths]
+    pruned = {
+        c: {"status": "pruned", "epochs_run": p["epochs_run"], "pruned_value": p["value"], "reason": p["reason"]}
+        for c, p in pruned_cells(decisions).items()
+    }
     for rnd in rounds:
         for t in rnd["trials"]:
             if t["cell"] in pruned:
@@ -312,7 +309,7 @@ def run_round(
     """The round rule's job: propose round ``r`` into ``out`` (and refresh the journal beside it).
     ``decision_paths``: the earlier rounds' pruning decisions (a study with ``pruner``)."""
     prior = read_rounds(prior_paths)
-    metrics = read_metrics(prior, cells_dir, [json.loads(Path(p).read_text()) for p in decision_paths])
+    metrics = read_metrics(prior, cells_dir, decision_paths)
     rnd = propose_round(ctx, r, count, prior, metrics)
     write_journal(Path(out).parent / "journal.log", ctx, told_trials(ctx, prior, metrics))
     write_json(Path(out), rnd)
@@ -344,8 +341,7 @@ def finish_study(
 ) -> list[dict]:
     """After the last round: ``trials.json``, ``study.json`` and the full ``journal.log`` in ``out_dir``."""
     rounds = read_rounds(round_paths)
-    decisions = [json.loads(Path(p).read_text()) for p in decision_paths]
-    told = told_trials(ctx, rounds, read_metrics(rounds, cells_dir, decisions))
+    told = told_trials(ctx, rounds, read_metrics(rounds, cells_dir, decision_paths))
     from optuna.distributions import distribution_to_json
 
     keys = ("number", "round", "params", "labels", "optuna_params", "state", "reason", "cell", "value", "status")
