@@ -266,13 +266,30 @@ def read_metrics(
     return out
 
 
+_ROUND_CELLS: dict[tuple[str, int, int], tuple[int, dict[str, Cell]]] = {}
+
+
+def _round_cells(path: Path) -> tuple[int, dict[str, Cell]]:
+    """(round number, cells of its valid trials) of one round file, parsed once per file version: the train
+    rule asks for every cell it does not know from the plan, so a Snakemake call may ask thousands of times."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _ROUND_CELLS:
+        rnd = json.loads(path.read_text())
+        cells: dict[str, Cell] = {}
+        for t in rnd["trials"]:
+            if t["state"] != "invalid" and t["cell"]:
+                cells.setdefault(t["cell"], Cell(t["cell"], CellParams.from_config(t["config"]), t["split"]))
+        _ROUND_CELLS[key] = (rnd["round"], cells)
+    return _ROUND_CELLS[key]
+
+
 def trial_cells(paths: Sequence[str | Path]) -> dict[str, Cell]:
     """The cells of the valid trials recorded in round files (the train rule's fallback for trial cells)."""
     out: dict[str, Cell] = {}
-    for rnd in read_rounds([p for p in paths if Path(p).exists()]):
-        for t in rnd["trials"]:
-            if t["state"] != "invalid" and t["cell"]:
-                out.setdefault(t["cell"], Cell(t["cell"], CellParams.from_config(t["config"]), t["split"]))
+    for _, cells in sorted((_round_cells(Path(p)) for p in paths if Path(p).exists()), key=lambda rc: rc[0]):
+        for cid, cell in cells.items():
+            out.setdefault(cid, cell)
     return out
 
 

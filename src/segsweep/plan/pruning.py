@@ -145,15 +145,14 @@ class Asha:
             "rule": f"top ⌊n/η⌋ = {n_keep} of {len(alive)} by best_val_dice at epoch {epoch} (η = {self.eta:g})",
         }
 
-    def check(self, study: str, cells: Mapping[str, Any], cfg: Mapping) -> Asha:
-        """Validate against the study's cells; at a scale preset that shortens training, the rungs are scaled
-        to the cells' epochs (rung × epochs / last rung, rounded, at least 1, duplicates dropped)."""
+    def check(self, study: str, epochs: set[int], cfg: Mapping) -> Asha:
+        """Validate against the ``epochs`` of the study's cells; at a scale preset that shortens training, the
+        rungs are scaled to them (rung × epochs / last rung, rounded, at least 1, duplicates dropped)."""
         key = f"studies.{study}.pruner.rungs"
         if not self.rungs or any(r < 1 for r in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
             raise ConfigError(f"config key '{key}': strictly increasing positive epochs, got {list(self.rungs)}")
         if self.eta <= 1:
             raise ConfigError(f"config key 'studies.{study}.pruner.eta': must be > 1, got {self.eta:g}")
-        epochs = {c.params.epochs for c in cells.values()}
         if len(epochs) != 1:
             raise ConfigError(
                 f"config key '{key}': the study's cells must share one epochs value, got {sorted(epochs)}"
@@ -273,7 +272,7 @@ class FoldPruner:
             parts.append(f"one-sided Wilcoxon p < {self.wilcoxon_p:g} against the best configuration")
         return f"after ≥ {self.min_folds} folds: " + (" or ".join(parts) or "never")
 
-    def check(self, study: str, cells: Mapping[str, Any], cfg: Mapping) -> FoldPruner:
+    def check(self, study: str, epochs: set[int], cfg: Mapping) -> FoldPruner:
         if not cfg["studies"][study].get("cv"):
             raise ConfigError(f"config key 'studies.{study}.pruner': pruner 'folds' needs cv: true")
         if self.min_folds < 1:
@@ -311,8 +310,8 @@ def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str
                 raise ConfigError(
                     f"config key 'studies.{name}.axes.epochs': the pruner's rungs set the epochs of an asha study"
                 )
-            pruner = Asha(**settings)
-            out[name] = pruner.check(name, {"base": _Epochs(_optuna_epochs(cfg, name))}, cfg)
+            # its cells exist only once proposed: they share the study's base epochs
+            out[name] = Asha(**settings).check(name, {_optuna_epochs(cfg, name)}, cfg)
             continue
         cls = PRUNERS.entry(p.get("name"), key=f"studies.{name}.pruner.name").obj
         if cls is FoldPruner:
@@ -325,24 +324,8 @@ def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str
             raise ConfigError(f"config key 'studies.{name}.pruner': {exc}") from None
         if isinstance(pruner, Asha) and spec.get("cv"):
             raise ConfigError(f"config key 'studies.{name}.pruner': asha on a cv study is not supported (use 'folds')")
-        out[name] = pruner.check(name, {c.cell_id: cells[c.cell_id] for c in studies[name].cells}, cfg)
+        out[name] = pruner.check(name, {cells[c.cell_id].params.epochs for c in studies[name].cells}, cfg)
     return out
-
-
-@dataclass(frozen=True)
-class _Params:
-    epochs: int
-
-
-@dataclass(frozen=True)
-class _Epochs:
-    """Stands in for an optuna study's cells (they exist only once proposed): their shared epochs."""
-
-    epochs_: int
-
-    @property
-    def params(self) -> _Params:
-        return _Params(self.epochs_)
 
 
 def _optuna_epochs(cfg: Mapping, name: str) -> int:
