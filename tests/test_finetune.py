@@ -116,6 +116,21 @@ def test_history_logs_the_encoder_lr(tmp_path):
     assert [float(r["lr_encoder"]) for r in rows] == [0.0, 0.0, float(rows[2]["lr"])]
 
 
+def test_the_unfreezing_epoch_trains_the_encoder_batchnorm(tmp_path):
+    """Epoch 1 frozen, epoch 2 unfrozen: the encoder's BatchNorm statistics move in epoch 2 (fresh BatchNorm
+    has running_mean 0; a frozen encoder never leaves it)."""
+    data_dir, split = _write_dataset(tmp_path / "data", n_per_patient=2)
+    kw = {"model": "resnet18_unet", "epochs": 2, "batch_size": 4, "finetune": "freeze_then_unfreeze"}
+    p = cell_params({**kw, "unfreeze_epoch": 1})
+    train_cell(p, data_dir, split, tmp_path / "cell")
+    state = torch.load(tmp_path / "cell" / "last.pt", weights_only=False)["model"]
+    enc_bn = [k for k in state if k.startswith("encoder.") and k.endswith("running_mean")]
+    assert enc_bn and all(state[k].abs().sum() > 0 for k in enc_bn)
+    # the fix changed these cells' numbers, so their ids carry it; other modes keep theirs
+    assert p.id_form()["finetune_revision"] == 2
+    assert "finetune_revision" not in cell_params({**kw, "finetune": "freeze_encoder"}).id_form()
+
+
 # ------------------------------------------------------------------------------------------- init_from
 def _tiny(**kw):
     return cell_params({"epochs": 1, "depth": 1, "base_width": 2, "batch_size": 4, **kw})

@@ -301,18 +301,19 @@ class _Trainer:
         asked after every step but the epoch's last (a flag read, no sync); true raises `_StopInEpoch`.
         """
         p, d = self.p, self.data
-        self.model.train()
         if partial is None:
             order = torch.randperm(d.n_train, generator=self.shuffle_gen)
             loss_sum = torch.zeros((), device=self.device)
             lr_first = float(self.schedule.lr)
             self.finetune.start_epoch(self.schedule.step_count // self.steps_per_epoch, lr_first)
+            # after start_epoch: an encoder unfrozen now has its BatchNorm in train mode from this epoch on
+            # (SegmentationNet.train keeps only frozen BatchNorm in eval)
+            self.model.train()
             done = 0
         else:
             order, loss_sum = partial["perm"], partial["loss_sum"].to(self.device)
             lr_first, self.finetune.lr_encoder, done = partial["lr_first"], partial["lr_encoder"], partial["step"]
-            # the modes the epoch ran in: train() above came before start_epoch's unfreezing, so in that epoch
-            # the encoder's BatchNorm stayed in eval mode; a resumed run must not put it in train mode
+            # the modes the interrupted epoch ran in, as recorded
             for m, training in zip(self.model.modules(), partial["training"], strict=True):
                 m.training = training
         perm = order.to(self.device, non_blocking=True)

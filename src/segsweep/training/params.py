@@ -109,6 +109,10 @@ def _opt(v):
 
 
 FINETUNE_MODES = ("full", "freeze_encoder", "freeze_then_unfreeze", "discriminative")
+# A fine-tuning mode whose numbers a fix changed, with the fix's number: it goes into the cell id of that mode's
+# cells only, so their old results are not reused and every other cell keeps its id. 2: in the unfreezing
+# epoch the encoder's BatchNorm trains (before, it stayed in eval mode for that one epoch).
+FINETUNE_REVISION = {"freeze_then_unfreeze": 2}
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,8 @@ class CellParams:
         for name in ("pretrained", "init_from"):
             if name in out:
                 out[name] = getattr(self, name).id_form()
+        if self.finetune in FINETUNE_REVISION:
+            out["finetune_revision"] = FINETUNE_REVISION[self.finetune]
         return out
 
     @classmethod
