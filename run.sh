@@ -38,7 +38,10 @@ case "$cmd" in
         ;;
     test)
         setup
-        "$VENV/bin/python" -m pytest "$@"
+        # Two workers, one test file each at a time (--dist loadfile: a file's module fixtures run once). The
+        # end-to-end tests wait on Snakemake's single-threaded planning much of the time, so two at once use
+        # the cores better. SEGSWEEP_TEST_WORKERS=0 runs serially.
+        "$VENV/bin/python" -m pytest -n "${SEGSWEEP_TEST_WORKERS:-2}" --dist loadfile "$@"
         ;;
     lint)
         setup
