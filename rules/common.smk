@@ -12,7 +12,7 @@ from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
 from segsweep.plan.optuna_rounds import TrialCells
-from segsweep.study import study_to_dict
+from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
 

@@ -23,7 +23,7 @@ rule predict:
         preprocess=identity(PLAN.preprocess),
         pseudonym_key=CFG["data"]["pseudonym_key"],
         studies=[study_to_dict(s) for s in STUDIES.values()],
-        results_dir=lambda wc, input: str(Path(input.data).parent),
+        results_dir=lambda wc, output: str(Path(output[0]).parent),  # results/: cells/, studies/
     script:
         "../workflow/scripts/predict.py"
 

@@ -6,7 +6,7 @@ MODEL_CARDS = expand("results/studies/{study}/model_card.md", study=STUDIES)
 
 def predict_inputs(wc):
     """What the chosen model needs: the study tables it is selected from (best, a study) or the cell's
-    metrics (a cell id); and the ingested data set (its target and image size)."""
+    metrics (a cell id); and the ingested data set the model trained on (its target and image size)."""
     spec = str(CFG["predict"]["model"]).strip()
     if not CFG["predict"]["input"]:
         raise WorkflowError(
@@ -16,15 +16,19 @@ def predict_inputs(wc):
     if re.fullmatch("[0-9a-f]{12}", spec):
         if spec not in CELLS:
             raise WorkflowError(f"segsweep: config key 'predict.model': cell {spec} is not a cell of this config")
-        return {"data": DATA_DIR, "cell": f"{CELLS_DIR}/{spec}/metrics.json"}
+        return {"data": data_dir(CELLS[spec].dataset), "cell": f"{CELLS_DIR}/{spec}/metrics.json"}
     if spec != "best" and spec not in STUDIES:
         raise WorkflowError(
             f"segsweep: config key 'predict.model': '{spec}' is neither 'best', a study "
             f"({', '.join(STUDIES)}) nor a cell id (12 hex digits)"
         )
     names = list(STUDIES) if spec == "best" else [spec]
+    try:  # 'best' compares validation values: one data set only (known now, so `snakemake -n` says it)
+        check_one_dataset([STUDIES[n] for n in names])
+    except SegsweepError as exc:
+        raise WorkflowError(f"segsweep: {exc}") from None
     return {
-        "data": DATA_DIR,
+        "data": data_dir(STUDIES[names[0]].dataset),  # the model's data set: its target and image size
         "tables": expand("results/studies/{study}/table.json", study=names),
         "cells": expand("results/studies/{study}/cells.csv", study=names),
     }

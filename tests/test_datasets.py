@@ -165,3 +165,26 @@ def test_dry_run_has_each_data_sets_jobs_and_paths(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
     proc = subprocess.run([*cmd, "-n", "--cores", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and "config key 'studies.f.data': unknown data set 'nope'" in proc.stdout + proc.stderr
+
+
+def test_predict_reads_the_models_data_set_and_best_stays_on_one(tmp_path):
+    """`predict` takes the target and image size from the data set its model trained on; `best` over studies on
+    two data sets (two sets of validation patients) stops `snakemake -n` naming them."""
+    studies = {"a": _study({"lr": [1e-3]}), "b": _study({"lr": [1e-3, 1e-2]}, data="b")}
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+
+    def dry(model):
+        cfg = {**TINY, "studies": studies, "predict": {"input": str(tmp_path / "dicom"), "model": model}}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run([*cmd, "-n", "--cores", "1", "predict"], capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = dry("b")
+    assert rc == 0, out[-3000:]
+    assert re.search(r"rule predict:\n    input: results/datasets/b/data,", out), out[-3000:]
+    rc, out = dry("best")
+    assert rc != 0
+    assert (
+        "config key 'predict.model': 'best' would compare studies trained and validated on different data sets" in out
+    )
+    assert "a on the default data set; b on b" in out

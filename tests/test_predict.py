@@ -4,6 +4,7 @@ phantom series (data/phantom.generate_series) with the SEG read back by pydicom,
 a mixed root, de-identification, model selection and the card."""
 
 import csv
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -255,6 +256,28 @@ def test_unusable_input_roots_are_clear_errors(trained, best_cell, tmp_path):
             pseudonym_key=KEY,
             out_dir=tmp_path / "o",
         )
+    # data_dir: the model's own data set (another `datasets:` entry), not results/data
+    other = tmp_path / "datasets" / "b" / "data"
+    other.mkdir(parents=True)
+    meta = json.loads((results / "data" / "dataset.json").read_text())
+    (other / "dataset.json").write_text(json.dumps({**meta, "target": "scar"}))
+    with pytest.raises(DataError, match=r"datasets/b/data/dataset.json: unknown target 'scar'"):
+        pr.run_predict(
+            {"input": str(tmp_path), "model": best_cell},
+            studies=[],
+            results_dir=results,
+            data_dir=other,
+            prep=PREP,
+            pseudonym_key=KEY,
+            out_dir=tmp_path / "o",
+        )
+
+
+def test_best_never_compares_studies_on_two_data_sets(trained):
+    results, study = trained
+    other = dataclasses.replace(study, name="lrs_b", dataset="b")
+    with pytest.raises(ConfigError, match=r"different data sets \(lrs on the default data set; lrs_b on b\)"):
+        card.resolve_model("best", [study, other], results)
 
 
 # ---------------------------------------------------------------------------------- de-identified

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from segsweep.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TableLayout:
@@ -81,6 +83,21 @@ def study_from_dict(d: Mapping) -> Study:
         axis_values={a: tuple(v) for a, v in d["axis_values"].items()},
         dataset=d.get("dataset"),
     )
+
+
+# ------------------------------------------------------------------ studies compared with each other
+def check_one_dataset(studies: Sequence[Study]) -> None:
+    """``predict.model: best`` compares validation values, so its studies must share one data set (one set of
+    validation patients, one target); studies on several data sets raise a ConfigError naming them."""
+    by_ds: dict[str, list[str]] = {}
+    for s in studies:
+        by_ds.setdefault(s.dataset or "the default data set", []).append(s.name)
+    if len(by_ds) > 1:
+        where = "; ".join(f"{', '.join(names)} on {ds}" for ds, names in by_ds.items())
+        raise ConfigError(
+            f"config key 'predict.model': 'best' would compare studies trained and validated on different data "
+            f"sets ({where}); name a study or a cell id"
+        )
 
 
 # ------------------------------------------------------------------ a pruned study's decisions

@@ -17,6 +17,7 @@ runner.run(
     dict(smk.params.predict),
     studies=[study_from_dict(s) for s in smk.params.studies],
     results_dir=Path(smk.params.results_dir),
+    data_dir=Path(smk.input.data),
     prep=preprocess_from_dict(smk.params.preprocess),
     pseudonym_key=str(smk.params.pseudonym_key),
     out_dir=Path(str(smk.output[0])),

@@ -47,6 +47,7 @@ from segsweep.data.splits import select_patients
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import sha256_file, write_text
 from segsweep.labels import fmt
+from segsweep.study import check_one_dataset
 from segsweep.training.record import CellMetrics
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def select_in_study(study: Study, results_dir: Path) -> Selection | None:
 
 def select_best(studies: Sequence[Study], results_dir: Path) -> Selection:
     """``best``: the overall validation-selected configuration across studies (module docstring)."""
+    check_one_dataset(studies)
     picks = []
     for s in studies:
         sel = select_in_study(s, results_dir)

@@ -292,8 +292,8 @@ def _qc_csv(rows) -> str:
     return buf.getvalue()
 
 
-def _dataset(results_dir: Path) -> dict:
-    path = Path(results_dir) / "data" / "dataset.json"
+def _dataset(data_dir: Path) -> dict:
+    path = Path(data_dir) / "dataset.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -309,8 +309,12 @@ def run_predict(
     pseudonym_key: str,
     out_dir: Path,
     threads: int = 1,
+    data_dir: Path | None = None,
 ) -> dict:
-    """Predict every MR series under ``predict.input`` (module docstring); returns predict.json's dict."""
+    """Predict every MR series under ``predict.input`` (module docstring); returns predict.json's dict.
+
+    ``data_dir``: the ingested data set the model was trained on (its dataset.json gives the target and the
+    image size); default ``results_dir/data``, the default data set."""
     from segsweep.training.device import resolve_device
 
     t0 = time.perf_counter()
@@ -322,13 +326,14 @@ def run_predict(
         )
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     sel = resolve_model(pc.model, studies, results_dir)
-    dataset = _dataset(results_dir)
+    data_json = Path(data_dir if data_dir is not None else results_dir / "data") / "dataset.json"
+    dataset = _dataset(data_json.parent)
     target = dataset.get("target", "endo")
     if target not in segmod.SEGMENTS:
-        raise DataError(f"{results_dir / 'data' / 'dataset.json'}: unknown target '{target}'")
+        raise DataError(f"{data_json}: unknown target '{target}'")
     if list(dataset.get("size") or []) != [int(x) for x in prep.size]:
         raise DataError(
-            f"{results_dir / 'data' / 'dataset.json'}: the data were made at size {dataset.get('size')}, the config's "
+            f"{data_json}: the data were made at size {dataset.get('size')}, the config's "
             f"preprocess.size is {list(prep.size)}: predict with the preprocessing the cell was trained with"
         )
     torch.set_num_threads(int(threads))
