@@ -81,9 +81,11 @@ def best_cell(trained):
     return card.resolve_model("best", [study], results).cell
 
 
-def _predict(results, input_root, out, model, **kw):
+def _predict(results, input_root, out, model, *, prep=PREP, data_dir=None, **kw):
     cfg = {"input": str(input_root), "model": model, **kw}
-    return pr.run_predict(cfg, studies=[], results_dir=results, prep=PREP, pseudonym_key=KEY, out_dir=out)
+    return pr.run_predict(
+        cfg, studies=[], results_dir=results, prep=prep, pseudonym_key=KEY, out_dir=out, data_dir=data_dir
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,31 +248,15 @@ def test_unusable_input_roots_are_clear_errors(trained, best_cell, tmp_path):
         _predict(results, tmp_path / "empty", tmp_path / "out", best_cell)
     with pytest.raises(ConfigError, match="predict.input"):
         pr.run_predict({}, studies=[], results_dir=results, prep=PREP, pseudonym_key=KEY, out_dir=tmp_path / "o")
-    wrong = PreprocessConfig(size=(48, 48))
     with pytest.raises(DataError, match="preprocess.size"):
-        pr.run_predict(
-            {"input": str(tmp_path), "model": best_cell},
-            studies=[],
-            results_dir=results,
-            prep=wrong,
-            pseudonym_key=KEY,
-            out_dir=tmp_path / "o",
-        )
+        _predict(results, tmp_path, tmp_path / "o", best_cell, prep=PreprocessConfig(size=(48, 48)))
     # data_dir: the model's own data set (another `datasets:` entry), not results/data
     other = tmp_path / "datasets" / "b" / "data"
     other.mkdir(parents=True)
     meta = json.loads((results / "data" / "dataset.json").read_text())
     (other / "dataset.json").write_text(json.dumps({**meta, "target": "scar"}))
     with pytest.raises(DataError, match=r"datasets/b/data/dataset.json: unknown target 'scar'"):
-        pr.run_predict(
-            {"input": str(tmp_path), "model": best_cell},
-            studies=[],
-            results_dir=results,
-            data_dir=other,
-            prep=PREP,
-            pseudonym_key=KEY,
-            out_dir=tmp_path / "o",
-        )
+        _predict(results, tmp_path, tmp_path / "o", best_cell, data_dir=other)
 
 
 def test_best_never_compares_studies_on_two_data_sets(trained):
