@@ -292,8 +292,7 @@ def _qc_csv(rows) -> str:
     return buf.getvalue()
 
 
-def _dataset(data_dir: Path) -> dict:
-    path = Path(data_dir) / "dataset.json"
+def _dataset(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -327,7 +326,7 @@ def run_predict(
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     sel = resolve_model(pc.model, studies, results_dir)
     data_json = Path(data_dir if data_dir is not None else results_dir / "data") / "dataset.json"
-    dataset = _dataset(data_json.parent)
+    dataset = _dataset(data_json)
     target = dataset.get("target", "endo")
     if target not in segmod.SEGMENTS:
         raise DataError(f"{data_json}: unknown target '{target}'")
