@@ -44,8 +44,9 @@ from segsweep.io import write_json  # noqa: E402
 from segsweep.plan.config import cell_params
 from segsweep.training.device import hardware_description  # noqa: E402
 from segsweep.training.loop import train_cell  # noqa: E402
-from segsweep.training.model import MODELS, UNet  # noqa: E402
+from segsweep.training.model import MODELS  # noqa: E402
 from segsweep.training.params import CellParams  # noqa: E402
+from segsweep.training.unet import UNet  # noqa: E402
 
 BAR = 1.05
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "segsweep"
-SHARED = {"errors", "io", "registry", "labels", "study", "runner"}
+SHARED = {"errors", "io", "lazy", "registry", "labels", "study", "runner"}
 # A stage may import shared modules and stages of a lower rank; `plan` composes every stage's registry to
 # check a config, so it sits on top and no stage imports it. `apply` (predict on new series) uses the trained
 # model, the analysis' model selection and the report's colours; nothing but plan may import it.

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from segsweep.plan.config import cell_params
-from segsweep.training.model import UNet, n_parameters
+from segsweep.training.model import n_parameters
+from segsweep.training.unet import UNet
 
 torch.set_num_threads(1)
 

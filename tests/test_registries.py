@@ -163,7 +163,7 @@ def test_bad_model_value_fails_at_plan_time():
     def depth0(cfg):
         cfg["studies"]["m"]["base"] = {"depth": 0}  # below the schema's minimum: injected after validation
 
-    with pytest.raises(ConfigError, match=r"^study 'm': config key 'model': unet: depth must be"):
+    with pytest.raises(ConfigError, match=r"^study 'm': config key 'depth': unet needs depth >= 1"):
         _plan({"m": _study({"lr": [1e-3]})}, inject=depth0)
 
 

@@ -76,7 +76,7 @@ def test_linear_included_tied_counted_once_no_bias_is_zero():
 
 
 def test_unet_penalty_matches_a_plain_loop():
-    from segsweep.training.model import UNet
+    from segsweep.training.unet import UNet
 
     model = UNet(depth=2, base_width=4, batch_norm=True)
     kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]

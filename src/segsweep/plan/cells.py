@@ -200,7 +200,12 @@ def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: M
     studies = {n: studies[n] for n in cfg["studies"]}  # config order (planning order may differ)
     _check_init_from_targets(cells, studies, {ds: c.target for ds, c in sources.items()})
     # build each distinct loss/schedule/optimizer/... once: bad values fail now (a binary-only loss for multiclass too)
-    check_plan(cells, studies, n_classes={cid: N_CLASSES[sources[c.dataset].target] for cid, c in cells.items()})
+    check_plan(
+        cells,
+        studies,
+        n_classes={cid: N_CLASSES[sources[c.dataset].target] for cid, c in cells.items()},
+        image_size=prep.size,
+    )
     for ds, dcfg in sources.items():
         if dcfg.source == "phantom":
             _check_splits(dcfg.phantom.patients, split_specs[ds], "data" if ds is None else f"datasets.{ds}")

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from segsweep.errors import ConfigError
 from segsweep.study import Study
-from segsweep.training.backbones import BACKBONES
 from segsweep.training.params import CellParams
+from segsweep.training.pretrained import BACKBONES
 
 UNET_ONLY = ("depth", "base_width")
 
@@ -119,16 +119,10 @@ def source_cells(params: CellParams) -> list[str]:
 
 
 def check_sources(
-    cells: Mapping[str, Cell], where: Mapping[str, str], state_of: Callable[[CellParams], Mapping]
+    cells: Mapping[str, Cell], where: Mapping[str, str], architecture: Callable[[CellParams], Mapping]
 ) -> None:
-    """Each ``init_from`` source is a cell of the plan with the same parameter names and shapes."""
-    shapes: dict[tuple, dict] = {}
-
-    def arch(p: CellParams) -> dict:
-        key = (p.model, p.in_channels, p.depth, p.base_width, p.batch_norm)
-        if key not in shapes:
-            shapes[key] = {k: tuple(v.shape) for k, v in state_of(p).items()}
-        return shapes[key]
+    """Each ``init_from`` source is a cell of the plan with the same architecture: ``architecture(params)``
+    gives what decides the parameter names and shapes (`segsweep.training.model.ModelSpec.architecture`)."""
 
     for cid, cell in cells.items():
         for src in source_cells(cell.params):
@@ -140,9 +134,9 @@ def check_sources(
                 )
             if src == cid:
                 raise ConfigError(f"study '{study}': config key 'init_from': cell '{src}' cannot start from itself")
-            a, b = arch(cells[src].params), arch(cell.params)
+            a, b = dict(architecture(cells[src].params)), dict(architecture(cell.params))
             if a != b:
-                diff = sorted(set(a) ^ set(b)) or sorted(k for k in a if a[k] != b[k])
+                diff = [k for k in a if k not in b or a[k] != b[k]] or sorted(set(b) - set(a))
                 raise ConfigError(
                     f"study '{study}': config key 'init_from': cell '{src}' has another architecture "
                     f"({cells[src].params.model} vs {cell.params.model}; first difference: {diff[0]})"

@@ -226,12 +226,7 @@ def propose_round(ctx: Mapping, r: int, count: int, prior: Sequence[Mapping], me
         }
         try:
             cell, _ = resolve_cell(ctx["study"], d, splits=splits, data_fp=ctx["data_fp"], amp=ctx["amp"])
-            check_cells({cell.id: cell}, {cell.id: ctx["study"]})
-            if min(size) < 2**cell.params.depth:
-                raise ConfigError(
-                    f"study '{ctx['study']}': config key 'depth': {cell.params.depth} is too deep for the image size "
-                    f"{size[0]}×{size[1]} (needs at least 2^depth = {2**cell.params.depth} pixels)"
-                )
+            check_cells({cell.id: cell}, {cell.id: ctx["study"]}, image_size=size)  # depth vs size too
             trial.update(cell=cell.id, split=cell.split)
         except ConfigError as exc:
             trial.update(state="invalid", reason=str(exc))

@@ -25,10 +25,10 @@ least 64 (layer4 at least 2×2, so BatchNorm trains on a last batch of one image
 back, so the output has the input's size for 96×80, 48×40 or anything else.
 
 **Pretrained weights** (``pretrained: /path/resnet18-f37072fd.pth``): a torchvision state dict (a mapping of
-parameter names to tensors, e.g. from a torch hub cache). ``check_weights`` compares its names and shapes
-with the encoder (``fc.*`` may be present and is ignored; anything else extra or missing, e.g. a ResNet-34
-file for a ResNet-18, is a mismatch): the plan runs it on the meta device once per distinct file, the train
-job again before loading. **One input channel** (``in_channels: 1``) with a 3-channel (RGB) stem: the first
+parameter names to tensors, e.g. from a torch hub cache). ``pretrained.check_shapes`` compares its names and
+shapes with the encoder (``fc.*`` may be present and is ignored; anything else extra or missing, e.g. a
+ResNet-34 file for a ResNet-18, is a mismatch): the plan runs it without torch once per distinct file
+(`segsweep.training.pretrained`), the train job again before loading. **One input channel** (``in_channels: 1``) with a 3-channel (RGB) stem: the first
 convolution's weights are **summed over the RGB channels**. A grey image given to the pretrained network as
 three equal channels produces exactly ``Σ_c W_c * x``, so the summed kernel computes the pretrained stem's
 response to the grey image (averaging instead would scale it by 1/3 and every later BatchNorm would see
@@ -38,9 +38,7 @@ images); fine-tuning adapts to that.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -48,16 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from segsweep.errors import ConfigError, DataError
-from segsweep.io import sha256_file
 from segsweep.training.blocks import DoubleConv, SegmentationNet, Up, dropout
+from segsweep.training.pretrained import BACKBONES, IGNORED_KEYS, STAGE_CHANNELS, check_shapes, file_sha256
 
-# model name → torchvision constructor name; one model per entry (registered in segsweep.training.model)
-BACKBONES = {"resnet18_unet": "resnet18", "resnet34_unet": "resnet34"}
-STAGE_CHANNELS = (64, 64, 128, 256, 512)  # stem, layer1..layer4 (BasicBlock ResNets: 18 and 34)
 DECODER_CHANNELS = (256, 128, 64, 32, 16)  # dec4 .. dec0
 MULTIPLE = 32  # 2^5: the stem's stride 2, maxpool, layer2..4's strides
 MIN_SIZE = 64  # layer4 at least 2×2: BatchNorm in training needs > 1 value per channel (a last batch of 1)
-IGNORED_KEYS = ("fc.weight", "fc.bias")  # the ImageNet classifier of a torchvision state dict
 
 
 def _resnet(arch: str) -> nn.Module:
@@ -142,20 +136,6 @@ def build(model: str, params, n_classes: int = 1) -> ResNetUNet:
 
 
 # ------------------------------------------------------------------------------------- pretrained weights
-@lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)  # size and mtime only key the memo
-
-
-def file_sha256(path: str | Path, key: str = "pretrained") -> str:
-    """sha256 (hex) of a weights file; memoised per (path, size, mtime), so a plan hashes each file once."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"config key '{key}': weights file not found: {path} ({exc.strerror})") from None
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
 def read_state_dict(path: str | Path, device: str = "cpu", key: str = "pretrained") -> dict[str, torch.Tensor]:
     """A torchvision state dict from ``path`` (``weights_only``: no code runs). ``device="meta"`` reads only
     names and shapes (the plan's check)."""
@@ -176,31 +156,13 @@ def read_state_dict(path: str | Path, device: str = "cpu", key: str = "pretraine
 
 def adapt_state_dict(model: ResNetUNet, state: Mapping[str, torch.Tensor], path: str | Path) -> dict:
     """The file's tensors as the encoder's state dict: ``fc.*`` dropped, conv1 summed over RGB for one input
-    channel (module doc). ConfigError naming ``path`` when names or shapes do not match the encoder."""
-    want = model.encoder.state_dict()
+    channel (module doc). ConfigError naming ``path`` when names or shapes do not match the encoder
+    (`segsweep.training.pretrained.check_shapes`, the plan's torch-free check)."""
+    check_shapes(model.arch, model.in_channels, {k: tuple(v.shape) for k, v in state.items()}, path)
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
     conv1 = state.get("conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3 and model.in_channels == 1:
         state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
-    # BatchNorm's num_batches_tracked is absent from older torchvision files; loading fills it in
-    missing = sorted(k for k in want if k not in state and not k.endswith("num_batches_tracked"))
-    extra = sorted(k for k in state if k not in want)
-    shapes = sorted(k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape))
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} encoder tensor(s) ({', '.join(missing[:3])}...)")
-        if extra:
-            parts.append(f"{len(extra)} tensor(s) the encoder lacks ({', '.join(extra[:3])}...)")
-        if shapes:
-            k = shapes[0]
-            parts.append(
-                f"{len(shapes)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)}, "
-                f"model {tuple(want[k].shape)}"
-            )
-        raise ConfigError(
-            f"config key 'pretrained': {path} does not match the {model.arch} encoder: {'; '.join(parts)}"
-        )
     return state
 
 

@@ -1,4 +1,4 @@
-"""Segmentation losses: one ``nn.Module`` per loss, each called as ``loss(logits, target)``.
+"""Segmentation losses: one class per loss, each called as ``loss(logits, target)``.
 
 Conventions shared by every class:
 
@@ -27,14 +27,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Protocol
 
 from segsweep.errors import ConfigError
+from segsweep.lazy import LazyModule
 from segsweep.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+# Specification (a class's keyword-only defaults and the checks in its __init__) is torch-free: the plan
+# builds every distinct loss without importing torch. The implementation (``forward``) reaches torch here.
+torch = LazyModule("torch")
+F = LazyModule("torch.nn.functional")
 
 
 class Term(Protocol):
@@ -45,7 +50,32 @@ class Term(Protocol):
     params: tuple[tuple[str, float], ...]
 
 
-LOSSES: Registry[type[nn.Module]] = Registry("loss", "loss")
+class Loss:
+    """Base of the losses: ``loss(logits, target) -> 0-dim tensor`` calls ``forward``.
+
+    A loss holds no tensors (only Python floats), so it is a plain object, not an ``nn.Module``: it needs no
+    device move and its construction (the plan's check) imports nothing. ``binary_only``: the loss needs a
+    sigmoid (one-channel) output; the plan rejects it for a multi-class target (`segsweep.plan.validate`).
+    """
+
+    binary_only = False
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, logits: Tensor, target: Tensor) -> Tensor:
+        return self.forward(logits, target)
+
+    def to(self, *args, **kwargs) -> Loss:
+        """No state to move (kept so that a loss can be handled like a module)."""
+        return self
+
+    def __repr__(self) -> str:
+        attrs = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({attrs})"
+
+
+LOSSES: Registry[type] = Registry("loss", "loss")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -78,12 +108,18 @@ def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den))
 
 
+def binary_only_error(name: str, n_outputs: int) -> ConfigError:
+    """The error for a binary (sigmoid) loss given ``n_outputs > 1`` channels (train job and plan check)."""
+    multi = ", ".join(e.name for e in LOSSES if not getattr(e.obj, "binary_only", False))
+    return ConfigError(
+        f"config key 'loss': '{name}' is a binary (sigmoid) loss but the model has "
+        f"{n_outputs} output channels; use one of {multi} for multi-class"
+    )
+
+
 def _binary_only(name: str, logits: Tensor) -> None:
     if logits.shape[1] != 1:
-        raise ConfigError(
-            f"config key 'loss': '{name}' is a binary (sigmoid) loss but the model has "
-            f"{logits.shape[1]} output channels; use dice, iou, tversky, bce or switching for multi-class"
-        )
+        raise binary_only_error(name, logits.shape[1])
 
 
 def _invalid(message: str) -> ConfigError:
@@ -105,7 +141,7 @@ def _wce_elementwise(logits: Tensor, target: Tensor, pos_weight: float) -> Tenso
 
 # -------------------------------------------------------------------------------------------- region losses
 @LOSSES.register("dice")
-class DiceLoss(nn.Module):
+class DiceLoss(Loss):
     """Soft Dice loss.
 
     ``L = mean_{b,c} [ 1 − (2·Σ p·g + s) / (Σ p + Σ g + s) ]``, sums over the spatial dims of one (sample,
@@ -119,7 +155,6 @@ class DiceLoss(nn.Module):
     """
 
     def __init__(self, *, smooth: float = 1e-5):
-        super().__init__()
         self.smooth = _check_smooth(smooth)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -130,7 +165,7 @@ class DiceLoss(nn.Module):
 
 
 @LOSSES.register("inverse_dice")
-class InverseDiceLoss(nn.Module):
+class InverseDiceLoss(Loss):
     """Inverse Dice loss: the Dice loss of the complements ``1 − p`` and ``1 − g`` (the background).
 
     ``L = mean_{b,c} [ 1 − (2·Σ(1−p)(1−g) + s) / (Σ(1−p) + Σ(1−g) + s) ]``. The complement sums are
@@ -144,7 +179,6 @@ class InverseDiceLoss(nn.Module):
     """
 
     def __init__(self, *, smooth: float = 1e-5):
-        super().__init__()
         self.smooth = _check_smooth(smooth)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -159,7 +193,7 @@ def _inverse_dice(inter: Tensor, ps: Tensor, gs: Tensor, n: float, s: float) -> 
 
 
 @LOSSES.register("iou")
-class IoULoss(nn.Module):
+class IoULoss(Loss):
     """Soft IoU (Jaccard) loss.
 
     ``L = mean_{b,c} [ 1 − (Σ p·g + s) / (Σ p + Σ g − Σ p·g + s) ]``.
@@ -172,7 +206,6 @@ class IoULoss(nn.Module):
     """
 
     def __init__(self, *, smooth: float = 1e-5):
-        super().__init__()
         self.smooth = _check_smooth(smooth)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -183,7 +216,7 @@ class IoULoss(nn.Module):
 
 
 @LOSSES.register("tversky")
-class TverskyLoss(nn.Module):
+class TverskyLoss(Loss):
     """Tversky loss: Dice with separate weights for false positives and false negatives.
 
     ``TP = Σ p·g, FP = Σ p·(1−g), FN = Σ (1−p)·g`` per (sample, channel);
@@ -197,7 +230,6 @@ class TverskyLoss(nn.Module):
     """
 
     def __init__(self, *, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1e-5):
-        super().__init__()
         if alpha < 0 or beta < 0:
             raise _invalid(f"tversky alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
@@ -213,7 +245,7 @@ class TverskyLoss(nn.Module):
 
 # --------------------------------------------------------------------------------------------- pixel losses
 @LOSSES.register("bce")
-class BCELoss(nn.Module):
+class BCELoss(Loss):
     """Binary cross-entropy on logits (C=1), or softmax cross-entropy with a one-hot target (C>1).
 
     ``L = −mean [ g·log σ(x) + (1−g)·log(1−σ(x)) ]`` (``F.binary_cross_entropy_with_logits``);
@@ -232,7 +264,7 @@ class BCELoss(nn.Module):
 
 
 @LOSSES.register("wce")
-class WeightedCELoss(nn.Module):
+class WeightedCELoss(Loss):
     """Weighted binary cross-entropy: foreground pixels weighted by ``pos_weight`` (binary only).
 
     ``L = mean [ w·g·softplus(−x) + (1−g)·softplus(x) ] = −mean [ w·g·log σ(x) + (1−g)·log(1−σ(x)) ]``,
@@ -244,8 +276,9 @@ class WeightedCELoss(nn.Module):
     Empty masks: an empty target leaves only the background term.
     """
 
+    binary_only = True
+
     def __init__(self, *, pos_weight: float = 2.0):
-        super().__init__()
         if pos_weight <= 0:
             raise _invalid(f"pos_weight must be > 0, got {pos_weight}")
         self.pos_weight = float(pos_weight)
@@ -257,7 +290,7 @@ class WeightedCELoss(nn.Module):
 
 
 @LOSSES.register("focal")
-class FocalLoss(nn.Module):
+class FocalLoss(Loss):
     """Sigmoid focal loss (binary only).
 
     ``p_t = p if g = 1 else 1 − p``, ``α_t = α if g = 1 else 1 − α``;
@@ -271,8 +304,9 @@ class FocalLoss(nn.Module):
     Empty masks: no special case (pixel-wise).
     """
 
+    binary_only = True
+
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0):
-        super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise _invalid(f"focal alpha must lie in [0, 1], got {alpha}")
         if gamma < 0:
@@ -290,7 +324,7 @@ class FocalLoss(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- compounds
 @LOSSES.register("combo")
-class ComboLoss(nn.Module):
+class ComboLoss(Loss):
     """Combo loss: ``L = r · WCE_w + (1 − r) · DiceLoss_s`` with ``r = ce_ratio``, ``w = pos_weight``.
 
     Reference: Taghanaki et al., "Combo loss: handling input and output imbalance in multi-organ
@@ -304,8 +338,9 @@ class ComboLoss(nn.Module):
     Binary only. Empty masks: those of ``DiceLoss`` (both empty → Dice part 0) and ``WeightedCELoss``.
     """
 
+    binary_only = True
+
     def __init__(self, *, ce_ratio: float = 0.5, pos_weight: float = 1.0, smooth: float = 1e-5):
-        super().__init__()
         if not 0.0 <= ce_ratio <= 1.0:
             raise _invalid(f"combo ce_ratio must lie in [0, 1], got {ce_ratio}")
         self.ce_ratio = float(ce_ratio)
@@ -320,7 +355,7 @@ class ComboLoss(nn.Module):
 
 
 @LOSSES.register("switching")
-class SwitchingLoss(nn.Module):
+class SwitchingLoss(Loss):
     """Switching loss: ``L = L_BCE + λ·L_Dice + (1 − λ)·L_InverseDice``.
 
     Reference: Anand, Patel, Dang & Sethi, "Switching loss for generalized nucleus detection in
@@ -332,7 +367,6 @@ class SwitchingLoss(nn.Module):
     """
 
     def __init__(self, *, lam: float = 0.5, smooth: float = 1e-5):
-        super().__init__()
         if not 0.0 <= lam <= 1.0:
             raise _invalid(f"switching lam must lie in [0, 1], got {lam}")
         self.lam = float(lam)
@@ -352,14 +386,14 @@ class SwitchingLoss(nn.Module):
         return ce + self.lam * dice.mean() + (1.0 - self.lam) * inv.mean()
 
 
-class WeightedSum(nn.Module):
+class WeightedSum(Loss):
     """``L = Σ_i w_i · L_i(logits, target)`` over the given loss modules and weights."""
 
-    def __init__(self, losses: Sequence[nn.Module], weights: Sequence[float]):
-        super().__init__()
+    def __init__(self, losses: Sequence[Loss], weights: Sequence[float]):
         if len(losses) != len(weights) or not losses:
             raise ValueError("WeightedSum needs one weight per loss and at least one loss")
-        self.losses = nn.ModuleList(losses)
+        self.losses = tuple(losses)
+        self.binary_only = any(getattr(loss, "binary_only", False) for loss in self.losses)
         self.weights = tuple(float(w) for w in weights)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -370,11 +404,8 @@ class WeightedSum(nn.Module):
             total = term if total is None else total + term
         return total
 
-    def extra_repr(self) -> str:
-        return f"weights={self.weights}"
 
-
-def build_loss(terms: Sequence[Term]) -> nn.Module:
+def build_loss(terms: Sequence[Term]) -> WeightedSum:
     """Build ``WeightedSum(term.weight · LOSSES[term.name](**params))`` from the config's loss terms.
 
     Parameters missing from a term take the class's defaults (``LOSSES.params``). Raises ``ConfigError``

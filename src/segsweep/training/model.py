@@ -1,144 +1,130 @@
-"""2D U-Net (Ronneberger, Fischer & Brox 2015, "U-Net: Convolutional Networks for Biomedical Image
-Segmentation", MICCAI, arXiv:1505.04597), with the knobs the studies vary: depth, base width, batch norm
-and dropout per part of the network.
+"""The model registry: one *specification* per architecture, torch-free, chosen by the config key ``model``.
 
-Layout for ``depth = d`` and base width ``w``::
+A specification (`ModelSpec`) says which cell keys shape the network's parameters (``arch_fields``: two
+cells whose values agree there have the same parameter names and shapes, so one can start from the other's
+weights), checks a cell's values against the data (``check``: e.g. a U-Net needs images of at least 2^depth
+pixels), and builds the network (calling it: ``MODELS[name](params, n_classes) -> nn.Module``), importing
+its torch implementation only then. The plan runs ``check`` for every distinct architecture of a config
+without importing torch (`segsweep.plan.validate`); a new architecture is one spec registered here plus its
+network module.
 
-    enc_0 (w) ─────────────────────────────────────────────── dec_0 (w) → 1×1 head → logits
-      └ pool → enc_1 (2w) ─────────────────────── dec_1 (2w) ┘
-                 └ pool → ...  bottleneck (2^d·w) ┘  (up: 2×2 transposed conv, concat skip, double conv)
+=================  =======================================================================================
+unet               `segsweep.training.unet.UNet` (Ronneberger et al. 2015): depth, base width, batch norm,
+                   dropout per part
+resnet18_unet      `segsweep.training.backbones.ResNetUNet`: a torchvision ResNet-18/34 encoder (optionally
+resnet34_unet      pretrained from a local file, `segsweep.training.pretrained`) and a U-Net decoder
+=================  =======================================================================================
 
-Each block is a double 3×3 convolution (``padding=1`` so sizes are kept, unlike the paper's valid
-convolutions) with optional batch norm, each followed by ReLU, then optional dropout:
-``dropout_down`` in the contracting blocks enc_0..enc_{d-1}, ``dropout_bottleneck`` in the bottleneck,
-``dropout_up`` in the expanding blocks. ``dropout_mode='element'`` drops single activations
-(``nn.Dropout``); ``'spatial'`` drops whole feature maps (``nn.Dropout2d``, Tompson et al. 2015), which
-suits convolutional features whose neighbouring activations are strongly correlated.
-
-Inputs of any size ≥ 2^depth pixels work: max pooling floors odd sizes, and the expanding path zero-pads the
-upsampled map (by at most one pixel per level, bottom/right) to its skip connection's size, so the output
-always has the input's spatial size.
-
-Architectures are registered in ``MODELS``: a builder ``f(params: CellParams, n_classes) -> nn.Module``; the
-config key ``model`` picks one: ``unet`` (this module) or a U-Net with a torchvision ResNet encoder
-(``resnet18_unet``, ``resnet34_unet``: `segsweep.training.backbones`). Every model is a
-``blocks.SegmentationNet`` (its encoder, its feature levels, frozen BatchNorm kept in eval mode).
-The plan builds every distinct architecture of a config once, on the meta device (no memory, no weight
-init), so an invalid value fails at plan time (``segsweep.plan.validate``).
+Every network is a ``blocks.SegmentationNet`` (its encoder, its feature levels, frozen BatchNorm kept in
+eval mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from segsweep.errors import ConfigError
 from segsweep.registry import Registry
-from segsweep.training import backbones
-from segsweep.training.blocks import DROPOUT_MODES, DoubleConv, SegmentationNet, Up
-
-__all__ = ["DROPOUT_MODES", "MODELS", "DoubleConv", "UNet", "Up", "n_parameters"]
+from segsweep.training.pretrained import BACKBONES, check_shapes, file_sha256, read_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
     from segsweep.training.params import CellParams
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model")
+__all__ = ["BACKBONES", "MODELS", "ModelSpec", "n_parameters"]
+
+MODELS: Registry[ModelSpec] = Registry("model", "model")
 
 
-class UNet(SegmentationNet):
-    """Classic 2D U-Net returning logits ``[B, n_classes, H, W]`` for input ``[B, in_channels, H, W]``."""
+class ModelSpec:
+    """One architecture (module doc). ``arch_fields``: the `CellParams` fields that shape its parameters."""
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        n_classes: int = 1,
-        depth: int = 3,
-        base_width: int = 8,
-        batch_norm: bool = True,
-        dropout_down: float = 0.0,
-        dropout_bottleneck: float = 0.0,
-        dropout_up: float = 0.0,
-        dropout_mode: str = "element",
-    ):
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be ≥ 1, got {depth}")
-        if base_width < 1 or in_channels < 1 or n_classes < 1:
-            raise ValueError("in_channels, n_classes and base_width must be ≥ 1")
-        self.in_channels, self.n_classes, self.depth = in_channels, n_classes, depth
-        widths = [base_width * 2**i for i in range(depth + 1)]
-        self.encoders = nn.ModuleList()
-        c = in_channels
-        for w in widths[:-1]:
-            self.encoders.append(DoubleConv(c, w, batch_norm, dropout_down, dropout_mode))
-            c = w
-        self.bottleneck = DoubleConv(widths[-2], widths[-1], batch_norm, dropout_bottleneck, dropout_mode)
-        self.decoders = nn.ModuleList(
-            Up(widths[i + 1], widths[i], batch_norm, dropout_up, dropout_mode) for i in reversed(range(depth))
-        )
-        self.head = nn.Conv2d(widths[0], n_classes, kernel_size=1)
+    name = "?"
+    arch_fields: tuple[str, ...] = ()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for enc in self.encoders:
-            x = enc(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for dec, skip in zip(self.decoders, reversed(skips)):
-            x = dec(x, skip)
-        return self.head(x)
+    def architecture(self, p: CellParams) -> dict[str, Any]:
+        """What decides the parameter names and shapes: the model and its ``arch_fields`` values."""
+        return {"model": self.name, **{f: getattr(p, f) for f in self.arch_fields}}
 
-    def encoder_modules(self) -> list[nn.Module]:
-        return [self.encoders, self.bottleneck]  # the contracting path and the bottleneck
+    def check(self, p: CellParams, n_classes: int = 1, image_size: Sequence[int] | None = None) -> None:
+        """ConfigError naming the key when the cell's values cannot make this network (torch-free)."""
+        if p.in_channels < 1 or n_classes < 1:
+            raise ConfigError(f"config key 'in_channels': {self.name} needs in_channels >= 1, got {p.in_channels}")
 
-    def feature_levels(self) -> list[tuple[str, str, nn.Module]]:
-        enc = [(f"enc{i}", "encoder", m) for i, m in enumerate(self.encoders)] + [
-            ("bottleneck", "encoder", self.bottleneck)
-        ]
-        return enc + [(f"dec{self.depth - 1 - i}", "decoder", m) for i, m in enumerate(self.decoders)]
+    def network(self, p: CellParams, n_classes: int) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    @classmethod
-    def from_params(cls, p: CellParams, n_classes: int = 1) -> UNet:
-        return cls(
-            in_channels=p.in_channels,
-            n_classes=n_classes,
-            depth=p.depth,
-            base_width=p.base_width,
-            batch_norm=p.batch_norm,
-            dropout_down=p.dropout_down,
-            dropout_bottleneck=p.dropout_bottleneck,
-            dropout_up=p.dropout_up,
-            dropout_mode=p.dropout_mode,
-        )
+    def __call__(self, p: CellParams, n_classes: int = 1) -> nn.Module:
+        """The network of a cell (imports torch)."""
+        self.check(p, n_classes)
+        return self.network(p, n_classes)
 
 
-@MODELS.register("unet")
-def unet(params: CellParams, n_classes: int = 1) -> UNet:
-    """The U-Net of a cell: depth, base width, batch norm, input channels and dropout per part."""
-    try:
-        return UNet.from_params(params, n_classes=n_classes)
-    except ValueError as exc:
-        raise ConfigError(f"config key 'model': unet: {exc}") from None
+class UNetSpec(ModelSpec):
+    """``unet``: depth, base width, batch norm, input channels and dropout per part (`segsweep.training.unet`)."""
+
+    name = "unet"
+    arch_fields = ("in_channels", "depth", "base_width", "batch_norm")
+
+    def check(self, p: CellParams, n_classes: int = 1, image_size: Sequence[int] | None = None) -> None:
+        super().check(p, n_classes)
+        if p.depth < 1:
+            raise ConfigError(f"config key 'depth': unet needs depth >= 1, got {p.depth}")
+        if p.base_width < 1:
+            raise ConfigError(f"config key 'base_width': unet needs base_width >= 1, got {p.base_width}")
+        # each level max-pools by 2: the bottleneck needs at least one pixel
+        if image_size is not None and min(image_size) < 2**p.depth:
+            h, w = image_size
+            raise ConfigError(
+                f"config key 'depth': {p.depth} is too deep for the image size {h}×{w} "
+                f"(needs at least 2^depth = {2**p.depth} pixels)"
+            )
+
+    def network(self, p: CellParams, n_classes: int) -> nn.Module:
+        from segsweep.training.unet import UNet
+
+        return UNet.from_params(p, n_classes=n_classes)
 
 
-def _backbone(name: str) -> Callable[..., nn.Module]:
-    def build(params: CellParams, n_classes: int = 1) -> nn.Module:
+class BackboneSpec(ModelSpec):
+    """``resnet18_unet`` / ``resnet34_unet``: a torchvision ResNet encoder, any input size (padded to a
+    multiple of 32); ``pretrained`` names a local state dict whose names and shapes are checked here."""
+
+    arch_fields = ("in_channels", "batch_norm")
+
+    def __init__(self, name: str):
+        self.name, self.arch = name, BACKBONES[name]
+        self.__doc__ = f"U-Net with a torchvision {self.arch} encoder (segsweep.training.backbones)."
+
+    def check(self, p: CellParams, n_classes: int = 1, image_size: Sequence[int] | None = None) -> None:
+        super().check(p, n_classes)
+        if p.pretrained is not None:
+            check_pretrained_file(self.arch, p.in_channels, p.pretrained.path)
+
+    def network(self, p: CellParams, n_classes: int) -> nn.Module:
+        from segsweep.training import backbones
+
         try:
-            return backbones.build(name, params, n_classes=n_classes)
+            return backbones.build(self.name, p, n_classes=n_classes)
         except ValueError as exc:
-            raise ConfigError(f"config key 'model': {name}: {exc}") from None
-
-    build.__doc__ = f"U-Net with a torchvision {backbones.BACKBONES[name]} encoder (segsweep.training.backbones)."
-    return build
+            raise ConfigError(f"config key 'model': {self.name}: {exc}") from None
 
 
-for _name in backbones.BACKBONES:  # resnet18_unet, resnet34_unet
-    MODELS.register(_name)(_backbone(_name))
+def check_pretrained_file(arch: str, in_channels: int, path: str) -> None:
+    """The weights file's names and shapes fit the encoder (read without torch, once per file and arch)."""
+    key = (arch, in_channels, str(path), file_sha256(path))
+    if key not in _CHECKED:
+        check_shapes(arch, in_channels, read_shapes(path), path)
+        _CHECKED.add(key)
+
+
+_CHECKED: set[tuple] = set()
+
+MODELS.register("unet")(UNetSpec())
+for _name in BACKBONES:  # resnet18_unet, resnet34_unet
+    MODELS.register(_name)(BackboneSpec(_name))
 
 
 def n_parameters(model: nn.Module) -> int:

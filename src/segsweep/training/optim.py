@@ -12,9 +12,15 @@ adamw      ``torch.optim.AdamW(lr, weight_decay)``: decoupled decay ``w ‚Üê w ‚à
 =========  ===============================================================================================
 
 Weight decay applies to every trainable parameter (torch's default). Keras-style penalties restricted to
-kernels/biases are ``segsweep.regularizers``. All optimizers use the multi-tensor ``foreach``
-implementation (on CUDA one kernel launch per op for all parameters; measured faster on CPU too:
-Adam 0.80 vs 1.29 ms per step for a depth-3 U-Net's 46 tensors).
+kernels/biases are ``segsweep.regularizers``. On the CPU all optimizers use the multi-tensor ``foreach``
+implementation (measured faster than the per-tensor loop: Adam 0.80 vs 1.29 ms per step for a depth-3
+U-Net's 46 tensors); on CUDA the ``fused`` one where torch has it (SGD, Adam, AdamW), else ``foreach``.
+
+``torch._dynamo`` (1.6 CPU s to import here) is imported by every ``Optimizer.step`` call: torch wraps
+``step`` in ``_use_grad_for_differentiable``, which runs ``import torch._dynamo`` unconditionally, and
+``add_param_group`` in ``torch._disable_dynamo``. torch has no supported switch for either
+(``TORCHDYNAMO_DISABLE`` still imports it), so a training process pays it once; a worker that trains many
+cells pays it once for all of them.
 
 Each optimizer is one builder registered in ``OPTIMIZERS``: ``f(*, lr, weight_decay, <keys>)`` checks the
 values (``ConfigError`` naming the key) and returns ``trainable -> Optimizer``. Its keyword-only arguments
@@ -26,15 +32,19 @@ imports ``torch._dynamo`` on first use (1.3 s), which planning need not pay.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Protocol
 
 from segsweep.errors import ConfigError
+from segsweep.lazy import LazyModule
 from segsweep.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+# The builders check values without torch (the plan calls them); the factories they return reach torch.
+torch = LazyModule("torch")
 
 
 class OptimizerSpec(Protocol):
@@ -50,7 +60,7 @@ class OptimizerSpec(Protocol):
 
 __all__ = ["build_optimizer", "optimizer_factory", "OPTIMIZERS"]
 
-OptimizerFactory = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[Sequence["nn.Parameter"]], "torch.optim.Optimizer"]
 OPTIMIZERS: Registry[Callable[..., OptimizerFactory]] = Registry("optimizer", "optimizer")
 
 
@@ -61,30 +71,49 @@ def _check_momentum(momentum: float) -> float:
     return momentum
 
 
+def _torch_optimizer(cls_name: str, **kwargs) -> OptimizerFactory:
+    """``trainable -> torch.optim.<cls_name>(trainable, **kwargs)`` with the fastest implementation torch
+    offers for where the parameters are: ``fused`` (one kernel per step for all parameters) on CUDA for
+    the classes that have it, else ``foreach``. On the CPU it is always ``foreach``, so CPU numbers do not
+    depend on the torch build; fused and foreach differ in rounding only (measured in benchmarks/)."""
+
+    def make(trainable):
+        cls = getattr(torch.optim, cls_name)
+        return cls(trainable, **kwargs, **_implementation(cls, trainable))
+
+    make.cls_name, make.kwargs = cls_name, dict(kwargs)  # what the factory builds (tests, logs)
+    return make
+
+
+def _implementation(cls: type, trainable) -> dict:
+    tensors = [p for g in trainable for p in (g["params"] if isinstance(g, dict) else [g])]
+    if tensors and all(p.is_cuda for p in tensors) and "fused" in inspect.signature(cls).parameters:
+        return {"fused": True}
+    return {"foreach": True}
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(*, lr: float, weight_decay: float, momentum: float = 0.0, nesterov: bool = False) -> OptimizerFactory:
     momentum = _check_momentum(momentum)
     if nesterov and momentum == 0.0:
         raise ConfigError("config key 'nesterov': Nesterov momentum needs momentum > 0")
-    return partial(
-        torch.optim.SGD, lr=lr, momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay, foreach=True
-    )
+    return _torch_optimizer("SGD", lr=lr, momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(*, lr: float, weight_decay: float, momentum: float = 0.0) -> OptimizerFactory:
     momentum = _check_momentum(momentum)
-    return partial(torch.optim.RMSprop, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+    return _torch_optimizer("RMSprop", lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adam")
 def adam(*, lr: float, weight_decay: float) -> OptimizerFactory:
-    return partial(torch.optim.Adam, lr=lr, weight_decay=weight_decay, foreach=True)
+    return _torch_optimizer("Adam", lr=lr, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(*, lr: float, weight_decay: float) -> OptimizerFactory:
-    return partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay, foreach=True)
+    return _torch_optimizer("AdamW", lr=lr, weight_decay=weight_decay)
 
 
 def optimizer_factory(params: OptimizerSpec) -> OptimizerFactory:

@@ -14,14 +14,14 @@ from typing import Any
 
 from segsweep.errors import ConfigError
 from segsweep.io import added_field, is_neutral
-from segsweep.training.backbones import BACKBONES, file_sha256
 from segsweep.training.losses import LOSSES
 from segsweep.training.optim import OPTIMIZERS
+from segsweep.training.pretrained import BACKBONES, file_sha256
 from segsweep.training.regularizers import REGULARIZERS
 from segsweep.training.schedules import SCHEDULES
 
-# The registries above hold every variant's name and defaults (its keyword-only arguments). Planning imports
-# them from here, so it imports torch (about 1.5-2 s, once per Snakemake invocation).
+# The registries above hold every variant's name and defaults (its keyword-only arguments). Their modules
+# import torch lazily (segsweep.lazy), so planning, which imports them from here, does not import torch.
 
 
 @dataclass(frozen=True)

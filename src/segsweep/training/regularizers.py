@@ -20,30 +20,39 @@ before the factor λ. Its keyword-only arguments with defaults are the cell keys
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from segsweep.errors import ConfigError
+from segsweep.lazy import LazyModule
 from segsweep.registry import Registry
 
-__all__ = ["penalty", "regularized_parameters", "REGULARIZERS", "TARGETS"]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+__all__ = ["check_regularizer", "penalty", "regularized_parameters", "REGULARIZERS", "TARGETS"]
+
+# The checks (`check_regularizer`, each kind's ``check=``) are torch-free: the plan runs them. The penalties
+# reach torch here.
+torch = LazyModule("torch")
+nn = LazyModule("torch.nn")
 
 REGULARIZERS: Registry[Callable[..., Tensor]] = Registry("regularizer", "regularizer")
 TARGETS = ("kernel", "bias")
-# _ConvNd is the common base of Conv1d/2d/3d and ConvTranspose1d/2d/3d (and their lazy variants).
-_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def regularized_parameters(model: nn.Module, on: Sequence[str]) -> list[Tensor]:
+def _layer_types() -> tuple[type, ...]:
+    # _ConvNd is the common base of Conv1d/2d/3d and ConvTranspose1d/2d/3d (and their lazy variants).
+    return (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def regularized_parameters(model, on: Sequence[str]) -> list[Tensor]:
     """The kernels and/or biases of the model's Conv/ConvTranspose/Linear layers, each once, in model order."""
-    bad = sorted(set(on) - set(TARGETS))
-    if bad:
-        raise ConfigError(f"config key 'reg_on': unknown target(s) {', '.join(bad)} (known: kernel, bias)")
+    _check_targets(on)
+    layer_types = _layer_types()
     want = [name for name, key in (("weight", "kernel"), ("bias", "bias")) if key in on]
     out, seen = [], set()
     for module in model.modules():
-        if isinstance(module, _LAYER_TYPES):
+        if isinstance(module, layer_types):
             for attr in want:
                 p = getattr(module, attr, None)
                 if isinstance(p, nn.Parameter) and p.requires_grad and id(p) not in seen:
@@ -81,11 +90,15 @@ def l2(params: Sequence[Tensor]) -> Tensor:
     return _l2(params)
 
 
-@REGULARIZERS.register("elastic")
-def elastic(params: Sequence[Tensor], *, l1_ratio: float = 0.5) -> Tensor:
-    """``r · Σ|w| + (1 − r) · Σw²`` with ``r = l1_ratio`` (r = 1 is L1, r = 0 is L2)."""
+def _check_l1_ratio(*, l1_ratio: float | None) -> None:
     if l1_ratio is None or not 0.0 <= float(l1_ratio) <= 1.0:
         raise ConfigError(f"config key 'reg_l1_ratio': elastic net needs a value in [0, 1], got {l1_ratio}")
+
+
+@REGULARIZERS.register("elastic", check=_check_l1_ratio)
+def elastic(params: Sequence[Tensor], *, l1_ratio: float = 0.5) -> Tensor:
+    """``r · Σ|w| + (1 − r) · Σw²`` with ``r = l1_ratio`` (r = 1 is L1, r = 0 is L2)."""
+    _check_l1_ratio(l1_ratio=l1_ratio)
     r = float(l1_ratio)
     if r == 1.0:
         return _l1(params)
@@ -94,18 +107,36 @@ def elastic(params: Sequence[Tensor], *, l1_ratio: float = 0.5) -> Tensor:
     return r * _l1(params) + (1.0 - r) * _l2(params)
 
 
-def penalty(model: nn.Module, kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> Tensor:
+def _check_targets(on: Sequence[str]) -> None:
+    bad = sorted(set(on) - set(TARGETS))
+    if bad:
+        raise ConfigError(f"config key 'reg_on': unknown target(s) {', '.join(bad)} (known: kernel, bias)")
+
+
+def check_regularizer(kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> dict:
+    """Check a cell's regulariser values without torch (the plan calls this): ConfigError naming the key.
+    Returns the keyword arguments the kind's function takes (``REGULARIZERS.params``)."""
+    entry = REGULARIZERS.entry(kind)  # ConfigError naming 'regularizer' for an unknown kind
+    if float(lam) < 0:
+        raise ConfigError(f"config key 'reg_lambda': must be >= 0, got {float(lam)}")
+    if kind != "none" and not on:
+        raise ConfigError("config key 'reg_on': choose at least one of kernel, bias")
+    _check_targets(on)
+    keys = {"l1_ratio": l1_ratio}
+    kwargs = {k: keys[k] for k in REGULARIZERS.params(kind)}
+    if "check" in entry.meta:
+        entry.meta["check"](**kwargs)
+    return kwargs
+
+
+def penalty(model, kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> Tensor:
     """The regularisation term ``λ · R(w)`` for ``model`` as a 0-dim tensor on the model's device.
 
     ``kind == "none"`` (or ``lam == 0``) returns a constant zero without building any graph. ``l1_ratio`` is
     passed to the kinds that read it (``REGULARIZERS.params``).
     """
-    fn = REGULARIZERS[kind]  # ConfigError naming 'regularizer' for an unknown kind
-    lam = float(lam)
-    if lam < 0:
-        raise ConfigError(f"config key 'reg_lambda': must be >= 0, got {lam}")
-    if kind != "none" and not on:
-        raise ConfigError("config key 'reg_on': choose at least one of kernel, bias")
+    kwargs = check_regularizer(kind, lam, l1_ratio, on)
+    fn, lam = REGULARIZERS[kind], float(lam)
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     if kind == "none" or lam == 0.0:
@@ -113,5 +144,4 @@ def penalty(model: nn.Module, kind: str, lam: float, l1_ratio: float | None, on:
     params = regularized_parameters(model, on)
     if not params:  # e.g. reg_on=[bias] on a model whose convolutions have no bias
         return torch.zeros((), device=device)
-    keys = {"l1_ratio": l1_ratio}
-    return lam * fn(params, **{k: keys[k] for k in REGULARIZERS.params(kind)})
+    return lam * fn(params, **kwargs)
