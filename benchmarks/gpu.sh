@@ -17,6 +17,8 @@ if [[ "${1:-}" != "--dry" ]]; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 fi
 
-# ---- training: AMP bf16 + channels_last vs fp32 on the seed-000 grid; K concurrent cells per GPU ----------
+# ---- training: AMP bf16 + channels_last vs fp32 on the seed-000 grid (optimizer × fraction × lr, each cell
+# at its own training fraction); K = 1, 2, 4, 8 cells trained at once in ONE process (K threads, one CUDA
+# stream each) -> cells/hour. Epoch times are history.csv's `epoch_s` column, read by name.
 # bench_gpu.py keeps itself to --budget-s (420 s); the timeout is the hard stop behind it.
 timeout -s INT -k 15 465 "$PYTHON" benchmarks/bench_gpu.py --budget-s 420 "$@"
