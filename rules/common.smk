@@ -15,6 +15,7 @@ from segsweep.plan.optuna_rounds import TrialCells
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
+from segsweep.training.job import EXECUTION_SETTINGS
 
 # Names the offending key on a typo (and fills defaults); study_files are merged and checked again below.
 validate(config, sscfg.schema_path())
@@ -45,6 +46,9 @@ DATA_DIR = "results/data"
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
 CELLS_DIR = "results/cells"
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
+# a training job's execution settings (last.pt frequency, trainer worker): rule resources (Snakemake's are
+# integers), passed on whole by the scripts (segsweep.training.job.execution_settings)
+EXECUTION_RESOURCES = {k: int(CFG["resources"][k]) for k in EXECUTION_SETTINGS}
 
 
 wildcard_constraints:

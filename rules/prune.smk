@@ -22,6 +22,7 @@ rule train_rung:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]
     resources:
+        **EXECUTION_RESOURCES,
         mem_mb=CFG["resources"]["train_mem_mb"],
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],

@@ -28,11 +28,14 @@ rule train:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]
     resources:
+        **EXECUTION_RESOURCES,
         mem_mb=CFG["resources"]["train_mem_mb"],
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
         max_attempts=MAX_ATTEMPTS,  # a resource, not a param: a retry count changes no result
+        # how a cell runs, never what it computes (segsweep.training.job.EXECUTION_SETTINGS): resources, so
+        # changing them reruns nothing: last.pt frequency, and the trainer worker (training/worker.py)
     params:
         cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
         device=CFG["resources"]["device"],

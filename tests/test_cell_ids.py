@@ -117,7 +117,7 @@ def test_digest_ignores_key_order():
 # Changed once for the final evaluation (issue 12: it passes the config's `evaluation` section): a finished
 # cell that reruns resumes from its complete last.pt and only redoes the (cheap) final evaluation, which is
 # what gives it the new native-resolution and test metrics (CHANGELOG).
-TRAIN_SCRIPT_SHA = "738ea3b31b6c6140"
+TRAIN_SCRIPT_SHA = "eccef18b12e54a1d"
 
 
 def test_train_script_is_stable():

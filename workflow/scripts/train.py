@@ -24,4 +24,5 @@ runner.run(
     amp=bool(smk.params.amp),
     channels_last=bool(smk.params.channels_last),
     evaluation=dict(smk.params.evaluation),
+    **jobs.execution_settings(smk.resources),  # last.pt frequency, trainer worker: how, never what
 )

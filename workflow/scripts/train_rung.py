@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
 
 from segsweep import runner  # noqa: E402
+from segsweep.training.job import execution_settings  # noqa: E402
 from segsweep.training.params import CellParams  # noqa: E402
 from segsweep.training.rungs import run_rung_job  # noqa: E402
 
@@ -24,4 +25,5 @@ runner.run(
     max_attempts=int(smk.resources.max_attempts),
     amp=bool(smk.params.amp),
     channels_last=bool(smk.params.channels_last),
+    **execution_settings(smk.resources),  # last.pt frequency, trainer worker: how, never what
 )

@@ -40,6 +40,10 @@ class ResourceConfig:
     channels_last: bool = False
     ingest_threads: int = 2
     train_retries: int = 1
+    checkpoint_every_epochs: int = 1  # last.pt every N epochs (0: not by count) ...
+    checkpoint_every_s: int = 0  # ... or S seconds (0: not by time); always at the end and on a stop signal
+    worker: bool = True  # train in long-lived trainer workers (segsweep.training.worker)
+    worker_idle_s: int = 60  # a worker exits after this long without a cell
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> ResourceConfig:

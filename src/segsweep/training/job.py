@@ -18,7 +18,9 @@
   the cell stays unrecorded and the next ``snakemake`` run (attempt 1 again) resumes it. Only a crash on the
   last attempt records ``failed``, however many attempts before it were preemptions.
 A job killed from outside without a signal it can catch in time (node failure, SIGKILL, OOM killer) writes
-nothing and is retried by Snakemake, resuming from the last epoch's ``last.pt``.
+nothing and is retried by Snakemake, resuming from the latest ``last.pt``: the last epoch's by default, an
+older one with ``resources.checkpoint_every_epochs`` / ``checkpoint_every_s`` (the epochs since are retrained,
+to the same numbers).
 """
 
 from __future__ import annotations
@@ -88,8 +90,47 @@ def run_attempt(
         return record_failure(exc, time.time() - t0)
 
 
+# The execution settings a training job takes from its rule's resources (config `resources.*`, cast here):
+# how a cell runs, never what it computes, so they are resources (no rerun trigger, not in the cell id), and
+# the workflow scripts pass them on whole (`execution_settings`), so a new one changes no script.
+EXECUTION_SETTINGS = {
+    "checkpoint_every_epochs": int,
+    "checkpoint_every_s": int,
+    "worker": bool,
+    "worker_idle_s": int,
+}
+
+
+def execution_settings(resources: object) -> dict:
+    """``{setting: value}`` for each of `EXECUTION_SETTINGS` that the job's resources hold."""
+    return {k: cast(getattr(resources, k)) for k, cast in EXECUTION_SETTINGS.items() if hasattr(resources, k)}
+
+
+def train(
+    params: CellParams,
+    data_dir: Path,
+    split_path: Path,
+    out_dir: Path,
+    *,
+    worker: bool = False,
+    worker_idle_s: float = 60,
+    **kwargs,
+):
+    """`loop.train_cell` with ``kwargs``: in this process, or with ``worker`` in this job's trainer worker
+    (`segsweep.training.worker`: torch and CUDA started once per slot, not once per cell)."""
+    if worker:
+        from segsweep.training.worker import train_in_worker
+
+        args = {"data_dir": str(data_dir), "split_path": str(split_path), "out_dir": str(out_dir), **kwargs}
+        return train_in_worker("train_cell", params, args, idle_s=worker_idle_s, job_log=log)
+    from segsweep.training.loop import train_cell  # torch import only when a cell really trains
+
+    return train_cell(params, data_dir, split_path, out_dir, log=log, **kwargs)
+
+
 def failure_reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+    # a crash in a trainer worker reads as the same crash in the job's own process
+    return (getattr(exc, "crash_reason", None) or f"{type(exc).__name__}: {exc}")[:500]
 
 
 def run_train_job(
@@ -105,25 +146,32 @@ def run_train_job(
     amp: bool = False,
     channels_last: bool = False,
     evaluation: Mapping | None = None,
+    checkpoint_every_epochs: int = 1,
+    checkpoint_every_s: float = 0,
+    worker: bool = False,
+    worker_idle_s: float = 60,
 ) -> CellMetrics:
     """Run `train_cell` as one Snakemake attempt (module docstring); ``evaluation`` is the config's
-    ``evaluation`` section, passed on for the final evaluation."""
+    ``evaluation`` section, passed on for the final evaluation; ``checkpoint_every_epochs`` / ``_s`` (config
+    ``resources``, rule resources: no rerun trigger) say how often ``last.pt`` is written; ``worker``: train
+    in the job's trainer worker (`train`)."""
     out_dir = Path(out_dir)
 
     def run() -> CellMetrics:
-        from segsweep.training.loop import train_cell  # torch import only when a cell really trains
-
-        return train_cell(
+        return train(
             params,
             data_dir,
             split_path,
             out_dir,
+            worker=worker,
+            worker_idle_s=worker_idle_s,
             threads=threads,
             device=device,
-            log=log,
             amp=amp,
             channels_last=channels_last,
             evaluation=evaluation,
+            checkpoint_every_epochs=checkpoint_every_epochs,
+            checkpoint_every_s=checkpoint_every_s,
         )
 
     def failed(exc: BaseException, seconds: float) -> CellMetrics:

@@ -30,10 +30,17 @@ Decisions (the contract the rest of the pipeline relies on):
   of the validation and test patients back to the native grid and scores them there
   (`segsweep.training.evaluate`, docs/evaluation.md). Test patients (the split's ``test``) are loaded only
   then and never influence training, stopping or the checkpoint.
-* **Resume.** ``last.pt`` is written atomically after every epoch (model, optimizer, schedule, every random
-  generator's state, early-stopping state, history). When it exists at start (same parameters) training
-  continues from it; on the CPU the result is bit-identical to an uninterrupted run. A finished run's
-  ``last.pt`` makes a rerun only redo the (deterministic) final evaluation.
+* **Resume.** ``last.pt`` is written atomically at an epoch's end (model, optimizer, schedule, every random
+  generator's state, early-stopping state, history): by default after every epoch; ``checkpoint_every_epochs``
+  / ``checkpoint_every_s`` (config ``resources``, an execution setting outside the cell id) write it only
+  once that many epochs or seconds have passed since the last write, and always after the run's last epoch
+  (horizon, early stop, divergence, a rung's ``stop_at``) and on a stop signal. When it exists at start
+  (same parameters) training continues from it, also from an older epoch than the latest trained (a job
+  killed between two writes retrains the epochs since); on the CPU the result is bit-identical to an
+  uninterrupted run. A finished run's ``last.pt`` makes a rerun only redo the (deterministic) final
+  evaluation. ``best.pt`` is written together with ``last.pt`` (just before it): a new best epoch's
+  weights wait in memory until then, so ``best.pt`` always holds the best epoch of the state ``last.pt``
+  resumes (a job killed between writes loses both, and the retrained epochs write them again).
 * **Stop signals** (SIGTERM, SIGUSR1: Slurm's time-limit warning, preemption, scancel; `preempt`). The flag
   is read after every optimizer step; when set, ``last.pt`` is written *inside* the epoch (version
   ``PARTIAL_CHECKPOINT_VERSION``: the state above after the step, plus ``partial``: the epoch's image order,
@@ -68,7 +75,7 @@ from torch import nn
 
 from segsweep.data.config import class_names
 from segsweep.data.splits import select_patients, test_patients
-from segsweep.errors import DataError
+from segsweep.errors import ConfigError, DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.training import preempt
 from segsweep.training.augment import Augmenter
@@ -237,6 +244,36 @@ def _finite_or_none(v) -> float | None:
 def _save_torch(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+@dataclass(frozen=True)
+class CheckpointEvery:
+    """When an epoch's end writes ``last.pt`` (config ``resources.checkpoint_every_epochs`` / ``_s``; module
+    docstring, Resume): once ``epochs`` epochs (0: never by count) or ``seconds`` seconds (0: never by time)
+    have passed since the last write. The run's last epoch and a stop signal write it regardless."""
+
+    epochs: int = 1
+    seconds: float = 0
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(
+                f"config key 'resources.checkpoint_every_epochs': {self.epochs!r} is not a whole number >= 0"
+            )
+        if isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float) or not self.seconds >= 0:
+            raise ConfigError(f"config key 'resources.checkpoint_every_s': {self.seconds!r} is not a number >= 0")
+
+    def describe(self) -> str:
+        """For the log: 'every 3 epochs or every 600 s,' / 'only' (then: 'after the last epoch...')."""
+        parts = []
+        if self.epochs > 0:
+            parts.append(f"every {self.epochs} epoch" + ("s" if self.epochs != 1 else ""))
+        if self.seconds > 0:
+            parts.append(f"every {self.seconds:g} s")
+        return " or ".join(parts) + "," if parts else "only"
+
+    def due(self, epochs_since: int, seconds_since: float) -> bool:
+        return (self.epochs > 0 and epochs_since >= self.epochs) or (self.seconds > 0 and seconds_since >= self.seconds)
 
 
 class _StopInEpoch(Exception):
@@ -445,6 +482,8 @@ def train_cell(
     on_epoch: Callable[[dict], None] | None = None,
     evaluation: Mapping | None = None,
     stop_at: int | None = None,
+    checkpoint_every_epochs: int = 1,
+    checkpoint_every_s: float = 0,
 ) -> CellMetrics | dict:
     """Train one cell and write its outputs to ``out_dir``; return its `CellMetrics` (also metrics.json).
 
@@ -457,11 +496,19 @@ def train_cell(
 
     ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
     the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
-    with each epoch's history row after ``last.pt`` is written (progress reporting; tests use it to
-    interrupt a run). SIGTERM / SIGUSR1 while it trains: a mid-epoch ``last.pt``, then `preempt.Preempted`.
+    with each epoch's history row at the epoch's very end, after ``last.pt`` when one was due (progress
+    reporting; tests use it to interrupt a run). SIGTERM / SIGUSR1 while it trains: a mid-epoch ``last.pt``,
+    then `preempt.Preempted`.
+
+    ``checkpoint_every_epochs`` (0: never by count) and ``checkpoint_every_s`` (0: never by time) say when an
+    epoch's end writes ``last.pt`` (and a pending ``best.pt``): once that many epochs, or seconds, have passed
+    since the last write (or since this call began training). It is always written after the run's last
+    epoch and on a stop signal. Like ``amp`` they are execution settings (config ``resources``), outside the
+    cell's parameters: they change how much a killed job retrains, never the numbers.
     """
     t_start = time.perf_counter()
     log = log or logging.getLogger("segsweep.train")
+    every = CheckpointEvery(checkpoint_every_epochs, checkpoint_every_s)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(threads))
@@ -511,24 +558,46 @@ def train_cell(
                     tr.steps_per_epoch,
                 )
             if best["epoch"] is not None and best_path.exists():
+                # best.pt is written just before last.pt, so it can only be newer when a job died between the
+                # two writes (or was written by a segsweep that saved it at once): the epochs retrained now
+                # write it again (on the CPU the same weights) before the final evaluation reads it.
                 saved = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
                 if saved != best["epoch"]:
                     log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, best["epoch"])
 
     horizon = params.epochs if stop_at is None else min(int(stop_at), params.epochs)
+    if every != CheckpointEvery():
+        log.info("last.pt written %s after the last epoch and on a stop signal", every.describe())
+    # best.pt's content for a best epoch since the last write of last.pt: written just before the next one
+    pending_best: dict | None = None
+    saved_epochs, saved_at = len(history), time.perf_counter()  # what last.pt holds, and since when
+
+    def save_last(partial_state: dict | None = None) -> None:
+        """Write the pending best.pt, then last.pt (after ``len(history)`` epochs, plus ``partial_state``)."""
+        nonlocal pending_best, saved_epochs, saved_at
+        if pending_best is not None:
+            _save_torch(pending_best, best_path)
+            pending_best = None
+        wall_s = wall_before + time.perf_counter() - t_start
+        ckpt = _checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s, partial_state)
+        _save_torch(ckpt, last_path)
+        saved_epochs, saved_at = len(history), time.perf_counter()
+
     while stopped is None and len(history) < horizon:
         epoch = len(history) + 1
-        if signum := preempt.requested():  # came since the last step (data load, last epoch's end): last.pt is current
+        if signum := preempt.requested():  # came since the last step (data load, last epoch's end)
+            if len(history) > saved_epochs:  # epochs since the last write of last.pt: write it now
+                save_last()
             saved = last_path if history or partial else None
             raise preempt.Preempted(signum, epoch, partial["step"] if partial else 0, tr.steps_per_epoch, saved)
         t0 = time.perf_counter() - (partial["epoch_s"] if partial else 0.0)
         try:
             lr, train_sum = tr.train_epoch(partial, preempt.requested)
         except _StopInEpoch as stop:  # a stop signal: save the epoch so far (module docstring, Stop signals)
-            state = {**stop.state, "epoch": epoch, "epoch_s": time.perf_counter() - t0}
-            wall_s = wall_before + time.perf_counter() - t_start
-            _save_torch(_checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s, state), last_path)
-            raise preempt.Preempted(preempt.requested(), epoch, state["step"], tr.steps_per_epoch, last_path) from None
+            save_last({**stop.state, "epoch": epoch, "epoch_s": time.perf_counter() - t0})
+            raise preempt.Preempted(
+                preempt.requested(), epoch, stop.state["step"], tr.steps_per_epoch, last_path
+            ) from None
         partial = None
         val_sum, dice, iou, _ = tr.predict(data.x_val, data.y_val)
         # The one host sync of the epoch.
@@ -562,18 +631,24 @@ def train_cell(
             )
             if vd > best["dice"]:
                 best, bad_epochs = {"dice": vd, "epoch": epoch}, 0
-                _save_torch(
-                    {"model": tr.model.state_dict(), "epoch": epoch, "val_dice": vd, "params": params.to_dict()},
-                    best_path,
-                )
+                pending_best = {
+                    "model": tr.model.state_dict(),
+                    "epoch": epoch,
+                    "val_dice": vd,
+                    "params": params.to_dict(),
+                }
             else:
                 bad_epochs += 1
                 if params.patience is not None and bad_epochs >= params.patience:
                     stopped = "early_stop"
                     reason = f"early stop after epoch {epoch}: no val Dice gain in {params.patience} epochs"
                     log.info("%s", reason)
-        wall_s = wall_before + time.perf_counter() - t_start
-        _save_torch(_checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s), last_path)
+        last_epoch = stopped is not None or len(history) >= horizon
+        if last_epoch or every.due(len(history) - saved_epochs, time.perf_counter() - saved_at):
+            save_last()
+        elif pending_best is not None and pending_best["epoch"] == epoch:
+            # kept until the next write: a copy, as training goes on changing the model's tensors in place
+            pending_best["model"] = {k: v.detach().clone() for k, v in pending_best["model"].items()}
         write_text(out_dir / "history.csv", _history_csv(history))
         if on_epoch is not None:
             on_epoch(dict(row))

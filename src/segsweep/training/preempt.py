@@ -59,7 +59,7 @@ _active: list[StopRequest] = []  # innermost last; signal handlers are process-w
 def catch_stop_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopRequest]:
     """Within the block, ``signals`` only set the yielded `StopRequest`; the previous handlers come back
     afterwards (also on an exception). Outside the main thread nothing is installed."""
-    request = StopRequest()
+    request = StopRequest(_pending.pop() if _pending else None)
 
     def handler(signum: int, frame) -> None:
         if request.signum is None:
@@ -79,6 +79,25 @@ def catch_stop_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Stop
         for sig, old in previous.items():
             # None: a handler not installed from Python; the default is the closest Python can restore
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+_pending: list[int] = []  # a stop requested (request_stop) while no block was active: the next block's
+
+
+def request_stop(signum: int) -> None:
+    """Ask the innermost active `catch_stop_signals` block to stop, as if ``signum`` had arrived, from any
+    thread (a trainer worker forwards its client's signals: `segsweep.training.worker`). With no block
+    active, the next block to start begins stopped (a request just before training starts is not lost)."""
+    if _active:
+        if _active[-1].signum is None:
+            _active[-1].signum = signum
+    else:
+        _pending[:] = [signum]
+
+
+def clear_pending_stop() -> None:
+    """Forget a stop requested while no block was active (a trainer worker, before its next cell)."""
+    _pending.clear()
 
 
 def requested() -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from segsweep.io import write_json
-from segsweep.training.job import failure_reason, run_attempt
+from segsweep.training.job import failure_reason, run_attempt, train
 from segsweep.training.params import CellParams
 
 log = logging.getLogger("segsweep.jobs")
@@ -46,26 +46,31 @@ def run_rung_job(
     amp: bool = False,
     channels_last: bool = False,
     evaluation: Mapping | None = None,
+    checkpoint_every_epochs: int = 1,
+    checkpoint_every_s: float = 0,
+    worker: bool = False,
+    worker_idle_s: float = 60,
 ) -> dict:
     """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``)."""
     out = Path(out)
     cell_dir = out.parent.parent
 
     def run() -> dict:
-        from segsweep.training.loop import train_cell  # torch only when a cell really trains
-
-        return train_cell(
+        return train(
             params,
             data_dir,
             split_path,
             cell_dir,
+            worker=worker,
+            worker_idle_s=worker_idle_s,
             threads=threads,
             device=device,
-            log=log,
             amp=amp,
             channels_last=channels_last,
             evaluation=evaluation,
             stop_at=stop_at,
+            checkpoint_every_epochs=checkpoint_every_epochs,
+            checkpoint_every_s=checkpoint_every_s,
         )
 
     def failed(exc: BaseException, seconds: float) -> dict:

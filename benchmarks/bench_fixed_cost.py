@@ -1,0 +1,215 @@
+"""Benchmark 8 (issue 21): what a training cell costs besides its epochs, and what planning costs, side by
+side with a baseline revision (a ``git worktree``), in one run on this machine.
+
+For each of (baseline, this tree), from scratch in a temporary directory:
+
+1. **The demo** (config/config.yaml, ``--cores 2``): wall time, and per training cell its *fixed cost* =
+   the cell's CPU seconds − Σ ``epoch_s`` of its history.csv (the epochs' own time: training + validation
+   passes, one thread). A cell's CPU seconds: in-process (baseline), the job's ``cpu_time`` from its
+   Snakemake ``benchmark:`` file; with trainer workers, the CPU the worker spent on the cell (its job log:
+   "trained in worker ...: X CPU s in the worker") + the job process's own CPU (median ``cpu_time`` of the
+   jobs that found their worker running: a job that starts a worker is, for psutil, its parent while it
+   lives, so its ``cpu_time`` also counts the worker's start). Worker start-ups are reported on their own.
+   The report's numbers must be equal: every study's cells.csv without its timing columns.
+2. ``snakemake -n`` **with nothing to do** in the finished demo directory (3 runs, CPU = user + sys of the
+   child), and on the seed studies (``config/seed_studies.yaml``, everything to do, 3 runs).
+
+Bars (issue 21): demo wall ≤ 0.70× the baseline's; median fixed cost ≤ 2 CPU s; ``-n`` ≤ 2.5 CPU s on the
+demo and ≤ 4 on the seed studies.
+
+Run: .venv/bin/python benchmarks/bench_fixed_cost.py [--baseline REV]   → benchmarks/results/fixed_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from machine import machine, save  # noqa: E402
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+WORKER_LINE = re.compile(r"trained in worker pid \d+ \(slot \d+, cell (\d+) of this worker\): ([0-9.]+) CPU s")
+TIMING_COLUMNS = {"wall_s", "epoch_s", "execution", "hardware"}
+
+
+def child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def snakemake(tree: Path, workdir: Path, *args: str, env: dict | None = None) -> tuple[float, float]:
+    """Run snakemake of ``tree`` in ``workdir``: (wall s, CPU s of the process tree that waited)."""
+    c0, t0 = child_cpu(), time.perf_counter()
+    proc = subprocess.run(
+        [SNAKEMAKE, "-s", str(tree / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if proc.returncode:
+        sys.exit(f"snakemake failed in {workdir}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0, child_cpu() - c0
+
+
+def _tsv_cpu(path: Path) -> float:
+    with path.open() as fh:
+        return float(next(csv.DictReader(fh, delimiter="\t"))["cpu_time"])
+
+
+def cell_costs(workdir: Path) -> dict:
+    """Per training cell: CPU s, Σ epoch_s, fixed = CPU − epochs (module doc)."""
+    cells = sorted(p.name for p in (workdir / "results" / "cells").iterdir() if (p / "history.csv").exists())
+    job_cpu = {c: _tsv_cpu(workdir / "benchmarks" / "runs" / "train" / f"{c}.tsv") for c in cells}
+    in_worker, starts = {}, 0
+    for c in cells:
+        m = WORKER_LINE.search((workdir / "logs" / "train" / f"{c}.log").read_text())
+        if m:
+            in_worker[c] = float(m.group(2))
+            starts += "started a training worker" in (workdir / "logs" / "train" / f"{c}.log").read_text()
+    reused = [
+        job_cpu[c]
+        for c in in_worker
+        if "started a training worker" not in (workdir / "logs/train" / f"{c}.log").read_text()
+    ]
+    client = statistics.median(reused) if reused else 0.0
+    rows = {}
+    for c in cells:
+        with (workdir / "results" / "cells" / c / "history.csv").open() as fh:
+            epochs = sum(float(r["epoch_s"]) for r in csv.DictReader(fh))
+        cpu = in_worker[c] + client if c in in_worker else job_cpu[c]
+        rows[c] = {"cpu_s": round(cpu, 2), "epochs_s": round(epochs, 2), "fixed_s": round(cpu - epochs, 2)}
+    fixed = [r["fixed_s"] for r in rows.values()]
+    return {
+        "cells": len(rows),
+        "in_worker": len(in_worker),
+        "worker_starts": starts,
+        "client_cpu_s_median": round(client, 2) if in_worker else None,
+        "fixed_cpu_s": {"median": round(statistics.median(fixed), 2), "min": min(fixed), "max": max(fixed)},
+        "cpu_s_total": round(sum(r["cpu_s"] for r in rows.values()), 1),
+        "epochs_s_total": round(sum(r["epochs_s"] for r in rows.values()), 1),
+        "per_cell": rows,
+    }
+
+
+def study_numbers(workdir: Path) -> dict:
+    """Every study's cells.csv without timing columns: what the report is made of."""
+    out = {}
+    for f in sorted((workdir / "results" / "studies").glob("*/cells.csv")):
+        with f.open() as fh:
+            out[f.parent.name] = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(fh)]
+    return out
+
+
+def fake_torch_home(base: Path) -> Path:
+    """seed008 looks for ImageNet ResNet-18 weights: a random torchvision state dict stands in (shapes only)."""
+    import torch
+    import torchvision
+
+    (base / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), base / "hub/checkpoints/resnet18-f37072fd.pth")
+    return base
+
+
+def measure(tree: Path, tmp: Path, torch_home: Path) -> tuple[dict, dict]:
+    work = tmp / "demo"
+    wall, _ = snakemake(tree, work, "--configfile", str(tree / "config/config.yaml"))
+    dry = [snakemake(tree, work, "-n", "--configfile", str(tree / "config/config.yaml"))[1] for _ in range(3)]
+    seed = [
+        snakemake(
+            tree,
+            tmp / f"seed{i}",
+            "-n",
+            "--configfile",
+            str(tree / "config/seed_studies.yaml"),
+            env={"TORCH_HOME": str(torch_home)},
+        )[1]
+        for i in range(3)
+    ]
+    return (
+        {
+            "demo_wall_s": round(wall, 1),
+            "train": cell_costs(work),
+            "dry_run_cpu_s": {
+                "demo_nothing_to_do": [round(x, 2) for x in dry],
+                "seed_studies": [round(x, 2) for x in seed],
+            },
+        },
+        study_numbers(work),
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", default="520c570", help="revision to compare with (default: main before issue 21)")
+    args = ap.parse_args()
+    rev = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="ssbench") as tmp_s:
+        tmp = Path(tmp_s)
+        base = tmp / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), rev], check=True, capture_output=True
+        )
+        try:
+            home = fake_torch_home(tmp / "torch_home")
+            before, numbers_before = measure(base, tmp / "run_baseline", home)
+            after, numbers_after = measure(ROOT, tmp / "run_head", home)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    ratio = after["demo_wall_s"] / before["demo_wall_s"]
+    med = lambda xs: round(statistics.median(xs), 2)  # noqa: E731
+    bars = {
+        "demo_wall_ratio": {"value": round(ratio, 3), "bar": 0.70, "passed": ratio <= 0.70},
+        "fixed_cpu_s_median": {
+            "value": after["train"]["fixed_cpu_s"]["median"],
+            "bar": 2.0,
+            "passed": after["train"]["fixed_cpu_s"]["median"] <= 2.0,
+        },
+        "dry_run_demo_cpu_s": {
+            "value": med(after["dry_run_cpu_s"]["demo_nothing_to_do"]),
+            "bar": 2.5,
+            "passed": med(after["dry_run_cpu_s"]["demo_nothing_to_do"]) <= 2.5,
+        },
+        "dry_run_seed_studies_cpu_s": {
+            "value": med(after["dry_run_cpu_s"]["seed_studies"]),
+            "bar": 4.0,
+            "passed": med(after["dry_run_cpu_s"]["seed_studies"]) <= 4.0,
+        },
+        "same_report_numbers": {"passed": numbers_before == numbers_after},
+    }
+    for r in (before, after):  # keep the file short: per-cell rows only as a summary
+        r["train"].pop("per_cell")
+    save(
+        "fixed_cost",
+        {
+            "benchmark": "fixed_cost (issue 21)",
+            "baseline": rev,
+            "head": head,
+            "baseline_result": before,
+            "head_result": after,
+            "bars": bars,
+            "machine": machine(),
+        },
+    )
+    for k, v in bars.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
