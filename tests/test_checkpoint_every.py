@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
 from segsweep.plan.resources import ResourceConfig
 from segsweep.training import loop, preempt
-from segsweep.training.job import run_train_job
+from segsweep.training.job import EXECUTION_SETTINGS, execution_settings, run_train_job
 from segsweep.training.loop import CheckpointEvery, train_cell
 from segsweep.training.preempt import Preempted
 
@@ -280,10 +281,18 @@ def test_config_keys_reach_the_rule_as_resources_and_leave_cell_ids_alone():
     for bad in ({"checkpoint_every_epochs": -1}, {"checkpoint_every_s": 1.5}, {"checkpoint_every_epochs": "3"}):
         with pytest.raises(ConfigError, match="resources.checkpoint_every"):
             sc.load_config(ROOT / "config" / "config.yaml", {"resources": bad})
-    # resources, not params: Snakemake reruns a job whose params change, and this changes no result
-    text = (ROOT / "rules" / "train.smk").read_text()
-    resources = re.search(r"\n    resources:\n(.*?)\n    \w+:", text, re.S).group(1)
-    params = re.search(r"\n    params:\n(.*?)\n    \w+:", text, re.S).group(1)
-    for key in ("checkpoint_every_epochs", "checkpoint_every_s"):
-        assert f'{key}=CFG["resources"]["{key}"]' in resources and key not in params
-        assert f"{key}=int(smk.resources.{key})" in (ROOT / "workflow" / "scripts" / "train.py").read_text()
+    # resources, not params: Snakemake reruns a job whose params change, and this changes no result. The
+    # execution settings reach the train and train_rung rules whole (EXECUTION_RESOURCES) and the scripts pass
+    # them on whole (execution_settings), so a new one touches no script.
+    for key in ("checkpoint_every_epochs", "checkpoint_every_s", "worker", "worker_idle_s"):
+        assert key in EXECUTION_SETTINGS
+    for rules, rule in (("train.smk", "train"), ("prune.smk", "train_rung")):
+        text = (ROOT / "rules" / rules).read_text()
+        body = text[text.index(f"rule {rule}:") :]
+        resources = re.search(r"\n    resources:\n(.*?)\n    \w+:", body, re.S).group(1)
+        params = re.search(r"\n    params:\n(.*?)\n    \w+:", body, re.S).group(1)
+        assert "**EXECUTION_RESOURCES" in resources and "EXECUTION" not in params and "checkpoint" not in params
+    for script in ("train.py", "train_rung.py"):
+        assert "execution_settings(smk.resources)" in (ROOT / "workflow" / "scripts" / script).read_text()
+    got = execution_settings(SimpleNamespace(checkpoint_every_epochs=3, checkpoint_every_s=0, worker=1, other=5))
+    assert got == {"checkpoint_every_epochs": 3, "checkpoint_every_s": 0, "worker": True}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_preempt import RICH, _assert_same_outputs, _hist, _quality
+from test_preempt import JOB, RICH, _assert_same_outputs, _hist, _quality
 from test_train import _params, _write_dataset
 
 from segsweep.errors import EXIT_PREEMPTED
@@ -91,33 +91,13 @@ def test_a_crash_before_the_last_attempt_is_retried_and_user_errors_stay_user_er
 
 
 # ------------------------------------------------------------------------- a job process, from outside
-CLIENT = """
-import json, sys
-from pathlib import Path
-from types import SimpleNamespace
-from segsweep import runner
-from segsweep.training.job import run_train_job
-from segsweep.training.params import CellParams
-
-params, data_dir, split, out, log = sys.argv[1:]
-runner.run(
-    SimpleNamespace(log=[log], rule="train"),
-    run_train_job,
-    CellParams.from_dict(json.loads(params)),
-    data_dir=Path(data_dir),
-    split_path=Path(split),
-    out_dir=Path(out),
-    device="cpu",
-    attempt=1,
-    max_attempts=2,
-    worker=True,
-    worker_idle_s=30,
-)
-"""
+# test_preempt's job process, with the cell handed to a worker
+CLIENT = JOB.replace("max_attempts=2,\n)", "max_attempts=2,\n    worker=True,\n    worker_idle_s=30,\n)")
+assert CLIENT != JOB
 
 
 def _client(p, data, out, log):
-    args = [json.dumps(p.to_dict()), str(data[0]), str(data[1]), str(out), str(log)]
+    args = [json.dumps(p.to_dict()), str(data[0]), str(data[1]), str(out), str(log), "1"]
     return subprocess.Popen(
         [sys.executable, "-c", CLIENT, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
