@@ -3,7 +3,9 @@ side with a baseline revision (a ``git worktree``), in one run on this machine.
 
 For each of (baseline, this tree), from scratch in a temporary directory:
 
-1. **The demo** (config/config.yaml, ``--cores 2``): wall time, and per training cell its *fixed cost* =
+1. **The demo** (config/config.yaml, ``--cores 2``): wall time and the report's numbers. Then, for the
+   per-cell figure, the first ``SERIAL_CELLS`` demo cells again from scratch with ``--cores 1`` (one job at a
+   time, so an epoch's wall seconds are its CPU seconds): per training cell its *fixed cost* =
    the cell's CPU seconds − Σ ``epoch_s`` of its history.csv (the epochs' own time: training + validation
    passes, one thread). A cell's CPU seconds: in-process (baseline), the job's ``cpu_time`` from its
    Snakemake ``benchmark:`` file; with trainer workers, the CPU the worker spent on the cell (its job log:
@@ -41,7 +43,8 @@ from machine import machine, save  # noqa: E402
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 WORKER_LINE = re.compile(r"trained in worker pid \d+ \(slot \d+, cell (\d+) of this worker\): ([0-9.]+) CPU s")
-TIMING_COLUMNS = {"wall_s", "epoch_s", "execution", "hardware"}
+TIMING_COLUMNS = {"wall_s", "epoch_s", "execution", "hardware", "log_tail"}  # log_tail: timestamps
+SERIAL_CELLS = 6
 
 
 def child_cpu() -> float:
@@ -125,6 +128,10 @@ def fake_torch_home(base: Path) -> Path:
 def measure(tree: Path, tmp: Path, torch_home: Path) -> tuple[dict, dict]:
     work = tmp / "demo"
     wall, _ = snakemake(tree, work, "--configfile", str(tree / "config/config.yaml"))
+    first = sorted(p.name for p in (work / "results" / "cells").iterdir())[:SERIAL_CELLS]
+    serial = tmp / "serial"
+    targets = [f"results/cells/{c}/metrics.json" for c in first]
+    snakemake(tree, serial, "--configfile", str(tree / "config/config.yaml"), "--cores", "1", *targets)
     dry = [snakemake(tree, work, "-n", "--configfile", str(tree / "config/config.yaml"))[1] for _ in range(3)]
     seed = [
         snakemake(
@@ -140,7 +147,8 @@ def measure(tree: Path, tmp: Path, torch_home: Path) -> tuple[dict, dict]:
     return (
         {
             "demo_wall_s": round(wall, 1),
-            "train": cell_costs(work),
+            "demo_train": {k: v for k, v in cell_costs(work).items() if k != "fixed_cpu_s"},
+            "serial_cells": cell_costs(serial),
             "dry_run_cpu_s": {
                 "demo_nothing_to_do": [round(x, 2) for x in dry],
                 "seed_studies": [round(x, 2) for x in seed],
@@ -193,8 +201,8 @@ def main() -> None:
         },
         "same_report_numbers": {"passed": numbers_before == numbers_after},
     }
-    for r in (before, after):  # keep the file short: per-cell rows only as a summary
-        r["train"].pop("per_cell")
+    for r in (before, after):  # keep the file short: the demo's per-cell rows only as a summary
+        r["demo_train"].pop("per_cell")
     save(
         "fixed_cost",
         {
