@@ -431,3 +431,30 @@ def test_predict_config_checks_its_keys():
         pr.PredictConfig.from_mapping({"batchsize": 4})
     with pytest.raises(ConfigError, match="predict.batch_size"):
         pr.PredictConfig.from_mapping({"batch_size": 0})
+
+
+def test_a_series_that_fails_is_a_qc_row_and_the_others_are_predicted(trained, best_cell, tmp_path, monkeypatch):
+    """An exception inside one series (here the SEG builder, as highdicom raises on a scanner's odd layout)
+    costs only that series: a `predict_series_failed` row without identifiers, no half-written folder."""
+    results, _ = trained
+    root = tmp_path / "dicom"
+    manifest = phantom.generate_series(PhantomConfig(**{**PHANTOM.__dict__, "patients": 2}), root)
+    real, calls = pr.segmod.build_seg, []
+
+    def flaky(sources, *args, **kw):
+        calls.append(1)
+        if len(calls) == 1:  # the first series; quotes a UID as library messages do
+            raise ValueError(f"Plane positions must not contain duplicates ({sources[0].SOPInstanceUID})")
+        return real(sources, *args, **kw)
+
+    monkeypatch.setattr(pr.segmod, "build_seg", flaky)
+    summary = _predict(results, root, tmp_path / "out", best_cell)
+    n_series = len(manifest["series"])
+    assert summary["n_series"] == n_series - 1 and summary["qc_counts"]["predict_series_failed"] == 1
+    with open(tmp_path / "out" / "qc.csv") as fh:
+        failed = [r for r in csv.DictReader(fh) if r["reason"] == "predict_series_failed"]
+    assert len(failed) == 1 and failed[0]["status"] == "skipped" and failed[0]["file"] == ""
+    assert failed[0]["message"].startswith("ValueError: Plane positions must not contain duplicates ([uid])")
+    assert not (tmp_path / "out" / failed[0]["series"]).exists()
+    done = {e["series"] for e in summary["series"]}
+    assert failed[0]["series"] not in done and all((tmp_path / "out" / d / f"{d}_seg.dcm").exists() for d in done)

@@ -42,6 +42,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "predict_no_spacing": ("warning", "no slice spacing (one position, no SliceThickness): areas only, no volume"),
     "predict_phases_uneven": ("warning", "positions hold different numbers of images: no volume per phase"),
     "predict_empty_series": ("failure", "no image of the series could be read"),
+    "predict_series_failed": ("failure", "predicting or writing the series failed; the other series go on"),
 }
 QC_COLUMNS = ("series", "file", "status", "reason", "message")
 

@@ -28,6 +28,8 @@ import csv
 import io
 import json
 import logging
+import re
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -270,6 +272,16 @@ def predict_series(
     return SeriesResult(s.name, patient, len(kept))
 
 
+_UID_LIKE = re.compile(r"\d+(?:\.\d+){2,}")  # DICOM UIDs and other dotted numbers a message may quote
+
+
+def _safe_message(exc: BaseException, found: Discovery) -> str:
+    """``Type: message`` for qc.csv and the log, with the input's identifying header values and anything
+    UID-like removed (an exception from a DICOM library may quote header values)."""
+    text = _UID_LIKE.sub("[uid]", found.scrub(f"{type(exc).__name__}: {exc}"))
+    return " ".join(text.split())[:300]
+
+
 @contextlib.contextmanager
 def _silent():
     """pydicom's warnings and log records off (`dicom.quiet`), highdicom's below ERROR (its modules log the
@@ -345,9 +357,16 @@ def run_predict(
     t1 = time.perf_counter()
     done = []
     for s in found.series:
-        res = predict_series(
-            s, model, prep, target, found, rows, out_dir, selection=sel, key=pseudonym_key, deidentify=pc.deidentify
-        )
+        try:
+            res = predict_series(
+                s, model, prep, target, found, rows, out_dir, selection=sel, key=pseudonym_key, deidentify=pc.deidentify
+            )
+        except Exception as exc:  # noqa: BLE001 - one series a scanner wrote oddly must not cost the others
+            res = None
+            shutil.rmtree(out_dir / s.name, ignore_errors=True)  # no half-written SEG or overlays
+            msg = _safe_message(exc, found)
+            rows.append(row(s.name, "", "predict_series_failed", msg))
+            log.error("series %s: not predicted (%s)", s.name, msg)
         if res is not None:
             done.append(res)
             log.info("series %s: %d images", res.name, res.n_images)
