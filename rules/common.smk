@@ -18,6 +18,7 @@ from segsweep.plan.resources import train_runtime_min
 from segsweep.training.job import EXECUTION_SETTINGS
 
 # Names the offending key on a typo (and fills defaults); study_files are merged and checked again below.
+sscfg.coerce_cli_scalars(config)  # --config predict='{deidentify: true}' gives the string 'true'
 validate(config, sscfg.schema_path())
 try:
     CFG = sscfg.prepare(config, base_dir=workflow.basedir)

@@ -103,3 +103,19 @@ def test_params_round_trip_through_json():
 def test_demo_config_loads():
     cfg = sc.load_config("config/config.yaml")
     assert cfg["studies"]
+
+
+def test_nested_cli_config_values_are_read_as_the_schema_types():
+    """Snakemake parses a nested --config value with YAML's BaseLoader (all strings): booleans, numbers and
+    null are taken as such where the schema wants them, strings stay strings."""
+    from snakemake.cli import parse_config
+
+    cli = parse_config(["predict={input: /d, deidentify: true, batch_size: 8}", "train={epochs: 5, patience: null}"])
+    assert cli["predict"]["deidentify"] == "true"  # what Snakemake hands over
+    got = sc.coerce_cli_scalars(cli)
+    assert got["predict"] == {"input": "/d", "deidentify": True, "batch_size": 8}
+    assert got["train"] == {"epochs": 5, "patience": None}
+    assert sc.coerce_cli_scalars({"title": "true", "predict": {"deidentify": "maybe"}}) == {
+        "title": "true",  # a string in the schema stays one
+        "predict": {"deidentify": "maybe"},  # not a boolean: left for the schema to name
+    }

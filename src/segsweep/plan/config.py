@@ -34,6 +34,55 @@ def schema() -> dict:
     return load_yaml(text)
 
 
+_SCALARS = {"boolean": (bool,), "integer": (int,), "number": (int, float), "null": (type(None),)}
+
+
+def coerce_cli_scalars(value, node: Mapping | None = None, root: Mapping | None = None):
+    """Snakemake reads a nested ``--config key='{a: true, n: 8}'`` with YAML's BaseLoader, so every scalar in it
+    is a string (``'true'``, ``'8'``) and the schema would refuse it. Where the schema wants a boolean, a
+    number or null (and not a string) and the value is a string that YAML reads as one, take that reading.
+    Mappings are changed in place; returns the value."""
+    root = schema() if root is None else root
+    node = root if node is None else node
+    while "$ref" in node:  # '#/definitions/<name>'
+        node = {
+            **root["definitions"][node["$ref"].rsplit("/", 1)[-1]],
+            **{k: v for k, v in node.items() if k != "$ref"},
+        }
+    alternatives = node.get("oneOf") or node.get("anyOf")
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, Mapping) else None)
+            if sub is not None:
+                value[k] = coerce_cli_scalars(v, sub, root)
+        return value
+    if isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        return [coerce_cli_scalars(v, node["items"], root) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = node.get("type") or [t for alt in alternatives or () for t in _types(alt)]
+    types = [types] if isinstance(types, str) else list(types)
+    if "string" in types or not any(t in _SCALARS for t in types):
+        return value
+    try:
+        parsed = load_yaml(value)
+    except yaml.YAMLError:
+        return value
+    ok = any(
+        isinstance(parsed, _SCALARS[t]) and not (t != "boolean" and isinstance(parsed, bool))
+        for t in types
+        if t in _SCALARS
+    )
+    return parsed if ok else value
+
+
+def _types(node: Mapping) -> list[str]:
+    t = node.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
 def schema_path() -> str:
     return str(resources.files("segsweep.plan").joinpath("config.schema.yaml"))
 
