@@ -7,7 +7,9 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
+import warnings
 
 import numpy as np
 import pydicom
@@ -458,3 +460,31 @@ def test_a_series_that_fails_is_a_qc_row_and_the_others_are_predicted(trained, b
     assert not (tmp_path / "out" / failed[0]["series"]).exists()
     done = {e["series"] for e in summary["series"]}
     assert failed[0]["series"] not in done and all((tmp_path / "out" / d / f"{d}_seg.dcm").exists() for d in done)
+
+
+def _quiet_pydicom():
+    from segsweep.data import dicom as dcm
+
+    return dcm.quiet()
+
+
+def test_odd_uids_never_reach_the_log(trained, best_cell, tmp_path, caplog, recwarn):
+    """A scanner's non-conforming UID (a component with a leading zero) makes pydicom warn with the value when
+    the SEG that references it is written: neither the log nor a warning may carry it."""
+    results, _ = trained
+    root = tmp_path / "dicom"
+    phantom.generate_series(PhantomConfig(**{**PHANTOM.__dict__, "patients": 1}), root)
+    odd = "1.2.826.0.1.3680043.8.498.0123456789"
+    with warnings.catch_warnings(), _quiet_pydicom():  # the test's own edit warns too
+        warnings.simplefilter("ignore")
+        for i, f in enumerate(sorted(root.rglob("*.dcm"))):
+            ds = pydicom.dcmread(f)
+            ds.SOPInstanceUID = f"{odd}.{i}"
+            ds.save_as(f)
+    caplog.clear()
+    recwarn.clear()
+    with caplog.at_level(logging.DEBUG):
+        summary = _predict(results, root, tmp_path / "out", best_cell)
+    assert summary["n_series"] >= 1
+    assert odd not in caplog.text
+    assert not [w for w in recwarn if odd in str(w.message)]

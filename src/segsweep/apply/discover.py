@@ -249,15 +249,16 @@ def discover(root: str | Path, key: str) -> Discovery:
         except dcm.DicomError as exc:
             raw_rows.append(("", rel, exc.reason, exc.detail))
             continue
+        # pydicom converts (and validates) a value when it is first read, and its warning quotes the value
         with dcm.quiet():
             ident.update(dcm.identifying_values(ds))
-        try:
-            h = _image_header(path, rel, ds)
-        except dcm.DicomError as exc:
-            uid = str(ds.get("SeriesInstanceUID", "") or "") if exc.reason == "predict_not_mr" else ""
-            raw_rows.append((uid, rel, exc.reason, exc.detail))
-            continue
-        groups.setdefault(h.ds.SeriesInstanceUID, []).append(h)
+            try:
+                h = _image_header(path, rel, ds)
+            except dcm.DicomError as exc:
+                uid = str(ds.get("SeriesInstanceUID", "") or "") if exc.reason == "predict_not_mr" else ""
+                raw_rows.append((uid, rel, exc.reason, exc.detail))
+                continue
+            groups.setdefault(h.ds.SeriesInstanceUID, []).append(h)
 
     names = {uid: series_pseudonym(key, uid) for uid in {*groups, *(r[0] for r in raw_rows if r[0])}}
     if len(set(names.values())) != len(names):  # 32-bit prefix: a collision is unlikely but must not merge series

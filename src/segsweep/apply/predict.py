@@ -234,7 +234,7 @@ def predict_series(
             deidentify=deidentify,
             patient=patient,
         )
-    segmod.write_seg(seg, out / f"{s.name}_seg.dcm")
+        segmod.write_seg(seg, out / f"{s.name}_seg.dcm")  # writing validates the UIDs it copies: quiet too
     values = [x.value for x in segments]
     images = []
     for i, (k, m) in enumerate(zip(kept, masks)):
