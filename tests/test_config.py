@@ -115,6 +115,9 @@ def test_nested_cli_config_values_are_read_as_the_schema_types():
     got = sc.coerce_cli_scalars(cli)
     assert got["predict"] == {"input": "/d", "deidentify": True, "batch_size": 8}
     assert got["train"] == {"epochs": 5, "patience": None}
+    # through a $ref that points at a property, not a definition (datasets: {name: <data block>})
+    ds = sc.coerce_cli_scalars(parse_config(["datasets={b: {source: phantom, phantom: {patients: 6}}}"]))
+    assert ds["datasets"]["b"]["phantom"]["patients"] == 6
     assert sc.coerce_cli_scalars({"title": "true", "predict": {"deidentify": "maybe"}}) == {
         "title": "true",  # a string in the schema stays one
         "predict": {"deidentify": "maybe"},  # not a boolean: left for the schema to name

@@ -44,11 +44,11 @@ def coerce_cli_scalars(value, node: Mapping | None = None, root: Mapping | None 
     Mappings are changed in place; returns the value."""
     root = schema() if root is None else root
     node = root if node is None else node
-    while "$ref" in node:  # '#/definitions/<name>'
-        node = {
-            **root["definitions"][node["$ref"].rsplit("/", 1)[-1]],
-            **{k: v for k, v in node.items() if k != "$ref"},
-        }
+    while "$ref" in node:  # a JSON pointer into the schema: '#/definitions/<name>', '#/properties/data', ...
+        target = root
+        for part in node["$ref"].lstrip("#").strip("/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     alternatives = node.get("oneOf") or node.get("anyOf")
     if isinstance(value, dict):
         props = node.get("properties", {})
