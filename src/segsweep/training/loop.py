@@ -302,7 +302,7 @@ class _Trainer:
         self.model = MODELS[params.model](params, n_classes=data.n_outputs).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(params.loss).to(device)
+        self.loss_fn = build_loss(params.loss)  # Python floats only: nothing to move to the device
         # trainable parameters and their groups (segsweep.training.finetune; "full": one group, as ever)
         self.finetune = FineTune(params, self.model)
         self.optimizer = self.finetune.build_optimizer()

@@ -53,8 +53,8 @@ class Term(Protocol):
 class Loss:
     """Base of the losses: ``loss(logits, target) -> 0-dim tensor`` calls ``forward``.
 
-    A loss holds no tensors (only Python floats), so it is a plain object, not an ``nn.Module``: it needs no
-    device move and its construction (the plan's check) imports nothing. ``binary_only``: the loss needs a
+    A loss holds no tensors (only Python floats), so it is a plain object, not an ``nn.Module``: it is not
+    moved to a device, and its construction (the plan's check) imports nothing. ``binary_only``: the loss needs a
     sigmoid (one-channel) output; the plan rejects it for a multi-class target (`segsweep.plan.validate`).
     """
 
@@ -65,10 +65,6 @@ class Loss:
 
     def __call__(self, logits: Tensor, target: Tensor) -> Tensor:
         return self.forward(logits, target)
-
-    def to(self, *args, **kwargs) -> Loss:
-        """No state to move (kept so that a loss can be handled like a module)."""
-        return self
 
     def __repr__(self) -> str:
         attrs = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -393,7 +389,6 @@ class WeightedSum(Loss):
         if len(losses) != len(weights) or not losses:
             raise ValueError("WeightedSum needs one weight per loss and at least one loss")
         self.losses = tuple(losses)
-        self.binary_only = any(getattr(loss, "binary_only", False) for loss in self.losses)
         self.weights = tuple(float(w) for w in weights)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

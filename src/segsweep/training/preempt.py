@@ -65,17 +65,27 @@ def catch_stop_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Stop
         if request.signum is None:
             request.signum = signum
 
-    previous: dict[int, object] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in signals:
-            previous[sig] = signal.signal(sig, handler)
-    else:
-        logging.getLogger("segsweep.train").debug("not the main thread: stop signals are not caught")
-    _active.append(request)
+    with handling(handler, signals) as installed:
+        if not installed:
+            logging.getLogger("segsweep.train").debug("not the main thread: stop signals are not caught")
+        _active.append(request)
+        try:
+            yield request
+        finally:
+            _active.remove(request)
+
+
+@contextlib.contextmanager
+def handling(handler: Callable[[int, object], None], signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[bool]:
+    """Within the block ``signals`` go to ``handler``, and the previous handlers come back afterwards (also on
+    an exception). Only the main thread can install handlers: elsewhere nothing changes (yields False)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
-        yield request
+        yield True
     finally:
-        _active.remove(request)
         for sig, old in previous.items():
             # None: a handler not installed from Python; the default is the closest Python can restore
             signal.signal(sig, old if old is not None else signal.SIG_DFL)

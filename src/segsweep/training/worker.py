@@ -39,7 +39,6 @@ metrics.json as a cell trained in its own process (tests/test_worker.py).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -58,6 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from segsweep.errors import Preempted, SegsweepError
+from segsweep.training import preempt
+from segsweep.training.params import CellParams
+from segsweep.training.record import CellMetrics
 
 log = logging.getLogger("segsweep.worker")
 
@@ -179,11 +181,12 @@ def train_in_worker(
     params: Any,
     args: Mapping[str, Any],
     *,
-    idle_s: float = 300.0,
+    idle_s: float,
     job_log: logging.Logger | None = None,
 ) -> Any:
     """Run ``loop.<call>(params, **args)`` (``train_cell``) in this job's worker and return its result
-    (module doc). ``params`` is a `CellParams`; ``args`` must be JSON-serialisable (paths as strings)."""
+    (module doc). ``params`` is a `CellParams`; ``args`` must be JSON-serialisable (paths as strings);
+    ``idle_s``: how long a worker started now waits for its next cell (``resources.worker_idle_s``)."""
     job_log = job_log or log
     directory = worker_dir()
     request = {"protocol": PROTOCOL, "call": call, "params": params.to_dict(identity=True), "args": dict(args)}
@@ -283,36 +286,22 @@ def _try_connect(path: Path) -> socket.socket | None:
     return conn
 
 
-@contextlib.contextmanager
-def _forward_stop_signals(conn: socket.socket) -> Iterator[None]:
+def _forward_stop_signals(conn: socket.socket):
     """SIGTERM / SIGUSR1 to this job become a stop request to the worker (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def forward(signum: int, frame) -> None:
         with contextlib.suppress(OSError):
             _send(conn, {"op": "stop", "signum": signum})
 
-    sigs = (signal.SIGTERM, signal.SIGUSR1)
-    previous = {s: signal.signal(s, forward) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
+    return preempt.handling(forward)
 
 
 def _decode_result(obj: Mapping) -> Any:
-    if obj.get("type") == "CellMetrics":
-        from segsweep.training.record import CellMetrics
-
-        return CellMetrics.from_json(obj["value"])
-    return obj["value"]
+    return CellMetrics.from_json(obj["value"]) if obj.get("type") == "CellMetrics" else obj["value"]
 
 
 def _encode_result(value: Any) -> dict:
-    if dataclasses.is_dataclass(value) and type(value).__name__ == "CellMetrics":
+    if isinstance(value, CellMetrics):
         return {"type": "CellMetrics", "value": value.to_json()}
     return {"type": "value", "value": value}
 
@@ -330,7 +319,7 @@ class _StreamHandler(logging.Handler):
             _send(
                 self.conn,
                 {"log": {"name": record.name, "level": record.levelno, "msg": record.getMessage()}},
-                self.lock,
+                self.send_lock,
             )
 
 
@@ -368,9 +357,6 @@ class Worker:
                 self.sock_path.unlink()
 
     def _serve_one(self, conn: socket.socket) -> None:
-        from segsweep.training import preempt
-        from segsweep.training.params import CellParams
-
         conn.settimeout(None)
         lines = _lines(conn)
         try:
@@ -393,7 +379,7 @@ class Worker:
             params = CellParams.from_dict(request["params"])
             data_dir, split_path, out_dir = (Path(args.pop(k)) for k in ("data_dir", "split_path", "out_dir"))
             # the client's stop requests, and its disappearance, reach the cell through preempt.request_stop
-            threading.Thread(target=self._watch, args=(lines, done, preempt), daemon=True).start()
+            threading.Thread(target=self._watch, args=(lines, done), daemon=True).start()
             with cell_lock(out_dir):
                 result = self.loop.train_cell(
                     params, data_dir, split_path, out_dir, log=logging.getLogger("segsweep.jobs"), **args
@@ -423,7 +409,7 @@ class Worker:
         with contextlib.suppress(OSError):
             _send(conn, reply, lock)
 
-    def _watch(self, lines: Iterator[dict], done: threading.Event, preempt) -> None:
+    def _watch(self, lines: Iterator[dict], done: threading.Event) -> None:
         """Reader thread: a client's stop message, or its socket closing mid-cell, asks the cell to stop."""
         with contextlib.suppress(OSError, ValueError):
             for msg in lines:
@@ -436,10 +422,9 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    sock_path, idle_s = Path(argv[0]), float(argv[1]) if len(argv) > 1 else 300.0
+    sock_path, idle_s = sys.argv[1:] if argv is None else argv  # as `_connect` starts it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Worker(sock_path, idle_s).serve()
+    Worker(Path(sock_path), float(idle_s)).serve()
     return 0
 
 
