@@ -75,17 +75,14 @@ def cell_costs(workdir: Path) -> dict:
     """Per training cell: CPU s, Σ epoch_s, fixed = CPU − epochs (module doc)."""
     cells = sorted(p.name for p in (workdir / "results" / "cells").iterdir() if (p / "history.csv").exists())
     job_cpu = {c: _tsv_cpu(workdir / "benchmarks" / "runs" / "train" / f"{c}.tsv") for c in cells}
-    in_worker, starts = {}, 0
+    in_worker, started = {}, set()  # cell → the worker's CPU for it; cells whose job started a worker
     for c in cells:
-        m = WORKER_LINE.search((workdir / "logs" / "train" / f"{c}.log").read_text())
-        if m:
+        text = (workdir / "logs" / "train" / f"{c}.log").read_text()
+        if m := WORKER_LINE.search(text):
             in_worker[c] = float(m.group(2))
-            starts += "started a training worker" in (workdir / "logs" / "train" / f"{c}.log").read_text()
-    reused = [
-        job_cpu[c]
-        for c in in_worker
-        if "started a training worker" not in (workdir / "logs/train" / f"{c}.log").read_text()
-    ]
+            if "started a training worker" in text:
+                started.add(c)
+    reused = [job_cpu[c] for c in in_worker if c not in started]
     client = statistics.median(reused) if reused else 0.0
     rows = {}
     for c in cells:
@@ -97,7 +94,7 @@ def cell_costs(workdir: Path) -> dict:
     return {
         "cells": len(rows),
         "in_worker": len(in_worker),
-        "worker_starts": starts,
+        "worker_starts": len(started),
         "client_cpu_s_median": round(client, 2) if in_worker else None,
         "fixed_cpu_s": {"median": round(statistics.median(fixed), 2), "min": min(fixed), "max": max(fixed)},
         "cpu_s_total": round(sum(r["cpu_s"] for r in rows.values()), 1),

@@ -4,7 +4,6 @@ writes resumes from the older last.pt to exactly the numbers of an uninterrupted
 tiny data set of tests/test_train.py (3 optimizer steps per epoch)."""
 
 import logging
-import os
 import re
 import shutil
 import signal
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_preempt import RICH, _assert_same_outputs, _hist, _signal_at_step
+from test_preempt import RICH, _assert_same_outputs, _hist, _signal_after_data_load, _signal_at_step
 from test_train import _params, _read_csv, _write_dataset
 
 from segsweep.errors import ConfigError
@@ -234,14 +233,7 @@ def test_a_stop_signal_between_checkpoints_writes_last_pt(data, tmp_path, monkey
 
 def test_a_signal_while_the_data_load_writes_nothing(data, tmp_path, monkeypatch, sentinel):
     data_dir, split = data
-    load = loop.load_cell_data
-
-    def load_then_signal(*a, **k):
-        d = load(*a, **k)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return d
-
-    monkeypatch.setattr(loop, "load_cell_data", load_then_signal)
+    _signal_after_data_load(monkeypatch)
     with pytest.raises(Preempted, match="nothing trained yet"):
         train_cell(_params(epochs=3), data_dir, split, tmp_path / "c", checkpoint_every_epochs=2)
     assert not (tmp_path / "c" / "last.pt").exists() and not (tmp_path / "c" / "best.pt").exists()

@@ -74,6 +74,18 @@ def _signal_at_step(monkeypatch, signum, global_step):
     monkeypatch.setattr(schedules.LRSchedule, "step", step)
 
 
+def _signal_after_data_load(monkeypatch, signum=signal.SIGTERM):
+    """Send ``signum`` to this process right after the cell's data load, before its first step."""
+    load = loop.load_cell_data
+
+    def load_then_signal(*a, **k):
+        d = load(*a, **k)
+        os.kill(os.getpid(), signum)
+        return d
+
+    monkeypatch.setattr(loop, "load_cell_data", load_then_signal)
+
+
 def _hist(out):
     return [{k: v for k, v in r.items() if k != "epoch_s"} for r in _read_csv(out / "history.csv")]
 
@@ -145,14 +157,7 @@ def test_stop_in_the_first_epoch_and_before_any_step(data, tmp_path, monkeypatch
 
     # a signal while the data load (before the first step): nothing is trained, nothing written
     out = tmp_path / "early"
-    load = loop.load_cell_data
-
-    def load_then_signal(*a, **k):
-        d = load(*a, **k)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return d
-
-    monkeypatch.setattr(loop, "load_cell_data", load_then_signal)
+    _signal_after_data_load(monkeypatch)
     with pytest.raises(Preempted, match="epoch 1 step 0/3; nothing trained yet") as stop:
         train_cell(p, data_dir, split, out)
     assert stop.value.checkpoint is None and not (out / "last.pt").exists()
