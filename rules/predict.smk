@@ -5,7 +5,9 @@ rule predict:
     input:
         unpack(predict_inputs),
     output:
-        directory("results/predict"),
+        # predict.json only, not the folder: a failing run must not make Snakemake delete the series that
+        # were written and qc.csv, which says why the rest failed (the run itself clears the last run's)
+        "results/predict/predict.json",
     log:
         "logs/predict.log",
     benchmark:
@@ -23,7 +25,7 @@ rule predict:
         preprocess=identity(PLAN.preprocess),
         pseudonym_key=CFG["data"]["pseudonym_key"],
         studies=[study_to_dict(s) for s in STUDIES.values()],
-        results_dir=lambda wc, output: str(Path(output[0]).parent),  # results/: cells/, studies/
+        results_dir=lambda wc, output: str(Path(output[0]).parents[1]),  # results/: cells/, studies/
     script:
         "../workflow/scripts/predict.py"
 

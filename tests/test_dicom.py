@@ -179,7 +179,9 @@ def test_non_dicom_empty_and_truncated_files(tmp_path, dicom_write):
     binary.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
     empty = tmp_path / "empty.dcm"
     empty.write_bytes(b"")
-    for p in (text, binary, empty):
+    garbage_vr = tmp_path / "garbage_vr.txt"  # forced read parses it lazily into an element of VR 'IC'
+    garbage_vr.write_text("no DICOM here\n")
+    for p in (text, binary, empty, garbage_vr):
         with pytest.raises(dicom.DicomError) as err:
             dicom.read(p)
         assert err.value.reason == "dicom_not_dicom", p

@@ -20,6 +20,7 @@ import segsweep
 from segsweep.analysis import card
 from segsweep.analysis.aggregate import aggregate_study
 from segsweep.apply import discover as disc
+from segsweep.apply import geometry
 from segsweep.apply import predict as pr
 from segsweep.apply import seg as segmod
 from segsweep.apply import volumes as vol
@@ -204,11 +205,49 @@ def test_slice_spacing_sources_and_phases():
     assert vol.slice_spacing([5.0], between="0", thickness="") == vol.SliceSpacing(None, "none")
     # cine: two phases at each of three positions (series order: by position, then time)
     locs = [0.0, 0.0, 10.0, 10.0, 20.0, 20.0]
-    assert vol.phases(locs) == ([0, 1, 0, 1, 0, 1], [0, 0, 1, 1, 2, 2])
-    assert vol.phases([0.0, 0.0, 10.0]) is None
+    ph = geometry.assign_phases(locs, [None] * 6, [0, 500, 3, 503, 6, 506], [None] * 6, list("abcdef"))
+    assert (ph.phase, ph.slice, ph.rule, ph.even) == ((0, 1, 0, 1, 0, 1), (0, 0, 1, 1, 2, 2), "trigger_time", True)
+    uneven = geometry.assign_phases([0.0, 0.0, 10.0], [None] * 3, [None] * 3, [1, 2, 3], list("abc"))
+    assert uneven.rule == "instance_number" and not uneven.even
     masks = [np.full((2, 2), k % 2, np.uint8) for k in range(6)]  # phase 1 covers all 4 pixels, phase 0 none
-    v = vol.measure(masks, {"lv": 1}, [(0.5, 2.0)] * 6, locs, vol.slice_spacing(locs))
-    assert v.volumes == [{"lv": 0.0}, {"lv": pytest.approx(3 * 4 * 1.0 * 10 / 1000)}]
+    v = vol.measure(masks, {"lv_cavity": 1}, [(0.5, 2.0)] * 6, ph, vol.slice_spacing(locs))
+    assert v.volumes == [{"lv_cavity": 0.0}, {"lv_cavity": pytest.approx(3 * 4 * 1.0 * 10 / 1000)}]
+    # ED = the larger cavity (phase 1), ES = the smaller (phase 0, empty): EF 100 %
+    assert v.function["ed_phase"] == 1 and v.function["es_phase"] == 0 and v.function["ef_percent"] == 100.0
+    assert vol.measure(masks, {"lv_cavity": 1}, [(0.5, 2.0)] * 6, uneven_6(), vol.slice_spacing(locs)).volumes is None
+
+
+def uneven_6():
+    """Six images at three positions whose phases are not all present: no volumes."""
+    return geometry.assign_phases(
+        [0.0] * 3 + [10.0, 20.0, 20.0], [1, 2, 3, 1, 1, 2], [None] * 6, [None] * 6, list("abcdef")
+    )
+
+
+def test_cine_phases_by_temporal_position_trigger_time_or_instance_number():
+    locs = [10.0, 0.0, 10.0, 0.0]
+    # temporal identifiers name the phase at every slice, whatever the file order
+    ph = geometry.assign_phases(locs, [2, 1, 1, 2], [None] * 4, [9, 8, 7, 6], list("abcd"))
+    assert ph.rule == "temporal_position" and ph.phase == (1, 0, 0, 1) and ph.slice == (1, 0, 1, 0) and ph.even
+    # a slice missing a phase: identifiers keep the others right, the phases are uneven
+    ph = geometry.assign_phases([0.0, 0.0, 10.0], [1, 3, 3], [None] * 3, [None] * 3, list("abc"))
+    assert ph.phase == (0, 1, 1) and not ph.even
+    # without identifiers: trigger time rank within the slice; without either: InstanceNumber
+    ph = geometry.assign_phases(locs, [None] * 4, [400.0, 10.0, 5.0, 390.0], [1, 2, 3, 4], list("abcd"))
+    assert ph.rule == "trigger_time" and ph.phase == (1, 0, 0, 1)
+    ph = geometry.assign_phases(locs, [None] * 4, [None, 1.0, 2.0, 3.0], [4, 1, 2, 3], list("abcd"))
+    assert ph.rule == "instance_number" and ph.phase == (1, 0, 0, 1)
+    # positions within the tolerance are one slice; orientation jitter of 1e-6 is one orientation
+    ph = geometry.assign_phases([0.0, 0.004, 10.0, 10.002], [None] * 4, [0, 1, 0, 1], [None] * 4, list("abcd"))
+    assert ph.slice == (0, 0, 1, 1) and ph.even
+    assert geometry.same_orientation([1, 0, 0, 0, 1, 0], [1 - 1e-6, 1e-6, 0, 0, 1, -1e-6])
+    assert not geometry.same_orientation([1, 0, 0, 0, 1, 0], [0.999, 0.0447, 0, 0, 1, 0])
+    # LV function by hand: cavity 120, 50, 80 mL → ED phase 0, ES phase 1, EF = 70/120
+    f = vol.function([{"lv_cavity": 120.0}, {"lv_cavity": 50.0}, {"lv_cavity": 80.0}], ["lv_cavity"])
+    assert (f["ed_phase"], f["es_phase"], f["sv_ml"]) == (0, 1, 70.0) and f["ef_percent"] == pytest.approx(
+        58.3333, 1e-4
+    )
+    assert vol.function([{"lv_myocardium": 1.0}, {"lv_myocardium": 2.0}], ["lv_myocardium"]) is None
 
 
 # -------------------------------------------------------------------------------------- mixed root
@@ -317,13 +356,30 @@ def test_deidentified_seg_carries_no_source_identifier(trained, best_cell, tmp_p
         name = disc.series_pseudonym(KEY, entry["series_uid"])
         ds, frames = _seg_frames(out / name / f"{name}_seg.dcm")
         assert ds.PatientIdentityRemoved == "YES" and ds.PatientID.startswith("p") and len(ds.PatientID) == 9
-        assert ds.PatientBirthDate == "" and ds.StudyDate == "" and ds.ContentDate == segmod.DUMMY_DATE
+        assert ds.PatientBirthDate == "" and ds.StudyDate == ds.ContentDate == segmod.DUMMY_DATE
         assert "InstitutionName" not in ds
         # references use the keyed-hash form of the source UIDs
         assert {u for u, _ in frames} == {segmod.remap_uid(KEY, u) for u in entry["sop_uids"]}
         src = pydicom.dcmread(root / entry["files"][0].replace("case01/", "Qzxwv_Jorunn1/"), stop_before_pixels=True)
         assert ds.StudyInstanceUID == segmod.remap_uid(KEY, src.StudyInstanceUID)
         assert ds.FrameOfReferenceUID == segmod.remap_uid(KEY, src.FrameOfReferenceUID)
+        assert ds.StudyID == segmod.study_id(KEY, src.StudyInstanceUID)
+        # the de-identified images are the SEG's references: same UIDs, study and patient; same pixels
+        images = sorted((out / name / "images").glob("*.dcm"))
+        copies = {str(c.SOPInstanceUID): c for c in map(pydicom.dcmread, images)}
+        assert set(copies) == {u for u, _ in frames}
+        for c in copies.values():
+            assert (c.StudyInstanceUID, c.StudyID, c.PatientID) == (ds.StudyInstanceUID, ds.StudyID, ds.PatientID)
+            assert c.FrameOfReferenceUID == ds.FrameOfReferenceUID and c.PatientIdentityRemoved == "YES"
+        by_uid = {segmod.remap_uid(KEY, u): f for u, f in zip(entry["sop_uids"], _files_by_uid(root, entry))}
+        for uid, c in copies.items():
+            assert np.array_equal(c.pixel_array, pydicom.dcmread(by_uid[uid]).pixel_array)
+
+
+def _files_by_uid(root, entry):
+    """The source files of a manifest entry in the order of its sop_uids."""
+    found = {str(_header(f).SOPInstanceUID): f for f in root.rglob("*.dcm")}
+    return [found[u] for u in entry["sop_uids"]]
 
 
 # ---------------------------------------------------------------------------------- model selection

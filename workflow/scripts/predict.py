@@ -20,6 +20,6 @@ runner.run(
     data_dir=Path(smk.input.data),
     prep=preprocess_from_dict(smk.params.preprocess),
     pseudonym_key=str(smk.params.pseudonym_key),
-    out_dir=Path(str(smk.output[0])),
+    out_dir=Path(str(smk.output[0])).parent,
     threads=smk.threads,
 )

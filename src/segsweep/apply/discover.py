@@ -4,11 +4,19 @@ Every regular file below the root (hidden files and ``DICOMDIR`` skipped; names 
 is opened once, without its pixel data (`pydicom.dcmread(stop_before_pixels=True)`). A file that is no
 DICOM, cannot be parsed, is cut inside its header, is no image (no Rows: a report, a structure set), is
 another modality than MR, has no SeriesInstanceUID or several frames gets one row (status ``skipped``) and is
-left out. The rest are grouped by SeriesInstanceUID; a series whose images differ in size, orientation or
-pixel spacing is skipped whole (``predict_geometry_mixed``, a row per file). Within a series the images are
-ordered by their position along the slice normal ``n = r × c`` (``s = ImagePositionPatient · n``; r, c the
-row and column directions of ImageOrientationPatient), then TriggerTime, InstanceNumber and path; without
-position or orientation by InstanceNumber (``predict_no_position``).
+left out. The rest are grouped by SeriesInstanceUID; a series whose images differ in size or pixel spacing,
+or in orientation by more than `geometry.ORIENTATION_TOL`, is skipped whole (``predict_geometry_mixed``, a
+row per file). Within a series, slices and cardiac phases follow `geometry.assign_phases` (the position
+along the slice normal, then TemporalPositionIdentifier / TriggerTime / InstanceNumber); the images are
+ordered by slice, then phase; without position or orientation by InstanceNumber (``predict_no_position``).
+
+**One series per slice position** (a vendor's cine layout): series of one study with the same size,
+spacing and orientation, each holding images at a single position, the positions all different, are one
+*stack* (`Series` with several ``source_uids``): slices, phases and volumes are computed over the stack,
+and a SEG is written per source series and phase.
+
+Header quirks that are accepted, each noted in a warning row: a FrameOfReferenceUID per image
+(``predict_frame_of_reference_mixed``: the SEG uses the first image's).
 
 Privacy: QC rows name a file by its path relative to the root with every identifying header value of the
 root's files (names, IDs, dates, institutions: `dicom.identifying_values`) replaced by ``[redacted]``; a
@@ -27,6 +35,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from segsweep.apply import geometry
 from segsweep.data import dicom as dcm
 from segsweep.data.ingest import QC_REASONS, pseudonym
 from segsweep.errors import DataError
@@ -40,7 +49,12 @@ REASONS: dict[str, tuple[str, str]] = {
     "predict_no_position": ("warning", "no ImagePositionPatient/ImageOrientationPatient: ordered by InstanceNumber"),
     "predict_irregular_spacing": ("warning", "the slice gaps differ: the volume uses their median"),
     "predict_no_spacing": ("warning", "no slice spacing (one position, no SliceThickness): areas only, no volume"),
-    "predict_phases_uneven": ("warning", "positions hold different numbers of images: no volume per phase"),
+    "predict_phases_uneven": ("warning", "positions hold different phases: no volume per phase"),
+    "predict_frame_of_reference_mixed": (
+        "warning",
+        "the images carry several FrameOfReferenceUIDs: the SEG uses the first image's",
+    ),
+    "predict_no_series_written": ("failure", "no series of the input could be predicted (see the other rows)"),
     "predict_empty_series": ("failure", "no image of the series could be read"),
     "predict_series_failed": ("failure", "predicting or writing the series failed; the other series go on"),
 }
@@ -76,6 +90,10 @@ class ImageHeader:
     pixel_spacing: tuple[float, float] | None
     instance: int | None
     trigger: float | None
+    temporal: int | None = None  # TemporalPositionIdentifier
+    series_uid: str = ""
+    study_uid: str = ""
+    frame_uid: str = ""  # FrameOfReferenceUID
 
     @property
     def normal(self) -> np.ndarray | None:
@@ -94,12 +112,15 @@ class ImageHeader:
 
 @dataclass
 class Series:
-    """The images of one SeriesInstanceUID, ordered (module docstring)."""
+    """The images of one SeriesInstanceUID (or of a stack of per-position series), ordered by slice and
+    phase (module docstring)."""
 
-    uid: str
-    name: str  # its pseudonym
+    uid: str  # the (first) source SeriesInstanceUID
+    name: str  # its pseudonym (a stack: of all its source UIDs)
     images: list[ImageHeader] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, message) of the series
+    source_uids: tuple[str, ...] = ()
+    phases: geometry.Phases | None = None  # per image of ``images``
 
     @property
     def header(self) -> pydicom.Dataset:
@@ -188,6 +209,10 @@ def _image_header(path: Path, rel: str, ds) -> ImageHeader:
         raise SkipFile("predict_multiframe", f"{frames} frames", path)
     sp = _floats(ds, "PixelSpacing", 2)
     return ImageHeader(
+        series_uid=uid,
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        frame_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+        temporal=_number(ds, "TemporalPositionIdentifier", int),
         path=path,
         rel=rel,
         ds=ds,
@@ -202,31 +227,67 @@ def _image_header(path: Path, rel: str, ds) -> ImageHeader:
     )
 
 
-def _geometry_key(h: ImageHeader) -> tuple:
-    o = None if h.orientation is None else tuple(round(v, 3) for v in h.orientation)
+def _geometry_key(h: ImageHeader, orientations: list[tuple[float, ...]]) -> tuple:
+    """(rows, cols, orientation cluster, spacing): orientations within `geometry.ORIENTATION_TOL` of one
+    already seen (``orientations``, extended here) are one cluster."""
+    o = None
+    if h.orientation is not None:
+        o = next((i for i, ref in enumerate(orientations) if geometry.same_orientation(h.orientation, ref)), None)
+        if o is None:
+            orientations.append(h.orientation)
+            o = len(orientations) - 1
     s = None if h.pixel_spacing is None else tuple(round(v, 4) for v in h.pixel_spacing)
     return (h.rows, h.cols, o, s)
 
 
-def _describe_geometry(keys: list[tuple]) -> str:
+def _describe_geometry(keys: list[tuple], orientations: list[tuple[float, ...]]) -> str:
     parts = []
     for k in sorted(set(keys), key=str):
-        parts.append(f"{k[0]}x{k[1]}" + ("" if k[2] is None else " orientation " + ",".join(f"{v:g}" for v in k[2])))
+        o = "" if k[2] is None else " orientation " + ",".join(f"{v:.3g}" for v in orientations[k[2]])
+        parts.append(f"{k[0]}x{k[1]}{o}")
     return f"{len(set(keys))} geometries: " + "; ".join(parts[:3])
 
 
-def _order(images: list[ImageHeader]) -> tuple[list[ImageHeader], bool]:
-    """Images in slice order (module docstring); True if ordered by position."""
-    locs = [h.location() for h in images]
-    by_position = all(v is not None for v in locs)
+def _order(images: list[ImageHeader]) -> tuple[list[ImageHeader], geometry.Phases]:
+    """Images in slice, then phase order, and their slices and phases (`geometry.assign_phases`)."""
+    ph = geometry.assign_phases(
+        [h.location() for h in images],
+        [h.temporal for h in images],
+        [h.trigger for h in images],
+        [h.instance for h in images],
+        [h.rel for h in images],
+    )
+    order = ph.order()
+    ordered = geometry.Phases(tuple(ph.slice[i] for i in order), tuple(ph.phase[i] for i in order), ph.rule, ph.even)
+    return [images[i] for i in order], ordered
 
-    def key(i: int):
-        h = images[i]
-        t = h.trigger if h.trigger is not None else math.inf
-        n = h.instance if h.instance is not None else math.inf
-        return ((round(locs[i], 3) if by_position else 0.0), t, n, h.rel)
 
-    return [images[i] for i in sorted(range(len(images)), key=key)], by_position
+def _stacks(series: list[Series], key: str) -> list[Series]:
+    """Per-position series merged into stacks (module docstring); other series unchanged."""
+    candidates: dict[tuple, list[Series]] = {}
+    out = []
+    for s in series:
+        if s.phases.rule != "none" and s.phases.n_slices == 1:
+            h = s.images[0]
+            spacing = None if h.pixel_spacing is None else tuple(round(v, 4) for v in h.pixel_spacing)
+            candidates.setdefault((h.study_uid, h.rows, h.cols, spacing), []).append(s)
+        else:
+            out.append(s)
+    for group in candidates.values():
+        ref = group[0].images[0].orientation
+        same = [g for g in group if geometry.same_orientation(g.images[0].orientation, ref)]
+        rest = [g for g in group if g not in same]
+        out.extend(rest)
+        locs = [g.images[0].location() for g in same]
+        if len(same) < 2 or len(geometry.distinct_positions(locs)) != len(same):
+            out.extend(same)
+            continue
+        uids = tuple(sorted(g.uid for g in same))
+        stack = Series(uids[0], "s" + pseudonym(key, "|".join(uids))[1:], source_uids=uids)
+        stack.images, stack.phases = _order([h for g in same for h in g.images])
+        stack.warnings = sorted({w for g in same for w in g.warnings})
+        out.append(stack)
+    return out
 
 
 def discover(root: str | Path, key: str) -> Discovery:
@@ -251,12 +312,20 @@ def discover(root: str | Path, key: str) -> Discovery:
             continue
         # pydicom converts (and validates) a value when it is first read, and its warning quotes the value
         with dcm.quiet():
-            ident.update(dcm.identifying_values(ds))
+            try:
+                ident.update(dcm.identifying_values(ds))
+            except Exception as exc:  # noqa: BLE001 - as below
+                raw_rows.append(("", rel, "dicom_unreadable", f"header could not be parsed ({type(exc).__name__})"))
+                continue
             try:
                 h = _image_header(path, rel, ds)
             except dcm.DicomError as exc:
                 uid = str(ds.get("SeriesInstanceUID", "") or "") if exc.reason == "predict_not_mr" else ""
                 raw_rows.append((uid, rel, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # noqa: BLE001 - pydicom parses values lazily: garbage read with force
+                # (a text file) fails only here, and must be a row like any other unusable file
+                raw_rows.append(("", rel, "dicom_unreadable", f"header could not be parsed ({type(exc).__name__})"))
                 continue
             groups.setdefault(h.ds.SeriesInstanceUID, []).append(h)
 
@@ -275,15 +344,23 @@ def discover(root: str | Path, key: str) -> Discovery:
                 continue
             seen[h.sop_uid] = h.rel
             unique.append(h)
-        geoms = [_geometry_key(h) for h in unique]
+        orientations: list[tuple[float, ...]] = []
+        geoms = [_geometry_key(h, orientations) for h in unique]
         if len(set(geoms)) > 1:
-            msg = _describe_geometry(geoms)
+            msg = _describe_geometry(geoms, orientations)
             raw_rows += [(uid, h.rel, "predict_geometry_mixed", msg) for h in unique]
             continue
-        s.images, by_position = _order(unique)
-        if not by_position:
+        s.images, s.phases = _order(unique)
+        s.source_uids = (uid,)
+        if s.phases.rule == "none":
             s.warnings.append(("predict_no_position", "slices ordered by InstanceNumber"))
+        frames = {h.frame_uid for h in unique}
+        if len(frames) > 1:
+            s.warnings.append(
+                ("predict_frame_of_reference_mixed", f"{len(frames)} FrameOfReferenceUIDs: the first image's is used")
+            )
         series.append(s)
+    series = _stacks(series, key)
     series.sort(key=lambda s: s.name)
     rows = [
         row(names.get(uid, ""), dcm.scrub(rel, identifying), reason, dcm.scrub(msg, identifying))

@@ -1,6 +1,7 @@
 """Apply a trained cell to the MR series under an input root: DICOM SEG, overlays, volumes, QC (docs/predict.md).
 
-For each series found by `discover` (grouped by SeriesInstanceUID, ordered along the slice normal):
+For each series found by `discover` (grouped by SeriesInstanceUID, or a stack of per-position series;
+ordered by slice along the normal, then cardiac phase: `geometry.assign_phases`):
 
 1. every image is read (`dicom.read`: stored values, rescale, MONOCHROME1) and given **the cell's
    preprocessing**, the functions ingest uses: the percentile window (`preprocess.window_dicom`), then resize,
@@ -12,13 +13,20 @@ For each series found by `discover` (grouped by SeriesInstanceUID, ordered along
    (docs/evaluation.md): the probability map is mapped by `preprocess.invert` (undo pad/crop, then bilinear /
    area resize; pixels a crop cut away are background) and thresholded at 0.5 (one output: sigmoid; several:
    softmax per class, then the most probable class);
-4. written to ``<out>/<series pseudonym>/``: ``<series pseudonym>_seg.dcm`` (`seg.build_seg`),
-   ``overlays/NNNN.png`` (`overlay`), ``volumes.csv`` and ``series.json`` (`volumes`).
+4. written to ``<out>/<series pseudonym>/``: the DICOM SEGs (`seg.build_seg`): one per source series and
+   cardiac phase, each holding one image per slice position (a viewer shows a SEG on one volume: a cine
+   series is one volume per phase), ``<source pseudonym>_seg.dcm`` for a single phase, else
+   ``<source pseudonym>_pNN_seg.dcm``; ``overlays/NNNN.png`` (`overlay`); ``volumes.csv`` and
+   ``series.json`` (`volumes`: areas, volumes per phase, ED/ES/EF); with ``deidentify``, ``images/NNNN.dcm``:
+   the de-identified source images the de-identified SEGs reference (`seg.deidentified_image`).
 
 ``<out>/qc.csv`` has one row per file seen (``series,file,status,reason,message``; `discover`), ``<out>/
 predict.json`` the run: the model (cell, how it was selected), the settings, counts and throughput. Files
-that cannot be used are rows, never errors: the run goes on. Outside the SEG no header value is written;
-series and patients appear as pseudonyms.
+that cannot be used are rows, never errors: the run goes on, and a series that fails (reading, predicting
+or writing) is a ``predict_series_failed`` row while the others are written. Only when no series at all
+could be written does the run fail (a `DataError` naming qc.csv, which is kept; predict.json is not
+written). A run first removes the previous run's outputs from ``<out>``. Outside the SEGs and the
+de-identified images no header value is written; series and patients appear as pseudonyms.
 """
 
 from __future__ import annotations
@@ -40,9 +48,9 @@ import torch
 
 from segsweep import __version__
 from segsweep.analysis.card import Selection, resolve_model
-from segsweep.apply import overlay, volumes
+from segsweep.apply import geometry, overlay, volumes
 from segsweep.apply import seg as segmod
-from segsweep.apply.discover import QC_COLUMNS, Discovery, Series, discover, row
+from segsweep.apply.discover import QC_COLUMNS, Discovery, Series, discover, row, series_pseudonym
 from segsweep.data import dicom as dcm
 from segsweep.data import preprocess as pre
 from segsweep.data.config import PreprocessConfig
@@ -200,11 +208,19 @@ def predict_series(
     hdr = kept[0].header.ds
     patient = pseudonym(key, str(hdr.get("PatientID", "") or "") or s.uid)
     masks = model.predict([k.prepared.image for k in kept], [k.prepared.geometry for k in kept])
-    locations = [k.header.location() for k in kept]
+    headers = [k.header for k in kept]
+    locations = [h.location() for h in headers]
+    phases = geometry.assign_phases(
+        locations,
+        [h.temporal for h in headers],
+        [h.trigger for h in headers],
+        [h.instance for h in headers],
+        [h.rel for h in headers],
+    )  # over the images kept (a dropped image can make the phases uneven)
     spacing = volumes.slice_spacing(locations, hdr.get("SpacingBetweenSlices"), hdr.get("SliceThickness"))
     segments = segmod.SEGMENTS[target]
     vols = volumes.measure(
-        masks, {x.key: x.value for x in segments}, [k.im.pixel_spacing for k in kept], locations, spacing
+        masks, {x.key: x.value for x in segments}, [k.im.pixel_spacing for k in kept], phases, spacing
     )
     warnings = list(s.warnings)
     if spacing.irregular:
@@ -213,8 +229,8 @@ def predict_series(
         )
     if spacing.spacing_mm is None:
         warnings.append(("predict_no_spacing", "no slice spacing: areas only"))
-    elif vols.phase is None:
-        warnings.append(("predict_phases_uneven", "positions hold different numbers of images: no volume"))
+    elif not phases.even:
+        warnings.append(("predict_phases_uneven", f"{phases.n_slices} positions, not every one holds every phase"))
     for reason, msg in warnings:
         rows.append(row(s.name, "", reason, msg))
     for k in kept:
@@ -222,19 +238,37 @@ def predict_series(
         rows.append(row(s.name, found.scrub(k.header.rel), w[0][0] if w else "", "; ".join(f"{c}: {m}" for c, m in w)))
 
     out = Path(out_dir) / s.name
+    # one SEG per source series and phase (module docstring); its frames in slice order
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i in sorted(range(len(kept)), key=lambda i: (phases.phase[i], phases.slice[i])):
+        groups.setdefault((kept[i].header.series_uid, phases.phase[i]), []).append(i)
+    n_phases = {uid: len({ph for u, ph in groups if u == uid}) for uid, _ in groups}
+    segs = []
     # highdicom and pydicom log and warn about header values (which can be PHI): silenced, as ingest does
     with _silent():
-        seg = segmod.build_seg(
-            [k.header.ds for k in kept],
-            np.stack(masks),
-            target,
-            cell=selection.cell,
-            study=selection.study,
-            key=key,
-            deidentify=deidentify,
-            patient=patient,
-        )
-        segmod.write_seg(seg, out / f"{s.name}_seg.dcm")  # writing validates the UIDs it copies: quiet too
+        for (uid, ph), idx in groups.items():
+            src = series_pseudonym(key, uid)
+            multi = n_phases[uid] > 1
+            name = f"{src}_p{ph:02d}_seg.dcm" if multi else f"{src}_seg.dcm"
+            seg = segmod.build_seg(
+                [kept[i].header.ds for i in idx],
+                np.stack([masks[i] for i in idx]),
+                target,
+                cell=selection.cell,
+                study=selection.study,
+                key=key,
+                deidentify=deidentify,
+                patient=patient,
+                phase=ph if multi else None,
+                slice_spacing_mm=spacing.spacing_mm,
+            )
+            segmod.write_seg(seg, out / name)  # writing validates the UIDs it copies: quiet too
+            segs.append({"file": name, "source_series": src, "phase": ph, "images": idx})
+        if deidentify:  # the images the de-identified SEGs reference, with the same UID mapping
+            frame = kept[0].header.ds.get("FrameOfReferenceUID")
+            for i, k in enumerate(kept):
+                copy = segmod.deidentified_image(k.header.ds, k.im.stored[0], key, patient, frame)
+                segmod.write_image(copy, out / "images" / f"{i:04d}.dcm")
     values = [x.value for x in segments]
     images = []
     for i, (k, m) in enumerate(zip(kept, masks)):
@@ -247,6 +281,7 @@ def predict_series(
                 "phase": None if vols.phase is None else vols.phase[i],
                 "position_mm": locations[i],
                 "overlay": name,
+                **({"image": f"images/{i:04d}.dcm"} if deidentify else {}),
                 "areas_mm2": vols.areas[i],
             }
         )
@@ -258,13 +293,17 @@ def predict_series(
             "patient": patient,
             "n_images": len(kept),
             "n_files": len(s.images),
+            "n_source_series": len(s.source_uids) or 1,
+            "n_slices": phases.n_slices,
+            "phases_even": phases.even,
             "size": [int(hdr.Rows), int(hdr.Columns)],
             "pixel_spacing_mm": list(kept[0].im.pixel_spacing),
             **vols.to_json(),
             "target": target,
             "segments": [{"number": i + 1, "label": x.label, "structure": x.key} for i, x in enumerate(segments)],
-            "seg": f"{s.name}_seg.dcm",
+            "segs": segs,
             "deidentified": deidentify,
+            **({"images_dir": "images"} if deidentify else {}),
             "model": {"cell": selection.cell, "study": selection.study, "how": selection.how},
             "images": images,
         },
@@ -302,6 +341,21 @@ def _qc_csv(rows) -> str:
     w.writerow(QC_COLUMNS)
     w.writerows(rows)
     return buf.getvalue()
+
+
+_OUTPUT = re.compile(r"^s[0-9a-f]{8}$")
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove a previous run's outputs (series folders, qc.csv, predict.json) and nothing else: a run's
+    outputs describe one input root (Snakemake no longer owns the folder: see rules/predict.smk)."""
+    if not out_dir.is_dir():
+        return
+    for p in out_dir.iterdir():
+        if p.is_dir() and _OUTPUT.match(p.name):
+            shutil.rmtree(p)
+        elif p.name in ("qc.csv", "predict.json"):
+            p.unlink()
 
 
 def _dataset(path: Path) -> dict:
@@ -352,6 +406,7 @@ def run_predict(
     model = CellModel(results_dir / "cells" / sel.cell, int(dataset.get("n_classes", 2)), device, pc.batch_size)
     log.info("predict: model %s (%s) on %s", sel.cell, sel.how, device)
     found = discover(pc.input, pseudonym_key)
+    clear_outputs(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = list(found.rows)
     t1 = time.perf_counter()
@@ -372,8 +427,16 @@ def run_predict(
             log.info("series %s: %d images", res.name, res.n_images)
     wall = time.perf_counter() - t0
     n_images = sum(r.n_images for r in done)
+    if not done:
+        n = len(found.series)
+        rows.append(row("", "", "predict_no_series_written", f"{n} MR series found, none written"))
     rows.sort(key=lambda r: (r[0], r[1], r[3]))
     write_bytes(out_dir / "qc.csv", _qc_csv(rows).encode())
+    if not done:
+        raise DataError(
+            f"config key 'predict.input': no series could be predicted from {len(found.series)} MR series in "
+            f"{found.n_files} files; every file's reason is in {out_dir / 'qc.csv'}"
+        )
     counts: dict[str, int] = {}
     for r in rows:
         if r[3]:

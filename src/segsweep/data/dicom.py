@@ -248,7 +248,8 @@ def _has_dicom_marker(path: Path) -> bool:
 def _looks_like_dicom(ds) -> bool:
     # A non-DICOM file read with force=True yields a few elements with random tags; real data sets have
     # identification (0008,xxxx), image (0028,xxxx) or pixel data elements.
-    return any(elem.tag.group in (0x0008, 0x0028) or elem.tag == 0x7FE00010 for elem in ds)
+    # Tags only: converting a garbage element's value can raise anything (b"no DICOM here" → VR 'IC').
+    return any(tag.group in (0x0008, 0x0028) or tag == 0x7FE00010 for tag in ds.keys())  # noqa: SIM118 - a Dataset iterates elements
 
 
 _TAGS = {
