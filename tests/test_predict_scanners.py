@@ -74,22 +74,26 @@ def _hdr(f):
 
 
 def _frames(path):
-    """[(referenced SOP Instance UID, decoded frame)] of a one-segment SEG, in frame order."""
+    """[((referenced SOP Instance UID, referenced frame number or None), decoded frame)] of a one-segment
+    SEG, in frame order; every frame must reference exactly one source image (or frame)."""
     with dcm.quiet():
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
-        refs = [
-            str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-            for f in ds.PerFrameFunctionalGroupsSequence
-        ]
+        refs = []
+        for f in ds.PerFrameFunctionalGroupsSequence:
+            (src,) = f.DerivationImageSequence[0].SourceImageSequence
+            n = src.get("ReferencedFrameNumber")
+            refs.append((str(src.ReferencedSOPInstanceUID), None if n is None else int(n)))
     return ds, list(zip(refs, pixels))
 
 
-def _expected(results, cell, path):
+def _expected(results, cell, path, frame=None):
+    """The model's prediction of an image (or an Enhanced MR frame), computed here from the file."""
     model = pr.CellModel(results / "cells" / cell, 2)
     im = dcm.read(path)
-    u8, _, _ = pre.window_dicom(im, 0, PREP.window)
-    p = pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, PREP)
+    u8, _, _ = pre.window_dicom(im, 0 if frame is None else frame - 1, PREP.window)
+    spacing = im.pixel_spacing
+    p = pre.prepare(u8, np.zeros(u8.shape, np.uint8), spacing, PREP)
     return model.predict([p.image], [p.geometry])[0]
 
 
@@ -123,24 +127,25 @@ def test_cine_layouts_write_a_seg_per_phase_with_existing_references(scanner_pre
                 tuple(f.PlanePositionSequence[0].ImagePositionPatient) for f in ds.PerFrameFunctionalGroupsSequence
             ]
             assert len(set(positions)) == len(positions)  # one image per position: a volume a viewer opens
-            for uid, mask in frames:
+            for (uid, frame), mask in frames:
                 assert uid in headers, "a frame references an image that does not exist"
-                refs.add(uid)
-                np.testing.assert_array_equal(mask, _expected(results, best_cell, headers[uid][0]), err_msg=uid)
-        cases = [c for c, e in manifest["cases"].items() if refs <= {i["sop_uid"] for i in e.get("images", [])}]
+                refs.add((uid, frame))
+                expected = _expected(results, best_cell, headers[uid][0], frame)
+                np.testing.assert_array_equal(mask, expected, err_msg=f"{uid} frame {frame}")
+        cases = [c for c, e in manifest["cases"].items() if refs <= _image_keys(e)]
         if cases:  # else the plain phantom stack (generate_series)
             by_case[cases[0]] = (name, info, refs)
-    for case in ("cine", "per_position", "quirks"):
+    for case in ("cine", "per_position", "quirks", "multiframe"):
         name, info, refs = by_case[case]
         entry = manifest["cases"][case]
-        assert refs == {i["sop_uid"] for i in entry["images"]}, case  # every image written, once
+        assert refs == _image_keys(entry), case  # every image (frame) written, once
         n_segs = PHASES * (3 if case == "per_position" else 1)  # per source series and phase
         assert len(info["segs"]) == n_segs and info["n_slices"] == 3 and info["phases_even"], case
         # phase and slice of every image as the phantom drew them
-        truth = {i["sop_uid"]: (i["slice"], i["phase"]) for i in entry["images"]}
+        truth = {(i["sop_uid"], i.get("frame")): (i["slice"], i["phase"]) for i in entry["images"]}
         for seg in info["segs"]:
-            for uid, _ in _frames(out / name / seg["file"])[1]:
-                assert truth[uid][1] == seg["phase"], (case, uid)
+            for ref, _ in _frames(out / name / seg["file"])[1]:
+                assert truth[ref][1] == seg["phase"], (case, ref)
         f = info["function"]
         assert f is not None and 0 < f["ef_percent"] < 100 and f["edv_ml"] > f["esv_ml"] > 0, case
         # the phantom's cavity is largest at phase 0 and contracts to mid-cycle (the tiny model sees the
@@ -150,14 +155,18 @@ def test_cine_layouts_write_a_seg_per_phase_with_existing_references(scanner_pre
         vol = pd.read_csv(out / name / "volumes.csv", keep_default_na=False)
         (ef,) = vol.loc[vol["row"] == "ejection_fraction", "ef_percent"]
         assert float(ef) == pytest.approx(f["ef_percent"], rel=1e-5)
-    assert summary["n_series"] == 4  # the three cine cases and the plain phantom series
+    assert summary["n_series"] == 5  # the four cine cases and the plain phantom series
+
+
+def _image_keys(entry) -> set:
+    return {(i["sop_uid"], i.get("frame")) for i in entry.get("images", [])}
 
 
 def test_scanner_root_qc_rows_name_each_quirk(scanner_predicted):
     _, _, _, out, _ = scanner_predicted
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
     reasons = set(qc["reason"])
-    assert {"predict_multiframe", "predict_frame_of_reference_mixed", "predict_not_mr", "dicom_truncated"} <= reasons
+    assert {"predict_frame_of_reference_mixed", "predict_not_mr", "dicom_truncated"} <= reasons
     assert "predict_series_failed" not in reasons, qc[qc["reason"] == "predict_series_failed"].to_string()
 
 
@@ -165,7 +174,7 @@ def test_scanner_root_qc_rows_name_each_quirk(scanner_predicted):
 def test_every_seg_passes_dciodvfy(scanner_predicted):
     _, _, _, out, _ = scanner_predicted
     segs = sorted(out.rglob("*_seg.dcm"))
-    assert len(segs) == 4 + 12 + 4 + 1
+    assert len(segs) == 4 + 12 + 4 + 4 + 1
     for path in segs:
         assert dciodvfy_findings(path) == [], path
 
@@ -200,7 +209,7 @@ def test_deidentified_run_leaves_no_identifier_or_source_uid_anywhere(
         images = {str(_hdr(p).SOPInstanceUID) for p in (out / name / "images").glob("*.dcm")}
         for seg in info["segs"]:
             ds, frames = _frames(out / name / seg["file"])
-            assert {u for u, _ in frames} <= images  # the SEG opens with the images written beside it
+            assert {u for (u, _), _ in frames} <= images  # the SEG opens with the images written beside it
             if DCIODVFY:
                 assert dciodvfy_findings(out / name / seg["file"]) == [], seg["file"]
         if DCIODVFY:  # a copy has no finding its source image has not (the phantom's images lack some MR

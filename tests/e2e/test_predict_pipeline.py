@@ -48,10 +48,10 @@ def test_snakemake_predict_writes_segs_volumes_and_qc(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = tmp_path / "results" / "predict"
     summary = json.loads((out / "predict.json").read_text())
-    assert summary["n_series"] == 2 + 3 and summary["model"]["study"] == "tiny" and summary["images_per_s"] > 0
+    assert summary["n_series"] == 2 + 4 and summary["model"]["study"] == "tiny" and summary["images_per_s"] > 0
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
     assert {"predict_not_mr", "dicom_truncated", "dicom_no_pixels", "predict_geometry_mixed"} <= set(qc["reason"])
-    assert "predict_multiframe" in set(qc["reason"]) and "predict_series_failed" not in set(qc["reason"])
+    assert "predict_series_failed" not in set(qc["reason"])  # cine, per position, quirks, Enhanced MR: all written
     for s in summary["series"]:
         info = json.loads((out / s["series"] / "series.json").read_text())
         for seg in info["segs"]:

@@ -3,8 +3,9 @@
 Every regular file below the root (hidden files and ``DICOMDIR`` skipped; names and folders do not matter)
 is opened once, without its pixel data (`pydicom.dcmread(stop_before_pixels=True)`). A file that is no
 DICOM, cannot be parsed, is cut inside its header, is no image (no Rows: a report, a structure set), is
-another modality than MR, has no SeriesInstanceUID or several frames gets one row (status ``skipped``) and is
-left out. The rest are grouped by SeriesInstanceUID; a series whose images differ in size or pixel spacing,
+another modality than MR or has no SeriesInstanceUID gets one row (status ``skipped``) and is left out. An
+Enhanced MR image (several frames) gives one image per frame, its geometry and timing read from its
+functional groups (``predict_multiframe`` when it has no functional group per frame). The rest are grouped by SeriesInstanceUID; a series whose images differ in size or pixel spacing,
 or in orientation by more than `geometry.ORIENTATION_TOL`, is skipped whole (``predict_geometry_mixed``, a
 row per file). Within a series, slices and cardiac phases follow `geometry.assign_phases` (the position
 along the slice normal, then TemporalPositionIdentifier / TriggerTime / InstanceNumber); the images are
@@ -43,7 +44,7 @@ from segsweep.errors import DataError
 REASONS: dict[str, tuple[str, str]] = {
     "predict_not_mr": ("failure", "an image of another modality than MR (its series is not predicted)"),
     "predict_no_series": ("failure", "an image without SeriesInstanceUID (cannot be grouped)"),
-    "predict_multiframe": ("failure", "a multi-frame image (enhanced MR): not supported"),
+    "predict_multiframe": ("failure", "a multi-frame image without a functional group per frame"),
     "predict_duplicate": ("failure", "a second file with the SOP Instance UID of another file of the series"),
     "predict_geometry_mixed": ("failure", "a series whose images differ in size, orientation or pixel spacing"),
     "predict_no_position": ("warning", "no ImagePositionPatient/ImageOrientationPatient: ordered by InstanceNumber"),
@@ -94,6 +95,12 @@ class ImageHeader:
     series_uid: str = ""
     study_uid: str = ""
     frame_uid: str = ""  # FrameOfReferenceUID
+    frame: int | None = None  # the frame number (1-based) of an Enhanced MR image, else None
+
+    @property
+    def order_key(self) -> str:
+        """The last tie-break of the slice/phase order: path, then frame number."""
+        return f"{self.rel}#{self.frame or 0:06d}"
 
     @property
     def normal(self) -> np.ndarray | None:
@@ -173,7 +180,13 @@ def read_header(path: Path) -> pydicom.Dataset:
 
 def _floats(ds, kw: str, n: int) -> tuple[float, ...] | None:
     try:
-        v = ds.get(kw)
+        return _float_values(ds.get(kw), n)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_values(v, n: int) -> tuple[float, ...] | None:
+    try:
         vals = tuple(float(x) for x in v) if v is not None else None
     except (TypeError, ValueError):
         return None
@@ -190,8 +203,57 @@ def _number(ds, kw: str, kind=float):
         return None
 
 
-def _image_header(path: Path, rel: str, ds) -> ImageHeader:
-    """An ImageHeader, or DicomError with the reason why the file is not a usable MR image."""
+def _functional(groups, seq: str, kw: str):
+    """``kw`` of the first item of ``seq`` in the first of ``groups`` (per-frame, then shared) that has it."""
+    for g in groups:
+        if g is not None and seq in g and len(g[seq].value) and kw in g[seq].value[0]:
+            return g[seq].value[0].get(kw)
+    return None
+
+
+def _frame_headers(path: Path, rel: str, ds, uid: str, rows: int, cols: int, frames: int) -> list[ImageHeader]:
+    """One ImageHeader per frame of an Enhanced MR image (PS3.3 C.7.6.16): position, orientation, spacing,
+    TemporalPositionIndex and NominalCardiacTriggerDelayTime from its per-frame, else shared, functional
+    groups; InstanceNumber = the frame number."""
+    per = ds.get("PerFrameFunctionalGroupsSequence")
+    if per is None or len(per) != frames:
+        raise SkipFile("predict_multiframe", f"{frames} frames without a functional group per frame", path)
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared[0] if shared else None
+    out = []
+    for i in range(frames):
+        groups = (per[i], shared)
+        sp = _float_values(_functional(groups, "PixelMeasuresSequence", "PixelSpacing"), 2)
+        temporal = _functional(groups, "FrameContentSequence", "TemporalPositionIndex")
+        trigger = _functional(groups, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
+        out.append(
+            ImageHeader(
+                series_uid=uid,
+                study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+                frame_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+                temporal=None if temporal in (None, "") else int(temporal),
+                path=path,
+                rel=rel,
+                ds=ds,
+                sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+                rows=rows,
+                cols=cols,
+                orientation=_float_values(
+                    _functional(groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
+                ),
+                position=_float_values(_functional(groups, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                pixel_spacing=sp if sp and all(v > 0 for v in sp) else None,
+                instance=i + 1,
+                trigger=None if trigger in (None, "") else float(trigger),
+                frame=i + 1,
+            )
+        )
+    return out
+
+
+def _image_header(path: Path, rel: str, ds) -> list[ImageHeader]:
+    """The ImageHeaders of a file (one; an Enhanced MR image: one per frame), or DicomError with the reason
+    why the file is not a usable MR image."""
     rows, cols = _number(ds, "Rows", int), _number(ds, "Columns", int)
     if rows is None or cols is None:
         sop = getattr(ds.get("SOPClassUID"), "name", "") or ""
@@ -206,25 +268,27 @@ def _image_header(path: Path, rel: str, ds) -> ImageHeader:
         raise SkipFile("predict_no_series", "no SeriesInstanceUID", path)
     frames = _number(ds, "NumberOfFrames", int) or 1
     if frames > 1:
-        raise SkipFile("predict_multiframe", f"{frames} frames", path)
+        return _frame_headers(path, rel, ds, uid, rows, cols, frames)
     sp = _floats(ds, "PixelSpacing", 2)
-    return ImageHeader(
-        series_uid=uid,
-        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-        frame_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
-        temporal=_number(ds, "TemporalPositionIdentifier", int),
-        path=path,
-        rel=rel,
-        ds=ds,
-        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-        rows=rows,
-        cols=cols,
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
-        position=_floats(ds, "ImagePositionPatient", 3),
-        pixel_spacing=sp if sp and all(v > 0 for v in sp) else None,
-        instance=_number(ds, "InstanceNumber", int),
-        trigger=_number(ds, "TriggerTime", float),
-    )
+    return [
+        ImageHeader(
+            series_uid=uid,
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            frame_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+            temporal=_number(ds, "TemporalPositionIdentifier", int),
+            path=path,
+            rel=rel,
+            ds=ds,
+            sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+            rows=rows,
+            cols=cols,
+            orientation=_floats(ds, "ImageOrientationPatient", 6),
+            position=_floats(ds, "ImagePositionPatient", 3),
+            pixel_spacing=sp if sp and all(v > 0 for v in sp) else None,
+            instance=_number(ds, "InstanceNumber", int),
+            trigger=_number(ds, "TriggerTime", float),
+        )
+    ]
 
 
 def _geometry_key(h: ImageHeader, orientations: list[tuple[float, ...]]) -> tuple:
@@ -255,7 +319,7 @@ def _order(images: list[ImageHeader]) -> tuple[list[ImageHeader], geometry.Phase
         [h.temporal for h in images],
         [h.trigger for h in images],
         [h.instance for h in images],
-        [h.rel for h in images],
+        [h.order_key for h in images],
     )
     order = ph.order()
     ordered = geometry.Phases(tuple(ph.slice[i] for i in order), tuple(ph.phase[i] for i in order), ph.rule, ph.even)
@@ -318,7 +382,7 @@ def discover(root: str | Path, key: str) -> Discovery:
                 raw_rows.append(("", rel, "dicom_unreadable", f"header could not be parsed ({type(exc).__name__})"))
                 continue
             try:
-                h = _image_header(path, rel, ds)
+                found = _image_header(path, rel, ds)
             except dcm.DicomError as exc:
                 uid = str(ds.get("SeriesInstanceUID", "") or "") if exc.reason == "predict_not_mr" else ""
                 raw_rows.append((uid, rel, exc.reason, exc.detail))
@@ -327,7 +391,7 @@ def discover(root: str | Path, key: str) -> Discovery:
                 # (a text file) fails only here, and must be a row like any other unusable file
                 raw_rows.append(("", rel, "dicom_unreadable", f"header could not be parsed ({type(exc).__name__})"))
                 continue
-            groups.setdefault(h.ds.SeriesInstanceUID, []).append(h)
+            groups.setdefault(found[0].series_uid, []).extend(found)
 
     names = {uid: series_pseudonym(key, uid) for uid in {*groups, *(r[0] for r in raw_rows if r[0])}}
     if len(set(names.values())) != len(names):  # 32-bit prefix: a collision is unlikely but must not merge series
@@ -336,13 +400,13 @@ def discover(root: str | Path, key: str) -> Discovery:
     series: list[Series] = []
     for uid, images in groups.items():
         s = Series(uid, names[uid])
-        seen: dict[str, str] = {}
+        seen: dict[tuple[str, int | None], str] = {}
         unique = []
-        for h in sorted(images, key=lambda h: h.rel):
-            if h.sop_uid and h.sop_uid in seen:
+        for h in sorted(images, key=lambda h: (h.rel, h.frame or 0)):
+            if h.sop_uid and (h.sop_uid, h.frame) in seen:
                 raw_rows.append((uid, h.rel, "predict_duplicate", "same SOP Instance UID as another file"))
                 continue
-            seen[h.sop_uid] = h.rel
+            seen[(h.sop_uid, h.frame)] = h.rel
             unique.append(h)
         orientations: list[tuple[float, ...]] = []
         geoms = [_geometry_key(h, orientations) for h in unique]

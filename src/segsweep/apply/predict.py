@@ -153,6 +153,12 @@ class _Image:
     im: dcm.DicomImage
     u8: np.ndarray
     prepared: pre.Prepared
+    frame: int  # index into im.stored (an Enhanced MR image's frame number − 1, else 0)
+    spacing: tuple[float, float]  # pixel spacing (mm): the frame's functional groups, else the file's
+
+    @property
+    def stored(self) -> np.ndarray:
+        return self.im.stored[self.frame]
 
 
 @dataclass(frozen=True)
@@ -166,24 +172,32 @@ class SeriesResult:
 
 def _prepare(s: Series, prep: PreprocessConfig, found: Discovery, rows: list) -> list[_Image]:
     kept = []
+    reads: dict[Path, dcm.DicomImage | dcm.DicomError] = {}  # an Enhanced MR file is read once for its frames
     for h in s.images:
         where = found.scrub(h.rel)
-        try:
-            im = dcm.read(h.path, describe=False)
-        except dcm.DicomError as exc:
-            rows.append(row(s.name, where, exc.reason, found.scrub(exc.detail)))
+        if h.path not in reads:
+            try:
+                reads[h.path] = dcm.read(h.path, describe=False)
+            except dcm.DicomError as exc:
+                reads[h.path] = exc
+                rows.append(row(s.name, where, exc.reason, found.scrub(exc.detail)))
+        im = reads[h.path]
+        if isinstance(im, dcm.DicomError):
             continue
-        if im.n_frames > 1:
-            rows.append(row(s.name, where, "predict_multiframe", f"{im.n_frames} frames"))
+        frame = 0 if h.frame is None else h.frame - 1
+        if (h.frame is None and im.n_frames > 1) or frame >= im.n_frames:
+            rows.append(row(s.name, where, "dicom_bad_header", f"{im.n_frames} frames, the header says otherwise"))
             continue
         if (im.rows, im.cols) != (h.rows, h.cols):
             rows.append(row(s.name, where, "dicom_bad_header", "pixel data size differs from the header's"))
             continue
-        u8, lo, hi = pre.window_dicom(im, 0, prep.window)
+        u8, lo, hi = pre.window_dicom(im, frame, prep.window)
         if not hi > lo:
             rows.append(row(s.name, where, "image_blank", "the window percentiles are equal"))
             continue
-        kept.append(_Image(h, im, u8, pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, prep)))
+        spacing = h.pixel_spacing or im.pixel_spacing
+        prepared = pre.prepare(u8, np.zeros(u8.shape, np.uint8), spacing, prep)
+        kept.append(_Image(h, im, u8, prepared, frame, spacing))
     return kept
 
 
@@ -215,13 +229,11 @@ def predict_series(
         [h.temporal for h in headers],
         [h.trigger for h in headers],
         [h.instance for h in headers],
-        [h.rel for h in headers],
+        [h.order_key for h in headers],
     )  # over the images kept (a dropped image can make the phases uneven)
     spacing = volumes.slice_spacing(locations, hdr.get("SpacingBetweenSlices"), hdr.get("SliceThickness"))
     segments = segmod.SEGMENTS[target]
-    vols = volumes.measure(
-        masks, {x.key: x.value for x in segments}, [k.im.pixel_spacing for k in kept], phases, spacing
-    )
+    vols = volumes.measure(masks, {x.key: x.value for x in segments}, [k.spacing for k in kept], phases, spacing)
     warnings = list(s.warnings)
     if spacing.irregular:
         warnings.append(
@@ -250,8 +262,9 @@ def predict_series(
             src = series_pseudonym(key, uid)
             multi = n_phases[uid] > 1
             name = f"{src}_p{ph:02d}_seg.dcm" if multi else f"{src}_seg.dcm"
+            multiframe = kept[idx[0]].header.frame is not None
             seg = segmod.build_seg(
-                [kept[i].header.ds for i in idx],
+                [kept[idx[0]].header.ds] if multiframe else [kept[i].header.ds for i in idx],
                 np.stack([masks[i] for i in idx]),
                 target,
                 cell=selection.cell,
@@ -261,14 +274,20 @@ def predict_series(
                 patient=patient,
                 phase=ph if multi else None,
                 slice_spacing_mm=spacing.spacing_mm,
+                frames=[(kept[i].header.frame, kept[i].header.position) for i in idx] if multiframe else None,
             )
             segmod.write_seg(seg, out / name)  # writing validates the UIDs it copies: quiet too
             segs.append({"file": name, "source_series": src, "phase": ph, "images": idx})
+        image_files = {}
         if deidentify:  # the images the de-identified SEGs reference, with the same UID mapping
             frame = kept[0].header.ds.get("FrameOfReferenceUID")
             for i, k in enumerate(kept):
-                copy = segmod.deidentified_image(k.header.ds, k.im.stored[0], key, patient, frame)
-                segmod.write_image(copy, out / "images" / f"{i:04d}.dcm")
+                if k.header.path in image_files:  # another frame of an Enhanced MR file: written with it
+                    continue
+                image_files[k.header.path] = f"images/{i:04d}.dcm"
+                stored = k.im.stored if k.header.frame is not None else k.stored
+                copy = segmod.deidentified_image(k.header.ds, stored, key, patient, frame)
+                segmod.write_image(copy, out / image_files[k.header.path])
     values = [x.value for x in segments]
     images = []
     for i, (k, m) in enumerate(zip(kept, masks)):
@@ -281,7 +300,7 @@ def predict_series(
                 "phase": None if vols.phase is None else vols.phase[i],
                 "position_mm": locations[i],
                 "overlay": name,
-                **({"image": f"images/{i:04d}.dcm"} if deidentify else {}),
+                **({"image": image_files[k.header.path]} if deidentify else {}),
                 "areas_mm2": vols.areas[i],
             }
         )
@@ -297,7 +316,7 @@ def predict_series(
             "n_slices": phases.n_slices,
             "phases_even": phases.even,
             "size": [int(hdr.Rows), int(hdr.Columns)],
-            "pixel_spacing_mm": list(kept[0].im.pixel_spacing),
+            "pixel_spacing_mm": list(kept[0].spacing),
             **vols.to_json(),
             "target": target,
             "segments": [{"number": i + 1, "label": x.label, "structure": x.key} for i, x in enumerate(segments)],

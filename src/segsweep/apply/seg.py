@@ -270,6 +270,7 @@ def deidentified_source(
     for kw in GEOMETRY:
         if kw in ds:
             out.add(ds.data_element(kw))
+    _deidentified_frame_groups(out, ds)
     _deidentified_identity(out, ds, key, patient, frame_uid)
     if orientation is not None and "ImageOrientationPatient" in out:
         _set(out, "ImageOrientationPatient", orientation)
@@ -280,14 +281,17 @@ def deidentified_source(
 
 def deidentified_image(ds: Dataset, stored: np.ndarray, key: str, patient: str, frame_uid: str | None) -> Dataset:
     """The de-identified copy of a source image (module docstring) with its stored values ``stored``
-    [rows, cols] as uncompressed pixel data (Explicit VR Little Endian; lossless: the same values)."""
+    ([rows, cols], or [frames, rows, cols] for an Enhanced MR image) as uncompressed pixel data (Explicit VR
+    Little Endian; lossless: the same values)."""
     out = Dataset()
     for kw in GEOMETRY + IMAGE_KEEP:
         if kw in ds:
             out.add(ds.data_element(kw))
+    _deidentified_frame_groups(out, ds)
     _deidentified_identity(out, ds, key, patient, frame_uid)
     for kw in ("SeriesDate", "SeriesTime", "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime"):
-        _set(out, kw, DUMMY_DATE if kw.endswith("Date") else DUMMY_TIME)
+        if kw in ds:  # those the source has (its IOD may not have all), as the dummy
+            _set(out, kw, DUMMY_DATE if kw.endswith("Date") else DUMMY_TIME)
     arr = np.ascontiguousarray(stored)
     bits = 8 if arr.dtype.itemsize == 1 else 16
     _set(out, "BitsAllocated", bits)
@@ -321,10 +325,14 @@ def build_seg(
     patient: str,
     phase: int | None = None,
     slice_spacing_mm: float | None = None,
+    frames: Sequence[tuple[int, Sequence[float]]] | None = None,
 ) -> hd.seg.Segmentation:
     """A SEG for label ``masks`` [N, rows, cols] (values of `SEGMENTS[target]`) of ``sources`` (headers in
     the same order, pixel data not needed; one image per slice position). ``phase``: the cardiac phase of a
-    cine series (one SEG per phase, all in one SEG series: InstanceNumber = phase + 1)."""
+    cine series (one SEG per phase, all in one SEG series: InstanceNumber = phase + 1). ``frames``: for an
+    Enhanced MR source (``sources`` its one header), the (frame number, ImagePositionPatient) of each mask:
+    highdicom matches planes to source frames by position, which at one position of a cine file names every
+    phase's frame; each SEG frame then keeps only the reference to its own frame (`_own_frames`)."""
     segments = SEGMENTS[target]
     alg = hd.AlgorithmIdentificationSequence(
         name="segsweep",
@@ -362,9 +370,13 @@ def build_seg(
         sources = source_copies(sources, slice_spacing_mm)
         extra = {}
     instance = ("seg-instance", src_uid, cell, mode) if phase is None else ("seg-instance", src_uid, cell, mode, phase)
+    positions = None
+    if frames is not None:
+        positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, list(pos)) for _, pos in frames]
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
+        plane_positions=positions,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=keyed_uid(key, "seg-series", src_uid, cell, mode),
@@ -381,6 +393,8 @@ def build_seg(
         omit_empty_frames=False,
         **extra,
     )
+    if frames is not None:
+        _own_frames(seg, frames)
     if deidentify:
         seg.InstanceCreationDate, seg.InstanceCreationTime = DUMMY_DATE, DUMMY_TIME
         for item in seg.get("ContributingEquipmentSequence", []):
@@ -388,6 +402,48 @@ def build_seg(
                 item.ContributionDateTime = DUMMY_DATE + DUMMY_TIME
         seg.PatientIdentityRemoved = "YES"
     return seg
+
+
+def _own_frames(seg: Dataset, frames: Sequence[tuple[int, Sequence[float]]]) -> None:
+    """Each SEG frame's source references reduced to the source frame at its position (``frames``: the
+    frame number and position of every mask of this SEG; within one SEG the positions are distinct)."""
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        pos = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        own = next(n for n, p in frames if np.allclose(np.asarray(p, float), pos, atol=1e-3))
+        for derivation in item.get("DerivationImageSequence", []):
+            refs = [r for r in derivation.SourceImageSequence if int(r.get("ReferencedFrameNumber", 0)) == own]
+            if refs:
+                derivation.SourceImageSequence = refs
+
+
+def _deidentified_frame_groups(out: Dataset, ds: Dataset) -> None:
+    """An Enhanced MR copy's functional groups with geometry and timing only (per frame: position, temporal
+    index, stack, trigger delay; shared and per frame: orientation and pixel measures); FrameContent's
+    acquisition date-times and everything else dropped."""
+    keep = {
+        "PlanePositionSequence": ("ImagePositionPatient",),
+        "PlaneOrientationSequence": ("ImageOrientationPatient",),
+        "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+        "FrameContentSequence": ("TemporalPositionIndex", "StackID", "InStackPositionNumber"),
+        "CardiacSynchronizationSequence": ("NominalCardiacTriggerDelayTime",),
+    }
+    for kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if kw not in ds:
+            continue
+        groups = []
+        for g in ds[kw].value:
+            new = Dataset()
+            for seq, fields in keep.items():
+                if seq in g and len(g[seq].value):
+                    item = Dataset()
+                    for f in fields:
+                        if f in g[seq].value[0]:
+                            item.add(g[seq].value[0].data_element(f))
+                    setattr(new, seq, [item])
+            groups.append(new)
+        setattr(out, kw, groups)
+    if "NumberOfFrames" in ds:
+        out.NumberOfFrames = ds.NumberOfFrames
 
 
 def write_seg(seg: hd.seg.Segmentation, path: Path) -> None:

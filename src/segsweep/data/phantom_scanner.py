@@ -11,7 +11,8 @@ tested offline (docs/predict.md):
   leading-zero components, a FrameOfReferenceUID per image, an oblique orientation with 1e-6 jitter between
   images, no SliceThickness / SpacingBetweenSlices, MONOCHROME1, rescale slope 2 / intercept −100, and
   JPEG-LS lossless pixel data;
-* ``multiframe``: an Enhanced MR image (several frames in one file), which ``predict`` skips with a reason.
+* ``multiframe``: an Enhanced MR image, every slice × phase a frame of one file (geometry and timing in
+  its functional groups).
 
 The images are drawn as `phantom.generate` draws a patient, with the LV cavity contracting over the phases
 (radius × ``1 − 0.4 sin²(π t)``, t = phase / phases: end-diastole at phase 0, end-systole mid-cycle).
@@ -140,26 +141,47 @@ def generate_scanner_series(
 
 
 def _write_multiframe(ds, path: Path, frames, entry: dict, cfg: PhantomConfig, p: int) -> None:
-    """An Enhanced MR image: every slice × phase a frame (minimal functional groups)."""
+    """An Enhanced MR image (PS3.3 A.36.2): every slice × phase a frame; geometry in the functional groups
+    (shared: pixel measures, orientation; per frame: position, temporal position, trigger delay)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
+    def item(**kw) -> Dataset:
+        d = Dataset()
+        for k, v in kw.items():
+            setattr(d, k, v)
+        return d
+
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
     ds.NumberOfFrames = len(frames)
-    per_frame = []
-    for k, t, _ in frames:
-        item = Dataset()
-        pos = Dataset()
-        pos.ImagePositionPatient = ["0", "0", f"{-10.0 * k:.3f}"]
-        item.PlanePositionSequence = Sequence([pos])
-        content = Dataset()
-        content.TemporalPositionIndex = t + 1
-        item.FrameContentSequence = Sequence([content])
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-    stack = np.stack([f[2] for f in frames])
+    shared = item(
+        PixelMeasuresSequence=Sequence([item(PixelSpacing=ds.PixelSpacing, SliceThickness="8")]),
+        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
+    )
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        item(
+            PlanePositionSequence=Sequence([item(ImagePositionPatient=["-40", "-30", f"{-10.0 * k:.3f}"])]),
+            FrameContentSequence=Sequence(
+                [item(TemporalPositionIndex=t + 1, StackID="1", InStackPositionNumber=k + 1)]
+            ),
+            CardiacSynchronizationSequence=Sequence(
+                [item(NominalCardiacTriggerDelayTime=1000.0 * t / len({f[1] for f in frames}))]
+            ),
+        )
+        for k, t, _ in frames
+    )
+    for kw in ("PixelSpacing", "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices", "TriggerTime"):
+        if kw in ds:
+            delattr(ds, kw)
     uid = ph._uid("scanner", cfg.seed, p, "enhanced")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ph._write_dicom(ds, path, stack, 1, 0.0, uid)
-    entry["files"].append(path.relative_to(path.parents[1]).as_posix())
+    ph._write_dicom(ds, path, np.stack([f[2] for f in frames]), 1, 0.0, uid)
+    del ds.ImagePositionPatient, ds.SliceLocation  # per frame only (_write_dicom writes single-frame images)
+    ds.save_as(path, enforce_file_format=True)
+    rel = path.relative_to(path.parents[1]).as_posix()
+    entry["files"].append(rel)
     entry["series_uids"].append(str(ds.SeriesInstanceUID))
+    entry["images"] = [
+        {"sop_uid": uid, "frame": i + 1, "slice": k, "phase": t, "file": rel} for i, (k, t, _) in enumerate(frames)
+    ]
