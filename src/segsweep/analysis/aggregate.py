@@ -244,15 +244,17 @@ def patient_sources(value: str) -> list[tuple[str, str, str]]:
     return []
 
 
-def _per_patient_file(path: Path, col: str) -> dict | None:
-    """The ``val`` rows of per_patient.csv (``set,patient,n_slices,...``): one weight per patient that has
-    slices and a value."""
+def per_patient_file(path: Path, col: str, set_name: str = "val") -> dict | None:
+    """The ``set_name`` rows of per_patient.csv (``set,patient,n_slices,...``): one weight per patient that has
+    slices and a value (the validation tables read ``val``, the Test set section ``test``)."""
     try:
         df = pd.read_csv(path, dtype={"patient": str, "set": str})
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return None
     if "set" in df:
-        df = df[df["set"] == "val"]
+        df = df[df["set"] == set_name]
+    elif set_name != "val":  # an older file without the column holds validation rows only
+        return None
     if df.empty or not {"patient", "n_slices", col} <= set(df.columns):
         return None
     v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
@@ -291,7 +293,7 @@ def patient_values(cell_dir: Path, value: str, run_value: float | None) -> dict 
     if run_value is None:
         return None
     for name, col, _weighting in patient_sources(value):
-        read = _per_patient_file if name == PER_PATIENT else _per_image_file
+        read = per_patient_file if name == PER_PATIENT else _per_image_file
         pv = read(Path(cell_dir) / name, col)
         if pv is None or pv["weights"].sum() <= 0:
             continue
