@@ -668,6 +668,7 @@ def aggregate_study(
     seed: int = 0,
     splits: Sequence[Path] = (),
     decisions: Sequence[Mapping] = (),
+    data_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Write ``cells.csv``, ``table.csv``, ``table.json`` and ``stats.json`` of one study into ``out_dir``.
 
@@ -677,6 +678,8 @@ def aggregate_study(
     split files of the study's cells (results/splits/*.json), for the real size of each training fraction.
     ``decisions`` are a pruned study's decision files (read as JSON; `pruned_cells`): the runs its pruner
     stopped are ``pruned``, and a configuration with any pruned run is never ranked or compared.
+    ``data_dir`` (the study's patient files): with it, table.json gets ``final``, the selected configuration's
+    post-processing choice, test numbers and ensemble (`segsweep.analysis.final.evaluate_selected`).
     Returns the per-run frame (the content of cells.csv).
     """
     out_dir = Path(out_dir)
@@ -688,6 +691,12 @@ def aggregate_study(
     fractions = fraction_sizes(study, Path(cells_dir), splits)
     table = pivot(study, groups, {"fraction": {k: v["label"] for k, v in fractions.items()}} if fractions else None)
     table["fractions"] = fractions
+    if data_dir is not None:
+        from segsweep.analysis.final import evaluate_selected
+
+        table["final"] = evaluate_selected(
+            study.name, groups, study.table.higher_is_better, Path(cells_dir), Path(data_dir), seed
+        )
     comparisons = compare_study(
         groups, higher_is_better=study.table.higher_is_better, value=study.table.value, seed=seed
     )

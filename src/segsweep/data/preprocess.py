@@ -33,8 +33,13 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-import cv2
 import numpy as np
+
+from segsweep.lazy import LazyModule
+
+# imported on first use: the study's final evaluation (segsweep.analysis.final, report env without OpenCV)
+# uses `Geometry` and the patient files only
+cv2 = LazyModule("cv2")
 
 POLICIES = ("resize_pad", "resize", "crop_pad")
 _MAX_LUT = 1 << 20  # stored-value ranges up to this use the exact histogram fast path
