@@ -13,6 +13,7 @@ import pytest
 from segsweep.analysis.ensemble import average_probabilities, labels_from_probabilities
 from segsweep.analysis.final import chosen_postprocessing, evaluate_selected
 from segsweep.analysis.postprocess import POSTPROCESSING, apply_postprocessing, choose, postprocess_patient
+from segsweep.data.preprocess import Geometry
 from segsweep.errors import ConfigError, DataError
 from segsweep.training import native_predictions as npred
 from segsweep.training.record import CellMetrics
@@ -87,12 +88,10 @@ def test_ensemble_average_and_labels():
         average_probabilities([p1, p1[:, :1]])
 
 
-def test_quantised_probabilities_keep_the_label():
-    p = np.array([[[0.5, 0.5001, 0.499, 1.0, 0.0]]])
-    lab = (p[0] > 0.5).astype(np.uint8)
-    q = npred.quantize(p, lab)
-    assert ((q / 255.0 > 0.5)[0] == lab.astype(bool)).all()
-    assert np.abs(q / 255.0 - p).max() <= 1 / 255
+def test_quantised_probabilities():
+    p = np.array([[[0.5, 0.5001, 0.499, 1.0, 0.0, 1.2]]])
+    q = npred.quantize(p)
+    assert q.tolist() == [[[128, 128, 127, 255, 0, 255]]]  # round(255 p), 127.5 → 128 (half to even)
 
 
 # --------------------------------------------------------------------------------- from files, end to end
@@ -122,8 +121,14 @@ def _patient(data: Path, pid: str, n: int = 2) -> list[np.ndarray]:
 
 
 def _set(pids, labels, probs):
-    images = SimpleNamespace(patient=[p for p in pids for _ in range(2)], slice=[0, 1] * len(pids))
-    return SimpleNamespace(images=images, native_label=labels, native_prob=probs)
+    """A SetResult-like object whose network grid is the native grid (identity geometry)."""
+    n = len(labels)
+    images = SimpleNamespace(
+        patient=[p for p in pids for _ in range(2)],
+        slice=[0, 1] * len(pids),
+        geometry=[Geometry(SHAPE, SHAPE, SHAPE)] * n,
+    )
+    return SimpleNamespace(images=images, native_label=labels, net_prob=probs)
 
 
 @pytest.fixture()
@@ -159,7 +164,7 @@ def test_saved_predictions_round_trip(study_files):
     assert f.classes == ("foreground",) and set(f.sets) == {"val", "test"}
     first = f.sets["val"][0]
     assert (first.patient, first.slice, first.label.shape, first.prob.shape) == ("v0", 0, SHAPE, (1, *SHAPE))
-    assert first.label[11, 9] == 1 and ((first.prob[0] > 0.5) == first.label.astype(bool)).all()
+    assert first.label[11, 9] == 1 and ((first.native_prob()[0] > 0.5) == first.label.astype(bool)).all()
 
 
 def test_final_evaluation_chooses_on_validation_and_scores_test(study_files, tmp_path):
@@ -203,3 +208,10 @@ def test_saved_labels_reproduce_the_final_evaluation(study_files):
     again = score_labels("val", images, [p.label for p in saved], cfg)
     assert again.summary == res.summary
     assert again.patients == res.patients
+    # the saved network-grid probabilities, mapped back, give the scored labels except where p is within
+    # the quantisation step (1/510) of the threshold
+    for p in saved:
+        native = p.native_prob()[0]
+        assert native.shape == p.label.shape
+        clear = np.abs(native - 0.5) > 1 / 255
+        assert ((native > 0.5) == p.label.astype(bool))[clear].all()

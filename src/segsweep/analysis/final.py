@@ -11,7 +11,8 @@ For the configuration ranked first on validation (`ranking.ranked`: test numbers
 2. **Test**: the runs' test label maps raw (``none``) and with the chosen post-processing, with 95 %
    percentile-bootstrap intervals over runs × test patients (`stats.bootstrap_interval`, as every interval).
 3. **Ensemble** (≥ 2 runs): per image the runs' saved probabilities averaged (`ensemble.average_probabilities`,
-   quantised to 1/255 in the files), thresholded / arg-max, raw and post-processed, on validation (repeats
+   quantised to 1/255 in the files; on the network grid, then mapped to the native grid), thresholded /
+   arg-max, raw and post-processed, on validation (repeats
    only: folds validate on different patients) and test; intervals over test patients (one model).
 
 The result is ``table.json``'s ``final`` object (keys in `evaluate_selected`); the report's Test set section,
@@ -24,6 +25,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +127,11 @@ def _ensemble(
     if any(k != keys[0] for k in keys[1:]):
         return None, "the runs were scored on different patients (folds): no common images to average"
     images = _images(data_dir, sets[0], memo)
-    labels = [labels_from_probabilities(average_probabilities([s[i].prob for s in sets])) for i in range(len(keys[0]))]
+    # invert (network grid → native) is linear: average on the network grid, map back once
+    labels = []
+    for i in range(len(keys[0])):
+        avg = average_probabilities([s[i].prob for s in sets])
+        labels.append(labels_from_probabilities(replace(sets[0][i], prob=avg).native_prob()))
     return {post: _score(set_name, images, labels, post, cfg, classes) for post in posts}, ""
 
 

@@ -37,8 +37,7 @@ import numpy as np
 
 from segsweep.lazy import LazyModule
 
-# imported on first use: the study's final evaluation (segsweep.analysis.final, report env without OpenCV)
-# uses `Geometry` and the patient files only
+# imported on first use: importing this module for `Geometry` (training.evaluate, analysis.final) costs nothing
 cv2 = LazyModule("cv2")
 
 POLICIES = ("resize_pad", "resize", "crop_pad")

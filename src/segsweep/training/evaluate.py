@@ -151,10 +151,11 @@ class SetResult:
     summary: dict
     collapse: dict = field(default_factory=dict)  # class name → `collapse_stats`
     per_class: dict = field(default_factory=dict)  # multi-class only: class name → (scores, patients, summary)
-    # the scored prediction of each image on its native grid: label map (0/1, or class ids) and probabilities
-    # ([1,h,w] sigmoid, or [C+1,h,w] softmax), saved by `native_predictions.write` for audits and ensembles
+    # per image the scored label map on its native grid (0/1, or class ids) and the probabilities on the
+    # network grid ([1,H,W] sigmoid, or [C+1,H,W] softmax; `preprocess.invert` maps them to the native grid),
+    # saved by `native_predictions.write` for audits and ensembles
     native_label: list = field(default_factory=list)
-    native_prob: list = field(default_factory=list)
+    net_prob: list = field(default_factory=list)
 
 
 def evaluate_set(
@@ -186,11 +187,11 @@ def evaluate_set(
             native_pred = native_prob > 0.5
             scores.append(_score(native_pred, images.native_mask[i] != 0, images.native_spacing[i], cfg))
             labels.append(native_pred.astype(np.uint8))
-            probs.append(native_prob[None])
+            probs.append(prob[k][None])
     patients = _pool(scores, images.patient, cfg)
     collapse = {"foreground": collapse_stats(scores, image_areas(images))}
     res = SetResult(name, images, net, scores, patients, summarize(scores, patients), collapse)
-    res.native_label, res.native_prob = labels, probs
+    res.native_label, res.net_prob = labels, probs
     return res
 
 
@@ -238,7 +239,7 @@ def _evaluate_multiclass(
             native = np.stack([pre.invert(geom, prob[k, c], fill=1.0 if c == 0 else 0.0) for c in range(n)])
             native_lab, native_ref = native.argmax(0), images.native_mask[i]
             labels.append(native_lab.astype(np.uint8))
-            probs.append(native)
+            probs.append(prob[k])
             for c in range(1, n):
                 per[c - 1].append(_score(native_lab == c, native_ref == c, images.native_spacing[i], cfg))
     return _multiclass_result(name, images, net, per, cfg, classes, labels, probs)
