@@ -443,8 +443,8 @@ def card_markdown(card: Mapping) -> str:
     if post:
         lines += ["", "## Post-processing", ""]
         lines.append(
-            f"Applied to the network's label maps (by `predict` too): {post['description']} (`{post['name']}`)"
-            + (f"; {post['rule']}." if post.get("rule") else ".")
+            f"Chosen for this model's label maps (`predict` reads it from the study's table.json): "
+            f"{post['description']} (`{post['name']}`)" + (f"; {post['rule']}." if post.get("rule") else ".")
         )
         if post.get("numbers"):
             lines += [
