@@ -215,3 +215,41 @@ def test_saved_labels_reproduce_the_final_evaluation(study_files):
         assert native.shape == p.label.shape
         clear = np.abs(native - 0.5) > 1 / 255
         assert ((native > 0.5) == p.label.astype(bool))[clear].all()
+
+
+def test_multiclass_files_and_per_class_post_processing(tmp_path):
+    """Three channels (background, cavity, myocardium): saved and read back; a speck of class 2 is removed per
+    class by largest_2d, and the ensemble takes the arg-max of the averaged softmax."""
+    from segsweep.training.evaluate import EvaluationConfig, load_images, score_labels
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ref = _disk(5, 4, 3)
+    ref[_disk(5, 4, 1).astype(bool)] = 2  # class 2 inside class 1
+    np.savez(
+        data / "m0.npz",
+        image=np.zeros((2, 6, 5), np.float32),
+        mask=np.zeros((2, 6, 5), np.uint8),
+        spacing=np.full((2, 2), 3.0, np.float32),
+        slice=np.arange(2, dtype=np.int32),
+        native_mask=np.stack([ref, ref]),
+        native_shape=np.tile(np.int32(SHAPE), (2, 1)),
+        resized_shape=np.tile(np.int32(SHAPE), (2, 1)),
+        native_spacing=np.tile(np.float32(SPACING), (2, 1)),
+    )
+    pred = ref.copy()
+    pred[11, 9] = 2
+    probs = [np.stack([(pred == c).astype(float) * 0.8 + 0.1 for c in range(3)])] * 2
+    npred.write(tmp_path / "m.npz", {"val": _set(["m0"], [pred, pred], probs)}, classes=("endo", "myo"))
+    f = npred.read(tmp_path / "m.npz")
+    assert f.classes == ("endo", "myo") and f.sets["val"][0].prob.shape == (3, *SHAPE)
+    assert (labels_from_probabilities(f.sets["val"][0].native_prob()) == pred).all()
+    images = load_images(data, ["m0"])
+    cfg = EvaluationConfig()
+    raw = score_labels("val", images, [p.label for p in f.sets["val"]], cfg, f.classes)
+    post = postprocess_patient("largest_2d", [p.label for p in f.sets["val"]])
+    assert all((p == ref).all() for p in post)
+    fixed = score_labels("val", images, post, cfg, f.classes)
+    assert raw.per_class["myo"][2]["hd95_mm_patient"] > 0 and fixed.per_class["myo"][2]["hd95_mm_patient"] == 0.0
+    assert raw.per_class["endo"][2] == fixed.per_class["endo"][2]  # class 1 untouched
+    assert fixed.summary["dice_patient"] == pytest.approx(1.0)
