@@ -12,6 +12,9 @@ rule aggregate:
         prune=pruned_study_decisions,
         # the split files of the study's cells: the real size of each training fraction
         splits=lambda wc: sorted({split_file(CELLS[c]) for c in STUDIES[wc.study].cell_ids}),
+        # the patient files: native reference masks for the selected configuration's post-processing choice
+        # and ensemble (segsweep.analysis.final); ancient, as for the cells that trained on them
+        data=lambda wc: ancient(study_data(wc)),
     output:
         cells=report(
             "results/studies/{study}/cells.csv",

@@ -155,3 +155,99 @@ def test_a_table_cannot_rank_by_test_numbers():
         sc.prepare(cfg)
     cfg["studies"]["tiny"]["table"]["value"] = "val_dice_patient"  # validation, native, per patient: fine
     assert sc.prepare(cfg)["studies"]["tiny"]["table"]["value"] == "val_dice_patient"
+
+
+def test_test_interval_crosses_runs_and_patients(tmp_path):
+    """The hand-computed case of tests/test_stats.py (2 runs × 3 patients) read from cell files: the Test set
+    interval is the validation tables' interval (runs × patients crossed), not a bootstrap of run means."""
+    per_run = {"a": [0.9, 0.9, 0.9], "b": [0.0, 0.6, 0.9]}
+    runs = []
+    for i, (cell, values) in enumerate(per_run.items()):
+        d = tmp_path / cell
+        d.mkdir()
+        mean = float(np.mean(values))
+        test = {"dice_patient": mean, "dice": mean, "hd95_mm_patient": 1.0, "nsd_patient": mean}
+        test.update(n_patients=3, n_slices=6, n_one_empty=0, n_excluded_both_empty=0)
+        CellMetrics(cell=cell, status="ok", val_dice_patient=0.8, test=test).write(d / "metrics.json")
+        rows = ["set,patient,n_slices,dice,iou,hd95_mm,nsd"]
+        rows += [f"test,q{j},2,{v},{v},1.0,{v}" for j, v in enumerate(values)]
+        (d / "per_patient.csv").write_text("\n".join(rows) + "\n")
+        runs.append({"repeat": i, "fold": None, "cell": cell, "status": "ok", "value": 0.8})
+    groups = [{"config": "x", "labels": {}, "runs": runs, "status": "ok", "mean": 0.8, "n": 2}]
+    sel = selected_test("s", groups, True, tmp_path, seed=0)
+    row = {r["key"]: r for r in sel["rows"]}
+    assert row["dice_patient"]["value"] == pytest.approx(0.7)
+    assert row["dice_patient"]["ci"] == pytest.approx((0.2, 0.9))
+    assert row["dice_patient"]["units"] == "2 runs × 3 patients"
+    assert row["hd95_mm_patient"]["ci"] == pytest.approx((1.0, 1.0))
+
+
+FINAL = {
+    "configuration": "optimizer=adam, lr=0.001",
+    "cells": ["a", "b"],
+    "n_runs": 2,
+    "rule": "RULE TEXT",
+    "chosen": "largest_2d",
+    "chosen_description": "largest connected component per slice (each class)",
+    "candidates": [
+        {
+            "name": "none",
+            "description": "no post-processing",
+            "dice_patient": 0.88,
+            "hd95_mm_patient": 39.4,
+            "nsd_patient": 0.64,
+            "qualifies": False,
+            "chosen": False,
+        },
+        {
+            "name": "largest_2d",
+            "description": "largest connected component per slice (each class)",
+            "dice_patient": 0.89,
+            "hd95_mm_patient": 3.0,
+            "nsd_patient": 0.73,
+            "qualifies": True,
+            "chosen": True,
+        },
+    ],
+    "test": {
+        post: [
+            {
+                "key": k,
+                "label": k,
+                "value": v,
+                "ci_low": v * 0.9,
+                "ci_high": v * 1.1,
+                "units": "2 runs × 3 patients",
+                "note": "",
+            }
+            for k, v in (("dice_patient", 0.8), ("hd95_mm_patient", h), ("nsd_patient", 0.7))
+        ]
+        for post, h in (("none", 39.41), ("largest_2d", 2.97))
+    },
+    "ensemble": {
+        "n_runs": 2,
+        "val": {
+            "none": {"dice_patient": 0.9, "hd95_mm_patient": 5.0, "nsd_patient": 0.8},
+            "largest_2d": {"dice_patient": 0.9, "hd95_mm_patient": 2.0, "nsd_patient": 0.8},
+        },
+        "val_note": "",
+        "test": None,
+        "test_note": "not every run has test predictions",
+    },
+    "note": "",
+}
+
+
+def test_post_processing_and_ensemble_rows(fxt, tmp_path):
+    path = fxt.results / "studies" / "optimizer_lr" / "table.json"
+    saved = path.read_text()
+    path.write_text(json.dumps({**json.loads(saved), "final": FINAL}))
+    try:
+        sec = _section(_render(fxt, tmp_path / "report.html"), "test-set")
+    finally:
+        path.write_text(saved)
+    assert "Post-processing and ensemble" in sec and "RULE TEXT" in sec
+    assert "largest connected component per slice (each class)</strong>" in sec
+    assert "39.41 (35.47–43.35)" in sec and "2.97 (2.67–3.27)" in sec  # before and after, with intervals
+    assert "ensemble of 2 runs, raw" in sec and "not every run has test predictions" in sec
+    assert "(used)" in sec and "(chosen)" in sec

@@ -180,6 +180,26 @@ def test_interval_n2_runs():
     assert interval_units(same) == "2 runs × 3 patients"
 
 
+def test_interval_two_runs_by_three_patients_by_enumeration():
+    """n = 2 runs × 3 patients, crossed: 4 equally likely run draws × 27 patient draws = 108 outcomes.
+
+    Run A scores 0.9 on every patient, run B 0.0 / 0.6 / 0.9 (a seed that failed on one patient). Lowest
+    replicates: both draws B and all three patients the first → 0.0 (1/108 = 0.93 %); both B, two draws of
+    the first patient and one of the second → 0.2 (3/108, cumulative 3.7 %): the 2.5 % quantile is 0.2. A
+    mixed draw is at least (0.9 + 0.0) / 2 = 0.45. The top value 0.9 has 27 + 2 + 1 = 30 of 108: the 97.5 %
+    quantile is 0.9. Averaging the runs first (per-patient means 0.45, 0.75, 0.9) and bootstrapping patients
+    would give their range, [0.45, 0.9]: it hides that one seed scores 0 on a patient.
+    """
+    runs = [run(0.9, [0.9, 0.9, 0.9]), run(0.5, [0.0, 0.6, 0.9])]
+    ci = bootstrap_interval(runs, seed=0, bounds=(0.0, 1.0))
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((0.2, 0.9))
+    assert (ci["ci_unit"], ci["ci_runs"], ci["ci_patients"], ci["ci_sets"]) == ("runs × patients", 2, 3, 1)
+    averaged_first = bootstrap_interval([run(0.7, [0.45, 0.75, 0.9])], seed=0, bounds=(0.0, 1.0))
+    assert (averaged_first["ci_low"], averaged_first["ci_high"]) == pytest.approx((0.45, 0.9))
+    few = bootstrap_interval([run(0.8, [0.7, 0.9])], seed=0, patients_word="test patient")
+    assert few["ci_note"] == "no interval: 2 test patients, needs ≥ 3"
+
+
 def test_interval_of_a_constant_sample_is_the_value():
     ci = bootstrap_interval([run(0.75, [0.75] * 5), run(0.75, [0.75] * 5)], seed=0, bounds=(0.0, 1.0))
     assert (ci["ci_low"], ci["ci_high"]) == (0.75, 0.75)

@@ -24,4 +24,5 @@ runner.run(
     seed=int(smk.params.seed),
     splits=[Path(p) for p in smk.input.splits],
     decisions=[json.loads(Path(p).read_text()) for p in smk.input.prune],
+    data_dir=Path(smk.input.data),
 )

@@ -244,15 +244,17 @@ def patient_sources(value: str) -> list[tuple[str, str, str]]:
     return []
 
 
-def _per_patient_file(path: Path, col: str) -> dict | None:
-    """The ``val`` rows of per_patient.csv (``set,patient,n_slices,...``): one weight per patient that has
-    slices and a value."""
+def per_patient_file(path: Path, col: str, set_name: str = "val") -> dict | None:
+    """The ``set_name`` rows of per_patient.csv (``set,patient,n_slices,...``): one weight per patient that has
+    slices and a value (the validation tables read ``val``, the Test set section ``test``)."""
     try:
         df = pd.read_csv(path, dtype={"patient": str, "set": str})
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return None
     if "set" in df:
-        df = df[df["set"] == "val"]
+        df = df[df["set"] == set_name]
+    elif set_name != "val":  # an older file without the column holds validation rows only
+        return None
     if df.empty or not {"patient", "n_slices", col} <= set(df.columns):
         return None
     v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
@@ -291,7 +293,7 @@ def patient_values(cell_dir: Path, value: str, run_value: float | None) -> dict 
     if run_value is None:
         return None
     for name, col, _weighting in patient_sources(value):
-        read = _per_patient_file if name == PER_PATIENT else _per_image_file
+        read = per_patient_file if name == PER_PATIENT else _per_image_file
         pv = read(Path(cell_dir) / name, col)
         if pv is None or pv["weights"].sum() <= 0:
             continue
@@ -666,6 +668,7 @@ def aggregate_study(
     seed: int = 0,
     splits: Sequence[Path] = (),
     decisions: Sequence[Mapping] = (),
+    data_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Write ``cells.csv``, ``table.csv``, ``table.json`` and ``stats.json`` of one study into ``out_dir``.
 
@@ -675,6 +678,8 @@ def aggregate_study(
     split files of the study's cells (results/splits/*.json), for the real size of each training fraction.
     ``decisions`` are a pruned study's decision files (read as JSON; `pruned_cells`): the runs its pruner
     stopped are ``pruned``, and a configuration with any pruned run is never ranked or compared.
+    ``data_dir`` (the study's patient files): with it, table.json gets ``final``, the selected configuration's
+    post-processing choice, test numbers and ensemble (`segsweep.analysis.final.evaluate_selected`).
     Returns the per-run frame (the content of cells.csv).
     """
     out_dir = Path(out_dir)
@@ -686,6 +691,12 @@ def aggregate_study(
     fractions = fraction_sizes(study, Path(cells_dir), splits)
     table = pivot(study, groups, {"fraction": {k: v["label"] for k, v in fractions.items()}} if fractions else None)
     table["fractions"] = fractions
+    if data_dir is not None:
+        from segsweep.analysis.final import evaluate_selected
+
+        table["final"] = evaluate_selected(
+            study.name, groups, study.table.higher_is_better, Path(cells_dir), Path(data_dir), seed
+        )
     comparisons = compare_study(
         groups, higher_is_better=study.table.higher_is_better, value=study.table.value, seed=seed
     )

@@ -303,8 +303,38 @@ def study_card(study: Study, results_dir: Path, seed: int = 0) -> dict:
                 }
             )
     card["worst"] = worst
+    card["postprocessing"] = postprocessing_summary(_read_json(results_dir / "studies" / study.name / "table.json"))
     card["limitations"] = _limitations(card)
     return card
+
+
+def postprocessing_summary(table: Mapping | None) -> dict:
+    """The post-processing of a study's model, from table.json ``final`` (`segsweep.analysis.final`):
+    ``name``, ``description``, ``rule`` and, for the selected configuration's runs (means), validation and
+    test Dice / HD95 per patient before (``none``) and after it; name "none" and no numbers for older files."""
+    final = (table or {}).get("final") or {}
+    name = final.get("chosen") or "none"
+    out = {"name": name, "description": final.get("chosen_description") or "no post-processing"}
+    out["rule"] = final.get("rule")
+    cands = {c["name"]: c for c in final.get("candidates") or []}
+    tests = {k: {r["key"]: r.get("value") for r in rows} for k, rows in (final.get("test") or {}).items()}
+    out["numbers"] = (
+        [
+            {
+                "key": key,
+                "label": label,
+                "val_before": (cands.get("none") or {}).get(key),
+                "val_after": (cands.get(name) or {}).get(key),
+                "test_before": (tests.get("none") or {}).get(key),
+                "test_after": (tests.get(name) or {}).get(key),
+            }
+            for key, label in (("dice_patient", "Dice per patient"), ("hd95_mm_patient", "HD95 per patient (mm)"))
+        ]
+        if cands
+        else []
+    )
+    out["n_runs"] = final.get("n_runs")
+    return out
 
 
 def _val(m: CellMetrics, key: str) -> float | None:
@@ -409,6 +439,28 @@ def card_markdown(card: Mapping) -> str:
             f"| {r['label']} | {_num(r['val'], r['key'])} | {_ci_text(r['val_ci'], r['key'])} | "
             f"{_num(r['test'], r['key'])} | {_ci_text(r['test_ci'], r['key'])} |"
         )
+    post = card.get("postprocessing") or {}
+    if post:
+        lines += ["", "## Post-processing", ""]
+        lines.append(
+            f"Chosen for this model's label maps (`predict` reads it from the study's table.json): "
+            f"{post['description']} (`{post['name']}`)" + (f"; {post['rule']}." if post.get("rule") else ".")
+        )
+        if post.get("numbers"):
+            lines += [
+                "",
+                f"Means over the selected configuration's {_plural(post['n_runs'], 'run')}, before → after:",
+                "",
+                "| metric | validation | test |",
+                "|---|---|---|",
+            ]
+            for r in post["numbers"]:
+                lines.append(
+                    f"| {r['label']} | {_num(r['val_before'], r['key'])} → {_num(r['val_after'], r['key'])} | "
+                    f"{_num(r['test_before'], r['key'])} → {_num(r['test_after'], r['key'])} |"
+                )
+        lines.append("")
+        lines.append("The metrics table above is the network's raw output (no post-processing).")
     lines += ["", "## Failure modes seen", ""]
     vn = card["val_n"] or {}
     lines.append(

@@ -97,8 +97,13 @@ def bootstrap_interval(
     n_boot: int = N_BOOT,
     confidence: float = 0.95,
     bounds: tuple[float, float] = (-math.inf, math.inf),
+    patients_word: str = "validation patient",
 ) -> dict:
     """Percentile-bootstrap interval of a configuration's mean over its runs (docs/statistics.md).
+
+    The one interval of the project: the tables' validation intervals and the Test set section's test
+    intervals (`segsweep.analysis.testset`) both come from here; ``patients_word`` only names the patients in
+    the "no interval" note ("test patient").
 
     Each run is ``{"value": x, "patients": None | {"ids": [...], "values": [...], "weights": [...]}}``: the
     run's value (e.g. its mean per-image validation Dice) and, where known, its per-patient values with their
@@ -143,7 +148,7 @@ def bootstrap_interval(
         n_patients = len({p for key in sets for p in key})
         if n_patients < MIN_UNITS:
             return no_interval(
-                f"no interval: {_count(n_patients, 'validation patient')}, needs ≥ {MIN_UNITS}",
+                f"no interval: {_count(n_patients, patients_word)}, needs ≥ {MIN_UNITS}",
                 runs=n_runs,
                 patients=n_patients,
                 sets=len(sets),

@@ -9,9 +9,13 @@ configuration, over its ``ok`` runs:
 * the point value = the mean over test patients of those (for ``dice`` per slice: the mean over runs of
   metrics.json ``test.dice``);
 * a 95 % percentile bootstrap interval (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13)
-  resampling *patients* with replacement (10 000 resamples, seeded by the config's ``seed`` and the study):
-  each resample's value is a mean of observed per-patient values, so the interval lies within the metric's
-  range by construction; fewer than 3 test patients → no interval.
+  from `segsweep.analysis.stats.bootstrap_interval`, the function of the validation tables: one run →
+  test patients resampled with replacement; several runs (repeats, folds) → **runs × patients** crossed (R
+  runs drawn with replacement, then the test patients, one draw shared by every run since they are scored
+  on the same patients), so a configuration whose seeds disagree gets an interval that shows it rather than
+  one around the mean of the seeds. 10 000 resamples, seeded by the config's ``seed`` and the study; each
+  resample's value is a mean of observed per-patient values, so the interval lies within the metric's
+  range by construction; fewer than 3 test patients → no interval (docs/statistics.md).
 
 `val_vs_test` gives, for the top configurations by validation, the same per-patient Dice on validation
 (metrics.json ``val_dice_patient``) and test (``test.dice_patient``), for the figure that shows how much the
@@ -27,9 +31,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from segsweep.analysis.aggregate import REPRODUCE_TOL, per_patient_file
 from segsweep.analysis.ranking import ranked
+from segsweep.analysis.stats import bootstrap_interval, interval_units
+from segsweep.labels import metric_range
 from segsweep.training.record import CellMetrics
 
 N_BOOT = 10_000
@@ -69,12 +75,20 @@ def patient_bootstrap(
     return float(lo), float(hi)
 
 
-def _test_patients(cell_dir: Path) -> pd.DataFrame | None:
-    try:
-        df = pd.read_csv(cell_dir / "per_patient.csv", dtype={"patient": str, "set": str})
-    except (FileNotFoundError, pd.errors.EmptyDataError):
+def per_test_patient(cell_dir: Path, col: str, run_value: float | None) -> dict | None:
+    """A run's per-test-patient values of per_patient.csv column ``col`` (one weight per patient), only where
+    their mean reproduces the run's value (as for the validation tables), else None."""
+    pv = per_patient_file(Path(cell_dir) / "per_patient.csv", col, "test")
+    if pv is None or run_value is None or pv["weights"].sum() <= 0:
         return None
-    return df[df["set"] == "test"] if "set" in df else None
+    pooled = float((pv["weights"] * pv["values"]).sum() / pv["weights"].sum())
+    return pv if abs(pooled - run_value) <= REPRODUCE_TOL * max(1.0, abs(run_value)) else None
+
+
+def interval_of_test_runs(runs: Sequence[Mapping], key: str, *, seed) -> dict:
+    """The interval fields (`stats.bootstrap_interval`) of a test number from its runs (``{"value",
+    "patients"}``): runs × test patients crossed with several runs, test patients with one."""
+    return bootstrap_interval(runs, seed=seed, bounds=metric_range(key), patients_word="test patient")
 
 
 def _metrics(cell_dir: Path) -> CellMetrics | None:
@@ -91,12 +105,12 @@ def selected_test(
     ok run with a test evaluation. Keys: ``group`` (the configuration), ``n_runs``, ``n_patients``,
     ``n_slices``, ``n_one_empty``, ``n_excluded_both_empty`` (per run, averaged when runs differ: they share
     the test set), ``val_dice_patient`` (its validation counterpart), ``rows`` (one per `TEST_ROWS`: key,
-    label, value, ci or None, note)."""
+    label, value, ci or None, note, units: what the interval resampled, "2 runs × 3 patients")."""
     order = ranked(groups, higher_is_better)
     if not order:
         return None
     g = order[0]
-    tests, tables, vals = [], [], []
+    tests, dirs, vals = [], [], []
     for r in g["runs"]:
         if r["status"] != "ok":
             continue
@@ -105,27 +119,29 @@ def selected_test(
         if m is None or not m.test:
             continue
         tests.append(m.test)
+        dirs.append(d)
         vals.append(m.val_dice_patient)
-        t = _test_patients(d)
-        if t is not None and len(t):
-            tables.append(t)
     if not tests:
         return None
-    per_patient = pd.concat(tables).groupby("patient", sort=True) if tables else None
     stream = int(hashlib.sha256(f"test:{study_name}".encode()).hexdigest()[:8], 16)
     rows = []
     for k, (key, col, label) in enumerate(TEST_ROWS):
         run_values = [t.get(key) for t in tests if t.get(key) is not None]
         value = float(np.mean(run_values)) if run_values else None
-        ci, note = None, ""
-        if col is not None and per_patient is not None:
-            pv = pd.to_numeric(per_patient[col].mean(), errors="coerce").dropna()
-            ci = patient_bootstrap(pv.to_list(), seed=[int(seed), 2, stream, k])
-            if ci is None:
-                note = f"no interval: {len(pv)} test patient{'s' if len(pv) != 1 else ''} (needs ≥ {MIN_PATIENTS})"
-        elif col is None:
+        ci, note, units = None, "", ""
+        if col is not None:
+            runs = [
+                {"value": t[key], "patients": per_test_patient(d, col, t[key])}
+                for t, d in zip(tests, dirs)
+                if t.get(key) is not None
+            ]
+            res = interval_of_test_runs(runs, key, seed=[int(seed), 2, stream, k])
+            if res["ci_low"] is not None:
+                ci, units = (res["ci_low"], res["ci_high"]), interval_units(res)
+            note = res["ci_note"]
+        else:
             note = "mean over slices; no interval (the patient is the resampling unit)"
-        rows.append({"key": key, "label": label, "value": value, "ci": ci, "note": note})
+        rows.append({"key": key, "label": label, "value": value, "ci": ci, "note": note, "units": units})
 
     def avg(key: str) -> float:
         return float(np.mean([t[key] for t in tests if t.get(key) is not None]))

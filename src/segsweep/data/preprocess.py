@@ -33,8 +33,12 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-import cv2
 import numpy as np
+
+from segsweep.lazy import LazyModule
+
+# imported on first use: importing this module for `Geometry` (training.evaluate, analysis.final) costs nothing
+cv2 = LazyModule("cv2")
 
 POLICIES = ("resize_pad", "resize", "crop_pad")
 _MAX_LUT = 1 << 20  # stored-value ranges up to this use the exact histogram fast path

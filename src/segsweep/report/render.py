@@ -533,6 +533,7 @@ def test_context(views: Sequence[StudyView], results_dir: Path, config: Mapping)
                 "counts": testset.describe(sel) if sel else "",
                 "val_text": "–" if not sel or sel["val_dice_patient"] is None else f"{sel['val_dice_patient']:.3f}",
                 "figures": [f for f in v.figures if f["kind"] == "val_vs_test"],
+                "final": final_context(v.table.get("final")),
             }
         )
     return {
@@ -541,6 +542,76 @@ def test_context(views: Sequence[StudyView], results_dir: Path, config: Mapping)
         "test_fraction": (config.get("splits", {}) or {}).get("test_fraction", 0),
         "nsd_tolerance_mm": ev.get("nsd_tolerance_mm", 2.0),
         "hd95_cap_mm": ev.get("hd95_cap_mm"),
+    }
+
+
+def _num(x: float | None, key: str) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f}" if key.startswith("hd95") else f"{x:.3f}"
+
+
+def _with_ci(row: Mapping | None) -> str:
+    """'0.891 (0.85–0.93)' of a final-evaluation row, '–' when absent."""
+    if not row:
+        return "–"
+    text = _num(row.get("value"), row["key"])
+    if row.get("ci_low") is not None:
+        text += f" ({_num(row['ci_low'], row['key'])}–{_num(row['ci_high'], row['key'])})"
+    return text
+
+
+def final_context(final: Mapping | None) -> dict | None:
+    """The post-processing choice and the runs-vs-ensemble table of a study (table.json ``final``,
+    `segsweep.analysis.final`): candidates on validation, and per variant (single runs / ensemble, raw /
+    post-processed) validation and test numbers; the variant the study's model uses is marked."""
+    if not final:
+        return None
+    keys = ("dice_patient", "hd95_mm_patient", "nsd_patient")
+    chosen = final["chosen"]
+    candidates = [
+        {**c, "text": {k: _num(c.get(k), k) for k in keys}, "label": c["description"]} for c in final["candidates"]
+    ]
+    cand = {c["name"]: c for c in final["candidates"]}
+    posts = list(dict.fromkeys(["none", chosen]))
+    variants = []
+    n = final.get("n_runs", 0)
+    for post in posts:
+        rows = {r["key"]: r for r in (final.get("test") or {}).get(post, [])}
+        variants.append(
+            {
+                "label": f"{'single run' if n == 1 else f'{n} runs (mean)'}, "
+                + ("raw" if post == "none" else f"post-processed ({post})"),
+                "val": {k: _num((cand.get(post) or {}).get(k), k) for k in keys},
+                "test": {k: _with_ci(rows.get(k)) for k in keys},
+                "used": post == chosen,
+                "units": next((r["units"] for r in rows.values() if r.get("units")), ""),
+            }
+        )
+    ens = final.get("ensemble")
+    if ens:
+        for post in posts:
+            rows = {r["key"]: r for r in (ens.get("test") or {}).get(post, [])}
+            val = (ens.get("val") or {}).get(post) or {}
+            variants.append(
+                {
+                    "label": f"ensemble of {ens['n_runs']} runs, "
+                    + ("raw" if post == "none" else f"post-processed ({post})"),
+                    "val": {k: _num(val.get(k), k) for k in keys},
+                    "test": {k: _with_ci(rows.get(k)) for k in keys},
+                    "used": False,
+                    "units": next((r["units"] for r in rows.values() if r.get("units")), ""),
+                }
+            )
+    notes = [x for x in (final.get("note"), (ens or {}).get("val_note"), (ens or {}).get("test_note")) if x]
+    return {
+        "chosen": chosen,
+        "description": final["chosen_description"],
+        "rule": final["rule"],
+        "candidates": candidates,
+        "variants": variants,
+        "notes": notes,
+        "n_runs": n,
     }
 
 

@@ -151,6 +151,11 @@ class SetResult:
     summary: dict
     collapse: dict = field(default_factory=dict)  # class name → `collapse_stats`
     per_class: dict = field(default_factory=dict)  # multi-class only: class name → (scores, patients, summary)
+    # per image the scored label map on its native grid (0/1, or class ids) and the probabilities on the
+    # network grid ([1,H,W] sigmoid, or [C+1,H,W] softmax; `preprocess.invert` maps them to the native grid),
+    # saved by `native_predictions.write` for audits and ensembles
+    native_label: list = field(default_factory=list)
+    net_prob: list = field(default_factory=list)
 
 
 def evaluate_set(
@@ -165,7 +170,7 @@ def evaluate_set(
     value k+1 = ``classes[k]``) for a multi-class one."""
     if len(classes) > 1:
         return _evaluate_multiclass(name, images, logits, cfg, tuple(classes))
-    net, scores = [], []
+    net, scores, labels, probs = [], [], [], []
     bs = 32
     for start in range(0, len(images), bs):
         x = np.stack(images.image[start : start + bs])
@@ -178,11 +183,16 @@ def evaluate_set(
             d = float(dice_per_image(pred[None], ref[None])[0])
             j = float(iou_per_image(pred[None], ref[None])[0])
             net.append((d, j, hd95_mm(pred, ref, images.spacing[i])))
-            native_pred = pre.invert(images.geometry[i], prob[k], fill=0.0) > 0.5
+            native_prob = pre.invert(images.geometry[i], prob[k], fill=0.0)
+            native_pred = native_prob > 0.5
             scores.append(_score(native_pred, images.native_mask[i] != 0, images.native_spacing[i], cfg))
+            labels.append(native_pred.astype(np.uint8))
+            probs.append(prob[k][None])
     patients = _pool(scores, images.patient, cfg)
     collapse = {"foreground": collapse_stats(scores, image_areas(images))}
-    return SetResult(name, images, net, scores, patients, summarize(scores, patients), collapse)
+    res = SetResult(name, images, net, scores, patients, summarize(scores, patients), collapse)
+    res.native_label, res.net_prob = labels, probs
+    return res
 
 
 def _score(pred: np.ndarray, ref: np.ndarray, spacing, cfg: EvaluationConfig) -> SliceScore:
@@ -212,6 +222,7 @@ def _evaluate_multiclass(
     n = len(classes) + 1
     net: list = []
     per: list[list[SliceScore]] = [[] for _ in classes]
+    labels, probs = [], []
     for start in range(0, len(images), 32):
         x = np.stack(images.image[start : start + 32])
         z = logits(x)
@@ -227,8 +238,15 @@ def _evaluate_multiclass(
             geom = images.geometry[i]
             native = np.stack([pre.invert(geom, prob[k, c], fill=1.0 if c == 0 else 0.0) for c in range(n)])
             native_lab, native_ref = native.argmax(0), images.native_mask[i]
+            labels.append(native_lab.astype(np.uint8))
+            probs.append(prob[k])
             for c in range(1, n):
                 per[c - 1].append(_score(native_lab == c, native_ref == c, images.native_spacing[i], cfg))
+    return _multiclass_result(name, images, net, per, cfg, classes, labels, probs)
+
+
+def _multiclass_result(name, images, net, per, cfg, classes, labels, probs) -> SetResult:
+    """A multi-class `SetResult` from each class's slice scores ``per[k]``: pooled per class, then averaged."""
     areas = image_areas(images)
     per_class, collapse = {}, {}
     for c, sc in zip(classes, per):
@@ -241,7 +259,34 @@ def _evaluate_multiclass(
         counts[pid] += sc.empty != "both"
     patients = _class_mean_patients([v[1] for v in per_class.values()], counts)
     summary = _class_mean_summary([v[2] for v in per_class.values()], scores, patients)
-    return SetResult(name, images, net, scores, patients, summary, collapse, per_class)
+    return SetResult(name, images, net, scores, patients, summary, collapse, per_class, labels, probs)
+
+
+def score_labels(
+    name: str,
+    images: EvalImages,
+    labels: Sequence[np.ndarray],
+    cfg: EvaluationConfig,
+    classes: Sequence[str] = ("foreground",),
+) -> SetResult:
+    """Score given native-resolution label maps (one per image of ``images``: 0/1, or class ids) exactly as
+    `evaluate_set` scores a network's: for re-scoring saved predictions after post-processing or averaging
+    (`segsweep.analysis.final`). The result has no network-grid numbers (``net`` empty)."""
+    if len(labels) != len(images):
+        raise DataError(f"{name}: {len(labels)} predictions for {len(images)} images")
+    labels = list(labels)
+    if len(classes) < 2:
+        scores = [
+            _score(lab != 0, images.native_mask[i] != 0, images.native_spacing[i], cfg) for i, lab in enumerate(labels)
+        ]
+        patients = _pool(scores, images.patient, cfg)
+        collapse = {"foreground": collapse_stats(scores, image_areas(images))}
+        return SetResult(name, images, [], scores, patients, summarize(scores, patients), collapse, {}, labels)
+    per = [
+        [_score(lab == c, images.native_mask[i] == c, images.native_spacing[i], cfg) for i, lab in enumerate(labels)]
+        for c in range(1, len(classes) + 1)
+    ]
+    return _multiclass_result(name, images, [], per, cfg, tuple(classes), labels, [])
 
 
 def _mean_of(values) -> float:

@@ -858,6 +858,15 @@ def _final_evaluation(
             # multi-class: the class names of label values 1, 2, ... (overlays draw them in class colours)
             **({"classes": np.asarray(data.classes)} if data.n_outputs > 1 else {}),
         )
+    # native-resolution labels and probabilities of both sets: every reported number can be recomputed from
+    # files, and the study's post-processing choice and ensembles need no weights (docs/evaluation.md)
+    from segsweep.training import native_predictions
+
+    native_predictions.write(
+        out_dir / native_predictions.FILE,
+        {"val": val, **({"test": test} if test is not None else {})},
+        data.classes,
+    )
     finite_hd = hd[np.isfinite(hd)]
     return {
         "best_val_dice": float(dice.mean()),

@@ -26,11 +26,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy import ndimage
-from torch import Tensor
+
+from segsweep.lazy import LazyModule
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# the monitor's functions use torch; the final-evaluation ones (score_slice, pool_patient, summarize) are numpy
+# only and run where torch is not installed (the study's final evaluation, segsweep.analysis.final)
+torch = LazyModule("torch")
 
 __all__ = [
     "dice_per_image",
