@@ -544,3 +544,95 @@ def test_odd_uids_never_reach_the_log(trained, best_cell, tmp_path, caplog, recw
     assert summary["n_series"] >= 1
     assert odd not in caplog.text
     assert not [w for w in recwarn if odd in str(w.message)]
+
+
+# ------------------------------------------------------------------ ensemble and post-processing
+@pytest.fixture(scope="module")
+def repeats(trained):
+    """A study whose one configuration has two runs (training seeds 0 and 1), aggregated with its patient
+    files: table.json ``final`` holds its runs and its chosen post-processing."""
+    results, _ = trained
+    cells = {"bbbbbbbbbbb0": 0, "bbbbbbbbbbb1": 1}
+    for cell, seed in cells.items():
+        params = cell_params(
+            {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 20, "lr": 0.01, "loss": "dice + bce", "seed": seed}
+        )
+        train_cell(params, results / "data", results / "splits" / "seed0.json", results / "cells" / cell)
+    study = Study(
+        name="seeds",
+        title="Two seeds",
+        description="",
+        mode="grid",
+        axes=("lr",),
+        table=TableLayout((), ("lr",)),
+        cells=tuple(StudyCell(c, (("lr", "0.01"),), r, None) for r, c in enumerate(cells)),
+        axis_values={"lr": ("0.01",)},
+    )
+    aggregate_study(
+        study,
+        results / "cells",
+        results / "studies" / "seeds",
+        seed=0,
+        splits=[results / "splits" / "seed0.json"],
+        data_dir=results / "data",
+    )
+    return results, study, list(cells)
+
+
+def test_ensemble_averages_the_runs_native_probabilities(repeats, predicted):
+    results, study, cells = repeats
+    _, root, _, manifest, _ = predicted
+    models = [pr.CellModel(results / "cells" / c, 2) for c in cells]
+    files = [root / f for f in manifest["series"][0]["files"]]
+    images, geoms = [], []
+    for f in files:
+        im = dcm.read(f)
+        u8, _, _ = pre.window_dicom(im, 0, PREP.window)
+        p = pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, PREP)
+        images.append(p.image)
+        geoms.append(p.geometry)
+    by_hand = []
+    for i in range(len(files)):  # p̄ = (p₁ + p₂) / 2 on the native grid, foreground where p̄ > 0.5
+        native = [pre.invert(geoms[i], m.probabilities(np.stack(images[i : i + 1]))[0, 0], fill=0.0) for m in models]
+        by_hand.append(((native[0].astype(np.float32) + native[1].astype(np.float32)) / 2 > 0.5).astype(np.uint8))
+    got = pr.Predictor(models, cells).predict(images, geoms)
+    for a, b in zip(got, by_hand):
+        assert np.mean(a != b) < 1e-3  # float32 averaging: a pixel exactly at 0.5 may differ
+
+
+def test_predict_uses_the_configurations_runs_and_its_chosen_postprocessing(repeats, tmp_path):
+    results, study, cells = repeats
+    table = json.loads((results / "studies" / "seeds" / "table.json").read_text())
+    final = table["final"]
+    assert sorted(final["cells"]) == sorted(cells) and final["chosen"] in (
+        "none",
+        "largest_2d",
+        "largest_3d",
+        "small_2d",
+    )
+    sel = card.resolve_model("seeds", [study], results)
+    assert pr.model_runs(sel, results, ensemble=True) == (final["cells"], final["chosen"])
+    assert pr.model_runs(sel, results, ensemble=False) == ([sel.cell], final["chosen"])
+    assert pr.model_runs(dataclasses.replace(sel, study=None), results, ensemble=True) == ([sel.cell], "none")
+    # force a post-processing choice to see it applied: one component per slice in every SEG frame
+    table["final"]["chosen"] = "largest_2d"
+    (results / "studies" / "seeds" / "table.json").write_text(json.dumps(table))
+    root = tmp_path / "dicom"
+    phantom.generate_series(PhantomConfig(**{**PHANTOM.__dict__, "patients": 1}), root)
+    out = tmp_path / "out"
+    summary = pr.run_predict(
+        {"input": str(root), "model": "seeds"},
+        studies=[study],
+        results_dir=results,
+        prep=PREP,
+        pseudonym_key=KEY,
+        out_dir=out,
+    )
+    assert summary["model"]["ensemble"] == final["cells"] and summary["model"]["postprocessing"] == "largest_2d"
+    from scipy import ndimage
+
+    (s,) = summary["series"]
+    ds, frames = _seg_frames(out / s["series"] / f"{s['series']}_seg.dcm")
+    assert all(ndimage.label(m)[1] <= 1 for m in frames.values())
+    params = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert "postprocessing=largest_2d" in params and f"ensemble={'+'.join(final['cells'])}" in params

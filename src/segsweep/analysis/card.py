@@ -443,7 +443,7 @@ def card_markdown(card: Mapping) -> str:
     if post:
         lines += ["", "## Post-processing", ""]
         lines.append(
-            f"Chosen for this model's label maps (`predict` reads it from the study's table.json): "
+            f"Chosen for this model's label maps (`predict` applies it, read from the study's table.json): "
             f"{post['description']} (`{post['name']}`)" + (f"; {post['rule']}." if post.get("rule") else ".")
         )
         if post.get("numbers"):

@@ -40,7 +40,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,9 @@ import torch
 
 from segsweep import __version__
 from segsweep.analysis.card import Selection, resolve_model
+from segsweep.analysis.ensemble import average_probabilities, labels_from_probabilities
+from segsweep.analysis.final import chosen_postprocessing, final_of
+from segsweep.analysis.postprocess import postprocess_patient
 from segsweep.apply import geometry, overlay, volumes
 from segsweep.apply import seg as segmod
 from segsweep.apply.discover import QC_COLUMNS, Discovery, Series, discover, row, series_pseudonym
@@ -70,24 +73,25 @@ class PredictConfig:
     deidentify: bool = False
     batch_size: int = 16
     device: str = "auto"
+    ensemble: bool = True  # a study's selected configuration: all its ok runs, probabilities averaged
 
     @classmethod
     def from_mapping(cls, d: Mapping | None) -> PredictConfig:
         d = dict(d or {})
-        unknown = sorted(set(d) - {"input", "model", "deidentify", "batch_size", "device"})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ConfigError(
-                f"config key 'predict.{unknown[0]}': unknown (known: input, model, deidentify, batch_size, device)"
-            )
-        bs = int(d.get("batch_size", 16))
-        if bs < 1:
-            raise ConfigError(f"config key 'predict.batch_size': must be ≥ 1, got {bs}")
-        return cls(
-            input=d.get("input"),
-            model=str(d.get("model", "best")),
-            deidentify=bool(d.get("deidentify", False)),
-            batch_size=bs,
-            device=str(d.get("device", "auto")),
+            raise ConfigError(f"config key 'predict.{unknown[0]}': unknown (known: {', '.join(known)})")
+        out = cls(**d)
+        if int(out.batch_size) < 1:
+            raise ConfigError(f"config key 'predict.batch_size': must be ≥ 1, got {out.batch_size}")
+        return replace(
+            out,
+            model=str(out.model),
+            deidentify=bool(out.deidentify),
+            batch_size=int(out.batch_size),
+            device=str(out.device),
+            ensemble=bool(out.ensemble),
         )
 
 
@@ -137,13 +141,59 @@ class CellModel:
         prob = self.probabilities(np.stack(images))
         return [native_labels(p, g) for p, g in zip(prob, geometries)]
 
+    def native_probabilities(self, images: Sequence[np.ndarray], geometries: Sequence[pre.Geometry]) -> list:
+        """Class probabilities [C, h, w] on each image's native grid (`native_probabilities`)."""
+        if not images:
+            return []
+        return [native_probabilities(p, g) for p, g in zip(self.probabilities(np.stack(images)), geometries)]
+
+
+def native_probabilities(prob: np.ndarray, geom: pre.Geometry) -> np.ndarray:
+    """Class probabilities [C, H, W] on the network grid → on the native grid (`preprocess.invert`; pixels a
+    crop cut away are background: probability 0 of the foreground, 1 of class 0)."""
+    if prob.shape[0] == 1:
+        return pre.invert(geom, prob[0], fill=0.0)[None]
+    return np.stack([pre.invert(geom, p, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob)])
+
 
 def native_labels(prob: np.ndarray, geom: pre.Geometry) -> np.ndarray:
     """Class probabilities [C, H, W] on the network grid → labels on the native grid (module docstring)."""
-    if prob.shape[0] == 1:
-        return (pre.invert(geom, prob[0], fill=0.0) > 0.5).astype(np.uint8)
-    native = np.stack([pre.invert(geom, p, fill=1.0 if c == 0 else 0.0) for c, p in enumerate(prob)])
-    return native.argmax(axis=0).astype(np.uint8)
+    return labels_from_probabilities(native_probabilities(prob, geom))
+
+
+class Predictor:
+    """What predict applies (docs/predict.md): one cell, or the ensemble of the selected configuration's runs
+    (their native-grid probabilities averaged, `ensemble.average_probabilities`), then the study's chosen
+    post-processing (`postprocess.apply_postprocessing`: per slice, or per phase volume for ``largest_3d``)."""
+
+    def __init__(self, models: Sequence[CellModel], cells: Sequence[str], postprocessing: str = "none"):
+        self.models, self.cells, self.postprocessing = list(models), list(cells), postprocessing
+
+    def predict(self, images: Sequence[np.ndarray], geometries: Sequence[pre.Geometry]) -> list[np.ndarray]:
+        """Label masks uint8 on each image's native grid, before post-processing."""
+        if len(self.models) == 1:
+            return self.models[0].predict(images, geometries)
+        per_model = [m.native_probabilities(images, geometries) for m in self.models]
+        return [labels_from_probabilities(average_probabilities(list(ps))) for ps in zip(*per_model)]
+
+    def method(self) -> dict[str, str]:
+        """The SEG's further algorithm parameters."""
+        out = {"postprocessing": self.postprocessing}
+        if len(self.cells) > 1:
+            out["ensemble"] = "+".join(self.cells)
+        return out
+
+    def postprocess(self, masks: list[np.ndarray], phases, spacings) -> list[np.ndarray]:
+        """The chosen post-processing on one series' masks: each phase's slices are one volume."""
+        if self.postprocessing == "none" or not masks:
+            return masks
+        out = list(masks)
+        for ph in sorted(set(phases.phase)):
+            idx = sorted((i for i in range(len(masks)) if phases.phase[i] == ph), key=lambda i: phases.slice[i])
+            done = postprocess_patient(self.postprocessing, [masks[i] for i in idx], [spacings[i] for i in idx])
+            for i, m in zip(idx, done):
+                out[i] = m
+        return out
 
 
 # ------------------------------------------------------------------------------------------- series
@@ -203,7 +253,7 @@ def _prepare(s: Series, prep: PreprocessConfig, found: Discovery, rows: list) ->
 
 def predict_series(
     s: Series,
-    model: CellModel,
+    model: Predictor,
     prep: PreprocessConfig,
     target: str,
     found: Discovery,
@@ -231,6 +281,7 @@ def predict_series(
         [h.instance for h in headers],
         [h.order_key for h in headers],
     )  # over the images kept (a dropped image can make the phases uneven)
+    masks = model.postprocess(masks, phases, [k.spacing for k in kept])
     spacing = volumes.slice_spacing(locations, hdr.get("SpacingBetweenSlices"), hdr.get("SliceThickness"))
     segments = segmod.SEGMENTS[target]
     vols = volumes.measure(masks, {x.key: x.value for x in segments}, [k.spacing for k in kept], phases, spacing)
@@ -275,6 +326,7 @@ def predict_series(
                 phase=ph if multi else None,
                 slice_spacing_mm=spacing.spacing_mm,
                 frames=[(kept[i].header.frame, kept[i].header.position) for i in idx] if multiframe else None,
+                method=model.method(),
             )
             segmod.write_seg(seg, out / name)  # writing validates the UIDs it copies: quiet too
             segs.append({"file": name, "source_series": src, "phase": ph, "images": idx})
@@ -323,7 +375,13 @@ def predict_series(
             "segs": segs,
             "deidentified": deidentify,
             **({"images_dir": "images"} if deidentify else {}),
-            "model": {"cell": selection.cell, "study": selection.study, "how": selection.how},
+            "model": {
+                "cell": selection.cell,
+                "study": selection.study,
+                "how": selection.how,
+                "ensemble": model.cells,
+                "postprocessing": model.postprocessing,
+            },
             "images": images,
         },
     )
@@ -377,6 +435,21 @@ def clear_outputs(out_dir: Path) -> None:
             p.unlink()
 
 
+def model_runs(sel: Selection, results_dir: Path, ensemble: bool) -> tuple[list[str], str]:
+    """The cells predict applies and the post-processing: for a model a study selected, the runs its final
+    evaluation used (table.json ``final.cells``, when ``ensemble`` and ≥ 2) and its chosen post-processing
+    (`final.chosen_postprocessing`); for a cell id given directly, that cell and none."""
+    if sel.study is None:
+        return [sel.cell], "none"
+    study_dir = Path(results_dir) / "studies" / sel.study
+    post = chosen_postprocessing(study_dir)
+    final = final_of(json.loads((study_dir / "table.json").read_text())) or {}
+    runs = list(final.get("cells") or [])
+    if ensemble and len(runs) >= 2 and sel.cell in runs:
+        return runs, post
+    return [sel.cell], post
+
+
 def _dataset(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -422,8 +495,15 @@ def run_predict(
         )
     torch.set_num_threads(int(threads))
     device = resolve_device(pc.device, log)
-    model = CellModel(results_dir / "cells" / sel.cell, int(dataset.get("n_classes", 2)), device, pc.batch_size)
+    cells, post = model_runs(sel, results_dir, pc.ensemble)
+    n_classes = int(dataset.get("n_classes", 2))
+    model = Predictor(
+        [CellModel(results_dir / "cells" / c, n_classes, device, pc.batch_size) for c in cells], cells, post
+    )
     log.info("predict: model %s (%s) on %s", sel.cell, sel.how, device)
+    if len(cells) > 1:
+        log.info("predict: ensemble of the configuration's %d runs: %s", len(cells), ", ".join(cells))
+    log.info("predict: post-processing %s", post)
     found = discover(pc.input, pseudonym_key)
     clear_outputs(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -462,7 +542,15 @@ def run_predict(
             counts[r[3]] = counts.get(r[3], 0) + 1
     summary = {
         "segsweep": __version__,
-        "model": {"cell": sel.cell, "study": sel.study, "config": sel.config, "how": sel.how, "spec": pc.model},
+        "model": {
+            "cell": sel.cell,
+            "study": sel.study,
+            "config": sel.config,
+            "how": sel.how,
+            "spec": pc.model,
+            "ensemble": model.cells,
+            "postprocessing": model.postprocessing,
+        },
         "target": target,
         "deidentify": pc.deidentify,
         "device": device.type,

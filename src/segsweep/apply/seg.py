@@ -326,6 +326,7 @@ def build_seg(
     phase: int | None = None,
     slice_spacing_mm: float | None = None,
     frames: Sequence[tuple[int, Sequence[float]]] | None = None,
+    method: dict[str, str] | None = None,
 ) -> hd.seg.Segmentation:
     """A SEG for label ``masks`` [N, rows, cols] (values of `SEGMENTS[target]`) of ``sources`` (headers in
     the same order, pixel data not needed; one image per slice position). ``phase``: the cardiac phase of a
@@ -339,7 +340,7 @@ def build_seg(
         version=__version__,
         family=codes.cid7162.ArtificialIntelligence,
         source=f"segsweep {__version__} cell {cell}",
-        parameters={"cell": cell, **({"study": study} if study else {})},
+        parameters={"cell": cell, **({"study": study} if study else {}), **(method or {})},
     )
     descriptions = [
         hd.seg.SegmentDescription(
