@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -142,6 +143,10 @@ def test_seg_reads_back_references_sources_and_equals_the_prediction(predicted, 
         src = pydicom.dcmread(files[0], stop_before_pixels=True)
         name = disc.series_pseudonym(KEY, entry["series_uid"])
         ds, frames = _seg_frames(out / name / f"{name}_seg.dcm")
+        if shutil.which("dciodvfy"):  # Debian's DICOM validator (CI installs dicom3tools): nothing to report
+            proc = subprocess.run(["dciodvfy", str(out / name / f"{name}_seg.dcm")], capture_output=True, text=True)
+            findings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("Error", "Warning"))]
+            assert findings == [], findings
         assert ds.SOPClassUID == segmod.SEG_STORAGE == "1.2.840.10008.5.1.4.1.1.66.4"
         assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
         # the same patient and study as the source (identified mode)
