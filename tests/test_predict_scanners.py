@@ -162,6 +162,25 @@ def _image_keys(entry) -> set:
     return {(i["sop_uid"], i.get("frame")) for i in entry.get("images", [])}
 
 
+def _secrets(headers) -> set[str]:
+    """Every source UID and patient ID of a root, and the quirks' date values."""
+    out = set(headers) | set(QUIRK_PHI.values())
+    with dcm.quiet():  # the quirks' UIDs warn when read
+        for _, h in headers.values():
+            for kw in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientName"):
+                out.add(str(h.get(kw, "") or ""))
+    return out - {""}
+
+
+def test_identified_run_keeps_identifiers_and_uids_in_the_segs_only(scanner_predicted):
+    _, root, _, out, _ = scanner_predicted
+    secrets = _secrets(_source_headers(root))
+    for f in out.rglob("*"):
+        if f.is_file() and not f.name.endswith("_seg.dcm"):
+            text = f.read_bytes().decode("latin-1")
+            assert not [s for s in secrets if s in text], f
+
+
 def test_scanner_root_qc_rows_name_each_quirk(scanner_predicted):
     _, _, _, out, _ = scanner_predicted
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
@@ -190,10 +209,7 @@ def test_deidentified_run_leaves_no_identifier_or_source_uid_anywhere(
     results, _ = trained
     root, manifest = scanner_root
     headers = _source_headers(root)
-    secrets = {u for u in headers} | {str(h.StudyInstanceUID) for _, h in headers.values()}
-    secrets |= {str(h.SeriesInstanceUID) for _, h in headers.values()}
-    secrets |= {str(h.get("FrameOfReferenceUID", "")) for _, h in headers.values()} - {""}
-    secrets |= {str(h.PatientID) for _, h in headers.values()} | set(QUIRK_PHI.values())
+    secrets = _secrets(headers)
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG)
     caplog.clear()  # reading the sources here warned about their UIDs: only predict's own records count
