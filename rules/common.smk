@@ -11,6 +11,8 @@ from segsweep.data.scan import watch_root
 from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
+from segsweep.plan.headers import params_header, study_headers
+from segsweep.training.params import CellParams
 from segsweep.plan.optuna_rounds import TrialCells
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
@@ -58,6 +60,18 @@ wildcard_constraints:
     dataset="|".join(DATASETS) or "NONE",
     study="|".join(STUDIES) or "NONE",
     split=r"seed\d+(-cv\d+)?",
+
+
+# a training job's header names its studies and their axis values (segsweep.plan.headers): a string resource
+CELL_HEADERS = study_headers(STUDIES)
+_TRAIN_BASE = CellParams.from_config(CFG["train"]).to_dict(identity=True)
+
+
+def cell_header(wc):
+    """study: axis=value ... for the train rules' `study` resource; an optuna trial: what differs from `train`."""
+    if wc.cell in CELL_HEADERS:
+        return CELL_HEADERS[wc.cell]
+    return params_header(CELLS[wc.cell].params.to_dict(identity=True), _TRAIN_BASE)
 
 
 def data_dir(dataset):

@@ -62,6 +62,8 @@ def test_a_config_file_stands_alone(run_dir):
     assert not re.search(r"results/studies/(lr_optimizer|losses|schedules)/", out)
     assert "report 'My one study' of 1 study: mine" in out
     assert "reports/mine.html" in out and "reports/report.html" not in out
+    # each training job's header names its study and the axis values (rules/train.smk's `study` resource)
+    assert "study=mine: lr=0.001," in out and "study=mine: lr=0.01," in out
 
     demo = _snakemake(run_dir, "-n")
     assert _jobs(demo)["aggregate"] == 3
