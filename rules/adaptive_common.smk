@@ -1,12 +1,11 @@
 # Functions of rules/adaptive.smk. Adaptive studies (mode: optuna): rounds of trials as a checkpoint. Round r's proposals depend only on the
 # study's context (the config) and the metrics of the trials of rounds < r; each valid trial is an ordinary
 # cell trained by the train rule (CELLS falls back to the cells recorded in round files, common.smk).
-from segsweep.plan.optuna_rounds import round_sizes, study_context, trial_cells
+from segsweep.plan.optuna_rounds import OPTUNA_DIR, round_sizes, study_context, trial_cells
 
 OPTUNA_STUDIES = [n for n, s in STUDIES.items() if s.mode == "optuna"]
 OPTUNA_CTX = {n: study_context(CFG, n, PLAN.data_fp) for n in OPTUNA_STUDIES}
 OPTUNA_ROUNDS = {n: round_sizes(CFG["studies"][n]) for n in OPTUNA_STUDIES}
-OPTUNA_DIR = "results/studies/{study}/optuna"
 
 
 def optuna_round_files():

@@ -151,7 +151,7 @@ rule data_figures:
         data=DATA_DIR,
     output:
         figures=report(
-            directory("results/figures/data"),
+            directory(FOLDERS.figures),
             patterns=["{name}.svg", "{name}.png"],
             category="data",
             caption="../workflow/report/data_figures.rst",

@@ -6,26 +6,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the in-repo package, also under --use-conda
 
 from snakemake.exceptions import WorkflowError
-from segsweep.data.config import PHANTOM_ROOT, DataConfig, dataset_base
+from segsweep.data.config import DataConfig, DataFolders, dataset_base, scan_dir
 from segsweep.data.scan import watch_root
 from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
+from segsweep.plan.headers import params_header, study_headers
+from segsweep.training.params import CellParams
 from segsweep.plan.optuna_rounds import TrialCells
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
 from segsweep.training.job import EXECUTION_SETTINGS
 
-# Names the offending key on a typo (and fills defaults); study_files are merged and checked again below.
 sscfg.coerce_cli_scalars(config)  # --config predict='{deidentify: true}' gives the string 'true'
-validate(config, sscfg.schema_path())
-try:
+try:  # a typo names the key in one line (sscfg.validate), not jsonschema's dump of the schema
     CFG = sscfg.prepare(config, base_dir=workflow.basedir)
     # A real data root is read in place: its content manifest (rewritten only when the content changes) is
     # ingest's input and its digest the data part of every cell id; the phantom is made by a rule.
     DATA_CFG = DataConfig.from_config(CFG)
-    ROOT_SCAN = None if DATA_CFG.source == "phantom" else watch_root(DATA_CFG)
+    ROOT_SCAN = None if DATA_CFG.source == "phantom" else watch_root(DATA_CFG, scan_dir(DATA_CFG))
     # the same for each extra data set a study uses (`datasets`, `studies.<s>.data`), under its own prefix
     DATASET_SCANS = {}
     for _ds in used_datasets(CFG):
@@ -43,7 +43,10 @@ except SegsweepError as exc:
 # + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk)
 CELLS = TrialCells(PLAN.cells, lambda: optuna_round_files())
 STUDIES = PLAN.studies
-DATA_DIR = "results/data"
+# the default data set's folders, keyed by its data, preprocessing and split settings (data.config.DataFolders):
+# results/data/<key>, results/splits/<key>, results/figures/data/<key>
+FOLDERS = DataFolders.of(PLAN.data, PLAN.preprocess, PLAN.splits)
+DATA_DIR = FOLDERS.data
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
 CELLS_DIR = "results/cells"
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
@@ -59,12 +62,26 @@ wildcard_constraints:
     split=r"seed\d+(-cv\d+)?",
 
 
+# a training job's header names its studies and their axis values (segsweep.plan.headers): a string resource
+CELL_HEADERS = study_headers(STUDIES)
+_TRAIN_BASE = CellParams.from_config(CFG["train"]).to_dict(identity=True)
+
+
+def cell_header(wc):
+    """study: axis=value ... for the train rules' `study` resource; an optuna trial: what differs from `train`."""
+    if wc.cell in CELL_HEADERS:
+        return CELL_HEADERS[wc.cell]
+    return params_header(CELLS[wc.cell].params.to_dict(identity=True), _TRAIN_BASE)
+
+
 def data_dir(dataset):
-    """The ingested arrays of a data set: results/data (default), results/datasets/<name>/data."""
+    """The ingested arrays of a data set: results/data/<key> (default), results/datasets/<name>/data."""
     return DATA_DIR if dataset is None else f"{dataset_base(dataset)}/data"
 
 
 def split_file(cell):
+    if cell.dataset is None:
+        return f"{FOLDERS.splits}/{cell.split}.json"
     return f"{dataset_base(cell.dataset)}/splits/{cell.split}.json"
 
 
@@ -114,4 +131,13 @@ def study_dict(wc):
     return study_to_dict(STUDIES[wc.study])
 
 
-REPORT_OUTPUTS = ["reports/report.html", "reports/report.pdf"]
+# named after the config (report.name, else the --configfile's name; the demo's is reports/report.*), so two
+# configs run in one folder keep their own reports
+REPORT_NAME = sscfg.report_name(CFG, workflow.overwrite_configfiles)
+REPORT_OUTPUTS = [f"reports/{REPORT_NAME}.html", f"reports/{REPORT_NAME}.pdf"]
+# the job's header (braces doubled: Snakemake formats a message with the job's wildcards)
+REPORT_MESSAGE = f"report {CFG['title']!r} of {len(STUDIES)} stud{'y' if len(STUDIES) == 1 else 'ies'}: {', '.join(STUDIES)}".replace(
+    "{", "{{"
+).replace(
+    "}", "}}"
+)

@@ -3,7 +3,7 @@
 
 rule phantom:
     output:
-        manifest=f"{PHANTOM_ROOT}/MANIFEST.json",
+        manifest=f"{PLAN.data.root}/MANIFEST.json",  # results/raw/phantom/<key of its settings>
     log:
         "logs/phantom.log",
     benchmark:
@@ -23,7 +23,7 @@ rule phantom:
 rule ingest:
     input:
         # The phantom is generated; a user's data root is watched through its content manifest.
-        rules.phantom.output.manifest if ROOT_SCAN is None else str(ROOT_SCAN.manifest),
+        f"{PLAN.data.root}/MANIFEST.json" if ROOT_SCAN is None else str(ROOT_SCAN.manifest),
     output:
         data=directory(DATA_DIR),
     log:

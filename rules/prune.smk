@@ -27,6 +27,7 @@ rule train_rung:
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
+        study=cell_header,  # shown in the job's header: its studies and axis values (a resource: no rerun)
         max_attempts=MAX_ATTEMPTS,
     params:
         cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),

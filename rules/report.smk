@@ -7,18 +7,18 @@ rule report:
         cells=expand("results/studies/{study}/cells.csv", study=STUDIES),
         stats=expand("results/studies/{study}/stats.json", study=STUDIES),
         figures=expand("results/studies/{study}/figures", study=STUDIES),
-        data_figures="results/figures/data",
-        splits=[f"results/splits/{s}.json" for s in PLAN.split_specs],
+        data_figures=FOLDERS.figures,
+        splits=[f"{FOLDERS.splits}/{s}.json" for s in PLAN.split_specs],
         data=DATA_DIR,
         # the extra data sets in use (their counts in the Data section): results/datasets/{dataset}/data
         datasets=[data_dir(d) for d in DATASETS],
     output:
-        html="reports/report.html",
-        pdf="reports/report.pdf",
+        html=REPORT_OUTPUTS[0],
+        pdf=REPORT_OUTPUTS[1],
     log:
-        "logs/report.log",
+        f"logs/report/{REPORT_NAME}.log",
     benchmark:
-        "benchmarks/runs/report.tsv"
+        f"benchmarks/runs/report/{REPORT_NAME}.tsv"
     conda:
         "../envs/report.yaml"
     threads: 1
@@ -28,6 +28,8 @@ rule report:
     params:
         config=CFG,
         studies=[study_to_dict(s) for s in STUDIES.values()],
-        results_dir=lambda wc, input: str(Path(input.data).parent),
+        results_dir=lambda wc, input: str(Path(input.tables[0]).parents[2]),  # results/
+    message:
+        REPORT_MESSAGE
     script:
         "../workflow/scripts/report.py"

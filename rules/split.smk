@@ -5,7 +5,7 @@ rule split:
     input:
         data=DATA_DIR,
     output:
-        "results/splits/{split}.json",
+        f"{FOLDERS.splits}/{{split}}.json",
     log:
         "logs/split/{split}.log",
     benchmark:

@@ -33,6 +33,7 @@ rule train:
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
+        study=cell_header,  # shown in the job's header: its studies and axis values (a resource: no rerun)
         max_attempts=MAX_ATTEMPTS,  # a resource, not a param: a retry count changes no result
         # how a cell runs, never what it computes (segsweep.training.job.EXECUTION_SETTINGS): resources, so
         # changing them reruns nothing: last.pt frequency, and the trainer worker (training/worker.py)

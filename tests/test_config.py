@@ -25,9 +25,9 @@ def test_defaults_are_filled():
 @pytest.mark.parametrize(
     "bad, key",
     [
-        ({"data": {"sorce": "phantom"}}, "'data'"),
+        ({"data": {"sorce": "phantom"}}, "'data.sorce'"),
         ({"preprocess": {"clahe": {"clip_limit": -1}}}, "preprocess.clahe.clip_limit"),
-        ({"train": {"optimiser": "adam"}}, "'train'"),
+        ({"train": {"optimiser": "adam"}}, "'train.optimiser'"),
         ({"train": {"optimizer": "adamax"}}, "train.optimizer"),
         ({"splits": {"val_fraction": 1.5}}, "splits.val_fraction"),
     ],
@@ -39,8 +39,30 @@ def test_typo_names_the_key(bad, key):
 
 
 def test_study_typo_names_the_study_key():
-    with pytest.raises(ConfigError, match=r"studies\.s\.base.*'lrr' was unexpected"):
+    with pytest.raises(ConfigError, match=r"^config key 'studies\.s\.base\.lrr': unknown key \(closest known: lr\)$"):
         sc.prepare({"studies": {"s": {**MIN_STUDY, "base": {"lrr": 1}}}})
+
+
+@pytest.mark.parametrize(
+    "bad, line",
+    [
+        ({"train": {"depht": 2}}, "config key 'train.depht': unknown key (closest known: depth)"),
+        (
+            {"train": {"augment": {"flipp": True}}},
+            "config key 'train.augment.flipp': unknown key (closest known: flip)",
+        ),
+        ({"titel": "x"}, "config key 'titel': unknown key (closest known: title)"),
+        # nothing close: the keys known there
+        (
+            {"splits": {"zzz": 1}},
+            "config key 'splits.zzz': unknown key (known: seed, val_fraction, test_fraction, folds)",
+        ),
+    ],
+)
+def test_a_typo_is_one_line_with_the_closest_known_keys(bad, line):
+    with pytest.raises(ConfigError) as ei:
+        prep(**bad)
+    assert str(ei.value) == line
 
 
 def test_unknown_scale_preset():

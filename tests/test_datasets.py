@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segsweep.data.config import DataConfig, dataset_base, dataset_root
+from segsweep.data.config import DataConfig, DataFolders, dataset_base, dataset_root
 from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan, used_datasets
@@ -60,10 +60,10 @@ def test_default_data_set_ids_and_paths_are_unchanged():
     with_extra = build_plan(_cfg({**studies, "b": _study({"lr": [1e-3]}, data="b")}))
     assert set(before.cells) <= set(with_extra.cells) and before.data_fp == with_extra.data_fp
     assert before.studies["a"].cell_ids == with_extra.studies["a"].cell_ids
-    # paths: the default data set keeps results/{data,splits,raw/phantom}
+    # paths: the default data set's folders are under results/{data,splits,raw/phantom}, keyed by its settings
     assert dataset_base(None) == "results" and dataset_base("b") == "results/datasets/b"
     assert dataset_root(Path("r"), None) == Path("r") and dataset_root(Path("r"), "b") == Path("r/datasets/b")
-    assert DataConfig.from_config(_cfg(studies)).root == "results/raw/phantom"
+    assert re.fullmatch(r"results/raw/phantom/[0-9a-f]{12}", DataConfig.from_config(_cfg(studies)).root)
     # the study's JSON form (aggregation's params) has no data set key unless it uses one
     from segsweep.study import study_from_dict, study_to_dict
 
@@ -148,9 +148,10 @@ def test_dry_run_has_each_data_sets_jobs_and_paths(tmp_path):
         "dataset_ingest": 1,
         "dataset_split": 1,
     }, jobs
+    folders = DataFolders.of(*(lambda p: (p.data, p.preprocess, p.splits))(build_plan(sc.prepare(cfg))))
     for path in (
-        "results/data",
-        "results/splits/seed0.json",
+        folders.data,
+        f"{folders.splits}/seed0.json",
         "results/datasets/b/raw/phantom/MANIFEST.json",
         "results/datasets/b/data",
         "results/datasets/b/splits/seed0.json",

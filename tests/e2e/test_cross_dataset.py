@@ -1,6 +1,6 @@
 """The real Snakefile with two extra phantom data sets: a study trains on data set `a`, a fine-tuning study on
 data set `b` starts from its validation-selected cell (`init_from: {study: src}`), in one run; then a dry run
-has nothing to do. Each data set has its own ingest, QC manifest and splits; the default one keeps results/data."""
+has nothing to do. Each data set has its own ingest, QC manifest and splits; the default one's are keyed: results/data/<key>."""
 
 import json
 import subprocess
@@ -62,8 +62,8 @@ def test_pretrain_on_one_data_set_and_fine_tune_on_another(tmp_path):
     res = tmp_path / "results"
     plan = build_plan(sc.prepare(CONFIG))
 
-    # each data set: its own phantom, ingest, QC manifest and split; the default one where it always was
-    assert (res / "data" / "dataset.json").exists() and (res / "raw" / "phantom" / "MANIFEST.json").exists()
+    # each data set: its own phantom, ingest, QC manifest and split; the default one's folders keyed by its settings
+    assert len(list(res.glob("data/*/dataset.json"))) == 1 and len(list(res.glob("raw/phantom/*/MANIFEST.json"))) == 1
     for name, layout, n in (("a", "sunnybrook", 6), ("b", "rvsc", 5)):
         ds = json.loads((res / "datasets" / name / "data" / "dataset.json").read_text())
         assert (ds["layout"], len(ds["patients"])) == (layout, n)

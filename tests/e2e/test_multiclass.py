@@ -41,7 +41,8 @@ def run_dir(tmp_path_factory):
 def test_multiclass_study_end_to_end(run_dir):
     wd, _ = run_dir
     assert len(list((wd / "results" / "cells").iterdir())) == 2
-    ds = json.loads((wd / "results" / "data" / "dataset.json").read_text())
+    (ds_file,) = (wd / "results" / "data").glob("*/dataset.json")  # results/data/<key>/
+    ds = json.loads(ds_file.read_text())
     assert ds["target"] == "multiclass" and ds["n_classes"] == 3
     cells = pd.read_csv(wd / "results" / "studies" / "mc" / "cells.csv")
     assert len(cells) == 2 and set(cells["status"]) <= {"ok", "collapsed"}

@@ -86,11 +86,12 @@ def test_report_and_tables(run_dir):
             pi = pd.read_csv(wd / "results" / "cells" / cell / "per_image.csv")
             assert list(pi.columns[:5]) == ["patient", "slice", "dice", "iou", "hd95_mm"]
             assert (pi["set"] == "val").sum() == m["n_val"]
-    split = json.loads(next((wd / "results" / "splits").glob("*.json")).read_text())
+    split = json.loads(next((wd / "results" / "splits").glob("*/*.json")).read_text())  # splits/<key>/
     assert len(split["test"]) == 1 and not set(split["test"]) & set(split["val"] + split["pool"])
     html = (wd / "reports" / "report.html").read_text()
     assert '<section id="test-set"' in html and 'id="no-test-set"' not in html
-    qc = pd.read_csv(wd / "results" / "data" / "qc.csv")
+    (qc_file,) = (wd / "results" / "data").glob("*/qc.csv")  # results/data/<key>/
+    qc = pd.read_csv(qc_file)
     assert "image_without_contour" in set(qc["reason"])  # the phantom leaves some slices uncontoured
 
 

@@ -46,8 +46,9 @@ def test_kfold_study_runs_at_smoke_scale(tmp_path):
     cells = pd.read_csv(tmp_path / "results" / "studies" / "seed006_kfold" / "cells.csv")
     # smoke: 2 optimizers × 2 learning rates (axes_limit 2) × 2 folds (max_folds 2)
     assert len(cells) == 8 and sorted(cells["fold"].unique()) == [0, 1]
-    split = json.loads((tmp_path / "results" / "splits" / "seed0-cv5.json").read_text())
+    (split_file,) = (tmp_path / "results" / "splits").glob("*/seed0-cv5.json")  # results/splits/<key>/
+    split = json.loads(split_file.read_text())
     assert len(split["folds"]) == 5
     table = pd.read_csv(tmp_path / "results" / "studies" / "seed006_kfold" / "table.csv")
     assert len(table) == 2  # rows: optimizer
-    assert (tmp_path / "reports" / "report.pdf").exists()
+    assert (tmp_path / "reports" / "seed_studies.pdf").exists()  # its report.name

@@ -17,6 +17,8 @@ runner.run(
     config=smk.params.config,
     studies=[study_from_dict(s) for s in smk.params.studies],
     results_dir=Path(smk.params.results_dir),
+    # the default data set's keyed folders (segsweep.data.config.DataFolders)
+    data_files=report.DataFiles(Path(smk.input.data), tuple(map(Path, smk.input.splits)), Path(smk.input.data_figures)),
     out_html=Path(smk.output.html),
     out_pdf=Path(smk.output.pdf) if "pdf" in smk.output.keys() else None,  # noqa: SIM118 (`in` on a Namedlist tests values)
     provenance=provenance.collect(smk.params.config, Path(smk.scriptdir).resolve().parents[1]),

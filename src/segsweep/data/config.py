@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segsweep.errors import ConfigError
-from segsweep.io import added_field
+from segsweep.io import added_field, digest, identity
 
 PHANTOM_ROOT = "results/raw/phantom"
 # Extra data sets (config key `datasets`, used by a study's `data: <name>`) live under their own prefix; the
-# default one (`data:`) keeps results/{data,splits,raw/...}: `dataset_base` is the prefix of either.
+# default one (`data:`) under results/{data,splits,raw/...}, each folder keyed by what its content depends on
+# (`DataFolders`), so that two configs run in one folder keep their own phantom, arrays and splits.
 DATASETS_DIR = "results/datasets"
 TARGETS = ("endo", "epi", "myo", "multiclass")
 # data.roi_map (rtstruct layout): RTSTRUCT ROI names of each contour, compared case-insensitively with runs of
@@ -77,8 +78,8 @@ class DataConfig:
     def from_config(cls, cfg: Mapping, dataset: str | None = None) -> DataConfig:
         """The top-level ``data`` block, or (``dataset``) the entry ``datasets.<dataset>``: the same keys;
         its phantom is generated under ``dataset_base(dataset)``. ConfigError names the block's key."""
-        if dataset is None:
-            return cls._from_block(cfg["data"], cfg, PHANTOM_ROOT, "data")
+        if dataset is None:  # its phantom: results/raw/phantom/<key of its settings>
+            return cls._from_block(cfg["data"], cfg, PHANTOM_ROOT, "data", keyed=True)
         if dataset not in (cfg.get("datasets") or {}):
             raise ConfigError(
                 f"config key 'datasets': no data set '{dataset}' (declared: {', '.join(cfg.get('datasets') or {}) or 'none'})"
@@ -90,12 +91,18 @@ class DataConfig:
             raise ConfigError(str(exc).replace("'data.", f"'{key}.")) from None
 
     @classmethod
-    def _from_block(cls, d: Mapping, cfg: Mapping, phantom_root: str, key: str) -> DataConfig:
+    def _from_block(cls, d: Mapping, cfg: Mapping, phantom_root: str, key: str, keyed: bool = False) -> DataConfig:
         ph = dict(d["phantom"])
         seed = int(ph.pop("seed", cfg["seed"]))  # the phantom's own seed; default: the master seed
         ph = PhantomConfig(**ph, seed=seed)
         if d["source"] == "phantom":
-            root = phantom_root
+            if d.get("root"):  # e.g. --config data='{root: ...}' without source: it would be silently ignored
+                raise ConfigError(
+                    f"config key '{key}.root': '{d['root']}' is set but {key}.source is 'phantom', which generates "
+                    f"its data and reads no root; set {key}.source to the root's layout (rvsc, sunnybrook, ...: "
+                    "docs/data.md), or remove the root"
+                )
+            root = f"{phantom_root}/{digest(identity(ph))}" if keyed else phantom_root
         elif d["root"]:
             root = os.path.normpath(d["root"])  # "a/b/" and "a/b" are one root
         else:
@@ -118,6 +125,55 @@ def dataset_base(dataset: str | None) -> str:
     """Prefix of a data set's files: ``results`` for the default one (results/data, results/splits/...),
     ``results/datasets/<name>`` for an entry of ``datasets`` (its data/, splits/, raw/phantom, raw/scan)."""
     return "results" if dataset is None else f"{DATASETS_DIR}/{dataset}"
+
+
+@dataclass(frozen=True)
+class DataFolders:
+    """Where the default data set's files live, each folder named by a key of what its content depends on in
+    the config, so that configs with other data or preprocessing settings (a second config run in the same
+    folder, a `scale` preset's image size) never overwrite them:
+
+    * ``data``: ``results/data/<key>/`` (the arrays, ``qc.csv``, ``dataset.json``), key = 12 hex of sha256
+      over the source, its root (real data) or phantom settings, target, pseudonym key, ROI/label maps and
+      the preprocessing; not over the root's *content* (a changed file re-ingests into the same folder, and
+      the content is in every cell id) nor ``data.strict`` (it only decides whether a bad file stops the run);
+    * ``splits``: ``results/splits/<key>/`` (``seed{s}.json``), key over the data key and the split fractions
+      (the seed and fold count are in the file names);
+    * ``figures``: ``results/figures/data/<data key>/`` (made from the arrays);
+    * ``scan``: ``results/raw/scan/<key of the root path>/`` (real data: the root's content manifest).
+
+    The phantom's folder is keyed by its settings (``DataConfig.root``). None of this enters a cell id."""
+
+    key: str
+    data: str
+    splits: str
+    figures: str
+    scan: str
+
+    @classmethod
+    def of(cls, data: DataConfig, prep: PreprocessConfig, splits: SplitConfig) -> DataFolders:
+        ident: dict = {"source": data.source, "target": data.target, "pseudonym_key": data.pseudonym_key}
+        if data.source == "phantom":
+            ident["phantom"] = identity(data.phantom)
+        else:
+            ident["root"] = data.root
+        for name in ("roi_map", "label_map"):  # only when set (the layout reads them): older keys unchanged
+            if getattr(data, name) is not None:
+                ident[name] = getattr(data, name)
+        key = digest({"data": ident, "preprocess": identity(prep)})
+        split_key = digest({"data": key, "splits": identity(replace(splits, seed=0, folds=0))})
+        return cls(
+            key=key,
+            data=f"results/data/{key}",
+            splits=f"results/splits/{split_key}",
+            figures=f"results/figures/data/{key}",
+            scan=scan_dir(data),
+        )
+
+
+def scan_dir(data: DataConfig) -> str:
+    """The default data set's content manifest of a real root: results/raw/scan/<key of the root path>/."""
+    return f"results/raw/scan/{digest(data.root)}"
 
 
 def dataset_root(results_dir: str | os.PathLike, dataset: str | None) -> Path:

@@ -8,7 +8,9 @@ completes the dict they are built from.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import difflib
+import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -83,10 +85,6 @@ def _types(node: Mapping) -> list[str]:
     return [t] if isinstance(t, str) else list(t)
 
 
-def schema_path() -> str:
-    return str(resources.files("segsweep.plan").joinpath("config.schema.yaml"))
-
-
 def cell_defaults() -> dict:
     return copy.deepcopy(schema()["properties"]["train"]["default"])
 
@@ -112,7 +110,8 @@ def _where(path) -> str:
 
 
 def validate(cfg: dict) -> dict:
-    """Validate in place (filling defaults); raise ConfigError naming the key on the first problem."""
+    """Validate in place (filling defaults); raise ConfigError with one line per problem (at most 10), each
+    naming the key, e.g. ``config key 'train.depht': unknown key (closest known: depth)``."""
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
@@ -120,9 +119,25 @@ def validate(cfg: dict) -> dict:
             best = err
             if err.context:  # oneOf: report the branch that got furthest
                 best = max(err.context, key=lambda e: len(e.absolute_path))
-            lines.append(f"config key '{_where(best.absolute_path)}': {best.message}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+            lines.extend(_error_lines(best))
+        lines = list(dict.fromkeys(lines))
+        raise ConfigError(lines[0] if len(lines) == 1 else "invalid configuration:\n  " + "\n  ".join(lines))
     return cfg
+
+
+def _error_lines(err) -> list[str]:
+    """One line per problem of a jsonschema error. An unknown key (a typo) names the key and the closest
+    keys the schema knows at that place (difflib ratio >= 0.6), instead of jsonschema's dump of the schema."""
+    if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+        known = list((err.schema or {}).get("properties") or {})
+        lines = []
+        for key in (k for k in err.instance if k not in known):
+            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
+            hint = f"closest known: {', '.join(close)}" if close else f"known: {', '.join(known)}"
+            lines.append(f"config key '{_where([*err.absolute_path, key])}': unknown key ({hint})")
+        if lines:
+            return lines
+    return [f"config key '{_where(err.absolute_path)}': {err.message}"]
 
 
 def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
@@ -175,6 +190,20 @@ def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
     if not cfg["studies"]:
         raise ConfigError("config key 'studies': no study is declared")
     return cfg
+
+
+DEMO_REPORT_NAME = "report"  # reports/report.{html,pdf}: the demo's, as the README promises
+
+
+def report_name(cfg: Mapping, configfiles: Sequence[str | Path] = ()) -> str:
+    """The report's file name (reports/<name>.html, .pdf): ``report.name``, else the last ``--configfile``'s
+    name without its suffix, so that two configs run in one folder keep their own reports. The demo (no
+    config file given) and a file called ``config.yaml`` (Snakemake's conventional name) give ``report``."""
+    name = (cfg.get("report") or {}).get("name")
+    if name:
+        return str(name)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(configfiles[-1]).stem) if configfiles else ""
+    return DEMO_REPORT_NAME if stem in ("", "config") else stem
 
 
 def deep_merge(a: Mapping, b: Mapping) -> dict:

@@ -36,6 +36,7 @@ from segsweep.training.params import CellParams
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
 DEFAULT_PARALLEL = 4
+OPTUNA_DIR = "results/studies/{study}/optuna"  # a study's round{r}.json files and journal (rules/adaptive.smk)
 ROUND_KEYS = ("study", "round", "seed", "sampler", "trials")  # a trial: number, round, params, labels, state, ...
 
 

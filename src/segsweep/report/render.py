@@ -3,9 +3,11 @@ A4 PDF of the same document (WeasyPrint).
 
 `render_report` only reads files the earlier steps wrote:
 
-* ``results/data/dataset.json``, ``results/data/qc.csv``, ``results/splits/*.json`` (the default data set)
+* ``dataset.json`` and ``qc.csv`` of the default data set's ``results/data/<key>/``, its split files
+  ``results/splits/<key>/*.json`` and its figures ``results/figures/data/<key>/`` (`segsweep.data.config.DataFolders`;
+  the rule passes them; without them ``results/data``, ``results/splits/*.json``, ``results/figures/data``)
 * ``results/datasets/<name>/data/{dataset.json, qc.csv}`` of each extra data set a study uses (counts only)
-* ``results/figures/data/figures.json`` (+ figures) from `plots.make_data_figures`
+* the data figures' ``figures.json`` (+ figures) from `plots.make_data_figures`
 * per study ``results/studies/{study}/{cells.csv, table.json, stats.json}`` from `aggregate.aggregate_study`
   and ``results/studies/{study}/figures/figures.json`` (+ figures) from `plots.make_study_figures`
 
@@ -405,8 +407,25 @@ def stats_rows(view: StudyView) -> tuple[list[dict], int]:
 
 
 # -------------------------------------------------------------------------------------------- data
-def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -> dict:
-    d = results_dir / "data"
+@dataclass(frozen=True)
+class DataFiles:
+    """The default data set's files the report reads (rules/report.smk passes its keyed folders)."""
+
+    data: Path  # dataset.json, qc.csv
+    splits: tuple[Path, ...]  # the split files of the config's cells
+    figures: Path  # the data figures' folder
+
+    @classmethod
+    def under(cls, results_dir: Path) -> DataFiles:
+        """Unkeyed folders under ``results_dir`` (tests, fixtures)."""
+        return cls(
+            results_dir / "data", tuple(sorted((results_dir / "splits").glob("*.json"))), results_dir / DATA_FIGURES
+        )
+
+
+def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study], files: DataFiles | None = None) -> dict:
+    files = files or DataFiles.under(results_dir)
+    d = files.data
     ds = json.loads((d / "dataset.json").read_text()) if (d / "dataset.json").exists() else None
     qc = None
     if (d / "qc.csv").exists():
@@ -433,7 +452,7 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
         base = (config.get("studies", {}).get(s.name, {}) or {}).get("base", {}) or {}
         fractions.add(float(base.get("fraction", config.get("train", {}).get("fraction", 1.0))))
     splits = []
-    for p in sorted((results_dir / "splits").glob("*.json")):
+    for p in sorted(files.splits):
         sp = json.loads(p.read_text())
         if sp.get("folds"):
             for k, f in enumerate(sp["folds"]):
@@ -468,7 +487,7 @@ def data_context(results_dir: Path, config: Mapping, studies: Sequence[Study]) -
         "fractions": sorted(fractions),
         "images_min": min(per_patient) if per_patient else None,
         "images_max": max(per_patient) if per_patient else None,
-        "figures": load_figures(results_dir / DATA_FIGURES, "f-data-"),
+        "figures": load_figures(files.figures, "f-data-"),
     }
 
 
@@ -506,12 +525,14 @@ def extra_datasets(results_dir: Path, studies: Sequence[Study]) -> dict[str, dic
 
 
 # -------------------------------------------------------------------------------------- test set
-def test_context(views: Sequence[StudyView], results_dir: Path, config: Mapping) -> dict:
+def test_context(
+    views: Sequence[StudyView], results_dir: Path, config: Mapping, files: DataFiles | None = None
+) -> dict:
     """The "Test set" section: per study, the validation-selected configuration's test numbers with
     patient-bootstrap intervals (`segsweep.analysis.testset`) and the validation-vs-test figure."""
     from segsweep.analysis import testset
 
-    has_test = testset.split_has_test(sorted((results_dir / "splits").glob("*.json")))
+    has_test = testset.split_has_test(sorted((files or DataFiles.under(results_dir)).splits))
     seed = int(config.get("seed", 0) or 0)
     ev = config.get("evaluation", {}) or {}
     out = []
@@ -728,8 +749,16 @@ def execution_rows(cells: Sequence[str], cells_dir: Path) -> list[dict]:
     ]
 
 
-def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Path, provenance: Mapping) -> dict:
+def build_context(
+    *,
+    config: Mapping,
+    studies: Sequence[Study],
+    results_dir: Path,
+    provenance: Mapping,
+    data_files: DataFiles | None = None,
+) -> dict:
     results_dir = Path(results_dir)
+    data_files = data_files or DataFiles.under(results_dir)
     views = [load_study(s, results_dir) for s in studies]
     runs = run_table(views)
     total_wall = float(runs["wall_s"].fillna(0).sum()) if len(runs) else 0.0
@@ -763,8 +792,8 @@ def build_context(*, config: Mapping, studies: Sequence[Study], results_dir: Pat
         "css": Markup(css),
         "js": Markup(js),
         "views": views,
-        "data": data_context(results_dir, config, studies),
-        "test": test_context(views, results_dir, config),
+        "data": data_context(results_dir, config, studies, data_files),
+        "test": test_context(views, results_dir, config, data_files),
         "cards": card.card_context(studies, results_dir, config),  # the Model cards section
         "top": top_rows(views, int(report_cfg.get("top_n", 10))),
         "overall": overall_sentence(views),
@@ -801,9 +830,12 @@ def render_report(
     out_html: Path,
     out_pdf: Path | None,
     provenance: Mapping,
+    data_files: DataFiles | None = None,
 ) -> None:
     """Write the self-contained HTML report and, when ``out_pdf`` is given, its A4 PDF."""
-    ctx = build_context(config=config, studies=studies, results_dir=Path(results_dir), provenance=provenance)
+    ctx = build_context(
+        config=config, studies=studies, results_dir=Path(results_dir), provenance=provenance, data_files=data_files
+    )
     html = render_html(ctx)
     write_text(out_html, html)
     if out_pdf is not None:

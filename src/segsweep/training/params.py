@@ -185,8 +185,20 @@ def _weights_file(path: Any) -> WeightsFile | None:
         if "sha256" in path:  # already resolved (from_dict)
             return WeightsFile(str(path["path"]), str(path["sha256"]))
         path = path["path"]  # {path, label}: the label names the value in tables only
-    full = os.path.abspath(os.path.expanduser(os.path.expandvars(str(path))))
+    expanded = os.path.expandvars(str(path))
+    unset = [m.group(1) or m.group(2) for m in _VAR.finditer(expanded)]
+    if unset:  # expandvars leaves an unset variable as written: the path would be relative to the folder
+        names = ", ".join(f"${v}" for v in dict.fromkeys(unset))
+        raise ConfigError(
+            f"config key 'pretrained': {path} names the environment variable {names}, which is not set: set it "
+            f"(e.g. export {unset[0]}=~/.cache/torch, torch's hub cache) and put the weights file at {path}, "
+            "or write the file's full path in the config"
+        )
+    full = os.path.abspath(os.path.expanduser(expanded))
     return WeightsFile(full, file_sha256(full))
+
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")  # a $NAME or ${NAME} that expandvars left (unset)
 
 
 @dataclass(frozen=True)

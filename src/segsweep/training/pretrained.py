@@ -50,7 +50,10 @@ def file_sha256(path: str | Path, key: str = "pretrained") -> str:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ConfigError(f"config key '{key}': weights file not found: {path} ({exc.strerror})") from None
+        raise ConfigError(
+            f"config key '{key}': weights file not found: {path} ({exc.strerror}); put the state dict there "
+            "(nothing is downloaded) or change the path"
+        ) from None
     return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
