@@ -79,10 +79,13 @@ def data_dir(dataset):
     return DATA_DIR if dataset is None else f"{dataset_base(dataset)}/data"
 
 
+def splits_dir(dataset):
+    """A data set's split files: results/splits/<key> (default), results/datasets/<name>/splits."""
+    return str(FOLDERS.splits) if dataset is None else f"{dataset_base(dataset)}/splits"
+
+
 def split_file(cell):
-    if cell.dataset is None:
-        return f"{FOLDERS.splits}/{cell.split}.json"
-    return f"{dataset_base(cell.dataset)}/splits/{cell.split}.json"
+    return f"{splits_dir(cell.dataset)}/{cell.split}.json"
 
 
 def cell_data(wc):

@@ -51,5 +51,6 @@ rule model_card:
         study=study_dict,
         results_dir=lambda wc, input: str(Path(input.table).parents[2]),
         seed=CFG["seed"],
+        splits_dir=lambda wc: splits_dir(STUDIES[wc.study].dataset),
     script:
         "../workflow/scripts/model_card.py"

@@ -2,6 +2,7 @@
 unlabelled phantom root with a CT series and a cut file in it (docs/predict.md). About 30 s on 2 cores."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def test_snakemake_predict_writes_segs_volumes_and_qc(tmp_path):
         assert (info["function"] is not None) == (info["volumes_ml"] is not None and len(info["volumes_ml"]) > 1)
     card = (tmp_path / "results" / "studies" / "tiny" / "model_card.md").read_text()
     assert summary["model"]["cell"] in card and "sha256" in card
+    # the training data come from the keyed data folders (results/data/<key>, results/splits/<key>)
+    assert "Source: phantom" in card and re.search(r"after quality control: [1-9]\d* patients", card), card
+    assert re.search(r"training slices \([1-9]\d* patients\)", card), card
     # nothing usable: the rule fails, says so and where, and keeps qc.csv (Snakemake owns predict.json only)
     bad = tmp_path / "bad"
     bad.mkdir()

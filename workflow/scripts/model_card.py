@@ -17,4 +17,6 @@ runner.run(
     Path(smk.params.results_dir),
     Path(str(smk.output[0])),
     seed=int(smk.params.seed),
+    data_dir=Path(str(smk.input.data)),
+    splits_dir=Path(smk.params.splits_dir),
 )

@@ -210,10 +210,11 @@ def _ci(values: Sequence[float], seed: Sequence[int]) -> tuple[float, float] | N
     return patient_bootstrap([float(v) for v in values if v is not None and math.isfinite(float(v))], seed=seed)
 
 
-def _split_counts(results_dir: Path, params: Mapping) -> dict | None:
-    """Training / validation / test patients of the cell's split (None if the split file is absent)."""
+def _split_counts(splits: Path, params: Mapping) -> dict | None:
+    """Training / validation / test patients of the cell's split in the folder ``splits`` (None if the split
+    file is absent)."""
     seed, fold = params.get("split_seed", 0), params.get("fold")
-    splits = Path(results_dir) / "splits"
+    splits = Path(splits)
     files = [splits / f"seed{seed}.json"] if fold is None else sorted(splits.glob(f"seed{seed}-cv*.json"))
     split = _read_json(files[0]) if files else None
     if not split:
@@ -225,12 +226,18 @@ def _split_counts(results_dir: Path, params: Mapping) -> dict | None:
     return {"train": len(train), "val": len(val), "test": len(split.get("test", []))}
 
 
-def study_card(study: Study, results_dir: Path, seed: int = 0) -> dict:
-    """The model card of one study as a dict (what `card_markdown` and the report's section show)."""
+def study_card(
+    study: Study, results_dir: Path, seed: int = 0, data_dir: Path | None = None, splits_dir: Path | None = None
+) -> dict:
+    """The model card of one study as a dict (what `card_markdown` and the report's section show).
+    ``data_dir`` / ``splits_dir``: the study's ingested data and split folders (the rules pass the keyed
+    folders of the default data set); default: ``data`` and ``splits`` under the study's data-set root."""
     results_dir = Path(results_dir)
     card: dict[str, Any] = {"study": study.name, "title": study.title, "version": __version__}
     data_root = dataset_root(results_dir, study.dataset)  # the study's data set (config key `datasets`)
-    dataset = _read_json(data_root / "data" / "dataset.json") or {}
+    data_dir = Path(data_dir) if data_dir is not None else data_root / "data"
+    splits_dir = Path(splits_dir) if splits_dir is not None else data_root / "splits"
+    dataset = _read_json(data_dir / "dataset.json") or {}
     card["data"] = {
         "dataset": study.dataset,
         "source": dataset.get("source"),
@@ -256,7 +263,7 @@ def study_card(study: Study, results_dir: Path, seed: int = 0) -> dict:
     params = dict(m.params or {})
     card["params"] = params
     card["config"] = config_label(sel.labels.items()) or "the base configuration"
-    card["split"] = _split_counts(data_root, params)
+    card["split"] = _split_counts(splits_dir, params)
     card["metrics"] = m
     weights = cell_dir / "best.pt"
     card["weights"] = {"path": f"results/cells/{sel.cell}/best.pt", "sha256": _weights_sha256(weights)}
@@ -513,20 +520,35 @@ def _size(size: Any) -> str:
     return f"{size[0]} × {size[1]}" if size else "–"
 
 
-def write_model_card(study: Study, results_dir: Path, out: Path, seed: int = 0) -> dict:
+def write_model_card(
+    study: Study,
+    results_dir: Path,
+    out: Path,
+    seed: int = 0,
+    data_dir: Path | None = None,
+    splits_dir: Path | None = None,
+) -> dict:
     """Write results/studies/<study>/model_card.md; returns the card."""
-    card = study_card(study, Path(results_dir), seed)
+    card = study_card(study, Path(results_dir), seed, data_dir, splits_dir)
     write_text(out, card_markdown(card))
     return card
 
 
-def card_context(studies: Sequence[Study], results_dir: Path, config: Mapping) -> list[dict]:
-    """The report's "Model cards" section: one card per study, with its table rows as text."""
+def card_context(
+    studies: Sequence[Study],
+    results_dir: Path,
+    config: Mapping,
+    data_dir: Path | None = None,
+    splits_dir: Path | None = None,
+) -> list[dict]:
+    """The report's "Model cards" section: one card per study, with its table rows as text; ``data_dir`` /
+    ``splits_dir``: the default data set's folders (studies on a named data set use theirs)."""
     seed = int(config.get("seed", 0) or 0)
     out = []
     for s in studies:
+        folders = (data_dir, splits_dir) if s.dataset is None else (None, None)
         try:
-            c = study_card(s, Path(results_dir), seed)
+            c = study_card(s, Path(results_dir), seed, *folders)
         except (DataError, OSError, KeyError, StopIteration):
             c = {"study": s.name, "title": s.title, "ok": False}
         if c["ok"]:

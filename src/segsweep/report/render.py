@@ -794,7 +794,9 @@ def build_context(
         "views": views,
         "data": data_context(results_dir, config, studies, data_files),
         "test": test_context(views, results_dir, config, data_files),
-        "cards": card.card_context(studies, results_dir, config),  # the Model cards section
+        "cards": card.card_context(  # the Model cards section
+            studies, results_dir, config, data_files.data, data_files.splits[0].parent if data_files.splits else None
+        ),
         "top": top_rows(views, int(report_cfg.get("top_n", 10))),
         "overall": overall_sentence(views),
         "n_studies": len(views),
