@@ -60,23 +60,34 @@ def trained(tmp_path_factory):
     ingest.run(DataConfig("phantom", str(root / "raw"), "endo", False, KEY, PHANTOM), PREP, results / "data")
     split = results / "splits" / "seed0.json"
     write_split(results / "data" / "dataset.json", split, 0, 0.25, None, 0.2)
-    for cell, lr in CELLS.items():
+    study = _train_study(results, "lrs", "Learning rates", {c: (lr, 0) for c, lr in CELLS.items()}, data_dir=None)
+    return results, study
+
+
+def _train_study(results, name, title, cells, data_dir):
+    """Train ``cells`` (cell id → (lr, training seed)) in-process on the fixture's data and split, and
+    aggregate them as the grid study ``name`` over lr (runs of one lr are its repeats); ``data_dir``: the
+    patient files for table.json's ``final`` (None: no final evaluation)."""
+    split = results / "splits" / "seed0.json"
+    for cell, (lr, seed) in cells.items():
         params = cell_params(
-            {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 20, "lr": lr, "loss": "dice + bce"}
+            {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 20, "lr": lr, "loss": "dice + bce", "seed": seed}
         )
         train_cell(params, results / "data", split, results / "cells" / cell)
+    lrs = list(dict.fromkeys(f"{lr:g}" for lr, _ in cells.values()))
+    repeat = {c: [c2 for c2, v in cells.items() if v[0] == cells[c][0]].index(c) for c in cells}
     study = Study(
-        name="lrs",
-        title="Learning rates",
+        name=name,
+        title=title,
         description="",
         mode="grid",
         axes=("lr",),
         table=TableLayout((), ("lr",)),
-        cells=tuple(StudyCell(c, (("lr", f"{lr:g}"),), 0, None) for c, lr in CELLS.items()),
-        axis_values={"lr": tuple(f"{lr:g}" for lr in CELLS.values())},
+        cells=tuple(StudyCell(c, (("lr", f"{lr:g}"),), repeat[c], None) for c, (lr, _) in cells.items()),
+        axis_values={"lr": tuple(lrs)},
     )
-    aggregate_study(study, results / "cells", results / "studies" / "lrs", seed=0, splits=[split])
-    return results, study
+    aggregate_study(study, results / "cells", results / "studies" / name, seed=0, splits=[split], data_dir=data_dir)
+    return study
 
 
 @pytest.fixture(scope="module")
@@ -557,30 +568,8 @@ def repeats(trained):
     """A study whose one configuration has two runs (training seeds 0 and 1), aggregated with its patient
     files: table.json ``final`` holds its runs and its chosen post-processing."""
     results, _ = trained
-    cells = {"bbbbbbbbbbb0": 0, "bbbbbbbbbbb1": 1}
-    for cell, seed in cells.items():
-        params = cell_params(
-            {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 20, "lr": 0.01, "loss": "dice + bce", "seed": seed}
-        )
-        train_cell(params, results / "data", results / "splits" / "seed0.json", results / "cells" / cell)
-    study = Study(
-        name="seeds",
-        title="Two seeds",
-        description="",
-        mode="grid",
-        axes=("lr",),
-        table=TableLayout((), ("lr",)),
-        cells=tuple(StudyCell(c, (("lr", "0.01"),), r, None) for r, c in enumerate(cells)),
-        axis_values={"lr": ("0.01",)},
-    )
-    aggregate_study(
-        study,
-        results / "cells",
-        results / "studies" / "seeds",
-        seed=0,
-        splits=[results / "splits" / "seed0.json"],
-        data_dir=results / "data",
-    )
+    cells = {"bbbbbbbbbbb0": (0.01, 0), "bbbbbbbbbbb1": (0.01, 1)}
+    study = _train_study(results, "seeds", "Two seeds", cells, data_dir=results / "data")
     return results, study, list(cells)
 
 

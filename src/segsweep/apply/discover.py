@@ -211,6 +211,21 @@ def _functional(groups, seq: str, kw: str):
     return None
 
 
+def _file_fields(path: Path, rel: str, ds, uid: str, rows: int, cols: int) -> dict:
+    """The ImageHeader fields a file's frames share."""
+    return {
+        "path": path,
+        "rel": rel,
+        "ds": ds,
+        "series_uid": uid,
+        "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "frame_uid": str(ds.get("FrameOfReferenceUID", "") or ""),
+        "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
+        "rows": rows,
+        "cols": cols,
+    }
+
+
 def _frame_headers(path: Path, rel: str, ds, uid: str, rows: int, cols: int, frames: int) -> list[ImageHeader]:
     """One ImageHeader per frame of an Enhanced MR image (PS3.3 C.7.6.16): position, orientation, spacing,
     TemporalPositionIndex and NominalCardiacTriggerDelayTime from its per-frame, else shared, functional
@@ -228,16 +243,8 @@ def _frame_headers(path: Path, rel: str, ds, uid: str, rows: int, cols: int, fra
         trigger = _functional(groups, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
         out.append(
             ImageHeader(
-                series_uid=uid,
-                study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-                frame_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+                **_file_fields(path, rel, ds, uid, rows, cols),
                 temporal=None if temporal in (None, "") else int(temporal),
-                path=path,
-                rel=rel,
-                ds=ds,
-                sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-                rows=rows,
-                cols=cols,
                 orientation=_float_values(
                     _functional(groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
                 ),
@@ -272,16 +279,8 @@ def _image_header(path: Path, rel: str, ds) -> list[ImageHeader]:
     sp = _floats(ds, "PixelSpacing", 2)
     return [
         ImageHeader(
-            series_uid=uid,
-            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-            frame_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+            **_file_fields(path, rel, ds, uid, rows, cols),
             temporal=_number(ds, "TemporalPositionIdentifier", int),
-            path=path,
-            rel=rel,
-            ds=ds,
-            sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-            rows=rows,
-            cols=cols,
             orientation=_floats(ds, "ImageOrientationPatient", 6),
             position=_floats(ds, "ImagePositionPatient", 3),
             pixel_spacing=sp if sp and all(v > 0 for v in sp) else None,
