@@ -163,7 +163,7 @@ def test_bad_maps_are_config_errors_naming_the_key(key, value, match):
 @pytest.mark.parametrize(
     "data, where",
     [
-        ({"roi_map": {"lv": ["x"]}}, "data.roi_map"),
+        ({"roi_map": {"lv": ["x"]}}, "data.roi_map.lv"),  # an unknown structure: the key itself
         ({"roi_map": {"endo": "LV Endo"}}, "data.roi_map.endo"),
         ({"label_map": {"lv": -1, "myo": 2}}, "data.label_map.lv"),
         ({"label_map": {"lv": 1}}, "data.label_map"),

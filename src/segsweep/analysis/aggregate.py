@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from segsweep.analysis.final import evaluate_selected
 from segsweep.analysis.ranking import best_group, rank_key
 from segsweep.analysis.stats import INTERVAL_KEYS, bootstrap_interval, compare_study, no_interval
 from segsweep.data.config import LABELS
@@ -692,8 +693,6 @@ def aggregate_study(
     table = pivot(study, groups, {"fraction": {k: v["label"] for k, v in fractions.items()}} if fractions else None)
     table["fractions"] = fractions
     if data_dir is not None:
-        from segsweep.analysis.final import evaluate_selected
-
         table["final"] = evaluate_selected(
             study.name, groups, study.table.higher_is_better, Path(cells_dir), Path(data_dir), seed
         )

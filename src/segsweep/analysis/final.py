@@ -37,6 +37,7 @@ from segsweep.analysis.stats import bootstrap_interval, interval_units
 from segsweep.errors import DataError
 from segsweep.labels import metric_range
 from segsweep.training import native_predictions as npred
+from segsweep.training.evaluate import EvaluationConfig, load_images, score_labels
 from segsweep.training.record import CellMetrics
 
 # (summary key, per-patient key, label): the numbers of each variant
@@ -49,8 +50,6 @@ KEYS = (
 
 def _images(data_dir: Path, preds: Sequence[npred.NativePrediction], memo: dict):
     """The reference images of the saved predictions (same patients, same order), memoised per patient list."""
-    from segsweep.training.evaluate import load_images
-
     pids = tuple(dict.fromkeys(p.patient for p in preds))
     if pids not in memo:
         memo[pids] = load_images(data_dir, list(pids))
@@ -62,8 +61,6 @@ def _images(data_dir: Path, preds: Sequence[npred.NativePrediction], memo: dict)
 
 def _score(name: str, images, labels: Sequence[np.ndarray], post: str, cfg, classes):
     """Post-process per patient, then score (`evaluate.score_labels`)."""
-    from segsweep.training.evaluate import score_labels
-
     out: list[np.ndarray] = list(labels)
     if post != "none":
         by_patient: dict[str, list[int]] = {}
@@ -176,8 +173,6 @@ def evaluate_selected(
             "note": f"no run of the selected configuration has {npred.FILE} (trained by an older segsweep): "
             "no post-processing was evaluated",
         }
-    from segsweep.training.evaluate import EvaluationConfig
-
     cfg = EvaluationConfig.from_mapping(metrics[0].evaluation)
     classes = files[0].classes
     memo: dict = {}
