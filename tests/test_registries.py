@@ -30,6 +30,20 @@ def _defs():
 
 
 # ------------------------------------------------------------------------------------ schema ↔ registry
+def test_a_variant_registered_later_is_in_the_schema_at_once():
+    """The enums are filled in from the registries at load (plan/config.py): no schema edit for a new name."""
+
+    def toy_opt(*, lr, weight_decay):
+        return lambda params: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+    study = {"s": _study({"lr": [1e-3]})}
+    with pytest.raises(ConfigError, match=r"config key 'train\.optimizer'"):
+        sc.prepare({"studies": study, "train": {"optimizer": "toy_opt"}})
+    with OPTIMIZERS.registered("toy_opt", toy_opt):
+        assert sc.prepare({"studies": study, "train": {"optimizer": "toy_opt"}})["train"]["optimizer"] == "toy_opt"
+    assert "toy_opt" not in _defs()["cell"]["properties"]["optimizer"]["enum"]
+
+
 def test_schema_enums_equal_registry_names():
     d = _defs()
     sched = d["schedule"]["oneOf"]

@@ -122,7 +122,7 @@ class _Ctx:
         vals = list(self.study.axis_values.get(axis, ()))
         vals += [g["labels"][axis] for g in self.groups if g["labels"][axis] not in vals]
         vals = [v for v in dict.fromkeys(vals) if any(g["labels"][axis] == v for g in self.groups)]
-        return sorted(vals, key=label_sort_key) if self.study.mode == "random" else vals
+        return sorted(vals, key=label_sort_key) if not self.study.ordered else vals
 
     def slice_for(self, free: Sequence[str]) -> tuple[list[dict], dict]:
         """Configurations to draw when ``free`` axes vary: all of them if the other axes have ≤ MAX_LINES
@@ -411,7 +411,7 @@ def _value_vs_axis(
         series.setdefault(c.name((a, g["labels"][a]) for a in lines_by) if lines_by else "all", []).append(g)
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     bad_drawn = False
-    random = c.study.mode == "random"
+    sampled = not c.study.ordered
     for k, (name, members) in enumerate(series.items()):
         members = sorted(members, key=x_of)
         ok = [g for g in members if g["mean"] is not None]
@@ -425,7 +425,7 @@ def _value_vs_axis(
                 yerr=err,
                 color=style.colour(k),
                 marker=style.marker(k),
-                linestyle="none" if random else "-",
+                linestyle="none" if sampled else "-",
                 label=name if len(series) > 1 else None,
                 markersize=5,
                 alpha=0.9,
@@ -446,7 +446,7 @@ def _value_vs_axis(
     if log:
         ax.set_xscale("log")
     ticks = sorted({x_of(g) for g in gs})
-    if not random and len(ticks) <= 10:
+    if not sampled and len(ticks) <= 10:
         ax.set_xticks(ticks, [xlabels.get(f"{t:g}", f"{t:g}") if xlabels else f"{t:g}" for t in ticks])
         ax.minorticks_off()
     ax.set_xlabel(style.label_for(axis))
