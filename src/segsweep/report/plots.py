@@ -75,8 +75,20 @@ GENERIC_FIELDS = {
 }
 
 
+def caption_fields(caption: str) -> set[str]:
+    """The ``{field}`` names of a caption template."""
+    return {f for _, f, _, _ in string.Formatter().parse(caption) if f is not None}
+
+
 def _register(reg: Registry, name: str, *, file: str, title: str, caption: str, generic: dict | None = None):
-    """``reg.register`` with the metadata every figure has (a typo in a keyword fails at import)."""
+    """``reg.register`` with the metadata every figure has (a typo in a keyword fails at import, and so does a
+    caption field with no text for ``snakemake --report``, where the data are not known)."""
+    missing = sorted(caption_fields(caption) - set(GENERIC_FIELDS) - set(generic or {}))
+    if missing:
+        raise ValueError(
+            f"figure '{name}': caption field(s) {', '.join(missing)} need generic= text, e.g. "
+            f"generic={{{', '.join(f'{f!r}: ...' for f in missing)}}} (what snakemake --report shows in their place)"
+        )
     return reg.register(name, file=file, title=title, caption=caption, generic=dict(generic or {}))
 
 
@@ -1022,11 +1034,6 @@ _RST = {  # kind: (registry, what the rule declares, heading prefix, fallback he
     ),
 }
 REGENERATE = "python -m segsweep.report.plots --write-captions"
-
-
-def caption_fields(caption: str) -> set[str]:
-    """The ``{field}`` names of a caption template."""
-    return {f for _, f, _, _ in string.Formatter().parse(caption) if f is not None}
 
 
 def captions_rst(kind: str) -> str:
