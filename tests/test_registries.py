@@ -15,6 +15,7 @@ from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
 from segsweep.registry import Registry, keyword_defaults
 from segsweep.training.loop import train_cell
+from segsweep.training.finetune_modes import FINETUNE_MODES
 from segsweep.training.losses import LOSSES, FocalLoss
 from segsweep.training.model import MODELS
 from segsweep.training.optim import OPTIMIZERS
@@ -54,6 +55,7 @@ def test_schema_enums_equal_registry_names():
     assert set(cell["optimizer"]["enum"]) == set(OPTIMIZERS.names())
     assert set(cell["regularizer"]["enum"]) == set(REGULARIZERS.names())
     assert set(cell["model"]["enum"]) == set(MODELS.names())
+    assert set(cell["finetune"]["enum"]) == set(FINETUNE_MODES.names())
 
 
 def test_every_variant_parameter_is_a_schema_key():
@@ -80,6 +82,10 @@ def test_defaults_come_from_the_signatures():
     assert OPTIMIZERS.params("adam") == {}
     assert REGULARIZERS.params("elastic") == {"l1_ratio": 0.5}
     assert MODELS.params("unet") == {}
+    assert FINETUNE_MODES.params("discriminative") == {"encoder_lr_factor": 0.1}
+    assert FINETUNE_MODES.params("freeze_then_unfreeze") == {"unfreeze_epoch": 1}
+    ft = sc.cell_params({"finetune": "discriminative", "unfreeze_epoch": 3})  # the key it does not read: None
+    assert (ft.encoder_lr_factor, ft.unfreeze_epoch) == (0.1, None)
     for reg in (LOSSES, SCHEDULES, OPTIMIZERS, REGULARIZERS, MODELS):
         for e in reg:
             assert reg.params(e.name) == keyword_defaults(e.obj)

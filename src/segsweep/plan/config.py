@@ -37,6 +37,7 @@ def load_yaml(text: str):
 # time name the key and the known names (`Registry.entry`).
 def _registry_enums() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     from segsweep.data.layouts import LAYOUTS
+    from segsweep.training.finetune_modes import FINETUNE_MODES
     from segsweep.training.losses import LOSSES
     from segsweep.training.model import MODELS
     from segsweep.training.optim import OPTIMIZERS
@@ -51,6 +52,7 @@ def _registry_enums() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
         (*cell, "optimizer"): OPTIMIZERS,
         (*cell, "regularizer"): REGULARIZERS,
         (*cell, "model"): MODELS,
+        (*cell, "finetune"): FINETUNE_MODES,
     }
     data = ("properties", "data", "properties")
     return (
