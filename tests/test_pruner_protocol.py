@@ -135,3 +135,27 @@ def test_what_a_pruner_can_prune_is_declared_by_the_class():
         opt = {"mode": "optuna", "n_trials": 2, "table": {"rows": ["trial"], "cols": []}}
         with pytest.raises(ConfigError, match="mode 'optuna' takes 'asha' only"):
             plan_with({"name": "floor"}, **opt)
+
+
+def test_contributing_add_a_pruner_recipe_works(tmp_path, monkeypatch):
+    """CONTRIBUTING's "Add a pruner", as written: one class, then usable as `pruner: {name: median}`."""
+    from test_figure_registry import contributing_block
+
+    exec(compile(contributing_block("Add a pruner"), "CONTRIBUTING.md", "exec"), dict(vars(pruning)))
+    try:
+        pruners, plan = plan_with({"name": "median", "rungs": [1, 2, 4]})
+        p, study = pruners["s"], plan.studies["s"]
+        assert pruning.pruner_dict(p) == {"name": "median", "rungs": [1, 2, 4]}
+        assert set(pruning.cell_rungs(pruners, plan.studies).values()) == {(1, 2)}
+        monkeypatch.chdir(tmp_path)
+        for c, dice in zip(study.cells, [0.7, 0.4, 0.65]):  # lr 0.01, 0.1, 0.2
+            path = Path(pruning.rung_path(c.cell_id, 1))
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"status": "ok", "epochs_run": 1, "best_val_dice": dice}))
+        dec = pruning.decide_stage(pruning.pruner_dict(p), study, 0, [], tmp_path / "stage0.json")
+        assert dec["keep"] == ["lr=0.01", "lr=0.2"] and [d["config"] for d in dec["pruned"]] == ["lr=0.1"]
+        assert dec["budget"] == {"unit": "epoch", "value": 1, "total": None, "text": "epoch 1"}
+        stage1 = [f for f in pruning.stage_inputs(p, study, 1, [tmp_path / "stage0.json"]) if "/rungs/2." in f]
+        assert len(stage1) == 2  # the two configurations kept go on to epoch 2
+    finally:
+        pruning.PRUNERS.unregister("median")

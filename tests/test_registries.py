@@ -14,8 +14,8 @@ from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
 from segsweep.registry import Registry, keyword_defaults
-from segsweep.training.loop import train_cell
 from segsweep.training.finetune_modes import FINETUNE_MODES
+from segsweep.training.loop import train_cell
 from segsweep.training.losses import LOSSES, FocalLoss
 from segsweep.training.model import MODELS
 from segsweep.training.optim import OPTIMIZERS

@@ -90,3 +90,32 @@ def test_unknown_mode_names_the_key():
 def test_bad_axis_value_names_the_key():
     with pytest.raises(ConfigError, match=r"studies\.s\.axes\.optimizer"):
         SEARCH_MODES["grid"]("s", {"axes": {"optimizer": ["adamm"]}}, {}, None)
+
+
+def test_contributing_add_a_search_mode_recipe_works():
+    """CONTRIBUTING's "Add a search mode", as written: one function, then usable as `mode:` with no other edit."""
+    from test_figure_registry import contributing_block
+
+    from segsweep.plan import search
+
+    exec(compile(contributing_block("Add a search mode"), "CONTRIBUTING.md", "exec"), dict(vars(search)))
+    try:
+        lrs = [0.0001, 0.001, 0.01, 0.1]
+        axes = {"lr": lrs, "batch_size": [4, 8]}
+        spec = {
+            "mode": "latin_hypercube",
+            "n": 4,
+            "sample_seed": 2,
+            "axes": axes,
+            "table": {"rows": ["lr"], "cols": []},
+        }
+        plan = build_plan(sc.prepare({"studies": {"s": spec}}))
+        study = plan.studies["s"]
+        assert not study.ordered and not study.adaptive and len(study.cells) == 4
+        params = [plan.cells[c.cell_id].params for c in study.cells]
+        assert sorted(p.lr for p in params) == lrs  # one point per stratum of each axis
+        assert sorted(p.batch_size for p in params) == [4, 4, 8, 8]
+        with pytest.raises(ConfigError, match=r"studies\.s\.n': required"):
+            build_plan(sc.prepare({"studies": {"s": {k: v for k, v in spec.items() if k != "n"}}}))
+    finally:
+        SEARCH_MODES.unregister("latin_hypercube")

@@ -78,6 +78,16 @@ def _read(path: str | Path) -> dict | None:
         return None
 
 
+def rung_monitor(cells: Sequence[StudyCell], epoch: int) -> float | None:
+    """A configuration's mean validation monitor (``best_val_dice`` so far) over its cells at rung ``epoch``;
+    None unless every cell reached the rung ``ok`` or ``early_stop`` (a diverged or failed cell never goes on)."""
+    recs = [_read(rung_path(c.cell_id, epoch)) or {} for c in cells]
+    vals = [r.get("best_val_dice") for r in recs]
+    if not all(r.get("status") in ("ok", "early_stop") for r in recs) or any(v is None for v in vals):
+        return None
+    return sum(vals) / len(vals)
+
+
 # --------------------------------------------------------------------------------------------- asha
 @PRUNERS.register("asha")
 @dataclass(frozen=True)
@@ -114,9 +124,7 @@ class Asha(Pruner):
         scored = []
         for i, (name, cells) in enumerate(alive.items()):
             recs = [_read(rung_path(c.cell_id, epoch)) or {} for c in cells]
-            vals = [r.get("best_val_dice") for r in recs]
-            ok = all(r.get("status") in ("ok", "early_stop") for r in recs) and all(v is not None for v in vals)
-            score = sum(vals) / len(vals) if ok else None
+            score = rung_monitor(cells, epoch)
             reached = max((int(r.get("epochs_run") or 0) for r in recs), default=0)
             scored.append((name, score, i, reached, [r.get("status") for r in recs]))
         n_keep = max(1, math.floor(len(alive) / self.eta))
