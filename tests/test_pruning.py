@@ -168,7 +168,7 @@ def test_pruned_configurations_are_greyed_never_ranked(tmp_path):
     (tmp_path / study.cells[0].cell_id).mkdir()
     decisions = [
         {
-            "budget": "epoch 3",
+            "budget": {"unit": "epoch", "value": 3, "total": None, "text": "epoch 3"},
             "pruned": [
                 {
                     "config": "lr=1",

@@ -2,6 +2,7 @@
 derived from the registries, bad values fail at plan time naming study and key, and a toy loss registered in
 a test goes through plan → training → aggregation."""
 
+import copy
 import json
 
 import pytest
@@ -43,6 +44,26 @@ def test_a_variant_registered_later_is_in_the_schema_at_once():
     with OPTIMIZERS.registered("toy_opt", toy_opt):
         assert sc.prepare({"studies": study, "train": {"optimizer": "toy_opt"}})["train"]["optimizer"] == "toy_opt"
     assert "toy_opt" not in _defs()["cell"]["properties"]["optimizer"]["enum"]
+
+
+def test_the_enum_table_is_checked_against_the_schema_file(monkeypatch):
+    """A key the table fills must exist in the schema file and carry no hand-kept enum there."""
+    raw = sc._schema_file()
+    with_list = copy.deepcopy(raw)
+    with_list["definitions"]["cell"]["properties"]["optimizer"]["enum"] = ["sgd"]
+    monkeypatch.setattr(sc, "_schema_file", lambda: with_list)
+    sc._schema_with.cache_clear()
+    with pytest.raises(ValueError, match=r"lists the enum at .*'optimizer'.*remove it"):
+        sc.schema()
+    moved = copy.deepcopy(raw)
+    del moved["definitions"]["cell"]["properties"]["regularizer"]
+    monkeypatch.setattr(sc, "_schema_file", lambda: moved)
+    sc._schema_with.cache_clear()
+    with pytest.raises(KeyError, match="regularizer"):
+        sc.schema()
+    monkeypatch.undo()
+    sc._schema_with.cache_clear()
+    assert "enum" in sc.schema()["definitions"]["cell"]["properties"]["regularizer"]
 
 
 def test_schema_enums_equal_registry_names():
