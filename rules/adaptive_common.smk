@@ -3,7 +3,7 @@
 # cell trained by the train rule (CELLS falls back to the cells recorded in round files, common.smk).
 from segsweep.plan.optuna_rounds import OPTUNA_DIR, round_sizes, study_context, trial_cells
 
-OPTUNA_STUDIES = [n for n, s in STUDIES.items() if s.mode == "optuna"]
+OPTUNA_STUDIES = [n for n, s in STUDIES.items() if s.adaptive]
 OPTUNA_CTX = {n: study_context(CFG, n, PLAN.data_fp) for n in OPTUNA_STUDIES}
 OPTUNA_ROUNDS = {n: round_sizes(CFG["studies"][n]) for n in OPTUNA_STUDIES}
 

@@ -5,9 +5,7 @@ rule aggregate:
     input:
         study_metrics,
         # an optuna study: the study with its trials as rows (rules/adaptive.smk)
-        optuna_study=lambda wc: (
-            f"results/studies/{wc.study}/optuna/study.json" if STUDIES[wc.study].mode == "optuna" else []
-        ),
+        optuna_study=lambda wc: (f"results/studies/{wc.study}/optuna/study.json" if STUDIES[wc.study].adaptive else []),
         # a pruned study: its pruner's decisions (rules/prune.smk)
         prune=pruned_study_decisions,
         # the split files of the study's cells: the real size of each training fraction

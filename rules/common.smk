@@ -125,7 +125,7 @@ def init_from_inputs(wc):
 def study_metrics(wc):
     if wc.study in PRUNERS_OF:  # the stages its pruner let each configuration reach (rules/prune.smk)
         return pruned_study_metrics(wc)
-    if STUDIES[wc.study].mode == "optuna":  # its cells are known once its rounds are (rules/adaptive.smk)
+    if STUDIES[wc.study].adaptive:  # its cells are known once its rounds are (rules/adaptive.smk)
         return optuna_trial_metrics(wc)
     return [f"{CELLS_DIR}/{c}/metrics.json" for c in STUDIES[wc.study].cell_ids]
 

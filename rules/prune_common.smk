@@ -28,7 +28,7 @@ def pruned_study_decisions(wc):
     """The aggregate rule's decision files of a pruned study ([] for other studies)."""
     if wc.study not in PRUNERS_OF:
         return []
-    if STUDIES[wc.study].mode == "optuna":  # every round's bracket
+    if STUDIES[wc.study].adaptive:  # every round's bracket
         return optuna_study_input(wc)["decisions"]
     return prune_decisions(wc.study, PRUNERS_OF[wc.study].n_stages - 1)
 

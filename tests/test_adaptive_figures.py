@@ -56,12 +56,12 @@ def trials_json(n=12, dists=DISTS, direction="maximize", value="val_dice_patient
     return {"study": "opt", "direction": direction, "value": value, "distributions": dists, "trials": trials}
 
 
-def ctx(tmp_path, t, mode="optuna"):
+def ctx(tmp_path, t, adaptive=True):
     (tmp_path / "optuna").mkdir(parents=True, exist_ok=True)
     (tmp_path / "optuna" / "trials.json").write_text(json.dumps(t))
     cells = [x["cell"] for x in t["trials"] if x["cell"]]
     df = pd.DataFrame({"cell": cells, "val_n_patients": [7] * len(cells)})
-    return SimpleNamespace(study=SimpleNamespace(mode=mode), study_dir=tmp_path, df=df)
+    return SimpleNamespace(study=SimpleNamespace(adaptive=adaptive), study_dir=tmp_path, df=df)
 
 
 def draw(c, name, path):
@@ -160,7 +160,7 @@ def test_degraded_searches_give_no_figure_and_no_error(tmp_path, case, expect):
         t = trials_json(dists=one_numeric())
     elif case == "only categorical parameters":
         t = trials_json(dists={a: DISTS[a] for a in ("optimizer", "batch_size")})
-    c = ctx(tmp_path, t, mode="grid" if case == "not an optuna study" else "optuna")
+    c = ctx(tmp_path, t, adaptive=case != "not an optuna study")
     if case == "no trials.json":
         (tmp_path / "optuna" / "trials.json").unlink()
     for name, drawn in expect.items():

@@ -44,7 +44,7 @@ def test_every_figure_has_file_title_and_a_caption_whose_fields_are_filled(kind)
 def test_file_maps_follow_the_registries():
     assert {e.name: e.meta["file"] for e in plots.STUDY_FIGURES} == plots.FIGURE_FILES
     assert {e.name: e.meta["file"] for e in plots.DATA_FIGURES} == plots.DATA_FIGURE_FILES
-    assert list(plots.FIGURE_FILES) == [
+    report_order = [
         "heatmap",
         "curves",
         "fraction",
@@ -64,7 +64,8 @@ def test_file_maps_follow_the_registries():
         "optuna_contour",
         "optuna_parallel",
         "optuna_trials",
-    ]  # report order
+    ]  # these keep their report order; a new figure may go anywhere between them
+    assert [n for n in plots.FIGURE_FILES if n in report_order] == report_order
 
 
 def test_write_captions_and_check(tmp_path, capsys):
@@ -77,3 +78,31 @@ def test_write_captions_and_check(tmp_path, capsys):
     (tmp_path / plots.CAPTION_FILES["data"]).write_text("old\n")
     assert plots.main(["--check", "--root", str(tmp_path)]) == 1
     assert "--write-captions" in capsys.readouterr().out
+
+
+def contributing_block(heading: str) -> str:
+    """The first ```python block under ``## <heading>`` in CONTRIBUTING.md."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    section = text.split(f"## {heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_contributing_add_a_figure_recipe_works(tmp_path):
+    """CONTRIBUTING's "Add a figure", as written: register its example, regenerate the captions, find it there."""
+    code = contributing_block("Add a figure")
+    names = {e.name for e in plots.STUDY_FIGURES}
+    try:
+        exec(compile(code, "CONTRIBUTING.md", "exec"), dict(vars(plots)))
+        (new,) = {e.name for e in plots.STUDY_FIGURES} - names
+        (tmp_path / "workflow" / "report").mkdir(parents=True)
+        assert plots.main(["--write-captions", "--root", str(tmp_path)]) == 0
+        rst = (tmp_path / plots.CAPTION_FILES["study"]).read_text()
+        assert f'name == "{new}" %}}' in rst and "against the epochs each run trained (all runs)" in rst
+    finally:
+        for n in {e.name for e in plots.STUDY_FIGURES} - names:
+            plots.STUDY_FIGURES.unregister(n)
+    without_generic = code.replace('    generic={"n": "all"},', "")
+    assert without_generic != code
+    with pytest.raises(ValueError, match=r"figure 'dice_vs_epochs': caption field\(s\) n need generic= text"):
+        exec(compile(without_generic, "CONTRIBUTING.md", "exec"), dict(vars(plots)))
+    assert "dice_vs_epochs" not in plots.STUDY_FIGURES

@@ -2,6 +2,7 @@
 derived from the registries, bad values fail at plan time naming study and key, and a toy loss registered in
 a test goes through plan → training → aggregation."""
 
+import copy
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
 from segsweep.registry import Registry, keyword_defaults
+from segsweep.training.finetune_modes import FINETUNE_MODES
 from segsweep.training.loop import train_cell
 from segsweep.training.losses import LOSSES, FocalLoss
 from segsweep.training.model import MODELS
@@ -30,6 +32,40 @@ def _defs():
 
 
 # ------------------------------------------------------------------------------------ schema ↔ registry
+def test_a_variant_registered_later_is_in_the_schema_at_once():
+    """The enums are filled in from the registries at load (plan/config.py): no schema edit for a new name."""
+
+    def toy_opt(*, lr, weight_decay):
+        return lambda params: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+    study = {"s": _study({"lr": [1e-3]})}
+    with pytest.raises(ConfigError, match=r"config key 'train\.optimizer'"):
+        sc.prepare({"studies": study, "train": {"optimizer": "toy_opt"}})
+    with OPTIMIZERS.registered("toy_opt", toy_opt):
+        assert sc.prepare({"studies": study, "train": {"optimizer": "toy_opt"}})["train"]["optimizer"] == "toy_opt"
+    assert "toy_opt" not in _defs()["cell"]["properties"]["optimizer"]["enum"]
+
+
+def test_the_enum_table_is_checked_against_the_schema_file(monkeypatch):
+    """A key the table fills must exist in the schema file and carry no hand-kept enum there."""
+    raw = sc._schema_file()
+    with_list = copy.deepcopy(raw)
+    with_list["definitions"]["cell"]["properties"]["optimizer"]["enum"] = ["sgd"]
+    monkeypatch.setattr(sc, "_schema_file", lambda: with_list)
+    sc._schema_with.cache_clear()
+    with pytest.raises(ValueError, match=r"lists the enum at .*'optimizer'.*remove it"):
+        sc.schema()
+    moved = copy.deepcopy(raw)
+    del moved["definitions"]["cell"]["properties"]["regularizer"]
+    monkeypatch.setattr(sc, "_schema_file", lambda: moved)
+    sc._schema_with.cache_clear()
+    with pytest.raises(KeyError, match="regularizer"):
+        sc.schema()
+    monkeypatch.undo()
+    sc._schema_with.cache_clear()
+    assert "enum" in sc.schema()["definitions"]["cell"]["properties"]["regularizer"]
+
+
 def test_schema_enums_equal_registry_names():
     d = _defs()
     sched = d["schedule"]["oneOf"]
@@ -40,6 +76,7 @@ def test_schema_enums_equal_registry_names():
     assert set(cell["optimizer"]["enum"]) == set(OPTIMIZERS.names())
     assert set(cell["regularizer"]["enum"]) == set(REGULARIZERS.names())
     assert set(cell["model"]["enum"]) == set(MODELS.names())
+    assert set(cell["finetune"]["enum"]) == set(FINETUNE_MODES.names())
 
 
 def test_every_variant_parameter_is_a_schema_key():
@@ -66,6 +103,10 @@ def test_defaults_come_from_the_signatures():
     assert OPTIMIZERS.params("adam") == {}
     assert REGULARIZERS.params("elastic") == {"l1_ratio": 0.5}
     assert MODELS.params("unet") == {}
+    assert FINETUNE_MODES.params("discriminative") == {"encoder_lr_factor": 0.1}
+    assert FINETUNE_MODES.params("freeze_then_unfreeze") == {"unfreeze_epoch": 1}
+    ft = sc.cell_params({"finetune": "discriminative", "unfreeze_epoch": 3})  # the key it does not read: None
+    assert (ft.encoder_lr_factor, ft.unfreeze_epoch) == (0.1, None)
     for reg in (LOSSES, SCHEDULES, OPTIMIZERS, REGULARIZERS, MODELS):
         for e in reg:
             assert reg.params(e.name) == keyword_defaults(e.obj)

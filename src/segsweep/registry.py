@@ -1,5 +1,5 @@
-"""One registry per extension point (losses, optimizers, schedules, regularizers, models, layouts, search
-modes, figures): a new variant is one class or function plus its ``@REGISTRY.register("name")`` line, in
+"""One registry per extension point (losses, optimizers, schedules, regularizers, models, fine-tuning modes,
+layouts, search modes, samplers, pruners, figures): a new variant is one class or function plus its ``@REGISTRY.register("name")`` line, in
 the file that implements it.
 
 Conventions every registry shares:
@@ -9,7 +9,10 @@ Conventions every registry shares:
   signature, so a default lives in exactly one place: the implementation. Config values for other keys are
   dropped, so an irrelevant key never splits one cell into two.
 * An unknown name raises ``ConfigError`` naming the config key and the known names.
-* The schema's enum for the key is checked against ``names()`` by ``tests/test_registries.py``.
+* A name is written once, at registration: the schema's enum for the key is filled in from ``names()`` when
+  ``segsweep.plan.config`` loads it, or (plan-level registries) the lookup at plan time checks it.
+* ``meta`` holds what a variant declares beyond its parameters (a search mode's ``adaptive`` / ``ordered``,
+  a fine-tuning mode's ``revision``, a figure's caption).
 """
 
 from __future__ import annotations

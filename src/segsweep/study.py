@@ -44,6 +44,10 @@ class Study:
     cells: tuple[StudyCell, ...]
     axis_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
     dataset: str | None = None  # the `datasets` entry it trains on (`data: <name>`); None: the default (`data`)
+    # what its search mode declares (segsweep.plan.search, SEARCH_MODES): tables, figures and rules ask these,
+    # never the mode's name
+    adaptive: bool = False  # its points are proposed in rounds from earlier results, not known at plan time
+    ordered: bool = True  # its axis values' declared order is the reading order (False: a sampling order)
 
     @property
     def cell_ids(self) -> list[str]:
@@ -67,7 +71,11 @@ def study_to_dict(study: Study) -> dict:
         },
         "cells": [[c.cell_id, [list(x) for x in c.labels], c.repeat, c.fold] for c in study.cells],
         "axis_values": {a: list(v) for a, v in study.axis_values.items()},
-    } | ({"dataset": study.dataset} if study.dataset is not None else {})  # absent: params of older studies kept
+    } | (  # absent when default: the params of existing studies, and so their aggregation, stay as they were
+        ({"dataset": study.dataset} if study.dataset is not None else {})
+        | ({"adaptive": True} if study.adaptive else {})
+        | ({"ordered": False} if not study.ordered else {})
+    )
 
 
 def study_from_dict(d: Mapping) -> Study:
@@ -82,6 +90,8 @@ def study_from_dict(d: Mapping) -> Study:
         cells=tuple(StudyCell(c[0], tuple(tuple(x) for x in c[1]), c[2], c[3]) for c in d["cells"]),
         axis_values={a: tuple(v) for a, v in d["axis_values"].items()},
         dataset=d.get("dataset"),
+        adaptive=d.get("adaptive", False),
+        ordered=d.get("ordered", True),
     )
 
 
@@ -101,6 +111,30 @@ def check_one_dataset(studies: Sequence[Study]) -> None:
 
 
 # ------------------------------------------------------------------ a pruned study's decisions
+@dataclass(frozen=True)
+class Budget:
+    """What a pruner's stage k has spent when its decision is taken: ``value`` of ``unit`` (``epoch`` 3, or
+    ``fold`` 2 of ``total`` 6). Written into the decision file as a mapping (``to_dict``), so figures and tables
+    read the number instead of parsing text."""
+
+    unit: str
+    value: int
+    total: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.unit} {self.value}" + (f" of {self.total}" if self.total is not None else "")
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, "value": self.value, "total": self.total, "text": str(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping | str | None) -> Budget | None:
+        """None for a missing budget or one written as text by an older decision job."""
+        if not isinstance(d, Mapping):
+            return None
+        return cls(d["unit"], int(d["value"]), None if d.get("total") is None else int(d["total"]))
+
+
 def pruned_cells(decisions: Sequence[Mapping]) -> dict[str, dict]:
     """Cell id → how a pruner stopped it (``reason``, ``epochs_run``, the last ``value`` and its key), from
     a pruned study's decision files (`segsweep.plan.pruning`, results/studies/<s>/prune/stage<k>.json)."""

@@ -423,7 +423,7 @@ def config_groups(
             **pruned_info,
         )
         g["text"] = cell_text(g, value)
-        if study.mode == "random":  # sampled values: numeric order reads better than sampling order
+        if not study.ordered:  # sampled values: numeric order reads better than sampling order
             g["_order"] = tuple(label_sort_key(v) for v in key)
         else:
             g["_order"] = tuple(order[a].get(v, len(order[a])) for a, v in zip(study.axes, key))
@@ -469,7 +469,7 @@ def _combos(axes: Sequence[str], study: Study, groups: Sequence[dict]) -> list[t
         declared = list(study.axis_values.get(a, ()))
         seen = [g["labels"][a] for g in groups if g["labels"][a] not in declared]
         vals = declared + list(dict.fromkeys(seen))
-        if study.mode == "random":  # sampling order means nothing to a reader; numbers read best sorted
+        if not study.ordered:  # sampling order means nothing to a reader; numbers read best sorted
             vals = sorted(vals, key=label_sort_key)
         values.append(vals)
     return [c for c in itertools.product(*values) if c in present]

@@ -24,7 +24,7 @@ from segsweep.labels import format_value
 from segsweep.plan.config import cell_defaults, deep_merge
 from segsweep.plan.finetune import check_backbone_keys, planning_order, resolve_init_from, source_cells
 from segsweep.plan.resources import ResourceConfig
-from segsweep.plan.search import SEARCH_MODES
+from segsweep.plan.search import SEARCH_MODES, mode_traits
 from segsweep.plan.validate import check_plan
 from segsweep.study import Study, StudyCell, TableLayout
 from segsweep.training.params import TRAINABLE_CLASSES, CellParams
@@ -96,9 +96,10 @@ def used_datasets(cfg: Mapping) -> list[str]:
                 f"config key 'studies.{name}.data': unknown data set '{ds}' (declared under `datasets`: "
                 f"{', '.join(declared) or 'none'}; without `data` a study uses the top-level `data`)"
             )
-        if spec.get("mode") == "optuna":
+        mode = spec.get("mode", "grid")
+        if mode_traits(mode, key=f"studies.{name}.mode").adaptive:
             raise ConfigError(
-                f"config key 'studies.{name}.data': a mode optuna study trains on the default data set only "
+                f"config key 'studies.{name}.data': a mode {mode} study trains on the default data set only "
                 "(remove `data`, or make this data set the top-level `data`)"
             )
         used.add(ds)
@@ -140,7 +141,9 @@ def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: M
         spec = cfg["studies"][name]
         ds = spec.get("data")
         base = study_base(cfg, name)
-        mode = SEARCH_MODES.entry(spec.get("mode", "grid"), key=f"studies.{name}.mode").obj
+        mode_key = f"studies.{name}.mode"
+        mode = SEARCH_MODES.entry(spec.get("mode", "grid"), key=mode_key).obj
+        traits = mode_traits(spec.get("mode", "grid"), key=mode_key)
         pts, order = mode(name, spec, base, preset.get("axes_limit"))
         axes = tuple(order)  # the spec's axes (an adaptive mode may add one, e.g. optuna's "trial")
         layout = TableLayout(
@@ -182,7 +185,7 @@ def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: M
                         cell = cells.setdefault(cid, cell)  # the same data under two names: one cell
                         split_specs[cell.dataset][cell.split] = spec_
                     rows.append(StudyCell(cid, labels, r, f))
-        if not pts and spec.get("mode") == "optuna":  # trials become cells in rounds; their split is the base's
+        if not pts and traits.adaptive:  # trials become cells in rounds; their split is the base's
             d = deep_merge(base, preset.get("cell") or {})
             cell, spec_ = resolve_cell(name, {**d, "fold": None}, splits=splits, data_fp=data_fp, amp=amp)
             split_specs[None][cell.split] = spec_
@@ -196,6 +199,8 @@ def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: M
             cells=tuple(rows),
             axis_values={a: tuple(dict.fromkeys(format_value(v) for v in order[a])) for a in axes},
             dataset=ds,
+            adaptive=traits.adaptive,
+            ordered=traits.ordered,
         )
     studies = {n: studies[n] for n in cfg["studies"]}  # config order (planning order may differ)
     _check_init_from_targets(cells, studies, {ds: c.target for ds, c in sources.items()})

@@ -30,10 +30,61 @@ def load_yaml(text: str):
 
 
 # --------------------------------------------------------------------------------------------- schema
+# Where the schema lists a registry's names, they are filled in here at load, so each name is written once (at
+# its registration). The schema file leaves out these enums; a path that no longer leads to a key stops the
+# load (checked by construction). The names of plan-level registries (study `mode`, `sampler`, `pruner.name`)
+# are not in the schema at all: their registries are defined on top of this module, and their lookups at plan
+# time name the key and the known names (`Registry.entry`).
+def _registry_enums() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    from segsweep.data.layouts import LAYOUTS
+    from segsweep.training.finetune_modes import FINETUNE_MODES
+    from segsweep.training.losses import LOSSES
+    from segsweep.training.model import MODELS
+    from segsweep.training.optim import OPTIMIZERS
+    from segsweep.training.regularizers import REGULARIZERS
+    from segsweep.training.schedules import SCHEDULES
+
+    cell = ("definitions", "cell", "properties")
+    paths = {
+        ("definitions", "schedule", "oneOf", 0): SCHEDULES,
+        ("definitions", "schedule", "oneOf", 1, "properties", "name"): SCHEDULES,
+        ("definitions", "loss_term", "properties", "name"): LOSSES,
+        (*cell, "optimizer"): OPTIMIZERS,
+        (*cell, "regularizer"): REGULARIZERS,
+        (*cell, "model"): MODELS,
+        (*cell, "finetune"): FINETUNE_MODES,
+    }
+    data = ("properties", "data", "properties")
+    return (
+        *((path, reg.names()) for path, reg in paths.items()),
+        ((*data, "source"), ("phantom", *LAYOUTS.names())),  # the phantom, or a real tree in a layout
+        ((*data, "phantom", "properties", "layout"), LAYOUTS.names()),
+    )
+
+
 @lru_cache(maxsize=1)
-def schema() -> dict:
+def _schema_file() -> dict:
     text = resources.files("segsweep.plan").joinpath("config.schema.yaml").read_text()
     return load_yaml(text)
+
+
+def schema() -> dict:
+    """The config schema with each registry's names as the enum of its key (a variant registered later, e.g.
+    in a test, is in the next call's schema). Shared: do not modify."""
+    return _schema_with(_registry_enums())
+
+
+@lru_cache(maxsize=8)
+def _schema_with(enums: tuple) -> dict:
+    out = copy.deepcopy(_schema_file())
+    for path, names in enums:
+        node = out
+        for part in path:
+            node = node[part]  # KeyError: the schema moved a key this table fills (fix the table above)
+        if "enum" in node:
+            raise ValueError(f"config.schema.yaml lists the enum at {path} that the registry fills: remove it")
+        node["enum"] = list(names)
+    return out
 
 
 _SCALARS = {"boolean": (bool,), "integer": (int,), "number": (int, float), "null": (type(None),)}

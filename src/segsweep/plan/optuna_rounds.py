@@ -19,6 +19,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,11 @@ from segsweep.labels import format_value
 from segsweep.plan.cells import Cell, _set, resolve_cell, study_base
 from segsweep.plan.config import deep_merge
 from segsweep.plan.resources import ResourceConfig
-from segsweep.plan.search import optuna_space
+from segsweep.plan.search import SAMPLERS, optuna_space
 from segsweep.plan.validate import check_cells
 from segsweep.study import Study, StudyCell, TableLayout, pruned_cells, study_from_dict, study_to_dict
 from segsweep.training.params import CellParams
 
-SAMPLERS = ("tpe", "gp", "cmaes", "random")
 DEFAULT_PARALLEL = 4
 OPTUNA_DIR = "results/studies/{study}/optuna"  # a study's round{r}.json files and journal (rules/adaptive.smk)
 ROUND_KEYS = ("study", "round", "seed", "sampler", "trials")  # a trial: number, round, params, labels, state, ...
@@ -116,18 +116,12 @@ def round_seed(sample_seed: int, r: int) -> int:
     return int(digest({"sample_seed": sample_seed, "round": r}, 8), 16)
 
 
-def make_sampler(name: str, seed: int):
+def make_sampler(name: str, seed: int, study: str | None = None):
+    """The registered sampler ``name`` (`segsweep.plan.search.SAMPLERS`), seeded."""
     import optuna
 
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"unknown sampler '{name}' (known: {', '.join(SAMPLERS)})")
+    key = f"studies.{study}.sampler" if study else None
+    return getattr(optuna.samplers, SAMPLERS.entry(name, key=key).obj)(seed=seed)
 
 
 def trial_value(trial: Mapping, metrics: Mapping[str, Mapping], value: str) -> tuple[str, float | None, str]:
@@ -199,7 +193,7 @@ def propose_round(ctx: Mapping, r: int, count: int, prior: Sequence[Mapping], me
         )
     dists, decode = distributions(ctx)
     seed = round_seed(ctx["sample_seed"], r)
-    study = optuna.create_study(direction=ctx["direction"], sampler=make_sampler(ctx["sampler"], seed))
+    study = optuna.create_study(direction=ctx["direction"], sampler=make_sampler(ctx["sampler"], seed, ctx["study"]))
     told = told_trials(ctx, prior, metrics)
     for t in told:
         study.add_trial(_frozen(t, t["optuna_state"], t["value"], dists))
@@ -341,7 +335,7 @@ def trial_study(study: Study, trials: Sequence[Mapping]) -> Study:
     values = dict(study.axis_values)
     values["trial"] = tuple(labels)
     table = TableLayout(("trial",), (), study.table.value, study.table.higher_is_better)
-    return Study(study.name, study.title, study.description, study.mode, study.axes, table, tuple(rows), values)
+    return replace(study, table=table, cells=tuple(rows), axis_values=values)
 
 
 def finish_study(

@@ -23,8 +23,10 @@ stage k+1. What a stage asks for is a pruner's business:
 An optuna study takes ``asha`` only: each round is one bracket over its trials (`segsweep.plan.optuna_rounds`,
 ``decide_round_stage``), and a trial stopped at a rung is told to Optuna as PRUNED with its rung value.
 
-A pruner is one class registered in ``PRUNERS`` (the study's ``pruner.name``); its keyword-only constructor
-arguments are its settings (schema: ``studies.<s>.pruner``).
+A pruner is one class implementing `segsweep.plan.pruner.Pruner`, registered in ``PRUNERS`` (the study's
+``pruner.name``); its keyword-only constructor arguments are its settings (schema: ``studies.<s>.pruner``).
+Planning asks the interface only: ``from_study`` builds and checks it, its ``adaptive`` / ``cv`` attributes
+say which studies it can prune, ``state`` / ``from_state`` carry it to the decision jobs.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from typing import Any
 from segsweep.errors import ConfigError
 from segsweep.io import write_json
 from segsweep.plan.cells import study_base
+from segsweep.plan.pruner import Budget, Pruner, StudyFacts, check_round_trip
 from segsweep.registry import Registry
 from segsweep.study import Study, StudyCell
 
-PRUNERS: Registry[type] = Registry("pruner", "pruner.name")
+PRUNERS: Registry[type[Pruner]] = Registry("pruner", "pruner.name")
 
 CELLS_DIR = "results/cells"
 
@@ -75,11 +78,23 @@ def _read(path: str | Path) -> dict | None:
         return None
 
 
+def rung_monitor(cells: Sequence[StudyCell], epoch: int) -> float | None:
+    """A configuration's mean validation monitor (``best_val_dice`` so far) over its cells at rung ``epoch``;
+    None unless every cell reached the rung ``ok`` or ``early_stop`` (a diverged or failed cell never goes on)."""
+    recs = [_read(rung_path(c.cell_id, epoch)) or {} for c in cells]
+    vals = [r.get("best_val_dice") for r in recs]
+    if not all(r.get("status") in ("ok", "early_stop") for r in recs) or any(v is None for v in vals):
+        return None
+    return sum(vals) / len(vals)
+
+
 # --------------------------------------------------------------------------------------------- asha
 @PRUNERS.register("asha")
 @dataclass(frozen=True)
-class Asha:
+class Asha(Pruner):
     """Successive halving over epoch rungs (module docstring)."""
+
+    adaptive = True  # one bracket per round of an adaptive study's trials
 
     rungs: tuple[int, ...]
     eta: float = 3
@@ -97,8 +112,8 @@ class Asha:
             return [metrics_path(c.cell_id) for c in cells]
         return [rung_path(c.cell_id, self.rungs[k]) for c in cells]
 
-    def budget(self, k: int) -> str:
-        return f"epoch {self.rungs[k]}"
+    def budget(self, k: int) -> Budget:
+        return Budget("epoch", self.rungs[k])
 
     def cell_rungs(self) -> tuple[int, ...]:
         """The epochs a cell stops at before its final train job."""
@@ -109,9 +124,7 @@ class Asha:
         scored = []
         for i, (name, cells) in enumerate(alive.items()):
             recs = [_read(rung_path(c.cell_id, epoch)) or {} for c in cells]
-            vals = [r.get("best_val_dice") for r in recs]
-            ok = all(r.get("status") in ("ok", "early_stop") for r in recs) and all(v is not None for v in vals)
-            score = sum(vals) / len(vals) if ok else None
+            score = rung_monitor(cells, epoch)
             reached = max((int(r.get("epochs_run") or 0) for r in recs), default=0)
             scored.append((name, score, i, reached, [r.get("status") for r in recs]))
         n_keep = max(1, math.floor(len(alive) / self.eta))
@@ -145,6 +158,14 @@ class Asha:
             "rule": f"top ⌊n/η⌋ = {n_keep} of {len(alive)} by best_val_dice at epoch {epoch} (η = {self.eta:g})",
         }
 
+    @classmethod
+    def from_study(cls, settings: Mapping, facts: StudyFacts) -> Asha:
+        if facts.study.adaptive and "epochs" in facts.spec["axes"]:
+            raise ConfigError(
+                f"config key 'studies.{facts.name}.axes.epochs': the pruner's rungs set the epochs of an asha study"
+            )
+        return super().from_study(settings, facts).check(facts.name, set(facts.epochs), facts.cfg)
+
     def check(self, study: str, epochs: set[int], cfg: Mapping) -> Asha:
         """Validate against the ``epochs`` of the study's cells; at a scale preset that shortens training, the
         rungs are scaled to them (rung × epochs / last rung, rounded, at least 1, duplicates dropped)."""
@@ -171,8 +192,10 @@ class Asha:
 # -------------------------------------------------------------------------------------------- folds
 @PRUNERS.register("folds")
 @dataclass(frozen=True)
-class FoldPruner:
+class FoldPruner(Pruner):
     """Skip a configuration's remaining folds once its completed ones are bad (module docstring)."""
+
+    cv = True
 
     threshold: float | None
     wilcoxon_p: float | None
@@ -205,11 +228,8 @@ class FoldPruner:
     def stage_files(self, k: int, cells: Sequence[StudyCell]) -> list[str]:
         return [metrics_path(c.cell_id) for c in cells if c.fold == k]
 
-    def budget(self, k: int) -> str:
-        return f"fold {k + 1} of {self.n_folds}"
-
-    def cell_rungs(self) -> tuple[int, ...]:
-        return ()
+    def budget(self, k: int) -> Budget:
+        return Budget("fold", k + 1, self.n_folds)
 
     def _values(self, cells: Sequence[StudyCell], upto: int) -> dict[int, float | None]:
         """fold → mean table value over the configuration's cells of that fold (None: a run without one)."""
@@ -272,6 +292,14 @@ class FoldPruner:
             parts.append(f"one-sided Wilcoxon p < {self.wilcoxon_p:g} against the best configuration")
         return f"after ≥ {self.min_folds} folds: " + (" or ".join(parts) or "never")
 
+    @classmethod
+    def from_study(cls, settings: Mapping, facts: StudyFacts) -> FoldPruner:
+        """``n_folds``, ``value`` and ``higher_is_better`` come from the study (its folds and its table)."""
+        folds = sorted({c.fold for c in facts.study.cells if c.fold is not None})
+        table = facts.study.table
+        derived = {"n_folds": len(folds), "value": table.value, "higher_is_better": table.higher_is_better}
+        return super().from_study({**settings, **derived}, facts).check(facts.name, set(facts.epochs), facts.cfg)
+
     def check(self, study: str, epochs: set[int], cfg: Mapping) -> FoldPruner:
         if not cfg["studies"][study].get("cv"):
             raise ConfigError(f"config key 'studies.{study}.pruner': pruner 'folds' needs cv: true")
@@ -295,40 +323,34 @@ def wilcoxon_worse(values: Sequence[float], best: Sequence[float], sign: float =
 
 
 # ------------------------------------------------------------------------------------------ planning
-def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str, Any]) -> dict[str, Any]:
-    """Study name → its pruner (checked against its cells), for the studies that have ``pruner``."""
+def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str, Any]) -> dict[str, Pruner]:
+    """Study name → its pruner (checked against its cells), for the studies that have ``pruner``. Asks the
+    `Pruner` interface only; a pruner whose state does not round-trip stops planning, naming it."""
     out = {}
     for name, spec in cfg["studies"].items():
         p = spec.get("pruner")
         if not p:
             continue
+        pname = p.get("name")
+        cls = PRUNERS.entry(pname, key=f"studies.{name}.pruner.name").obj
+        study = studies[name]
+        for trait, applies in (("adaptive", study.adaptive), ("cv", bool(spec.get("cv")))):
+            if applies and not getattr(cls, trait):
+                able = " or ".join(f"'{e.name}'" for e in PRUNERS if getattr(e.obj, trait))
+                what = f"mode '{study.mode}'" if trait == "adaptive" else "a cv study"
+                raise ConfigError(f"config key 'studies.{name}.pruner.name': {what} takes {able or 'no pruner'} only")
+        if study.adaptive:  # its cells exist only once proposed: they share the study's base epochs
+            epochs = frozenset({_adaptive_epochs(cfg, name)})
+        else:
+            epochs = frozenset(cells[c.cell_id].params.epochs for c in study.cells)
         settings = {k: v for k, v in p.items() if k != "name"}
-        if spec.get("mode") == "optuna":  # each round is one successive-halving bracket over its trials
-            if p.get("name") != "asha":
-                raise ConfigError(f"config key 'studies.{name}.pruner.name': mode 'optuna' takes 'asha' only")
-            if "epochs" in spec["axes"]:
-                raise ConfigError(
-                    f"config key 'studies.{name}.axes.epochs': the pruner's rungs set the epochs of an asha study"
-                )
-            # its cells exist only once proposed: they share the study's base epochs
-            out[name] = Asha(**settings).check(name, {_optuna_epochs(cfg, name)}, cfg)
-            continue
-        cls = PRUNERS.entry(p.get("name"), key=f"studies.{name}.pruner.name").obj
-        if cls is FoldPruner:
-            study = studies[name]
-            folds = sorted({c.fold for c in study.cells if c.fold is not None})
-            settings.update(n_folds=len(folds), value=study.table.value, higher_is_better=study.table.higher_is_better)
-        try:
-            pruner = cls(**settings)
-        except TypeError as exc:
-            raise ConfigError(f"config key 'studies.{name}.pruner': {exc}") from None
-        if isinstance(pruner, Asha) and spec.get("cv"):
-            raise ConfigError(f"config key 'studies.{name}.pruner': asha on a cv study is not supported (use 'folds')")
-        out[name] = pruner.check(name, {cells[c.cell_id].params.epochs for c in studies[name].cells}, cfg)
+        pruner = cls.from_study(settings, StudyFacts(name, study, spec, epochs, cfg))
+        check_round_trip(pruner, pname, f"studies.{name}.pruner")
+        out[name] = pruner
     return out
 
 
-def _optuna_epochs(cfg: Mapping, name: str) -> int:
+def _adaptive_epochs(cfg: Mapping, name: str) -> int:
     preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
     base = study_base(cfg, name)
     return int((preset.get("cell") or {}).get("epochs", base["epochs"]))
@@ -343,15 +365,13 @@ def cell_rungs(pruners: Mapping[str, Any], studies: Mapping[str, Study]) -> dict
     return {c: tuple(sorted(r)) for c, r in out.items() if r}
 
 
-def pruner_dict(pruner: Any) -> dict:
-    """JSON form (the decision rule's params)."""
-    d = {k: getattr(pruner, k) for k in pruner.__dataclass_fields__}
-    d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-    return {"name": next(e.name for e in PRUNERS if e.obj is type(pruner)), **d}
+def pruner_dict(pruner: Pruner) -> dict:
+    """JSON form (the decision rule's params): its registered name and its ``state()``."""
+    return {"name": next(e.name for e in PRUNERS if e.obj is type(pruner)), **pruner.state()}
 
 
-def pruner_from_dict(d: Mapping) -> Any:
-    return PRUNERS[d["name"]](**{k: v for k, v in d.items() if k != "name"})
+def pruner_from_dict(d: Mapping) -> Pruner:
+    return PRUNERS[d["name"]].from_state({k: v for k, v in d.items() if k != "name"})
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -382,7 +402,7 @@ def decide_stage(pruner_d: Mapping, study: Study, k: int, prior: Sequence[str | 
     """Write stage k's decision (``results/studies/<s>/prune/stage<k>.json``) from the stage-k results."""
     pruner = pruner_from_dict(pruner_d)
     alive = alive_at(study, read_decisions(prior))
-    decision = {"study": study.name, "pruner": pruner_d, "stage": k, "budget": pruner.budget(k)}
+    decision = {"study": study.name, "pruner": pruner_d, "stage": k, "budget": pruner.budget(k).to_dict()}
     decision.update(pruner.decide(study, k, alive))
     decision["alive"] = list(alive)
     write_json(Path(out), decision)

@@ -5,6 +5,14 @@ A mode is one function registered in ``SEARCH_MODES`` (the study's ``mode`` key)
 its config mapping, ``base`` its fully merged base cell (for modes that vary around it), ``limit`` the
 ``scale`` preset's ``axes_limit`` (values per axis, or None); ``order`` is the declared value order per axis
 (tables and figures use it). Every value must pass ``check_axis_values`` so a bad value names its key.
+
+A mode declares what it is at registration, and everything after planning asks these (``Study.adaptive``,
+``Study.ordered``), never its name:
+
+* ``adaptive=True``: its points are proposed in rounds from earlier results (it returns no points at plan
+  time; rules/adaptive.smk runs the rounds, `segsweep.plan.optuna_rounds`); default False (static).
+* ``ordered=False``: its order is a sampling order, so tables and figures sort the values instead; default
+  True (the declared order is the reading order).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -24,6 +33,19 @@ from segsweep.registry import Registry
 
 Points = tuple[list[dict], dict[str, list]]
 SEARCH_MODES: Registry[Callable[[str, Mapping, dict, int | None], Points]] = Registry("search mode", "mode")
+
+
+@dataclass(frozen=True)
+class ModeTraits:
+    """What a search mode declares (module docstring)."""
+
+    adaptive: bool = False
+    ordered: bool = True
+
+
+def mode_traits(name: str, key: str = "mode") -> ModeTraits:
+    """The traits a registered mode declares (ConfigError naming ``key`` for an unknown mode)."""
+    return ModeTraits(**SEARCH_MODES.entry(name, key=key).meta)
 
 
 def check_axis_values(study: str, axis: str, values: list) -> None:
@@ -117,7 +139,7 @@ def _sample(study: str, axis: str, dist: Any, rng: np.random.Generator) -> Any:
     )
 
 
-@SEARCH_MODES.register("random")
+@SEARCH_MODES.register("random", ordered=False)
 def random(study: str, spec: Mapping, base: dict, limit: int | None) -> Points:
     """``n`` distinct points drawn from the axes' distributions with ``numpy.random.default_rng(sample_seed)``."""
     if "n" not in spec:
@@ -141,6 +163,13 @@ def random(study: str, spec: Mapping, base: dict, limit: int | None) -> Points:
             if p[a] not in order[a]:
                 order[a].append(p[a])
     return pts, order
+
+
+# Optuna's samplers a `mode: optuna` study may name (`sampler`): name → the class in optuna.samplers (imported
+# only when a round proposes: planning stays free of Optuna). Each takes ``seed=``.
+SAMPLERS: Registry[str] = Registry("sampler", "sampler")
+for _name, _cls in (("tpe", "TPESampler"), ("gp", "GPSampler"), ("cmaes", "CmaEsSampler"), ("random", "RandomSampler")):
+    SAMPLERS.register(_name)(_cls)
 
 
 def optuna_space(study: str, spec: Mapping) -> dict[str, tuple[str, Any]]:
@@ -172,7 +201,7 @@ def optuna_space(study: str, spec: Mapping) -> dict[str, tuple[str, Any]]:
     return out
 
 
-@SEARCH_MODES.register("optuna")
+@SEARCH_MODES.register("optuna", adaptive=True)
 def optuna(study: str, spec: Mapping, base: dict, limit: int | None) -> Points:
     """No static points: trials are proposed in rounds by Optuna (``segsweep.plan.optuna_rounds``); the
     study's axes are ``trial`` + the searched parameters (one table row per trial)."""
@@ -182,6 +211,7 @@ def optuna(study: str, spec: Mapping, base: dict, limit: int | None) -> Points:
         raise ConfigError(f"config key 'studies.{study}': mode 'optuna' takes no repeats or cv (one cell per trial)")
     if "trial" in spec["axes"]:
         raise ConfigError(f"config key 'studies.{study}.axes.trial': 'trial' is the trial number's axis")
+    SAMPLERS.entry(spec.get("sampler", "tpe"), key=f"studies.{study}.sampler")  # unknown: named at plan time
     space = optuna_space(study, spec)
     order: dict[str, list] = {"trial": []}
     order.update({a: list(arg) if kind == "categorical" else [] for a, (kind, arg) in space.items()})

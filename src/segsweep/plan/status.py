@@ -194,7 +194,7 @@ def plan_cells(cfg: Mapping, root: Path) -> tuple[dict[str, list[str]], dict[str
     studies = {n: list(s.cell_ids) for n, s in plan.studies.items()}
     epochs = {c: cell.params.epochs for c, cell in plan.cells.items()}
     for name, study in plan.studies.items():
-        if study.mode == "optuna":  # its trial cells so far: those its round files record (rules/adaptive.smk)
+        if study.adaptive:  # its trial cells so far: those its round files record (rules/adaptive.smk)
             rounds = sorted((root / OPTUNA_DIR.format(study=name)).glob("round*.json"))
             for cid, cell in trial_cells(rounds).items():
                 studies[name].append(cid)

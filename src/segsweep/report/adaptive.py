@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from segsweep.labels import fmt
+from segsweep.study import Budget
 
 # isort: off
 from segsweep.report import style  # first: it selects the Agg backend before pyplot is imported
@@ -57,7 +58,7 @@ def load_trials(study_dir: Path) -> dict | None:
 
 
 def _trials(c: _Ctx) -> dict | None:
-    if c.study.mode != "optuna":
+    if not c.study.adaptive:
         return None
     return load_trials(c.study_dir)
 
@@ -144,9 +145,9 @@ def fig_pruning(c: _Ctx, path: Path) -> dict | None:
                     h["epoch"][stop - 1], h["val_dice"][stop - 1], "x" if pruned else "o", color=colour, ms=4, zorder=3
                 )
         for d in sorted((c.study_dir / "prune").glob("stage*.json")):  # the rungs the decisions were taken at
-            budget = json.loads(d.read_text()).get("budget", "")
-            if budget.startswith("epoch "):
-                ax.axvline(int(budget.split()[1]), color="#bbbbbb", lw=0.8, ls=":", zorder=0)
+            budget = Budget.from_dict(json.loads(d.read_text()).get("budget"))
+            if budget is not None and budget.unit == "epoch":
+                ax.axvline(budget.value, color="#bbbbbb", lw=0.8, ls=":", zorder=0)
         ax.set_xlabel("epoch (dotted: the rungs)")
         ax.set_ylabel("validation Dice (monitor, per image)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

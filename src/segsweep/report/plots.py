@@ -75,8 +75,20 @@ GENERIC_FIELDS = {
 }
 
 
+def caption_fields(caption: str) -> set[str]:
+    """The ``{field}`` names of a caption template."""
+    return {f for _, f, _, _ in string.Formatter().parse(caption) if f is not None}
+
+
 def _register(reg: Registry, name: str, *, file: str, title: str, caption: str, generic: dict | None = None):
-    """``reg.register`` with the metadata every figure has (a typo in a keyword fails at import)."""
+    """``reg.register`` with the metadata every figure has (a typo in a keyword fails at import, and so does a
+    caption field with no text for ``snakemake --report``, where the data are not known)."""
+    missing = sorted(caption_fields(caption) - set(GENERIC_FIELDS) - set(generic or {}))
+    if missing:
+        raise ValueError(
+            f"figure '{name}': caption field(s) {', '.join(missing)} need generic= text, e.g. "
+            f"generic={{{', '.join(f'{f!r}: ...' for f in missing)}}} (what snakemake --report shows in their place)"
+        )
     return reg.register(name, file=file, title=title, caption=caption, generic=dict(generic or {}))
 
 
@@ -122,7 +134,7 @@ class _Ctx:
         vals = list(self.study.axis_values.get(axis, ()))
         vals += [g["labels"][axis] for g in self.groups if g["labels"][axis] not in vals]
         vals = [v for v in dict.fromkeys(vals) if any(g["labels"][axis] == v for g in self.groups)]
-        return sorted(vals, key=label_sort_key) if self.study.mode == "random" else vals
+        return sorted(vals, key=label_sort_key) if not self.study.ordered else vals
 
     def slice_for(self, free: Sequence[str]) -> tuple[list[dict], dict]:
         """Configurations to draw when ``free`` axes vary: all of them if the other axes have ≤ MAX_LINES
@@ -411,7 +423,7 @@ def _value_vs_axis(
         series.setdefault(c.name((a, g["labels"][a]) for a in lines_by) if lines_by else "all", []).append(g)
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     bad_drawn = False
-    random = c.study.mode == "random"
+    sampled = not c.study.ordered
     for k, (name, members) in enumerate(series.items()):
         members = sorted(members, key=x_of)
         ok = [g for g in members if g["mean"] is not None]
@@ -425,7 +437,7 @@ def _value_vs_axis(
                 yerr=err,
                 color=style.colour(k),
                 marker=style.marker(k),
-                linestyle="none" if random else "-",
+                linestyle="none" if sampled else "-",
                 label=name if len(series) > 1 else None,
                 markersize=5,
                 alpha=0.9,
@@ -446,7 +458,7 @@ def _value_vs_axis(
     if log:
         ax.set_xscale("log")
     ticks = sorted({x_of(g) for g in gs})
-    if not random and len(ticks) <= 10:
+    if not sampled and len(ticks) <= 10:
         ax.set_xticks(ticks, [xlabels.get(f"{t:g}", f"{t:g}") if xlabels else f"{t:g}" for t in ticks])
         ax.minorticks_off()
     ax.set_xlabel(style.label_for(axis))
@@ -1022,11 +1034,6 @@ _RST = {  # kind: (registry, what the rule declares, heading prefix, fallback he
     ),
 }
 REGENERATE = "python -m segsweep.report.plots --write-captions"
-
-
-def caption_fields(caption: str) -> set[str]:
-    """The ``{field}`` names of a caption template."""
-    return {f for _, f, _, _ in string.Formatter().parse(caption) if f is not None}
 
 
 def captions_rst(kind: str) -> str:

@@ -41,6 +41,7 @@ from torch import nn
 
 from segsweep.errors import DataError
 from segsweep.training.blocks import SegmentationNet
+from segsweep.training.finetune_modes import finetune_mode
 from segsweep.training.optim import optimizer_factory
 from segsweep.training.params import CellParams, InitFrom
 
@@ -112,12 +113,13 @@ class FineTune:
 
     def __init__(self, params: CellParams, model: nn.Module):
         self.p, self.model, self.mode = params, model, params.finetune
-        if self.mode != "full" and not isinstance(model, SegmentationNet):
+        self.spec = finetune_mode(params)  # what the mode declares (segsweep.training.finetune_modes)
+        if self.spec.needs_encoder and not isinstance(model, SegmentationNet):
             raise TypeError(f"finetune '{self.mode}' needs a SegmentationNet (it names the encoder)")
         self.encoder = model.encoder_parameters() if isinstance(model, SegmentationNet) else []
         enc = {id(p) for p in self.encoder}
         self.rest = [p for p in model.parameters() if id(p) not in enc]
-        self.frozen = self.mode in ("freeze_encoder", "freeze_then_unfreeze")
+        self.frozen = self.spec.starts_frozen
         if self.frozen:
             set_trainable(self.encoder, False)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -154,17 +156,15 @@ class FineTune:
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The cell's optimizer over its trainable parameters, in the mode's groups (module doc)."""
         make = optimizer_factory(self.p)
-        if self.mode == "full":
+        factor = self.spec.encoder_lr_factor()
+        if not self.frozen and factor is None:
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             if not trainable:
                 raise ValueError("the model has no trainable parameters")
             self.optimizer = make(trainable)
-        elif self.mode == "discriminative":
+        elif not self.frozen:
             self.optimizer = make(
-                [
-                    {"params": self.rest},
-                    {"params": self.encoder, "lr_factor": float(self.p.encoder_lr_factor), "name": ENCODER_GROUP},
-                ]
+                [{"params": self.rest}, {"params": self.encoder, "lr_factor": factor, "name": ENCODER_GROUP}]
             )
         else:
             self.optimizer = make([{"params": self.rest}])
@@ -173,7 +173,7 @@ class FineTune:
         return self.optimizer
 
     def _before_load(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        if self.mode == "freeze_then_unfreeze" and len(state["param_groups"]) > len(optimizer.param_groups):
+        if self.spec.unfreeze_at() is not None and len(state["param_groups"]) > len(optimizer.param_groups):
             self._unfreeze()
 
     def _unfreeze(self, lr: float | None = None) -> None:
@@ -187,7 +187,8 @@ class FineTune:
     def start_epoch(self, epoch0: int, lr: float) -> None:
         """Called before each epoch (0-based ``epoch0``; ``lr`` = the schedule's LR of its first step):
         unfreezes when due, and notes the encoder's LR for history.csv."""
-        if self.mode == "freeze_then_unfreeze" and self.frozen and epoch0 >= int(self.p.unfreeze_epoch):
+        at = self.spec.unfreeze_at()
+        if at is not None and self.frozen and epoch0 >= at:
             self._unfreeze(lr)
             logging.getLogger("segsweep.train").info("epoch %d: encoder unfrozen", epoch0 + 1)
         self.lr_encoder = self.encoder_lr(lr)

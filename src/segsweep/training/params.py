@@ -14,6 +14,7 @@ from typing import Any
 
 from segsweep.errors import ConfigError
 from segsweep.io import added_field, is_neutral
+from segsweep.training.finetune_modes import FINETUNE_MODES
 from segsweep.training.losses import LOSSES
 from segsweep.training.optim import OPTIMIZERS
 from segsweep.training.pretrained import BACKBONES, file_sha256
@@ -106,13 +107,6 @@ def parse_schedule(value: Any) -> ScheduleParams:
 
 def _opt(v):
     return None if v is None else float(v)
-
-
-FINETUNE_MODES = ("full", "freeze_encoder", "freeze_then_unfreeze", "discriminative")
-# A fine-tuning mode whose numbers a fix changed, with the fix's number: it goes into the cell id of that mode's
-# cells only, so their old results are not reused and every other cell keeps its id. 2: in the unfreezing
-# epoch the encoder's BatchNorm trains (before, it stayed in eval mode for that one epoch).
-FINETUNE_REVISION = {"freeze_then_unfreeze": 2}
 
 
 @dataclass(frozen=True)
@@ -258,8 +252,7 @@ class CellParams:
         model = d.get("model", "unet")
         backbone = model in BACKBONES  # depth and base_width do not apply: one neutral value (0)
         ft = d.get("finetune", "full")
-        if ft not in FINETUNE_MODES:
-            raise ConfigError(f"config key 'finetune': unknown mode {ft!r} (known: {', '.join(FINETUNE_MODES)})")
+        ft_reads = FINETUNE_MODES.params(ft)  # unknown: ConfigError naming 'finetune' and the known modes
         if d.get("pretrained") is not None and not backbone:
             raise ConfigError(
                 f"config key 'pretrained': model '{model}' has no torchvision encoder to load it into "
@@ -309,8 +302,14 @@ class CellParams:
             init_from=init_from,
             finetune=ft,
             # read only by the mode that uses it, so other modes' cells do not split on it
-            unfreeze_epoch=int(d.get("unfreeze_epoch", 1)) if ft == "freeze_then_unfreeze" else None,
-            encoder_lr_factor=float(d.get("encoder_lr_factor", 0.1)) if ft == "discriminative" else None,
+            unfreeze_epoch=int(d.get("unfreeze_epoch", ft_reads["unfreeze_epoch"]))
+            if "unfreeze_epoch" in ft_reads
+            else None,
+            encoder_lr_factor=(
+                float(d.get("encoder_lr_factor", ft_reads["encoder_lr_factor"]))
+                if "encoder_lr_factor" in ft_reads
+                else None
+            ),
         )
 
     def to_dict(self, identity: bool = False) -> dict:
@@ -346,8 +345,9 @@ class CellParams:
         for name in ("pretrained", "init_from"):
             if name in out:
                 out[name] = getattr(self, name).id_form()
-        if self.finetune in FINETUNE_REVISION:
-            out["finetune_revision"] = FINETUNE_REVISION[self.finetune]
+        revision = FINETUNE_MODES.entry(self.finetune).meta.get("revision")
+        if revision is not None:  # a fix changed this mode's numbers: its cells only get new ids
+            out["finetune_revision"] = revision
         return out
 
     @classmethod
