@@ -221,6 +221,22 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
 
 
 # ----------------------------------------------------------------------------------------- components
+def batch_bounds(n: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
+    """``[start, end)`` of each batch of an epoch's ``n`` shuffled images: ``batch_size`` each, the last the
+    rest; a rest smaller than ``min_batch`` (`ModelSpec.min_batch`: 2 under a 1×1 BatchNorm bottleneck,
+    where a lone image cannot be normalised) joins the batch before it. With ``min_batch`` 1 (every cell
+    whose training this never crashed) the batches are exactly those of ``range(0, n, batch_size)``."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_batch:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    if n < min_batch:
+        raise ConfigError(
+            f"{n} training image(s): a 1×1 BatchNorm bottleneck needs at least {min_batch} per batch "
+            "(config keys 'depth', 'batch_norm'; or more training data)"
+        )
+    return bounds
+
+
 def _seeds(seed: int) -> tuple[int, int]:
     """Independent seeds for the shuffle and augmentation streams, derived from the cell seed."""
     a, b = np.random.SeedSequence([int(seed), 0x5E65]).generate_state(2)
@@ -305,7 +321,9 @@ class _Trainer:
         # trainable parameters and their groups (segsweep.training.finetune; "full": one group, as ever)
         self.finetune = FineTune(params, self.model)
         self.optimizer = self.finetune.build_optimizer()
-        self.steps_per_epoch = math.ceil(data.n_train / params.batch_size)
+        size = tuple(data.x_train.shape[-2:])
+        self.batches = batch_bounds(data.n_train, params.batch_size, MODELS[params.model].min_batch(params, size))
+        self.steps_per_epoch = len(self.batches)
         self.schedule = LRSchedule(params.schedule, self.optimizer, params.lr, self.steps_per_epoch, params.epochs)
         self._penalty = penalty
         shuffle_seed, aug_seed = _seeds(params.seed)
@@ -355,8 +373,8 @@ class _Trainer:
         perm = order.to(self.device, non_blocking=True)
         modes = [m.training for m in self.model.modules()]
         reg = p.regularizer != "none"
-        for step, start in enumerate(range(done * p.batch_size, d.n_train, p.batch_size), start=done + 1):
-            idx = perm[start : start + p.batch_size]
+        for step, (start, end) in enumerate(self.batches[done:], start=done + 1):
+            idx = perm[start:end]
             x, y = d.x_train[idx], d.y_train[idx]
             if self.augmenter.active:
                 x, y = self.augmenter(x, y)
