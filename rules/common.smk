@@ -11,7 +11,7 @@ from segsweep.data.scan import watch_root
 from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
-from segsweep.plan.optuna_rounds import TrialCells
+from segsweep.plan.snapshots import PlannedCells
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
@@ -40,12 +40,14 @@ try:
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 
-# + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk)
-CELLS = TrialCells(PLAN.cells, lambda: optuna_round_files())
+CELLS_DIR = "results/cells"
+# + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk); each cell looked
+# up is snapshot as planned (results/cells/<id>/cell.json), and a job whose cell the config no longer holds
+# (edited while a Slurm run goes on: each job step parses it again) runs the snapshot (plan/snapshots.py)
+CELLS = PlannedCells(PLAN.cells, lambda: optuna_round_files(), CELLS_DIR)
 STUDIES = PLAN.studies
 DATA_DIR = "results/data"
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
-CELLS_DIR = "results/cells"
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
 # a training job's execution settings (last.pt frequency, trainer worker): rule resources (Snakemake's are
 # integers), passed on whole by the scripts (segsweep.training.job.execution_settings)

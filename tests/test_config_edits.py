@@ -1,0 +1,84 @@
+"""A config edited while a run goes on (issue 26, part 4): on Slurm each job step parses the config again and
+looked its planned cell id up in the edited one (`InputFunctionException … KeyError: '<id>'`). Jobs now run the
+cell as planned, from its snapshot results/cells/<id>/cell.json (segsweep.plan.snapshots), or stop with a
+message naming that file. Reproduced locally the way the jobstep runs a job: a second `snakemake` with
+`--target-jobs train:cell=<id>` and the edited config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segsweep.errors import ConfigError
+from segsweep.plan import config as sc
+from segsweep.plan.cells import build_plan
+from segsweep.plan.snapshots import PlannedCells, read_snapshot, snapshot_path, write_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+CFG = {
+    "data": {"source": "phantom", "phantom": {"patients": 6, "slices": 2, "rows": 64, "cols": 64}},
+    "preprocess": {"size": [32, 32]},
+    "splits": {"val_fraction": 0.34},
+    "train": {"epochs": 2, "depth": 2, "base_width": 2, "batch_size": 4},
+    "resources": {"train_threads": 1, "ingest_threads": 1},
+    "studies": {"s": {"axes": {"lr": [0.001, 0.01]}, "table": {"rows": ["lr"], "cols": []}}},
+}
+
+
+def _plan(cfg):
+    return build_plan(sc.prepare(json.loads(json.dumps(cfg))))
+
+
+def test_a_snapshot_round_trips_the_cell(tmp_path):
+    plan = _plan({**CFG, "train": {**CFG["train"], "augment": {"flip": True}, "schedule": "cosine"}})
+    for cell in plan.cells.values():
+        path = write_snapshot(tmp_path, cell)
+        assert path == tmp_path / cell.id / "cell.json"
+        back = read_snapshot(tmp_path, cell.id)
+        assert back == cell and back.params.to_dict(identity=True) == cell.params.to_dict(identity=True)
+
+
+def test_planned_cells_record_on_lookup_and_fall_back_to_the_snapshot(tmp_path):
+    planned = _plan(CFG)
+    edited = _plan({**CFG, "train": {**CFG["train"], "epochs": 1}})
+    assert not set(planned.cells) & set(edited.cells)  # the edit changes every id
+    cells = PlannedCells(planned.cells, lambda: [], tmp_path)
+    cid = next(iter(planned.cells))
+    assert cells[cid] == planned.cells[cid] and snapshot_path(tmp_path, cid).exists()
+    after = PlannedCells(edited.cells, lambda: [], tmp_path)
+    assert cid not in after and after[cid] == planned.cells[cid] and after[cid].params.epochs == 2
+    other = next(c for c in planned.cells if c != cid)  # never looked up, so never recorded
+    with pytest.raises(ConfigError, match=rf"cell {other} is not a cell of the config.*{other}/cell\.json"):
+        after[other]
+
+
+def _snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml")]
+    return subprocess.run([*cmd, "--cores", "1", *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_a_job_run_after_a_config_edit_trains_the_planned_cell(tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "config.yaml").write_text(yaml.safe_dump(CFG))
+    # plan and run up to the splits (what the submitting Snakemake has done when its jobs start)
+    proc = _snakemake(wd, "--until", "split")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = sorted(_plan(CFG).cells)
+    assert snapshot_path(wd / "results" / "cells", first).exists()
+    # the user edits the config while the jobs are queued
+    (wd / "config.yaml").write_text(yaml.safe_dump({**CFG, "train": {**CFG["train"], "epochs": 1}}))
+    proc = _snakemake(wd, "--target-jobs", f"train:cell={first}")  # as the Slurm jobstep runs a job
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    m = json.loads((wd / "results" / "cells" / first / "metrics.json").read_text())
+    assert m["params"]["epochs"] == 2 and m["epochs_run"] == 2  # the cell as planned, not as edited
+    # without its snapshot (a run planned by an older segsweep) the job stops naming the file
+    snapshot_path(wd / "results" / "cells", second).unlink()
+    proc = _snakemake(wd, "--target-jobs", f"train:cell={second}")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"cell {second} is not a cell of the config as it is now, and results/cells/{second}/cell.json" in out
