@@ -44,7 +44,12 @@ CELLS_DIR = "results/cells"
 # + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk); each cell looked
 # up is snapshot as planned (results/cells/<id>/cell.json), and a job whose cell the config no longer holds
 # (edited while a Slurm run goes on: each job step parses it again) runs the snapshot (plan/snapshots.py)
-CELLS = PlannedCells(PLAN.cells, lambda: optuna_round_files(), CELLS_DIR)
+CELLS = PlannedCells(
+    PLAN.cells,
+    lambda: optuna_round_files(),
+    CELLS_DIR,
+    on_snapshot=lambda msg: print(f"segsweep: {msg}", file=sys.stderr),
+)
 STUDIES = PLAN.studies
 DATA_DIR = "results/data"
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)

@@ -46,11 +46,13 @@ def test_planned_cells_record_on_lookup_and_fall_back_to_the_snapshot(tmp_path):
     planned = _plan(CFG)
     edited = _plan({**CFG, "train": {**CFG["train"], "epochs": 1}})
     assert not set(planned.cells) & set(edited.cells)  # the edit changes every id
-    cells = PlannedCells(planned.cells, lambda: [], tmp_path)
+    told = []
+    cells = PlannedCells(planned.cells, lambda: [], tmp_path, on_snapshot=told.append)
     cid = next(iter(planned.cells))
     assert cells[cid] == planned.cells[cid] and snapshot_path(tmp_path, cid).exists()
-    after = PlannedCells(edited.cells, lambda: [], tmp_path)
+    after = PlannedCells(edited.cells, lambda: [], tmp_path, on_snapshot=told.append)
     assert cid not in after and after[cid] == planned.cells[cid] and after[cid].params.epochs == 2
+    assert len(told) == 1 and f"running it as planned, from {snapshot_path(tmp_path, cid)}" in told[0]
     other = next(c for c in planned.cells if c != cid)  # never looked up, so never recorded
     with pytest.raises(ConfigError, match=rf"cell {other} is not a cell of the config.*{other}/cell\.json"):
         after[other]
@@ -76,6 +78,7 @@ def test_a_job_run_after_a_config_edit_trains_the_planned_cell(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     m = json.loads((wd / "results" / "cells" / first / "metrics.json").read_text())
     assert m["params"]["epochs"] == 2 and m["epochs_run"] == 2  # the cell as planned, not as edited
+    assert f"segsweep: cell {first} is not a cell of the config as it is now" in proc.stderr
     # without its snapshot (a run planned by an older segsweep) the job stops naming the file
     snapshot_path(wd / "results" / "cells", second).unlink()
     proc = _snakemake(wd, "--target-jobs", f"train:cell={second}")

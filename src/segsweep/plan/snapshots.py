@@ -67,9 +67,16 @@ class PlannedCells(TrialCells):
     """The train rules' ``CELLS``: the plan's cells and the trial cells of round files (`TrialCells`), each
     recorded as a snapshot on first lookup, and, for an id neither holds, the snapshot (module docstring)."""
 
-    def __init__(self, cells: Mapping[str, Cell], round_files: Callable[[], list], cells_dir: str | Path):
+    def __init__(
+        self,
+        cells: Mapping[str, Cell],
+        round_files: Callable[[], list],
+        cells_dir: str | Path,
+        on_snapshot: Callable[[str], None] | None = None,
+    ):
         super().__init__(cells, round_files)
         self._dir = Path(cells_dir)
+        self._on_snapshot = on_snapshot  # told each id run from its snapshot (the job's log says so)
         self._recorded: set[str] = set()
         self._planned: dict[str, Cell] = {}  # read from snapshots: not cells of this config, so not items
 
@@ -80,6 +87,11 @@ class PlannedCells(TrialCells):
             cell = super().__getitem__(key)
         except KeyError:
             cell = self._planned[key] = read_snapshot(self._dir, key)
+            if self._on_snapshot is not None:
+                self._on_snapshot(
+                    f"cell {key} is not a cell of the config as it is now (edited since the run was "
+                    f"planned?): running it as planned, from {snapshot_path(self._dir, key)}"
+                )
             return cell
         if key not in self._recorded:
             write_snapshot(self._dir, cell)
