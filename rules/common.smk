@@ -1,4 +1,6 @@
 # Config validation and the cell table, built once per Snakemake invocation (O(cells)).
+import copy
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,16 +14,28 @@ from segsweep.io import identity
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
 from segsweep.plan.snapshots import PlannedCells
+from segsweep.plan import planned_config
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
 from segsweep.training.job import EXECUTION_SETTINGS
 
+# A job's own invocation (a Slurm job step) parses the config the run was planned with, not the file as it
+# is now (edited since?); the submitting invocation records it for them (plan/planned_config.py).
+JOB_INVOCATION = workflow.remote_exec or workflow.subprocess_exec
+try:
+    if JOB_INVOCATION:
+        planned_config.adopt(config, notify=lambda msg: print(f"segsweep: {msg}", file=sys.stderr))
+    GIVEN_CONFIG = None if JOB_INVOCATION else copy.deepcopy(config)
+except SegsweepError as exc:
+    raise WorkflowError(f"segsweep: {exc}") from None
 # Names the offending key on a typo (and fills defaults); study_files are merged and checked again below.
 sscfg.coerce_cli_scalars(config)  # --config predict='{deidentify: true}' gives the string 'true'
 validate(config, sscfg.schema_path())
 try:
     CFG = sscfg.prepare(config, base_dir=workflow.basedir)
+    if not JOB_INVOCATION:  # the config its jobs will parse (above); sbatch and srun pass the variable on
+        os.environ[planned_config.ENV] = str(planned_config.record(GIVEN_CONFIG, CFG))
     # A real data root is read in place: its content manifest (rewritten only when the content changes) is
     # ingest's input and its digest the data part of every cell id; the phantom is made by a rule.
     DATA_CFG = DataConfig.from_config(CFG)

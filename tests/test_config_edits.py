@@ -1,10 +1,13 @@
 """A config edited while a run goes on (issue 26, part 4): on Slurm each job step parses the config again and
-looked its planned cell id up in the edited one (`InputFunctionException … KeyError: '<id>'`). Jobs now run the
-cell as planned, from its snapshot results/cells/<id>/cell.json (segsweep.plan.snapshots), or stop with a
-message naming that file. Reproduced locally the way the jobstep runs a job: a second `snakemake` with
-`--target-jobs train:cell=<id>` and the edited config."""
+looked its planned cell id up in the edited one (`InputFunctionException … KeyError: '<id>'`). Jobs now parse
+the config the run was planned with (segsweep.plan.planned_config, named by SEGSWEEP_PLANNED_CONFIG, which
+sbatch passes on); where that variable does not reach them, training jobs run their cell as planned from
+results/cells/<id>/cell.json (segsweep.plan.snapshots), or stop with a message naming that file. Reproduced
+locally the way the jobstep runs a job: a second `snakemake --mode remote --target-jobs <rule>:<wildcards>`
+with the edited config."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ import yaml
 from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
+from segsweep.plan.planned_config import ENV, FOLDER
 from segsweep.plan.snapshots import PlannedCells, read_snapshot, snapshot_path, write_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,30 +62,66 @@ def test_planned_cells_record_on_lookup_and_fall_back_to_the_snapshot(tmp_path):
         after[other]
 
 
-def _snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
+def _snakemake(wd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml")]
-    return subprocess.run([*cmd, "--cores", "1", *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [*cmd, "--cores", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
+    )
 
 
-def test_a_job_run_after_a_config_edit_trains_the_planned_cell(tmp_path):
+def _job(wd: Path, target: str, planned: Path | None) -> subprocess.CompletedProcess:
+    """One job the way the Slurm jobstep runs it: its own invocation in remote mode, the environment of sbatch
+    (which carries SEGSWEEP_PLANNED_CONFIG from the submitting Snakemake, unless the cluster drops it)."""
+    return _snakemake(wd, "--mode", "remote", "--target-jobs", target, env={ENV: str(planned) if planned else None})
+
+
+@pytest.fixture
+def planned_then_edited(tmp_path):
+    """A run planned and started (ingest, splits) with CFG, then the config file edited: epochs 2 → 1."""
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "config.yaml").write_text(yaml.safe_dump(CFG))
-    # plan and run up to the splits (what the submitting Snakemake has done when its jobs start)
-    proc = _snakemake(wd, "--until", "split")
+    proc = _snakemake(wd, "--until", "split", env={ENV: None})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first, second = sorted(_plan(CFG).cells)
-    assert snapshot_path(wd / "results" / "cells", first).exists()
-    # the user edits the config while the jobs are queued
+    (planned,) = (wd / FOLDER).glob("*.json")
     (wd / "config.yaml").write_text(yaml.safe_dump({**CFG, "train": {**CFG["train"], "epochs": 1}}))
-    proc = _snakemake(wd, "--target-jobs", f"train:cell={first}")  # as the Slurm jobstep runs a job
+    return wd, planned, sorted(_plan(CFG).cells)
+
+
+def test_jobs_parse_the_config_the_run_was_planned_with(planned_then_edited):
+    wd, planned, cells = planned_then_edited
+    for cell in cells:
+        proc = _job(wd, f"train:cell={cell}", planned)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        assert "segsweep: the config differs from the one this run was planned with" in proc.stderr
+        m = json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())
+        assert m["params"]["epochs"] == 2 and m["epochs_run"] == 2  # the cell as planned, not as edited
+    # the study's table too: its planned cells (the edited config's cells were never trained)
+    proc = _job(wd, "aggregate:study=s", planned)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "Missing output files: results/cells" not in proc.stdout + proc.stderr  # no other cell was trained
+    table = (wd / "results" / "studies" / "s" / "cells.csv").read_text()
+    assert all(c in table for c in cells)
+    assert sorted(p.name for p in (wd / "results" / "cells").iterdir()) == cells
+
+
+def test_without_the_planned_config_a_training_job_runs_its_cell_s_snapshot(planned_then_edited):
+    """A cluster that does not pass the environment on (SBATCH_EXPORT=NONE): the cell's own snapshot."""
+    wd, _, (first, second) = planned_then_edited
+    assert snapshot_path(wd / "results" / "cells", first).exists()
+    proc = _job(wd, f"train:cell={first}", None)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     m = json.loads((wd / "results" / "cells" / first / "metrics.json").read_text())
     assert m["params"]["epochs"] == 2 and m["epochs_run"] == 2  # the cell as planned, not as edited
     assert f"segsweep: cell {first} is not a cell of the config as it is now" in proc.stderr
     # without its snapshot (a run planned by an older segsweep) the job stops naming the file
     snapshot_path(wd / "results" / "cells", second).unlink()
-    proc = _snakemake(wd, "--target-jobs", f"train:cell={second}")
+    proc = _job(wd, f"train:cell={second}", None)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert f"cell {second} is not a cell of the config as it is now, and results/cells/{second}/cell.json" in out
