@@ -18,7 +18,7 @@ import yaml
 from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
-from segsweep.plan.planned_config import ENV, FOLDER
+from segsweep.plan.planned_config import ENV, FOLDER, adopt, record
 from segsweep.plan.snapshots import PlannedCells, read_snapshot, snapshot_path, write_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,22 @@ def test_planned_cells_record_on_lookup_and_fall_back_to_the_snapshot(tmp_path):
     other = next(c for c in planned.cells if c != cid)  # never looked up, so never recorded
     with pytest.raises(ConfigError, match=rf"cell {other} is not a cell of the config.*{other}/cell\.json"):
         after[other]
+
+
+def test_the_planned_config_round_trips_in_order_and_names_itself(tmp_path, monkeypatch):
+    """Key order is meaning (a study's axes order its labels): the planned config keeps it."""
+    given = {"studies": {"s": {"axes": {"optimizer": ["adam"], "lr": [0.01]}}}}
+    prepared = {**given, "train": {"epochs": 2}}
+    path = record(given, prepared, tmp_path)
+    assert record(given, prepared, tmp_path) == path  # content-addressed: written once
+    monkeypatch.setenv(ENV, str(path))
+    told, cfg = [], {"studies": {"s": {"axes": {"lr": [0.01], "optimizer": ["adam"]}}}}
+    assert adopt(cfg, notify=told.append) == path
+    assert cfg == prepared and list(cfg["studies"]["s"]["axes"]) == ["optimizer", "lr"]
+    assert len(told) == 1 and str(path) in told[0]  # the files' order differed: an edit
+    monkeypatch.setenv(ENV, str(tmp_path / "gone.json"))
+    with pytest.raises(ConfigError, match=rf"{ENV}=.*gone\.json: the config this run was planned with is gone"):
+        adopt({})
 
 
 def _snakemake(wd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

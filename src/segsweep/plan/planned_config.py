@@ -29,7 +29,8 @@ FOLDER = Path(".snakemake") / "segsweep" / "planned_config"
 
 
 def _canonical(config: MutableMapping) -> str:
-    return json.dumps(config, sort_keys=True, default=str)
+    # key order kept, never sorted: it is meaningful (a study's axes order its labels and tables)
+    return json.dumps(config, default=str)
 
 
 def record(given: MutableMapping, prepared: MutableMapping, folder: str | os.PathLike = FOLDER) -> Path:
