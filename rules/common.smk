@@ -2,6 +2,7 @@
 import copy
 import os
 import sys
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from segsweep.plan import planned_config
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
-from segsweep.training.job import EXECUTION_SETTINGS
+from segsweep.training.job import EXECUTION_SETTINGS, RUN_ENV
 
 # A job's own invocation (a Slurm job step) parses the config the run was planned with, not the file as it
 # is now (edited since?); the submitting invocation records it for them (plan/planned_config.py).
@@ -36,6 +37,8 @@ try:
     CFG = sscfg.prepare(config, base_dir=workflow.basedir)
     if not JOB_INVOCATION:  # the config its jobs will parse (above); sbatch and srun pass the variable on
         os.environ[planned_config.ENV] = str(planned_config.record(GIVEN_CONFIG, CFG))
+        # this invocation's id: a finished cell whose pack failed is restored, not redone (training/job.py)
+        os.environ[RUN_ENV] = uuid.uuid4().hex
     # A real data root is read in place: its content manifest (rewritten only when the content changes) is
     # ingest's input and its digest the data part of every cell id; the phantom is made by a rule.
     DATA_CFG = DataConfig.from_config(CFG)

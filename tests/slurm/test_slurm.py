@@ -504,3 +504,112 @@ def test_config_edited_while_the_run_goes_on(edited):
         m = json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())
         assert m["params"]["epochs"] == 6 and m["epochs_run"] == 6
         assert "==== rule train: attempt 1 of 2 ====" in (wd / "logs" / "train" / f"{cell}.log").read_text()
+
+
+# ------------------------------------------------------------------- a pack whose second cell is stopped
+PACK_STUDY = "pack"
+
+
+def _pack_config(wd: Path) -> Path:
+    """Two cells of different lengths, packed into one Slurm job."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(batch_size=2)
+    cfg["studies"] = {
+        PACK_STUDY: {
+            "title": "A pack whose second cell is stopped",
+            "axes": {"optimizer": ["adam"], "epochs": [8, 30]},
+            "table": {"rows": ["optimizer"], "cols": ["epochs"]},
+        }
+    }
+    cfg.setdefault("resources", {}).update(device="cpu", train_gpus=1)
+    path = wd / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _cancel_pack_after_one_cell(wd: Path, stop: threading.Event, found: dict) -> None:
+    """scancel the pack once one of its cells has finished (metrics.json) and the other trains (history.csv)."""
+    cells = wd / "results" / "cells"
+    while not stop.is_set():
+        done = [p.parent.name for p in cells.glob("*/metrics.json")]
+        training = [p.parent.name for p in cells.glob("*/history.csv") if p.parent.name not in done]
+        if done and training:
+            out = subprocess.run(
+                ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True
+            ).stdout
+            for line in out.splitlines():
+                jobid, _, workdir = line.partition("|")
+                if workdir.rstrip("/") == str(wd):
+                    subprocess.run(["scancel", jobid], check=True)
+                    found.update(jobid=jobid, finished=done[0], stopped=training[0])
+                    return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    local_wd = tmp_path_factory.mktemp("pack-local").resolve()
+    slurm_wd = tmp_path_factory.mktemp("pack-slurm").resolve()
+    _pack_config(local_wd)
+    _pack_config(slurm_wd)
+    target = f"results/studies/{PACK_STUDY}/table.csv"
+    local = subprocess.run(
+        _snakemake_cmd(local_wd, "local", "--cores", "2", target), capture_output=True, text=True, timeout=RUN_LIMIT_S
+    )
+    assert local.returncode == 0, f"local run failed:\n{local.stdout[-3000:]}\n{local.stderr[-5000:]}"
+    env = dict(
+        os.environ,
+        SEGSWEEP_SLURM_ACCOUNT=ACCOUNT,
+        SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
+        SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION,
+    )
+    cmd = _snakemake_cmd(
+        slurm_wd,
+        "slurm",
+        target,  # before --group-components, which takes every value after it
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-keep-successful-logs",
+        "--group-components",
+        "cells=2",
+    )
+    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    stop, found = threading.Event(), {}
+    canceller = threading.Thread(target=_cancel_pack_after_one_cell, args=(slurm_wd, stop, found), daemon=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    canceller.start()
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
+    finally:
+        stop.set()
+        canceller.join(timeout=10)
+        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
+        if leftover:
+            subprocess.run(["scancel", *leftover])
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": proc.returncode, **found}
+
+
+def test_a_finished_cell_of_a_failed_pack_is_restored_not_redone(pack):
+    """Snakemake removes the finished cell's metrics.json with its cancelled pack; the pack's rerun restores it
+    from the run's copy (no data load, no evaluation) and finishes the other cell: the local run's table."""
+    wd, finished = pack["slurm"], pack.get("finished")
+    assert pack.get("jobid"), "the pack was never seen with one cell done and one training: nothing was cancelled"
+    assert pack["rc"] == 0, f"Slurm run failed ({pack['rc']}):\n{pack['out'][-8000:]}"
+    assert re.search(
+        rf"Removing output files of failed job.*?results/cells/{finished}/metrics\.json", pack["out"], re.S
+    )
+    logs = "".join(p.read_text() for p in (wd / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert f"cell {finished} finished earlier in this snakemake run" in logs, logs[-4000:]
+    log = (wd / "logs" / "train" / f"{finished}.log").read_text()
+    assert log.count("epoch 1/8 ") == 1  # trained once, however many times its pack ran
+    for name in ("table.csv", "table.json"):
+        local = (pack["local"] / "results" / "studies" / PACK_STUDY / name).read_text()
+        assert (wd / "results" / "studies" / PACK_STUDY / name).read_text() == local, name
