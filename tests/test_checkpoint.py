@@ -99,6 +99,9 @@ def test_a_write_cut_before_the_rename_leaves_the_old_file_valid(tmp_path, monke
     assert len(checkpoint.sidecar(path).read_text().splitlines()) == 2  # the new digest and the old
     assert checkpoint.load(path)["epoch"] == 1
     assert {p.name for p in tmp_path.iterdir()} == {"last.pt", "last.pt.sha256"}
+    for epoch in (3, 4, 5, 6):  # later saves keep the list short, the file's own digest always in it
+        checkpoint.save({"epoch": epoch}, path)
+        assert checkpoint.load(path)["epoch"] == epoch and len(checkpoint.sidecar(path).read_text().splitlines()) <= 4
 
 
 # ------------------------------------------------------------------------------------ in the training loop

@@ -3,8 +3,9 @@
 * **Write** (`save`): ``torch.save`` to a temporary file in the same folder, ``fsync``, rename onto the name,
   ``fsync`` the folder: a killed job, a full disk or a power cut leaves the old file or the new one, never a
   mix. Beside it ``<name>.sha256`` (``sha256sum`` format) holds the SHA-256 of the file. It is written,
-  durably, *before* the rename and lists the new file's digest and the one it replaces, so a crash between
-  the two writes leaves a pair that still verifies.
+  durably, *before* the rename and lists the new file's digest and those the sidecar listed before (the
+  file it replaces among them; at most 4 lines), so a crash between the two writes leaves a pair that still
+  verifies. Listing the old digests, instead of hashing the old file again, keeps a save to one read.
 * **Read** (`load`): the file's SHA-256 must be one the sidecar lists, then ``torch.load`` (weights only)
   must read it. Anything else (a truncated file, a flipped bit, a file of another format) raises
   `CorruptCheckpoint`, a `DataError` naming the file. A file without a sidecar (written by an older segsweep,
@@ -64,20 +65,25 @@ def save(obj: dict, path: Path) -> None:
         _fsync(tmp)
         digests = [sha256_file(tmp)]
         if path.exists():  # still in place until atomic_path renames: it must verify if we die before that
-            digests.append(sha256_file(path))
-        _write_durably(sidecar(path), "".join(f"{d}  {path.name}\n" for d in digests).encode())
+            # the digests its sidecar accepts (no second read of a large file), or its own without a sidecar
+            listed = _listed_digests(path, strict=False)
+            digests += listed[:3] if listed else [sha256_file(path)]
+        _write_durably(sidecar(path), "".join(f"{d}  {path.name}\n" for d in dict.fromkeys(digests)).encode())
     _fsync(path.parent)
 
 
-def _listed_digests(path: Path) -> set[str] | None:
-    """The digests ``path``'s sidecar accepts, or None without a sidecar."""
+def _listed_digests(path: Path, strict: bool = True) -> list[str] | None:
+    """The digests ``path``'s sidecar accepts, newest first, or None without a sidecar (or, not ``strict``,
+    an unreadable one)."""
     try:
         text = sidecar(path).read_text()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
+        if not strict:
+            return None
         raise CorruptCheckpoint(path, f"its digest file {sidecar(path).name} cannot be read ({exc})") from None
-    return {line.split()[0].lower() for line in text.splitlines() if line.strip()}
+    return [line.split()[0].lower() for line in text.splitlines() if line.strip()]
 
 
 def verify(path: Path) -> None:
