@@ -1,5 +1,8 @@
 # Config validation and the cell table, built once per Snakemake invocation (O(cells)).
+import copy
+import os
 import sys
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,15 +16,29 @@ from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
 from segsweep.plan.headers import params_header, study_headers
 from segsweep.training.params import CellParams
-from segsweep.plan.optuna_rounds import TrialCells
+from segsweep.plan.snapshots import PlannedCells
+from segsweep.plan import planned_config
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
-from segsweep.training.job import EXECUTION_SETTINGS
+from segsweep.training.job import EXECUTION_SETTINGS, RUN_ENV
 
+# A job's own invocation (a Slurm job step) parses the config the run was planned with, not the file as it
+# is now (edited since?); the submitting invocation records it for them (plan/planned_config.py).
+JOB_INVOCATION = workflow.remote_exec or workflow.subprocess_exec
+try:
+    if JOB_INVOCATION:
+        planned_config.adopt(config, notify=lambda msg: print(f"segsweep: {msg}", file=sys.stderr))
+    GIVEN_CONFIG = None if JOB_INVOCATION else copy.deepcopy(config)
+except SegsweepError as exc:
+    raise WorkflowError(f"segsweep: {exc}") from None
 sscfg.coerce_cli_scalars(config)  # --config predict='{deidentify: true}' gives the string 'true'
 try:  # a typo names the key in one line (sscfg.validate), not jsonschema's dump of the schema
     CFG = sscfg.prepare(config, base_dir=workflow.basedir)
+    if not JOB_INVOCATION:  # the config its jobs will parse (above); sbatch and srun pass the variable on
+        os.environ[planned_config.ENV] = str(planned_config.record(GIVEN_CONFIG, CFG))
+        # this invocation's id: a finished cell whose pack failed is restored, not redone (training/job.py)
+        os.environ[RUN_ENV] = uuid.uuid4().hex
     # A real data root is read in place: its content manifest (rewritten only when the content changes) is
     # ingest's input and its digest the data part of every cell id; the phantom is made by a rule.
     DATA_CFG = DataConfig.from_config(CFG)
@@ -40,15 +57,22 @@ try:  # a typo names the key in one line (sscfg.validate), not jsonschema's dump
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 
-# + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk)
-CELLS = TrialCells(PLAN.cells, lambda: optuna_round_files())
+CELLS_DIR = "results/cells"
+# + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk); each cell looked
+# up is snapshot as planned (results/cells/<id>/cell.json), and a job whose cell the config no longer holds
+# (edited while a Slurm run goes on: each job step parses it again) runs the snapshot (plan/snapshots.py)
+CELLS = PlannedCells(
+    PLAN.cells,
+    lambda: optuna_round_files(),
+    CELLS_DIR,
+    on_snapshot=lambda msg: print(f"segsweep: {msg}", file=sys.stderr),
+)
 STUDIES = PLAN.studies
 # the default data set's folders, keyed by its data, preprocessing and split settings (data.config.DataFolders):
 # results/data/<key>, results/splits/<key>, results/figures/data/<key>
 FOLDERS = DataFolders.of(PLAN.data, PLAN.preprocess, PLAN.splits)
 DATA_DIR = FOLDERS.data
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
-CELLS_DIR = "results/cells"
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
 # a training job's execution settings (last.pt frequency, trainer worker): rule resources (Snakemake's are
 # integers), passed on whole by the scripts (segsweep.training.job.execution_settings)

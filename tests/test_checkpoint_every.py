@@ -19,7 +19,7 @@ from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan
 from segsweep.plan.resources import ResourceConfig
-from segsweep.training import loop, preempt
+from segsweep.training import checkpoint, loop, preempt
 from segsweep.training.job import EXECUTION_SETTINGS, execution_settings, run_train_job
 from segsweep.training.loop import CheckpointEvery, train_cell
 from segsweep.training.preempt import Preempted
@@ -37,13 +37,13 @@ def data(tmp_path_factory):
 def writes(monkeypatch):
     """Every checkpoint write, in order: (file name, epochs the content holds, partial or not)."""
     seen = []
-    save = loop._save_torch
+    save = checkpoint.save
 
     def record(obj, path):
         seen.append((Path(path).name, obj["epoch"], "partial" in obj))
         save(obj, path)
 
-    monkeypatch.setattr(loop, "_save_torch", record)
+    monkeypatch.setattr(checkpoint, "save", record)
     return seen
 
 
@@ -170,10 +170,12 @@ def test_older_last_pt_with_a_newer_best_pt_resumes_identically(data, tmp_path, 
     def keep_epoch_2(row):
         if row["epoch"] == 2:
             shutil.copy(out / "last.pt", kept)
+            shutil.copy(checkpoint.sidecar(out / "last.pt"), checkpoint.sidecar(kept))
 
     with pytest.raises(_Killed):
         train_cell(p, data_dir, split, out, on_epoch=_kill_after(best_epoch, also=keep_epoch_2))
-    shutil.copy(kept, out / "last.pt")  # last.pt after epoch 2, best.pt of a later epoch
+    shutil.copy(kept, out / "last.pt")  # last.pt after epoch 2 (and its digest), best.pt of a later epoch
+    shutil.copy(checkpoint.sidecar(kept), checkpoint.sidecar(out / "last.pt"))
     ckpt = _ckpt(out)
     assert len(ckpt["history"]) == 2 and ckpt["best"]["epoch"] <= 2 < _ckpt(out, "best.pt")["epoch"] == best_epoch
 

@@ -253,6 +253,9 @@ def test_strict_lists_every_failure(phantom_copy, tmp_path):
         assert suffix in msg
     assert "patient01" not in msg and "P01" not in msg  # pseudonymised there too
     assert not (tmp_path / "dataset.json").exists() and (tmp_path / "qc.csv").exists()
+    kept = ingest.failed_qc_path(tmp_path)
+    assert f"details in {kept}" in msg and kept.read_bytes() == (tmp_path / "qc.csv").read_bytes()
+    kept.unlink()
     ds = ingest.run(cfg(phantom_copy("sunnybrook_flat"), "sunnybrook_flat", strict=True), PREP, tmp_path / "ok")
     assert ds["n_images"] > 0  # info rows (image_without_contour, contour_unused) do not fail strict
 
@@ -261,9 +264,17 @@ def test_no_usable_pair_is_a_data_error(phantom_copy, tmp_path):
     root = phantom_copy("rvsc")
     for f in root.rglob("*contour-manual.txt"):
         f.unlink()
-    with pytest.raises(DataError, match="no usable image/contour pair"):
-        ingest.run(cfg(root), PREP, tmp_path)
-    assert (tmp_path / "qc.csv").exists()
+    out = tmp_path / "data"
+    with pytest.raises(DataError, match="no usable image/contour pair") as err:
+        ingest.run(cfg(root), PREP, out)
+    assert (out / "qc.csv").exists()
+    # Snakemake removes a failed job's output folder: the message points at a copy beside it
+    kept = tmp_path / "data.qc.csv"
+    assert ingest.failed_qc_path(out) == kept and f"(see {kept})" in str(err.value)
+    assert kept.read_bytes() == (out / "qc.csv").read_bytes()
+    assert "image_without_contour" in kept.read_text()
+    ingest.run(cfg(phantom_copy("sunnybrook_flat"), "sunnybrook_flat"), PREP, out)
+    assert not kept.exists()  # a successful ingest of the folder removes the failure's copy
 
 
 def test_missing_root_is_a_data_error(tmp_path):

@@ -403,3 +403,213 @@ def test_signalled_training_job_saves_mid_epoch_and_its_retry_resumes(preempted)
     hist = lambda d: pd.read_csv(d / "results" / "cells" / cell / "history.csv").drop(columns="epoch_s")  # noqa: E731
     pd.testing.assert_frame_equal(hist(wd), hist(preempted["local"]))
     print(f"signalled at epoch {epoch} step {step}/{n_steps}")
+
+
+# ------------------------------------------------------------------------ a config edited during the run
+EDIT_STUDY = "edited"
+
+
+def _edit_config(wd: Path, epochs: int) -> Path:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(epochs=epochs)
+    cfg["studies"] = {
+        EDIT_STUDY: {
+            "title": "Config edited mid-run",
+            "axes": {"optimizer": ["adam"], "lr": [0.001, 0.01]},
+            "table": {"rows": ["optimizer"], "cols": ["lr"]},
+        }
+    }
+    cfg.setdefault("resources", {}).update(device="cpu", train_gpus=1)
+    path = wd / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _edit_when_training_is_queued(wd: Path, stop: threading.Event, found: dict) -> None:
+    """Edit the config (epochs 6 → 3: new cell ids) the moment a training job of this run is in the queue,
+    before its job step starts parsing the config (Snakemake's start-up takes seconds)."""
+    while not stop.is_set():
+        out = subprocess.run(["squeue", "-h", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            jobid, _, workdir = line.partition("|")
+            if workdir.rstrip("/") == str(wd):
+                _edit_config(wd, epochs=3)
+                found.update(jobid=jobid)
+                return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def edited(tmp_path_factory):
+    local_wd = tmp_path_factory.mktemp("edit-local").resolve()
+    slurm_wd = tmp_path_factory.mktemp("edit-slurm").resolve()
+    _edit_config(local_wd, epochs=6)
+    _edit_config(slurm_wd, epochs=6)
+    target = f"results/studies/{EDIT_STUDY}/table.csv"
+    local = subprocess.run(
+        _snakemake_cmd(local_wd, "local", "--cores", "2", target), capture_output=True, text=True, timeout=RUN_LIMIT_S
+    )
+    assert local.returncode == 0, f"local run failed:\n{local.stdout[-3000:]}\n{local.stderr[-5000:]}"
+    env = dict(
+        os.environ,
+        SEGSWEEP_SLURM_ACCOUNT=ACCOUNT,
+        SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
+        SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION,
+    )
+    env.pop("SEGSWEEP_PLANNED_CONFIG", None)
+    cmd = _snakemake_cmd(
+        slurm_wd, "slurm", "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs", target
+    )
+    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    stop, found = threading.Event(), {}
+    editor = threading.Thread(target=_edit_when_training_is_queued, args=(slurm_wd, stop, found), daemon=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    editor.start()
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
+    finally:
+        stop.set()
+        editor.join(timeout=10)
+        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
+        if leftover:
+            subprocess.run(["scancel", *leftover])
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": proc.returncode, **found}
+
+
+def test_config_edited_while_the_run_goes_on(edited):
+    """The issue's row: every cell's step re-read the edited file (`KeyError: '<cell id>'`), cells failed on
+    both attempts. Now each job parses the config the run was planned with: the run finishes with the table
+    of an unedited local run, and the training log keeps its attempt header."""
+    wd = edited["slurm"]
+    assert edited.get("jobid"), "no training job was seen in the queue: the config was never edited"
+    assert "epochs: 3" in (wd / "config.yaml").read_text()
+    assert edited["rc"] == 0, f"Slurm run failed ({edited['rc']}):\n{edited['out'][-8000:]}"
+    logs = "".join(p.read_text() for p in (wd / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert "KeyError" not in logs and "InputFunctionException" not in logs
+    assert "segsweep: the config differs from the one this run was planned with" in logs
+    for name in ("table.csv", "table.json"):
+        local = (edited["local"] / "results" / "studies" / EDIT_STUDY / name).read_text()
+        assert (wd / "results" / "studies" / EDIT_STUDY / name).read_text() == local, name
+    cells = sorted(p.parent.name for p in (wd / "results" / "cells").glob("*/metrics.json"))
+    assert cells == sorted(p.parent.name for p in (edited["local"] / "results" / "cells").glob("*/metrics.json"))
+    for cell in cells:
+        m = json.loads((wd / "results" / "cells" / cell / "metrics.json").read_text())
+        assert m["params"]["epochs"] == 6 and m["epochs_run"] == 6
+        assert "==== rule train: attempt 1 of 2 ====" in (wd / "logs" / "train" / f"{cell}.log").read_text()
+
+
+# ------------------------------------------------------------------- a pack whose second cell is stopped
+PACK_STUDY = "pack"
+
+
+def _pack_config(wd: Path) -> Path:
+    """Two cells of different lengths, packed into one Slurm job."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(batch_size=2)
+    cfg["studies"] = {
+        PACK_STUDY: {
+            "title": "A pack whose second cell is stopped",
+            "axes": {"optimizer": ["adam"], "epochs": [8, 30]},
+            "table": {"rows": ["optimizer"], "cols": ["epochs"]},
+        }
+    }
+    cfg.setdefault("resources", {}).update(device="cpu", train_gpus=1)
+    path = wd / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _cancel_pack_after_one_cell(wd: Path, stop: threading.Event, found: dict) -> None:
+    """scancel the pack once one of its cells has finished (metrics.json) and the other trains (history.csv)."""
+    cells = wd / "results" / "cells"
+    while not stop.is_set():
+        done = [p.parent.name for p in cells.glob("*/metrics.json")]
+        training = [p.parent.name for p in cells.glob("*/history.csv") if p.parent.name not in done]
+        if done and training:
+            out = subprocess.run(
+                ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True
+            ).stdout
+            for line in out.splitlines():
+                jobid, _, workdir = line.partition("|")
+                if workdir.rstrip("/") == str(wd):
+                    subprocess.run(["scancel", jobid], check=True)
+                    found.update(jobid=jobid, finished=done[0], stopped=training[0])
+                    return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    local_wd = tmp_path_factory.mktemp("pack-local").resolve()
+    slurm_wd = tmp_path_factory.mktemp("pack-slurm").resolve()
+    _pack_config(local_wd)
+    _pack_config(slurm_wd)
+    target = f"results/studies/{PACK_STUDY}/table.csv"
+    local = subprocess.run(
+        _snakemake_cmd(local_wd, "local", "--cores", "2", target), capture_output=True, text=True, timeout=RUN_LIMIT_S
+    )
+    assert local.returncode == 0, f"local run failed:\n{local.stdout[-3000:]}\n{local.stderr[-5000:]}"
+    env = dict(
+        os.environ,
+        SEGSWEEP_SLURM_ACCOUNT=ACCOUNT,
+        SEGSWEEP_SLURM_PARTITION=CPU_PARTITION,
+        SEGSWEEP_SLURM_GPU_PARTITION=GPU_PARTITION,
+    )
+    cmd = _snakemake_cmd(
+        slurm_wd,
+        "slurm",
+        target,  # before --group-components, which takes every value after it
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-keep-successful-logs",
+        "--group-components",
+        "cells=2",
+    )
+    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    stop, found = threading.Event(), {}
+    canceller = threading.Thread(target=_cancel_pack_after_one_cell, args=(slurm_wd, stop, found), daemon=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    canceller.start()
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
+    finally:
+        stop.set()
+        canceller.join(timeout=10)
+        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
+        if leftover:
+            subprocess.run(["scancel", *leftover])
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": proc.returncode, **found}
+
+
+def test_a_finished_cell_of_a_failed_pack_is_restored_not_redone(pack):
+    """Snakemake removes the finished cell's metrics.json with its cancelled pack; the pack's rerun restores it
+    from the run's copy (no data load, no evaluation) and finishes the other cell: the local run's table."""
+    wd, finished = pack["slurm"], pack.get("finished")
+    assert pack.get("jobid"), "the pack was never seen with one cell done and one training: nothing was cancelled"
+    assert pack["rc"] == 0, f"Slurm run failed ({pack['rc']}):\n{pack['out'][-8000:]}"
+    assert re.search(
+        rf"Removing output files of failed job.*?results/cells/{finished}/metrics\.json", pack["out"], re.S
+    )
+    logs = "".join(p.read_text() for p in (wd / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert f"cell {finished} finished earlier in this snakemake run" in logs, logs[-4000:]
+    log = (wd / "logs" / "train" / f"{finished}.log").read_text()
+    assert log.count("epoch 1/8 ") == 1  # trained once, however many times its pack ran
+    for name in ("table.csv", "table.json"):
+        local = (pack["local"] / "results" / "studies" / PACK_STUDY / name).read_text()
+        assert (wd / "results" / "studies" / PACK_STUDY / name).read_text() == local, name

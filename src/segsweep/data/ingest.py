@@ -523,6 +523,14 @@ def _pool(workers: int):
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
 
 
+def failed_qc_path(out_dir: str | Path) -> Path:
+    """Where a failed ingest keeps its qc.csv: beside ``out_dir`` (``results/data`` → ``results/data.qc.csv``),
+    because Snakemake removes the output folder of a failed job, qc.csv with it, and the error message must
+    point at a file that is still there. Removed by the next ingest of ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.qc.csv")
+
+
 def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: int = 1) -> dict:
     """Ingest ``data.root`` (layout ``data.layout``) into ``out_dir``; returns the dataset.json dict."""
     if data.target not in TARGETS:
@@ -538,6 +546,8 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
     out_dir.mkdir(parents=True, exist_ok=True)
     # dataset.json marks a complete ingest: drop an earlier one first, so a failed run leaves none behind
     (out_dir / "dataset.json").unlink(missing_ok=True)
+    kept_qc = failed_qc_path(out_dir)
+    kept_qc.unlink(missing_ok=True)  # an earlier failure's copy: this run writes its own if it fails
     options = tuple(data.layout_options.items())
     tasks = [
         _Task(r, pid, root, data.target, prep, out_dir, data.layout, options, data.pseudonym_key)
@@ -556,20 +566,21 @@ def run(data: DataConfig, prep: PreprocessConfig, out_dir: str | Path, workers: 
     for entry in os.scandir(out_dir):  # stale patients of an earlier run
         if _NPZ_RE.match(entry.name) and entry.name not in keep:
             os.remove(entry.path)
-    write_bytes(out_dir / "qc.csv", _qc_csv(rows))
+    qc = _qc_csv(rows)
+    write_bytes(out_dir / "qc.csv", qc)
 
     failures = [r for r in rows if r[3] and severity(r[3]) == "failure"]
     if data.strict and failures:
+        write_bytes(kept_qc, qc)
         lines = [f"{r[0]}/{r[1]}: {r[3]}: {r[4]}" if r[4] else f"{r[0]}/{r[1]}: {r[3]}" for r in failures]
         raise DataError(
             f"data.strict: {len(failures)} QC failure(s) under data root '{root}' "
-            f"(details in {out_dir / 'qc.csv'}):\n  " + "\n  ".join(lines)
+            f"(details in {kept_qc}):\n  " + "\n  ".join(lines)
         )
     n_images = sum(p["n_images"] for p in patients)
     if n_images == 0:
-        raise DataError(
-            f"data root '{root}': no usable image/contour pair for target '{data.target}' (see {out_dir / 'qc.csv'})"
-        )
+        write_bytes(kept_qc, qc)
+        raise DataError(f"data root '{root}': no usable image/contour pair for target '{data.target}' (see {kept_qc})")
     counts: dict[str, int] = {}
     for r in rows:
         if r[3]:

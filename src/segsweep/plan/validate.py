@@ -50,7 +50,8 @@ def _checks(
         ),
         # once per distinct architecture (+ pretrained file): no network is built
         "model": (
-            lambda p: (p.model, p.pretrained, tuple(MODELS[p.model].architecture(p).items())),
+            # + batch_size: a batch of one image under a 1×1 BatchNorm bottleneck (`ModelSpec.min_batch`)
+            lambda p: (p.model, p.pretrained, p.batch_size, tuple(MODELS[p.model].architecture(p).items())),
             lambda p: MODELS[p.model].check(p, n_outputs, image_size),
         ),
     }

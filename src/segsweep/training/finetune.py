@@ -141,7 +141,11 @@ class FineTune:
         elif self.p.init_from is not None:
             cells_dir = Path(out_dir).parent
             src, best = source_checkpoint(self.p.init_from, cells_dir, cells_dir.parent / "studies")
-            state = torch.load(best, map_location="cpu", weights_only=True)["model"]
+            from segsweep.training import checkpoint
+
+            state = checkpoint.load(best).get("model")  # CorruptCheckpoint (a DataError) names the file
+            if state is None:
+                raise DataError(f"init_from cell {src}: {best} holds no model weights")
             try:
                 self.model.load_state_dict(state)
             except RuntimeError as exc:

@@ -32,6 +32,7 @@ from torch import nn
 
 from segsweep.errors import DataError
 from segsweep.io import atomic_path
+from segsweep.training import checkpoint
 from segsweep.training.finetune import selected_cell
 from segsweep.training.params import CellParams, InitFrom
 
@@ -126,7 +127,7 @@ def inspect_cell(cell_dir: Path, out_path: Path, n_images: int = N_IMAGES, top_k
     cell_dir = Path(cell_dir)
     try:
         metrics = json.loads((cell_dir / "metrics.json").read_text())
-        state = torch.load(cell_dir / "best.pt", map_location="cpu", weights_only=True)["model"]
+        state = checkpoint.load(cell_dir / "best.pt")["model"]  # CorruptCheckpoint names the file
         with np.load(cell_dir / "predictions.npz", allow_pickle=False) as z:
             images, masks = z["image"], z["mask"]
             patient, slc = z["patient"].astype(str), z["slice"].astype(int)

@@ -17,6 +17,12 @@
   one back), but never takes the failure path: preempted on the last attempt, the job still exits non-zero,
   the cell stays unrecorded and the next ``snakemake`` run (attempt 1 again) resumes it. Only a crash on the
   last attempt records ``failed``, however many attempts before it were preemptions.
+A finished cell of a pack (several cells in one Slurm job, docs/slurm.md) whose pack-mate fails or is stopped:
+Snakemake removes the declared outputs of every job of a failed group, the finished cell's ``metrics.json``
+too, and runs the whole pack again. Within one ``snakemake`` invocation (``SEGSWEEP_RUN``, an id the
+submitting invocation sets for its jobs, rules/common.smk) the job keeps a copy, ``finished-<run>.json``, and
+the rerun of that cell restores ``metrics.json`` from it at once: no data load, no evaluation, the same bytes.
+A later invocation (a new id) never uses it: it resumes from ``last.pt`` and re-evaluates, as before.
 A job killed from outside without a signal it can catch in time (node failure, SIGKILL, OOM killer) writes
 nothing and is retried by Snakemake, resuming from the latest ``last.pt``: the last epoch's by default, an
 older one with ``resources.checkpoint_every_epochs`` / ``checkpoint_every_s`` (the epochs since are retrained,
@@ -26,6 +32,7 @@ to the same numbers).
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -33,7 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from segsweep.errors import SegsweepError
-from segsweep.io import write_text
+from segsweep.io import write_bytes, write_text
 from segsweep.training.params import CellParams
 from segsweep.training.preempt import Preempted
 from segsweep.training.record import CellMetrics
@@ -41,6 +48,7 @@ from segsweep.training.record import CellMetrics
 log = logging.getLogger("segsweep.jobs")
 
 USER_ERROR_MARKER = "user_error.txt"
+RUN_ENV = "SEGSWEEP_RUN"  # one id per submitting `snakemake` invocation (rules/common.smk), inherited by its jobs
 T = TypeVar("T")
 
 
@@ -186,4 +194,43 @@ def run_train_job(
         metrics.write(out_dir / "metrics.json")
         return metrics
 
-    return run_attempt(run, failed, out_dir=out_dir, attempt=attempt, max_attempts=max_attempts)
+    restored = restore_finished(out_dir)
+    if restored is not None:
+        return restored
+    metrics = run_attempt(run, failed, out_dir=out_dir, attempt=attempt, max_attempts=max_attempts)
+    keep_finished(out_dir)
+    return metrics
+
+
+def _kept(out_dir: Path) -> Path | None:
+    run = os.environ.get(RUN_ENV, "")
+    return out_dir / f"finished-{run}.json" if run.isalnum() else None
+
+
+def keep_finished(out_dir: Path) -> None:
+    """Copy the cell's metrics.json for this invocation's reruns of it (module docstring); drop older copies."""
+    kept = _kept(out_dir)
+    if kept is None:
+        return
+    for old in out_dir.glob("finished-*.json"):
+        if old != kept:
+            old.unlink(missing_ok=True)
+    write_bytes(kept, (out_dir / "metrics.json").read_bytes())
+
+
+def restore_finished(out_dir: Path) -> CellMetrics | None:
+    """metrics.json again from this invocation's copy, when Snakemake removed it because a pack-mate failed."""
+    kept = _kept(out_dir)
+    if kept is None or not kept.exists() or (out_dir / "metrics.json").exists():
+        return None
+    raw = kept.read_bytes()
+    write_bytes(out_dir / "metrics.json", raw)
+    metrics = CellMetrics.read(out_dir / "metrics.json")
+    log.info(
+        "cell %s finished earlier in this snakemake run (status %s); Snakemake removed its metrics.json when a job "
+        "of its pack failed: restored from %s",
+        out_dir.name,
+        metrics.status,
+        kept,
+    )
+    return metrics

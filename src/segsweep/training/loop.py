@@ -41,6 +41,10 @@ Decisions (the contract the rest of the pipeline relies on):
   evaluation. ``best.pt`` is written together with ``last.pt`` (just before it): a new best epoch's
   weights wait in memory until then, so ``best.pt`` always holds the best epoch of the state ``last.pt``
   resumes (a job killed between writes loses both, and the retrained epochs write them again).
+  Both are written and read by `segsweep.training.checkpoint` (fsync + rename, a SHA-256 sidecar verified
+  on every load). A corrupt ``last.pt`` starts the cell afresh; a corrupt ``best.pt`` is ignored in favour
+  of ``last.pt`` and, unless a later epoch beats it, rebuilt before the final evaluation by replaying the
+  epochs up to the best one (`_best_state`): a finished cell is re-evaluated, never ``failed``.
 * **Stop signals** (SIGTERM, SIGUSR1: Slurm's time-limit warning, preemption, scancel; `preempt`). The flag
   is read after every optimizer step; when set, ``last.pt`` is written *inside* the epoch (version
   ``PARTIAL_CHECKPOINT_VERSION``: the state above after the step, plus ``partial``: the epoch's image order,
@@ -77,7 +81,7 @@ from segsweep.data.config import class_names
 from segsweep.data.splits import select_patients, test_patients
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import atomic_path, write_text
-from segsweep.training import preempt
+from segsweep.training import checkpoint, preempt
 from segsweep.training.augment import Augmenter
 from segsweep.training.device import hardware_description, resolve_device
 from segsweep.training.evaluate import collapse_reason
@@ -217,6 +221,22 @@ def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device:
 
 
 # ----------------------------------------------------------------------------------------- components
+def batch_bounds(n: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
+    """``[start, end)`` of each batch of an epoch's ``n`` shuffled images: ``batch_size`` each, the last the
+    rest; a rest smaller than ``min_batch`` (`ModelSpec.min_batch`: 2 under a 1×1 BatchNorm bottleneck,
+    where a lone image cannot be normalised) joins the batch before it. With ``min_batch`` 1 (every cell
+    whose training this never crashed) the batches are exactly those of ``range(0, n, batch_size)``."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_batch:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    if n < min_batch:
+        raise ConfigError(
+            f"{n} training image(s): a 1×1 BatchNorm bottleneck needs at least {min_batch} per batch "
+            "(config keys 'depth', 'batch_norm'; or more training data)"
+        )
+    return bounds
+
+
 def _seeds(seed: int) -> tuple[int, int]:
     """Independent seeds for the shuffle and augmentation streams, derived from the cell seed."""
     a, b = np.random.SeedSequence([int(seed), 0x5E65]).generate_state(2)
@@ -239,11 +259,6 @@ def _history_csv(history: list[dict]) -> str:
 
 def _finite_or_none(v) -> float | None:
     return float(v) if v is not None and math.isfinite(float(v)) else None
-
-
-def _save_torch(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 @dataclass(frozen=True)
@@ -306,7 +321,9 @@ class _Trainer:
         # trainable parameters and their groups (segsweep.training.finetune; "full": one group, as ever)
         self.finetune = FineTune(params, self.model)
         self.optimizer = self.finetune.build_optimizer()
-        self.steps_per_epoch = math.ceil(data.n_train / params.batch_size)
+        size = tuple(data.x_train.shape[-2:])
+        self.batches = batch_bounds(data.n_train, params.batch_size, MODELS[params.model].min_batch(params, size))
+        self.steps_per_epoch = len(self.batches)
         self.schedule = LRSchedule(params.schedule, self.optimizer, params.lr, self.steps_per_epoch, params.epochs)
         self._penalty = penalty
         shuffle_seed, aug_seed = _seeds(params.seed)
@@ -356,8 +373,8 @@ class _Trainer:
         perm = order.to(self.device, non_blocking=True)
         modes = [m.training for m in self.model.modules()]
         reg = p.regularizer != "none"
-        for step, start in enumerate(range(done * p.batch_size, d.n_train, p.batch_size), start=done + 1):
-            idx = perm[start : start + p.batch_size]
+        for step, (start, end) in enumerate(self.batches[done:], start=done + 1):
+            idx = perm[start:end]
             x, y = d.x_train[idx], d.y_train[idx]
             if self.augmenter.active:
                 x, y = self.augmenter(x, y)
@@ -557,13 +574,18 @@ def train_cell(
                     partial["step"],
                     tr.steps_per_epoch,
                 )
-            if best["epoch"] is not None and best_path.exists():
+            if best["epoch"] is not None:
                 # best.pt is written just before last.pt, so it can only be newer when a job died between the
                 # two writes (or was written by a segsweep that saved it at once): the epochs retrained now
-                # write it again (on the CPU the same weights) before the final evaluation reads it.
-                saved = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
-                if saved != best["epoch"]:
-                    log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, best["epoch"])
+                # write it again (on the CPU the same weights). A corrupt one is ignored in favour of last.pt:
+                # a later best epoch rewrites it, else `_best_state` rebuilds it before the final evaluation.
+                try:
+                    saved = checkpoint.load(best_path)["epoch"]
+                    if saved != best["epoch"]:
+                        log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, best["epoch"])
+                except (checkpoint.CorruptCheckpoint, KeyError) as exc:
+                    log.warning("%s; ignored: resuming from %s", exc, last_path)
+                    checkpoint.remove(best_path)
 
     horizon = params.epochs if stop_at is None else min(int(stop_at), params.epochs)
     if every != CheckpointEvery():
@@ -576,11 +598,11 @@ def train_cell(
         """Write the pending best.pt, then last.pt (after ``len(history)`` epochs, plus ``partial_state``)."""
         nonlocal pending_best, saved_epochs, saved_at
         if pending_best is not None:
-            _save_torch(pending_best, best_path)
+            checkpoint.save(pending_best, best_path)
             pending_best = None
         wall_s = wall_before + time.perf_counter() - t_start
         ckpt = _checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s, partial_state)
-        _save_torch(ckpt, last_path)
+        checkpoint.save(ckpt, last_path)
         saved_epochs, saved_at = len(history), time.perf_counter()
 
     while stopped is None and len(history) < horizon:
@@ -662,7 +684,8 @@ def train_cell(
         _write_empty_evaluation(out_dir, data)
     else:
         status, best_epoch = "ok", best["epoch"]
-        final = _final_evaluation(tr, data, best_path, out_dir, Path(data_dir), evaluation, log)
+        best_state = _best_state(tr, best_path, best, out_dir, log)
+        final = _final_evaluation(tr, data, best_state, out_dir, Path(data_dir), evaluation, log)
         quality = {**final, "final_val_dice": history[-1]["val_dice"]}
         collapsed = collapse_reason(final["val_collapse"])
         if collapsed:  # a finite loss, but a model that predicts (almost) nothing or everything: numbers kept
@@ -782,28 +805,53 @@ def rung_summary(history: list[dict], stop_at: int, patience: int | None, wall_s
 
 
 def _load_checkpoint(path: Path, log: logging.Logger) -> dict | None:
-    """last.pt, or None (start afresh) if it cannot be read, e.g. written by an incompatible torch version.
+    """last.pt, or None (start afresh) if it fails verification (`checkpoint.load`: truncated, altered,
+    written by an incompatible torch version).
 
     Loaded onto the CPU: generator states must be CPU byte tensors, and ``load_state_dict`` of the model
     and optimizer copies the rest onto the parameters' device.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not make every retry crash
-        log.warning("cannot read %s (%s: %s): starting afresh", path, type(exc).__name__, exc)
+        return checkpoint.load(path)
+    except checkpoint.CorruptCheckpoint as exc:  # must not make every retry crash
+        log.warning("%s: starting afresh", exc)
         return None
+
+
+def _best_state(tr: _Trainer, best_path: Path, best: dict, out_dir: Path, log: logging.Logger) -> dict:
+    """best.pt's content for the final evaluation: the file when it verifies and holds the best epoch, else
+    rebuilt and written again. Rebuilt = the first ``best["epoch"]`` epochs replayed from the cell's initial
+    state by a fresh trainer (same seeds, same generators: on the CPU bit-identical weights; validation draws
+    no random number, so it is skipped). A corrupt best.pt thus never fails a finished cell."""
+    try:
+        state = checkpoint.load(best_path)
+        if state.get("epoch") == best["epoch"] and "model" in state:
+            return state
+        why = f"{best_path}: holds epoch {state.get('epoch')}, the run's best is epoch {best['epoch']}"
+    except checkpoint.CorruptCheckpoint as exc:
+        why = str(exc)
+    log.warning("%s; rebuilding it: replaying epochs 1-%d from the cell's initial state", why, best["epoch"])
+    replay = _Trainer(tr.p, tr.data, tr.device, tr.amp, tr.channels_last)
+    replay.finetune.initialise(out_dir, log)
+    for _ in range(best["epoch"]):
+        replay.train_epoch()
+    state = {"model": replay.model.state_dict(), "epoch": best["epoch"], "val_dice": best["dice"]}
+    state["params"] = tr.p.to_dict()
+    checkpoint.save(state, best_path)
+    log.info("%s rebuilt (epoch %d)", best_path, best["epoch"])
+    return state
 
 
 def _final_evaluation(
     tr: _Trainer,
     data: CellData,
-    best_path: Path,
+    best_state: dict,
     out_dir: Path,
     data_dir: Path,
     evaluation: Mapping | None,
     log: logging.Logger,
 ) -> dict:
-    """Restore best.pt; score it on the validation patients (network grid: the monitor's numbers, per_image.csv's
+    """Restore best.pt's ``best_state`` (`_best_state`); score it on the validation patients (network grid: the monitor's numbers, per_image.csv's
     first columns, predictions.npz) and on the validation and test patients at native resolution
     (`segsweep.training.evaluate`); write per_image.csv and per_patient.csv.
 
@@ -812,8 +860,7 @@ def _final_evaluation(
     from segsweep.training import evaluate as ev
     from segsweep.training.metrics import hd95_per_image
 
-    state = torch.load(best_path, map_location="cpu", weights_only=True)
-    tr.model.load_state_dict(state["model"])
+    tr.model.load_state_dict(best_state["model"])
     _, dice, iou, pred = tr.predict(data.x_val, data.y_val, keep_pred=True)
     dice, iou, pred = dice.cpu().numpy(), iou.cpu().numpy(), pred.cpu().numpy()
     mask = data.y_val[:, 0].to(torch.uint8).cpu().numpy()

@@ -53,6 +53,11 @@ class ModelSpec:
         if p.in_channels < 1 or n_classes < 1:
             raise ConfigError(f"config key 'in_channels': {self.name} needs in_channels >= 1, got {p.in_channels}")
 
+    def min_batch(self, p: CellParams, image_size: Sequence[int]) -> int:
+        """The fewest images a training step takes: 1, or 2 where a BatchNorm layer in training mode would
+        see a single value per channel from one image (BatchNorm's batch variance needs two)."""
+        return 1
+
     def network(self, p: CellParams, n_classes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -81,6 +86,20 @@ class UNetSpec(ModelSpec):
                 f"config key 'depth': {p.depth} is too deep for the image size {h}×{w} "
                 f"(needs at least 2^depth = {2**p.depth} pixels)"
             )
+        # every batch would be one image: the loop can merge a lone last image (`min_batch`), not this
+        if image_size is not None and p.batch_size < self.min_batch(p, image_size):
+            h, w = image_size
+            raise ConfigError(
+                f"config keys 'batch_size', 'depth': batch_size {p.batch_size} with depth {p.depth} on "
+                f"{h}×{w} images leaves a 1×1 bottleneck whose BatchNorm needs at least 2 images per batch "
+                "(raise batch_size, lower depth, or set batch_norm: false)"
+            )
+
+    def min_batch(self, p: CellParams, image_size: Sequence[int]) -> int:
+        # max pooling floors: the bottleneck is (H >> depth) × (W >> depth); 1×1 gives BatchNorm one value
+        # per channel and image
+        h, w = image_size
+        return 2 if p.batch_norm and (h >> p.depth) * (w >> p.depth) == 1 else 1
 
     def network(self, p: CellParams, n_classes: int) -> nn.Module:
         from segsweep.training.unet import UNet
