@@ -630,3 +630,13 @@ def test_predict_uses_the_configurations_runs_and_its_chosen_postprocessing(repe
     assert all(ndimage.label(m)[1] <= 1 for m in frames.values())
     params = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
     assert "postprocessing=largest_2d" in params and f"ensemble={'+'.join(final['cells'])}" in params
+
+
+def test_a_corrupt_best_pt_is_an_error_naming_the_file(trained, tmp_path):
+    results, _ = trained
+    cell = tmp_path / "cell"
+    shutil.copytree(results / "cells" / "aaaaaaaaaaa1", cell)
+    data = (cell / "best.pt").read_bytes()
+    (cell / "best.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"best\.pt"):
+        pr.CellModel(cell, 2)

@@ -103,11 +103,12 @@ class CellModel:
         from segsweep.training.model import MODELS
         from segsweep.training.params import CellParams
 
+        from segsweep.training import checkpoint
+
         path = Path(cell_dir) / "best.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DataError(f"{path}: the cell's weights are missing (retrain it: snakemake -R train)") from None
+        if not path.exists():
+            raise DataError(f"{path}: the cell's weights are missing (retrain it: snakemake -R train)")
+        state = checkpoint.load(path)  # verified against its sidecar: a corrupt file is a DataError naming it
         self.params = CellParams.from_dict(state["params"])
         self.n_out = 1 if n_classes <= 2 else int(n_classes)
         net = MODELS[getattr(self.params, "model", "unet")](self.params, n_classes=self.n_out)
