@@ -190,6 +190,27 @@ def test_snakemake_captions_render(caption):
             assert "CLAHE" in body
 
 
+def test_snakemake_report_lists_the_studies():
+    """`snakemake --report`'s front page (workflow.rst, rendered as Snakemake does: trim_blocks, lstrip_blocks,
+    docutils) lists one item per study, not one run-on line; the report rule flags segsweep's own HTML and
+    PDF for the zip, in category "report"."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    root = Path(__file__).parents[1]
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    studies = {"a": {"title": "Study A", "axes": {"lr": [0.1]}}, "b": {"axes": {"optimizer": ["adam"], "lr": [1]}}}
+    sm = type("Snakemake", (), {"config": {"title": "Demo", "studies": studies}})
+    text = env.from_string((root / "workflow" / "report" / "workflow.rst").read_text()).render(snakemake=sm)
+    body = publish_parts(text, writer_name="html")["html_body"]
+    items = re.findall(r"<li>(.*?)</li>", body, re.S)
+    assert len(items) == 2, body
+    assert "Study A" in items[0] and "(a): axes lr" in items[0] and "(b): axes optimizer, lr" in items[1]
+    rule = (root / "rules" / "report.smk").read_text()
+    for out in ("html", "pdf"):
+        assert re.search(rf'{out}=report\(REPORT_OUTPUTS\[\d\], category="report"', rule), rule
+
+
 def test_study_where_nothing_finished(tmp_path):
     """No run wrote metrics and there is no data folder: the report still renders and says so plainly."""
     from segsweep.analysis.aggregate import aggregate_study
