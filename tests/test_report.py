@@ -43,11 +43,13 @@ def test_sections_and_contents(html, fx):
         assert f'<section id="{s}"' in html and f'href="#{s}"' in html
     for s in fx.studies:
         assert f'<section id="study-{s.name}"' in html and f'href="#study-{s.name}"' in html
-    order = [
-        html.index(f'<section id="{s}"')
-        for s in ("summary", "data", "study-optimizer_lr", "statistics", "secondary", "failures", "provenance")
-    ]
+    # the main part (summary, data, one section per study, test set, failures), then the appendix
+    main = ("summary", "data", "study-optimizer_lr", "test-set", "failures")
+    appendix = ("study-figures", "statistics", "secondary", "model-cards", "data-details", "provenance")
+    order = [html.index(f'<section id="{s}"') for s in main] + [html.index('<div id="appendix"')]
+    order += [html.index(f'<section id="{s}"') for s in appendix]
     assert order == sorted(order)
+    assert re.findall(r'<h2><span class="secno">([A-Z])</span>', html) == list("ABCDEFG")  # with failure logs
 
 
 def test_figure_count_matches_indices(html, fx):
@@ -99,14 +101,18 @@ def test_summary_sentences_from_data(html):
 
 def test_data_section(html):
     data = html[html.index('<section id="data"') : html.index('<section id="study-')]
-    assert "<code>no_contour</code>" in data and "33 files were checked" in data
-    assert "train @ 0.25" in data and "seed0-cv3" in data
-    assert "Before and after CLAHE" in data or "before and after CLAHE" in data
+    assert re.search(r"33 files were checked during ingestion: \d+ ok, \d+ skipped", data), data
+    assert "images</dt><dd>" in data and not re.search(r"\((\d+)–\1 per patient\)", data)  # "8–8 per patient"
+    details = html[html.index('<section id="data-details"') :]  # the appendix: by reason, splits, figures
+    assert "<code>no_contour</code>" in details and "<code>no_contour</code>" not in data
+    assert "train @ 0.25" in details and "seed0-cv3" in details
+    assert "Before and after CLAHE" in details or "before and after CLAHE" in details
 
 
 def test_failures_with_log_lines(html):
-    f = html[html.index('<section id="failures"') : html.index('<section id="provenance"')]
-    assert "no metrics (job failed)" in f and "RuntimeError: DataLoader worker" in f
+    f = html[html.index('<section id="failures"') : html.index('<div id="appendix"')]
+    logs = html[html.index('<section id="failure-logs"') : html.index('<section id="provenance"')]
+    assert "no metrics (job failed)" in f and "RuntimeError: DataLoader worker" in logs
     assert "out of memory (RuntimeError)" in f
     assert "12 runs did not finish normally" in f
 
@@ -202,7 +208,7 @@ def test_snakemake_report_lists_the_studies():
     studies = {"a": {"title": "Study A", "axes": {"lr": [0.1]}}, "b": {"axes": {"optimizer": ["adam"], "lr": [1]}}}
     sm = type("Snakemake", (), {"config": {"title": "Demo", "studies": studies}})
     text = env.from_string((root / "workflow" / "report" / "workflow.rst").read_text()).render(snakemake=sm)
-    body = publish_parts(text, writer_name="html")["html_body"]
+    body = publish_parts(text, writer="html")["html_body"]
     items = re.findall(r"<li>(.*?)</li>", body, re.S)
     assert len(items) == 2, body
     assert "Study A" in items[0] and "(a): axes lr" in items[0] and "(b): axes optimizer, lr" in items[1]
@@ -262,6 +268,8 @@ def test_qc_counts_from_dataset_json_without_qc_csv(fx, tmp_path):
         out_pdf=None,
         provenance=collect(fx.config, tmp_path),
     )
-    data = (tmp_path / "r.html").read_text().split('<section id="data"')[1].split("</section>")[0]
-    assert '<code>no_contour</code></td><td class="num">8</td>' in data
+    html = (tmp_path / "r.html").read_text()
+    data = html.split('<section id="data"')[1].split("</section>")[0]
+    details = html.split('<section id="data-details"')[1].split("</section>")[0]
+    assert '<code>no_contour</code></td><td class="num">8</td>' in details
     assert "33 files were checked" in data

@@ -149,16 +149,14 @@ def test_pdf_pages_numbers_and_sections(report, tmp_path):
     for i, p in enumerate(pages, start=1):
         assert f"Page {i} of {n}" in p
     text = "\n".join(pages)
-    for title in (
-        "Summary",
-        "Data",
-        "Optimizer × learning rate",
-        "Statistics",
-        "Secondary metrics",
-        "Failures",
-        "Provenance",
-    ):
+    for title in ("Summary", "Data", "Optimizer × learning rate", "Test set", "Failures"):  # the main part
         assert re.search(rf"^\s*\d+\s+{re.escape(title)}\s*$", text, re.M), title
+    for title in ("Figures per study", "Statistics", "Secondary metrics", "Model cards", "Provenance"):
+        assert re.search(rf"^\s*[A-G]\s+{re.escape(title)}\s*$", text, re.M), title
+    # the main part ends where the appendix begins, on a page of its own
+    first_app = next(i for i, p in enumerate(pages) if re.search(r"^\s*Appendix\s*$", p, re.M))
+    assert re.search(r"^\s*A\s+Figures per study\s*$", pages[first_app], re.M)
+    assert "Failures" in "\n".join(pages[:first_app]) and "Provenance" not in "\n".join(pages[1:first_app])
     assert "diverged" in text and "0.820 ± 0.020 (3)" in text
     subprocess.run(
         ["pdftoppm", "-r", "60", "-png", "-f", "1", "-l", "2", str(report / "report.pdf"), str(tmp_path / "page")],
@@ -173,8 +171,22 @@ def test_pdf_long_table_repeats_its_header_row(report):
     end = next(i for i, p in enumerate(pages) if "Resolved configuration" in p)
     assert end > start, "the per-run table should span several pages"
     row = re.compile(r"^\s*[0-9a-f]{12}\s+(optimizer_lr|fraction_loss|schedules|random_search)", re.M)
-    header = re.compile(r"run\s+studies\s+configuration\s+seed idx\s+fold\s+status\s+epochs\s+wall time \(s\)")
+    header = re.compile(r"run\s+studies\s+configuration\s+seed idx\s+(fold\s+)?status\s+epochs\s+wall time \(s\)")
     spanned = [p for p in pages[start : end + 1] if row.search(p)]
     assert len(spanned) >= 2
     for p in spanned:
         assert header.search(p), p[:400]
+
+
+def test_pdf_nothing_falls_off_the_page(report):
+    """Every word of the PDF lies inside its page (pdftotext -bbox): wide tables (the random study's row labels,
+    the per-run table) wrap instead of pushing their value columns past the right edge."""
+    xml = subprocess.run(
+        ["pdftotext", "-bbox", str(report / "report.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    pages = re.findall(r'<page width="([\d.]+)" height="[\d.]+">(.*?)</page>', xml, re.S)
+    assert pages
+    for i, (width, body) in enumerate(pages, start=1):
+        words = re.findall(r'xMax="([\d.]+)"[^>]*>([^<]*)</word>', body)
+        outside = [(w, x) for x, w in words if float(x) > float(width) - 20]  # 16 mm margins: 45 pt
+        assert not outside, f"page {i}: {outside[:5]}"
