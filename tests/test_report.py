@@ -273,3 +273,34 @@ def test_qc_counts_from_dataset_json_without_qc_csv(fx, tmp_path):
     details = html.split('<section id="data-details"')[1].split("</section>")[0]
     assert '<code>no_contour</code></td><td class="num">8</td>' in details
     assert "33 files were checked" in data
+
+
+def test_table_1_says_when_two_studies_share_the_runs(fx):
+    """Table 1: a configuration two studies share is one set of runs (the same cell ids), said in its note;
+    its mean and interval are one column each (the units are said once, in the caption)."""
+    import dataclasses
+
+    from segsweep.report.render import load_study, top_rows, top_units
+
+    study = next(s for s in fx.studies if s.name == "optimizer_lr")
+    view = load_study(study, fx.results)
+    twin = dataclasses.replace(view, study=dataclasses.replace(study, name="twin", title="Twin study"))
+    rows = top_rows([view, twin], top_n=20)
+    by_study = {}
+    for r in rows:
+        by_study.setdefault(r["study"], []).append(r)
+    firsts = {r["config"] for r in rows if "the same runs as" not in r["note"]}
+    assert len(by_study[study.title]) == len(by_study["Twin study"]) == len(rows) // 2
+    for r in rows:
+        if "the same runs as" in r["note"]:
+            assert r["note"].endswith(f"the same runs as {study.title if r['study'] == 'Twin study' else 'Twin study'}")
+            assert r["config"] in firsts
+    assert sum("the same runs as" in r["note"] for r in rows) == len(rows) // 2
+    for r in rows:
+        assert re.fullmatch(r"0\.\d{3}", r["mean_text"]) or r["mean_text"] in ("diverged", "failed", "collapsed")
+        if r["units"]:
+            assert re.fullmatch(r"0\.\d{3}–(0\.\d{3}|1\.000)", r["ci_text"]), r
+        else:
+            assert r["ci_text"].startswith("no interval"), r
+    units = {r["units"] for r in rows if r["units"]}
+    assert top_units(rows) == (units.pop() if len(units) == 1 else None)

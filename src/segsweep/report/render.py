@@ -676,6 +676,7 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
                         else (g.get("ci_note") or "no interval")
                     ),
                     "units": interval_units(g) if g.get("ci_low") is not None else "",
+                    "cells": tuple(sorted(x["cell"] for x in g["runs"] if x.get("cell"))),
                     "n": g["n"],
                     "note": g["note"],
                     "higher": v.study.table.higher_is_better,
@@ -688,6 +689,13 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
         sub = [r for r in rows if r["value"] == val]
         sub.sort(key=lambda r: (r["note"] != "", -r["mean"] if r["higher"] else r["mean"]))
         out += sub[:top_n]
+    # a configuration two studies share is the same runs (one cell id per run): say so, not two results
+    first: dict[tuple, str] = {}
+    for r in out:
+        key = (r["value"], r.pop("cells"))
+        if key in first and key[1]:
+            r["note"] = "; ".join(x for x in (r["note"], f"the same runs as {first[key]}") if x)
+        first.setdefault(key, r["study"])
     return out
 
 
