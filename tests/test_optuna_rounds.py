@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,49 @@ def test_journal_holds_the_told_trials(tmp_path):
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")))
     study = optuna.load_study(study_name="opt", storage=storage)
     assert sorted(t.value for t in study.trials) == [0.5, 0.6]
+
+
+def test_journal_shows_durations_reasons_and_the_metric_name(tmp_path):
+    """What optuna-dashboard reads: each trial's start/end from its cell (metrics.json written at `end`,
+    `wall_s` before it; a cell without metrics.json: history.csv's time and summed epoch_s), a failed
+    trial's reason (user attr + Optuna's own fail_reason), the objective's name, the next round RUNNING."""
+    import os
+    from datetime import datetime
+
+    import optuna
+
+    ctx = ctx_of(tiny_cfg(axes={"lr": {"loguniform": [1e-4, 1e-1]}, "optimizer": ["adam", "sgd"]}, n_trials=3))
+    r0 = orr.propose_round(ctx, 0, 3, [], {})
+    a, b, c = (t["cell"] for t in r0["trials"])
+    cells = tmp_path / "cells"
+    end = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    for cid, m in (
+        (a, {"status": "ok", "val_dice_patient": 0.7, "wall_s": 90.0}),
+        (b, {"status": "collapsed", "reason": "predicts nothing on 4 of 4 patients", "wall_s": 30.0}),
+    ):
+        (cells / cid).mkdir(parents=True)
+        (cells / cid / "metrics.json").write_text(json.dumps(m))
+        os.utime(cells / cid / "metrics.json", (end, end))
+    (cells / c).mkdir()
+    (cells / c / "history.csv").write_text("epoch,epoch_s\n1,2.5\n2,3.5\n")
+    os.utime(cells / c / "history.csv", (end, end))
+    rounds = tmp_path / "optuna"
+    rounds.mkdir()
+    (rounds / "round0.json").write_text(json.dumps(r0))
+    r1 = orr.run_round(ctx, 1, 2, [rounds / "round0.json"], cells, rounds / "round1.json")
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(rounds / "journal.log")))
+    study = optuna.load_study(study_name="opt", storage=storage)
+    assert study.metric_names == ["val_dice_patient"]
+    tr = study.trials
+    assert [t.state.name for t in tr] == ["COMPLETE", "FAIL", "FAIL", "RUNNING", "RUNNING"]
+    assert [t.user_attrs["cell"] for t in tr] == [a, b, c] + [t["cell"] for t in r1["trials"]]
+    assert [t.duration.total_seconds() for t in tr[:3]] == [90.0, 30.0, 6.0]
+    assert all(t.datetime_complete.timestamp() == end for t in tr[:3])
+    assert tr[0].value == 0.7 and "reason" not in tr[0].user_attrs
+    assert tr[1].user_attrs["reason"] == tr[1].system_attrs["fail_reason"] == "predicts nothing on 4 of 4 patients"
+    assert tr[2].user_attrs["status"] == "missing" and "no metrics.json" in tr[2].system_attrs["fail_reason"]
+    assert tr[3].datetime_start is not None and tr[3].datetime_complete is None
 
 
 def test_shipped_optuna_study_plans_at_smoke_scale():

@@ -43,11 +43,13 @@ def test_sections_and_contents(html, fx):
         assert f'<section id="{s}"' in html and f'href="#{s}"' in html
     for s in fx.studies:
         assert f'<section id="study-{s.name}"' in html and f'href="#study-{s.name}"' in html
-    order = [
-        html.index(f'<section id="{s}"')
-        for s in ("summary", "data", "study-optimizer_lr", "statistics", "secondary", "failures", "provenance")
-    ]
+    # the main part (summary, data, one section per study, test set, failures), then the appendix
+    main = ("summary", "data", "study-optimizer_lr", "test-set", "failures")
+    appendix = ("study-figures", "statistics", "secondary", "model-cards", "data-details", "provenance")
+    order = [html.index(f'<section id="{s}"') for s in main] + [html.index('<div id="appendix"')]
+    order += [html.index(f'<section id="{s}"') for s in appendix]
     assert order == sorted(order)
+    assert re.findall(r'<h2><span class="secno">([A-Z])</span>', html) == list("ABCDEFG")  # with failure logs
 
 
 def test_figure_count_matches_indices(html, fx):
@@ -99,14 +101,18 @@ def test_summary_sentences_from_data(html):
 
 def test_data_section(html):
     data = html[html.index('<section id="data"') : html.index('<section id="study-')]
-    assert "<code>no_contour</code>" in data and "33 files were checked" in data
-    assert "train @ 0.25" in data and "seed0-cv3" in data
-    assert "Before and after CLAHE" in data or "before and after CLAHE" in data
+    assert re.search(r"33 files were checked during ingestion: \d+ ok, \d+ skipped", data), data
+    assert "images</dt><dd>" in data and not re.search(r"\((\d+)–\1 per patient\)", data)  # "8–8 per patient"
+    details = html[html.index('<section id="data-details"') :]  # the appendix: by reason, splits, figures
+    assert "<code>no_contour</code>" in details and "<code>no_contour</code>" not in data
+    assert "train @ 0.25" in details and "seed0-cv3" in details
+    assert "Before and after CLAHE" in details or "before and after CLAHE" in details
 
 
 def test_failures_with_log_lines(html):
-    f = html[html.index('<section id="failures"') : html.index('<section id="provenance"')]
-    assert "no metrics (job failed)" in f and "RuntimeError: DataLoader worker" in f
+    f = html[html.index('<section id="failures"') : html.index('<div id="appendix"')]
+    logs = html[html.index('<section id="failure-logs"') : html.index('<section id="provenance"')]
+    assert "no metrics (job failed)" in f and "RuntimeError: DataLoader worker" in logs
     assert "out of memory (RuntimeError)" in f
     assert "12 runs did not finish normally" in f
 
@@ -190,6 +196,27 @@ def test_snakemake_captions_render(caption):
             assert "CLAHE" in body
 
 
+def test_snakemake_report_lists_the_studies():
+    """`snakemake --report`'s front page (workflow.rst, rendered as Snakemake does: trim_blocks, lstrip_blocks,
+    docutils) lists one item per study, not one run-on line; the report rule flags segsweep's own HTML and
+    PDF for the zip, in category "report"."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    root = Path(__file__).parents[1]
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    studies = {"a": {"title": "Study A", "axes": {"lr": [0.1]}}, "b": {"axes": {"optimizer": ["adam"], "lr": [1]}}}
+    sm = type("Snakemake", (), {"config": {"title": "Demo", "studies": studies}})
+    text = env.from_string((root / "workflow" / "report" / "workflow.rst").read_text()).render(snakemake=sm)
+    body = publish_parts(text, writer="html")["html_body"]
+    items = re.findall(r"<li>(.*?)</li>", body, re.S)
+    assert len(items) == 2, body
+    assert "Study A" in items[0] and "(a): axes lr" in items[0] and "(b): axes optimizer, lr" in items[1]
+    rule = (root / "rules" / "report.smk").read_text()
+    for out in ("html", "pdf"):
+        assert re.search(rf'{out}=report\(REPORT_OUTPUTS\[\d\], category="report"', rule), rule
+
+
 def test_study_where_nothing_finished(tmp_path):
     """No run wrote metrics and there is no data folder: the report still renders and says so plainly."""
     from segsweep.analysis.aggregate import aggregate_study
@@ -241,6 +268,39 @@ def test_qc_counts_from_dataset_json_without_qc_csv(fx, tmp_path):
         out_pdf=None,
         provenance=collect(fx.config, tmp_path),
     )
-    data = (tmp_path / "r.html").read_text().split('<section id="data"')[1].split("</section>")[0]
-    assert '<code>no_contour</code></td><td class="num">8</td>' in data
+    html = (tmp_path / "r.html").read_text()
+    data = html.split('<section id="data"')[1].split("</section>")[0]
+    details = html.split('<section id="data-details"')[1].split("</section>")[0]
+    assert '<code>no_contour</code></td><td class="num">8</td>' in details
     assert "33 files were checked" in data
+
+
+def test_table_1_says_when_two_studies_share_the_runs(fx):
+    """Table 1: a configuration two studies share is one set of runs (the same cell ids), said in its note;
+    its mean and interval are one column each (the units are said once, in the caption)."""
+    import dataclasses
+
+    from segsweep.report.render import load_study, top_rows, top_units
+
+    study = next(s for s in fx.studies if s.name == "optimizer_lr")
+    view = load_study(study, fx.results)
+    twin = dataclasses.replace(view, study=dataclasses.replace(study, name="twin", title="Twin study"))
+    rows = top_rows([view, twin], top_n=20)
+    by_study = {}
+    for r in rows:
+        by_study.setdefault(r["study"], []).append(r)
+    firsts = {r["config"] for r in rows if "the same runs as" not in r["note"]}
+    assert len(by_study[study.title]) == len(by_study["Twin study"]) == len(rows) // 2
+    for r in rows:
+        if "the same runs as" in r["note"]:
+            assert r["note"].endswith(f"the same runs as {study.title if r['study'] == 'Twin study' else 'Twin study'}")
+            assert r["config"] in firsts
+    assert sum("the same runs as" in r["note"] for r in rows) == len(rows) // 2
+    for r in rows:
+        assert re.fullmatch(r"0\.\d{3}", r["mean_text"]) or r["mean_text"] in ("diverged", "failed", "collapsed")
+        if r["units"]:
+            assert re.fullmatch(r"0\.\d{3}–(0\.\d{3}|1\.000)", r["ci_text"]), r
+        else:
+            assert r["ci_text"].startswith("no interval"), r
+    units = {r["units"] for r in rows if r["units"]}
+    assert top_units(rows) == (units.pop() if len(units) == 1 else None)

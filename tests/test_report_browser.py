@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -149,16 +150,14 @@ def test_pdf_pages_numbers_and_sections(report, tmp_path):
     for i, p in enumerate(pages, start=1):
         assert f"Page {i} of {n}" in p
     text = "\n".join(pages)
-    for title in (
-        "Summary",
-        "Data",
-        "Optimizer × learning rate",
-        "Statistics",
-        "Secondary metrics",
-        "Failures",
-        "Provenance",
-    ):
+    for title in ("Summary", "Data", "Optimizer × learning rate", "Test set", "Failures"):  # the main part
         assert re.search(rf"^\s*\d+\s+{re.escape(title)}\s*$", text, re.M), title
+    for title in ("Figures per study", "Statistics", "Secondary metrics", "Model cards", "Provenance"):
+        assert re.search(rf"^\s*[A-G]\s+{re.escape(title)}\s*$", text, re.M), title
+    # the main part ends where the appendix begins, on a page of its own
+    first_app = next(i for i, p in enumerate(pages) if re.search(r"^\s*Appendix\s*$", p, re.M))
+    assert re.search(r"^\s*A\s+Figures per study\s*$", pages[first_app], re.M)
+    assert "Failures" in "\n".join(pages[:first_app]) and "Provenance" not in "\n".join(pages[1:first_app])
     assert "diverged" in text and "0.820 ± 0.020 (3)" in text
     subprocess.run(
         ["pdftoppm", "-r", "60", "-png", "-f", "1", "-l", "2", str(report / "report.pdf"), str(tmp_path / "page")],
@@ -173,8 +172,66 @@ def test_pdf_long_table_repeats_its_header_row(report):
     end = next(i for i, p in enumerate(pages) if "Resolved configuration" in p)
     assert end > start, "the per-run table should span several pages"
     row = re.compile(r"^\s*[0-9a-f]{12}\s+(optimizer_lr|fraction_loss|schedules|random_search)", re.M)
-    header = re.compile(r"run\s+studies\s+configuration\s+seed idx\s+fold\s+status\s+epochs\s+wall time \(s\)")
+    header = re.compile(r"run\s+studies\s+configuration\s+seed idx\s+(fold\s+)?status\s+epochs\s+wall time \(s\)")
     spanned = [p for p in pages[start : end + 1] if row.search(p)]
     assert len(spanned) >= 2
     for p in spanned:
         assert header.search(p), p[:400]
+
+
+def _words_past_the_edge(pdf: Path) -> list[tuple[int, str]]:
+    """(page, word) of every word whose right edge lies in the page's last 20 pt (pdftotext -bbox); the
+    margins are 16 mm (45 pt), so only a table or figure wider than the text block reaches there."""
+    xml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    pages = re.findall(r'<page width="([\d.]+)" height="[\d.]+">(.*?)</page>', xml, re.S)
+    assert pages
+    return [
+        (i, w)
+        for i, (width, body) in enumerate(pages, start=1)
+        for x, w in re.findall(r'xMax="([\d.]+)"[^>]*>([^<]*)</word>', body)
+        if float(x) > float(width) - 20
+    ]
+
+
+def test_pdf_nothing_falls_off_the_page(report):
+    assert _words_past_the_edge(report / "report.pdf") == []
+
+
+def test_pdf_wide_tables_keep_their_last_columns_on_the_page(tmp_path_factory):
+    """The widest tables (the test set's single runs vs ensemble: 7 columns of long metric names, which ran
+    past the right edge before) wrap their headers instead of pushing their last columns off the page."""
+    from test_report_testset import FINAL, TEST_FRACTION, fxt
+
+    fx = fxt.__wrapped__(tmp_path_factory)
+    path = fx.results / "studies" / "optimizer_lr" / "table.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "final": FINAL}))
+    out = tmp_path_factory.mktemp("wide")
+    render_report(
+        config=fx.config,
+        studies=fx.studies,
+        results_dir=fx.results,
+        out_html=out / "report.html",
+        out_pdf=out / "report.pdf",
+        provenance=collect(fx.config, fx.root),
+    )
+    text = " ".join(" ".join(_pdf_pages(out / "report.pdf")).split())
+    assert "Single runs and their ensemble" in text and TEST_FRACTION > 0
+    assert _words_past_the_edge(out / "report.pdf") == []
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_cover_cards_hold_their_labels(report, tmp_path, width):
+    """The cover's fact cards ("CONFIGURATIONS", uppercase) are wide enough for their label at laptop and phone
+    widths: no card's content is wider than the card."""
+    html = (report / "report.html").read_text()
+    probe = (
+        "<script>window.addEventListener('load', function () { var o = [];"
+        " document.querySelectorAll('.facts div').forEach(function (d) {"
+        " if (d.scrollWidth > d.clientWidth) o.push(d.querySelector('dt').textContent); });"
+        " document.title = 'OVER:' + o.join('|') + ':' + document.querySelectorAll('.facts div').length; });</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    res = chromium(tmp_path, "--dump-dom", "--virtual-time-budget=3000", page.as_uri(), width=width)
+    m = re.search(r"<title>OVER:([^:<]*):(\d+)</title>", res.stdout)
+    assert m and int(m.group(2)) >= 6 and m.group(1) == "", res.stdout[:300]

@@ -69,7 +69,11 @@ def test_split_files_hold_disjoint_test_patients(fxt):
 
 
 def test_section_order_and_content(html, fxt):
-    order = [html.index(f'<section id="{s}"') for s in ("secondary", "test-set", "failures", "provenance")]
+    # main part: studies, test set, failures; then the appendix (secondary metrics, provenance)
+    order = [
+        html.index(f'<section id="{s}"')
+        for s in ("study-optimizer_lr", "test-set", "failures", "secondary", "provenance")
+    ]
     assert order == sorted(order) and 'href="#test-set"' in html
     assert 'id="no-test-set"' not in html
     sec = _section(html, "test-set")
@@ -243,9 +247,12 @@ def test_post_processing_and_ensemble_rows(fxt, tmp_path):
     saved = path.read_text()
     path.write_text(json.dumps({**json.loads(saved), "final": FINAL}))
     try:
-        sec = _section(_render(fxt, tmp_path / "report.html"), "test-set")
+        html = _render(fxt, tmp_path / "report.html")
     finally:
         path.write_text(saved)
+    # the main part names the choice; its candidates and the ensemble are in the appendix
+    assert "largest connected component per slice (each class)</strong>" in _section(html, "test-set")
+    sec = _section(html, "postprocessing")
     assert "Post-processing and ensemble" in sec and "RULE TEXT" in sec
     assert "largest connected component per slice (each class)</strong>" in sec
     assert "39.41 (35.47–43.35)" in sec and "2.97 (2.67–3.27)" in sec  # before and after, with intervals

@@ -137,7 +137,12 @@ def test_snakemake_report_zip(run_dir):
     names = zipfile.ZipFile(wd / "report.zip").namelist()
     assert any(n.endswith("/heatmap.svg") for n in names), names
     assert any(n.endswith("/table.csv") for n in names), names
-    assert any(n.endswith("report.html") for n in names), names
+    # segsweep's own report (category "report"), not only Snakemake's report.html index
+    zf = zipfile.ZipFile(wd / "report.zip")
+    ours = [n for n in names if re.search(r"/data/raw/\w+/report\.html$", n)]  # Snakemake's own: report/report.html
+    assert len(ours) == 1 and any(re.search(r"/data/raw/\w+/report\.pdf$", n) for n in names), names
+    title = yaml.safe_load((wd / "config.yaml").read_text())["title"]
+    assert title in zf.read(ours[0]).decode()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -140,20 +141,31 @@ def trial_value(trial: Mapping, metrics: Mapping[str, Mapping], value: str) -> t
     return "FAIL", None, str(m.get("status") or "failed")
 
 
-def _frozen(trial: Mapping, state: str, value: float | None, dists: Mapping):
+def _frozen(trial: Mapping, state: str, value: float | None, dists: Mapping, times: Mapping | None = None):
+    """An Optuna trial of a recorded one. ``times`` (`cell_times`): its cell's real start and end, so the
+    journal shows durations; without them Optuna stamps both with the moment of the call (duration 0)."""
     import optuna
 
     # a pruned trial: its rung value at the epoch it stopped, as Optuna's pruners report (TPE ranks such
     # trials after the complete ones, by how far they got and that value)
     steps = trial.get("intermediate") or {}
-    return optuna.trial.create_trial(
+    reason = trial.get("reason")
+    attrs = {"round": trial["round"], "cell": trial.get("cell"), "status": trial.get("status"), "reason": reason}
+    ft = optuna.trial.create_trial(
         state=getattr(optuna.trial.TrialState, state),
         value=value,
         intermediate_values={int(k): float(v) for k, v in steps.items()},
         params=dict(trial["optuna_params"]),
         distributions={a: dists[a] for a in trial["optuna_params"]},
-        user_attrs={"round": trial["round"], "cell": trial.get("cell"), "reason": trial.get("reason")},
+        user_attrs={k: v for k, v in attrs.items() if v is not None},
+        # "fail_reason" is where Optuna itself records why a trial failed (optuna.study._optimize)
+        system_attrs={"fail_reason": reason} if state == "FAIL" and reason else None,
     )
+    if times:
+        ft.datetime_start = times["start"]
+        if ft.state.is_finished():
+            ft.datetime_complete = times["end"]
+    return ft
 
 
 def _decode(a: str, v: Any, dists: Mapping, decode: Mapping) -> tuple[Any, Any]:
@@ -167,8 +179,13 @@ def _decode(a: str, v: Any, dists: Mapping, decode: Mapping) -> tuple[Any, Any]:
     return int(v), int(v)
 
 
+FAIL_REASONS = {"missing": "no metrics.json: the cell's training job failed or was not run"}
+
+
 def told_trials(ctx: Mapping, prior: Sequence[Mapping], metrics: Mapping[str, Mapping]) -> list[dict]:
-    """Every trial of ``prior`` round files with its state, value and status (trial order)."""
+    """Every trial of ``prior`` round files with its state, value, status and ``reason`` (trial order): the
+    proposal's reason for an invalid one, the cell's own (``metrics.json`` ``reason``, e.g. why it
+    collapsed) or its status for a failed, diverged or collapsed one, the pruner's for a pruned one."""
     out = []
     for rnd in sorted(prior, key=lambda x: x["round"]):
         for t in rnd["trials"]:
@@ -177,7 +194,8 @@ def told_trials(ctx: Mapping, prior: Sequence[Mapping], metrics: Mapping[str, Ma
             m = metrics.get(t["cell"]) or {}
             if state == "PRUNED" and m.get("epochs_run") and m.get("pruned_value") is not None:
                 rec["intermediate"] = {str(int(m["epochs_run"])): float(m["pruned_value"])}
-                rec["reason"] = m.get("reason")
+            if status not in ("ok", "invalid"):
+                rec["reason"] = m.get("reason") or FAIL_REASONS.get(status, status)
             out.append(rec)
     return out
 
@@ -256,6 +274,34 @@ def read_metrics(
     return out
 
 
+def cell_times(trials: Sequence[Mapping], cells_dir: Path) -> dict[str, dict]:
+    """Cell → ``{start, end}`` (naive local datetimes, as Optuna stamps its own trials) of the trials' cells that have run: end = when ``metrics.json``
+    was written (else ``history.csv``: a pruned cell's last epoch), start = end − the training time the cell
+    recorded (``wall_s``; else the sum of ``history.csv``'s ``epoch_s``). Only the journal uses them (a view,
+    never a result), so the file times' non-determinism touches no output that anything is keyed on."""
+    import csv
+    from datetime import datetime, timedelta
+
+    out = {}
+    for t in trials:
+        d = Path(cells_dir) / str(t.get("cell"))
+        if not t.get("cell") or t["cell"] in out:
+            continue
+        metrics, history = d / "metrics.json", d / "history.csv"
+        if metrics.exists():
+            end, seconds = metrics.stat().st_mtime, json.loads(metrics.read_text()).get("wall_s")
+        elif history.exists():
+            end, seconds = history.stat().st_mtime, None
+        else:
+            continue
+        if not isinstance(seconds, (int, float)) and history.exists():
+            with history.open(newline="") as fh:
+                seconds = sum(float(r.get("epoch_s") or 0) for r in csv.DictReader(fh))
+        end_dt = datetime.fromtimestamp(end)
+        out[t["cell"]] = {"start": end_dt - timedelta(seconds=float(seconds or 0)), "end": end_dt}
+    return out
+
+
 _ROUND_CELLS: dict[tuple[str, int, int], tuple[int, dict[str, Cell]]] = {}
 
 
@@ -283,22 +329,40 @@ def trial_cells(paths: Sequence[str | Path]) -> dict[str, Cell]:
     return out
 
 
-def write_journal(path: Path, ctx: Mapping, told: Sequence[Mapping]) -> None:
-    """An Optuna journal holding ``told`` (rewritten whole, then moved into place: never half a file)."""
+def write_journal(
+    path: Path,
+    ctx: Mapping,
+    told: Sequence[Mapping],
+    times: Mapping[str, Mapping] | None = None,
+    running: Sequence[Mapping] = (),
+) -> None:
+    """An Optuna journal holding ``told`` (rewritten whole, then moved into place: never half a file), for
+    ``optuna-dashboard``: each trial with its cell's real start and end (``times``, `cell_times`), a failed
+    one's reason, the objective named after the table value (``set_metric_names``), and ``running``: the
+    trials of the round just proposed, RUNNING from now until the next round rewrites the journal."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists, _ = distributions(ctx)
+    times = times or {}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     storage = JournalStorage(JournalFileBackend(str(tmp)))
     study = optuna.create_study(storage=storage, study_name=ctx["study"], direction=ctx["direction"])
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([ctx["value"]])
     for t in told:
-        study.add_trial(_frozen(t, t["optuna_state"], t["value"], dists))
+        study.add_trial(_frozen(t, t["optuna_state"], t["value"], dists, times.get(t.get("cell"))))
+    for t in running:
+        if t["state"] == "invalid":
+            study.add_trial(_frozen({**t, "status": "invalid"}, "FAIL", None, dists))
+        else:
+            study.add_trial(_frozen(t, "RUNNING", None, dists))
     del study, storage
     os.replace(tmp, path)
     Path(f"{tmp}.lock").unlink(missing_ok=True)
@@ -318,7 +382,9 @@ def run_round(
     prior = read_rounds(prior_paths)
     metrics = read_metrics(prior, cells_dir, decision_paths)
     rnd = propose_round(ctx, r, count, prior, metrics)
-    write_journal(Path(out).parent / "journal.log", ctx, told_trials(ctx, prior, metrics))
+    trials = [t for p in prior for t in p["trials"]]
+    told = told_trials(ctx, prior, metrics)
+    write_journal(Path(out).parent / "journal.log", ctx, told, cell_times(trials, cells_dir), rnd["trials"])
     write_json(Path(out), rnd)
     return rnd
 
@@ -353,7 +419,7 @@ def finish_study(
 
     keys = ("number", "round", "params", "labels", "optuna_params", "state", "reason", "cell", "value", "status")
     trials = [{k: t[k] for k in keys} for t in told]
-    write_journal(Path(out_dir) / "journal.log", ctx, told)
+    write_journal(Path(out_dir) / "journal.log", ctx, told, cell_times(told, cells_dir))
     dists, _ = distributions(ctx)
     write_json(
         Path(out_dir) / "trials.json",

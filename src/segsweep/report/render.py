@@ -347,6 +347,23 @@ def table_html_rows(view: StudyView) -> dict:
     return {"row_axes": t["row_axes"], "cols": cols, "rows": rows}
 
 
+# drawn in the appendix under "Inside the network" (segsweep.report.inspect)
+INSIDE_KINDS = ("activations", "dead_channels", "weight_hist")
+
+
+def study_figures(view: StudyView) -> dict:
+    """A study's figures by where the report shows them: ``key`` (the first in the figure registry's report
+    order, `segsweep.report.plots`) beside its table in the main part, ``more`` and ``inside``
+    (the selected network's activations and weights) in the appendix; ``val_vs_test`` is the Test set's."""
+    figs = [f for f in view.figures if f["kind"] != "val_vs_test"]
+    rest = [f for f in figs if f["kind"] not in INSIDE_KINDS]
+    return {
+        "key": rest[0] if rest else None,
+        "more": rest[1:],
+        "inside": [f for f in figs if f["kind"] in INSIDE_KINDS],
+    }
+
+
 def secondary_rows(view: StudyView) -> list[dict]:
     """Per configuration: mean ± sd of IoU, HD95 (mm), final Dice, best epoch, epochs, over ok runs."""
     out = []
@@ -650,6 +667,16 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
                     "value": v.value,
                     "mean": g["mean"],
                     "text": mean_ci_text(g, v.value),
+                    # the table's columns: the mean, its interval, and what the interval resampled (said once
+                    # in the caption when every row shares it, `top_units`)
+                    "mean_text": fmt(g["mean"], v.value) if g.get("mean") is not None else g.get("status", "–"),
+                    "ci_text": (
+                        f"{fmt(g['ci_low'], v.value)}–{fmt(g['ci_high'], v.value)}"
+                        if g.get("ci_low") is not None
+                        else (g.get("ci_note") or "no interval")
+                    ),
+                    "units": interval_units(g) if g.get("ci_low") is not None else "",
+                    "cells": tuple(sorted(x["cell"] for x in g["runs"] if x.get("cell"))),
                     "n": g["n"],
                     "note": g["note"],
                     "higher": v.study.table.higher_is_better,
@@ -662,7 +689,20 @@ def top_rows(views: Sequence[StudyView], top_n: int) -> list[dict]:
         sub = [r for r in rows if r["value"] == val]
         sub.sort(key=lambda r: (r["note"] != "", -r["mean"] if r["higher"] else r["mean"]))
         out += sub[:top_n]
+    # a configuration two studies share is the same runs (one cell id per run): say so, not two results
+    first: dict[tuple, str] = {}
+    for r in out:
+        key = (r["value"], r.pop("cells"))
+        if key in first and key[1]:
+            r["note"] = "; ".join(x for x in (r["note"], f"the same runs as {first[key]}") if x)
+        first.setdefault(key, r["study"])
     return out
+
+
+def top_units(rows: Sequence[Mapping]) -> str | None:
+    """What every interval of the top table resampled ("3 runs × 8 patients"), if they all share it."""
+    units = {r["units"] for r in rows if r["units"]}
+    return units.pop() if len(units) == 1 else None
 
 
 def overall_sentence(views: Sequence[StudyView]) -> str | None:
@@ -813,6 +853,8 @@ def build_context(
         "runs_truncated": max(0, len(runs) - MAX_RUN_ROWS),
         "prov": provenance,
         "table_html_rows": table_html_rows,
+        "study_figures": study_figures,
+        "top_units": top_units,
         "secondary_rows": secondary_rows,
         "stats_rows": stats_rows,
         "stats_method": next((v.stats.get("method") for v in views if v.stats.get("method")), ""),
