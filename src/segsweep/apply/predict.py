@@ -100,10 +100,9 @@ class CellModel:
     """A cell's ``best.pt`` as a predictor: network-grid images → label masks on their native grids."""
 
     def __init__(self, cell_dir: Path, n_classes: int, device: torch.device | str = "cpu", batch_size: int = 16):
+        from segsweep.training import checkpoint
         from segsweep.training.model import MODELS
         from segsweep.training.params import CellParams
-
-        from segsweep.training import checkpoint
 
         path = Path(cell_dir) / "best.pt"
         if not path.exists():
