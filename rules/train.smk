@@ -33,8 +33,10 @@ rule train:
         runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
         gpu=CFG["resources"]["train_gpus"],
         attempt=lambda wc, attempt: attempt,
-        study=cell_header,  # shown in the job's header: its studies and axis values (a resource: no rerun)
         max_attempts=MAX_ATTEMPTS,  # a resource, not a param: a retry count changes no result
+        # shown in the job's header: its studies and axis values (a resource: no rerun); last, so the header
+        # keeps reading "attempt=k, max_attempts=n"
+        study=cell_header,
         # how a cell runs, never what it computes (segsweep.training.job.EXECUTION_SETTINGS): resources, so
         # changing them reruns nothing: last.pt frequency, and the trainer worker (training/worker.py)
     params:

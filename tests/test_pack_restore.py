@@ -34,7 +34,7 @@ def test_a_removed_metrics_json_is_restored_within_the_run_only(data, tmp_path, 
     stamps = {f: (out / f).stat().st_mtime_ns for f in ("last.pt", "best.pt", "per_image.csv", "history.csv")}
 
     (out / "metrics.json").unlink()  # what Snakemake does to every job of a failed pack
-    with caplog.at_level(logging.INFO, logger="segsweep.jobs"):
+    with caplog.at_level(logging.INFO, logger="segsweep"):
         again = _job(data, out, attempt=2, max_attempts=2)
     assert again == first and (out / "metrics.json").read_bytes() == original
     assert "finished earlier in this snakemake run" in caplog.text and "finished-run1.json" in caplog.text
@@ -45,7 +45,7 @@ def test_a_removed_metrics_json_is_restored_within_the_run_only(data, tmp_path, 
     monkeypatch.setenv(RUN_ENV, "run2")
     (out / "metrics.json").unlink()
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="segsweep"):  # its own level: another test may have set it
         later = _job(data, out)
     assert "finished earlier" not in caplog.text and "resuming from" in caplog.text
     assert {k: v for k, v in later.to_json().items() if k != "wall_s"} == {

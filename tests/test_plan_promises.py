@@ -111,7 +111,7 @@ def test_a_lone_last_image_under_a_batchnorm_bottleneck_trains(tmp_path):
 
 
 def test_failed_ingest_keeps_the_qc_csv_its_message_names(tmp_path, phantom_copy):
-    """Snakemake removes a failed job's output folder (results/data, its qc.csv with it): the message points
+    """Snakemake removes a failed job's output folder (results/data/<key>, its qc.csv with it): the message points
     at the copy beside it, which is still there after the run."""
     root = phantom_copy("rvsc")
     for f in root.rglob("*contour-manual.txt"):
@@ -119,11 +119,12 @@ def test_failed_ingest_keeps_the_qc_csv_its_message_names(tmp_path, phantom_copy
     cfg = {**TINY, "data": {"source": "rvsc", "root": str(root)}}
     wd = tmp_path / "wd"
     wd.mkdir()
-    proc = _snakemake(wd, cfg, "results/data")
+    proc = _snakemake(wd, cfg, "ingest")
     assert proc.returncode != 0
-    kept = wd / "results" / "data.qc.csv"
+    (kept,) = (wd / "results" / "data").glob("*.qc.csv")  # beside the keyed folder results/data/<key>
     log = (wd / "logs" / "ingest.log").read_text()
-    assert "no usable image/contour pair" in log and "results/data.qc.csv" in log, log[-2000:]
-    assert not (wd / "results" / "data").exists()  # what Snakemake does to a failed job's output
+    rel = kept.relative_to(wd).as_posix()
+    assert "no usable image/contour pair" in log and rel in log, log[-2000:]
+    assert not (wd / rel.removesuffix(".qc.csv")).exists()  # what Snakemake does to a failed job's output
     assert kept.read_text().startswith("patient,file,status,reason,message\n")
     assert "image_without_contour" in kept.read_text()
