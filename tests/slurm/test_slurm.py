@@ -425,6 +425,34 @@ def _edit_config(wd: Path, epochs: int) -> Path:
     return path
 
 
+def _run_beside(cmd: list, env: dict, slurm_wd: Path, action) -> tuple[str, int, dict]:
+    """Run a Slurm Snakemake command while ``action(slurm_wd, stop, found)`` acts on it from a thread (edits the
+    config, cancels a pack); returns its output, exit code and what the action recorded. Jobs left pending or
+    running are cancelled."""
+    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    stop, found = threading.Event(), {}
+    side = threading.Thread(target=action, args=(slurm_wd, stop, found), daemon=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    side.start()
+    try:
+        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
+    finally:
+        stop.set()
+        side.join(timeout=10)
+        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
+        if leftover:
+            subprocess.run(["scancel", *leftover])
+    return out, proc.returncode, found
+
+
 def _edit_when_training_is_queued(wd: Path, stop: threading.Event, found: dict) -> None:
     """Edit the config (epochs 6 → 3: new cell ids) the moment a training job of this run is in the queue,
     before its job step starts parsing the config (Snakemake's start-up takes seconds)."""
@@ -460,28 +488,8 @@ def edited(tmp_path_factory):
     cmd = _snakemake_cmd(
         slurm_wd, "slurm", "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs", target
     )
-    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
-    stop, found = threading.Event(), {}
-    editor = threading.Thread(target=_edit_when_training_is_queued, args=(slurm_wd, stop, found), daemon=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    editor.start()
-    try:
-        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
-    finally:
-        stop.set()
-        editor.join(timeout=10)
-        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
-        if leftover:
-            subprocess.run(["scancel", *leftover])
-    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": proc.returncode, **found}
+    out, rc, found = _run_beside(cmd, env, slurm_wd, _edit_when_training_is_queued)
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": rc, **found}
 
 
 def test_config_edited_while_the_run_goes_on(edited):
@@ -573,28 +581,8 @@ def pack(tmp_path_factory):
         "--group-components",
         "cells=2",
     )
-    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
-    stop, found = threading.Event(), {}
-    canceller = threading.Thread(target=_cancel_pack_after_one_cell, args=(slurm_wd, stop, found), daemon=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    canceller.start()
-    try:
-        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
-    finally:
-        stop.set()
-        canceller.join(timeout=10)
-        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
-        if leftover:
-            subprocess.run(["scancel", *leftover])
-    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": proc.returncode, **found}
+    out, rc, found = _run_beside(cmd, env, slurm_wd, _cancel_pack_after_one_cell)
+    return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": rc, **found}
 
 
 def test_a_finished_cell_of_a_failed_pack_is_restored_not_redone(pack):
