@@ -133,15 +133,17 @@ def _header(path):
 def _expected_masks(results, cell, files):
     """The model's prediction of each file, computed here: read, window, prepare, predict, map back."""
     model = pr.CellModel(results / "cells" / cell, 2)
-    images, geoms, uids = [], [], []
-    for f in files:
-        im = dcm.read(f)
-        u8, _, _ = pre.window_dicom(im, 0, PREP.window)
-        p = pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, PREP)
-        images.append(p.image)
-        geoms.append(p.geometry)
-        uids.append(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID))
-    return dict(zip(uids, model.predict(images, geoms)))
+    prepared = [network_input(f) for f in files]
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    return dict(zip(uids, model.predict([p.image for p in prepared], [p.geometry for p in prepared])))
+
+
+def network_input(path, frame=None):
+    """A file's image (an Enhanced MR file's frame number ``frame``) as the cell sees it, computed here: read,
+    window, prepare (`preprocess.Prepared`: the network-grid image and the geometry to map back)."""
+    im = dcm.read(path)
+    u8, _, _ = pre.window_dicom(im, 0 if frame is None else frame - 1, PREP.window)
+    return pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, PREP)
 
 
 # ------------------------------------------------------------------------------------------- the SEG
@@ -578,13 +580,8 @@ def test_ensemble_averages_the_runs_native_probabilities(repeats, predicted):
     _, root, _, manifest, _ = predicted
     models = [pr.CellModel(results / "cells" / c, 2) for c in cells]
     files = [root / f for f in manifest["series"][0]["files"]]
-    images, geoms = [], []
-    for f in files:
-        im = dcm.read(f)
-        u8, _, _ = pre.window_dicom(im, 0, PREP.window)
-        p = pre.prepare(u8, np.zeros(u8.shape, np.uint8), im.pixel_spacing, PREP)
-        images.append(p.image)
-        geoms.append(p.geometry)
+    prepared = [network_input(f) for f in files]
+    images, geoms = [p.image for p in prepared], [p.geometry for p in prepared]
     by_hand = []
     for i in range(len(files)):  # p̄ = (p₁ + p₂) / 2 on the native grid, foreground where p̄ > 0.5
         native = [pre.invert(geoms[i], m.probabilities(np.stack(images[i : i + 1]))[0, 0], fill=0.0) for m in models]

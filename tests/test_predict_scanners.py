@@ -21,7 +21,6 @@ from segsweep.apply import discover as disc
 from segsweep.apply import predict as pr
 from segsweep.apply import seg as segmod
 from segsweep.data import dicom as dcm
-from segsweep.data import preprocess as pre
 from segsweep.data.config import PhantomConfig
 from segsweep.data.phantom import generate_series
 from segsweep.data.phantom_scanner import QUIRK_PHI, generate_scanner_series
@@ -89,12 +88,8 @@ def _frames(path):
 
 def _expected(results, cell, path, frame=None):
     """The model's prediction of an image (or an Enhanced MR frame), computed here from the file."""
-    model = pr.CellModel(results / "cells" / cell, 2)
-    im = dcm.read(path)
-    u8, _, _ = pre.window_dicom(im, 0 if frame is None else frame - 1, PREP.window)
-    spacing = im.pixel_spacing
-    p = pre.prepare(u8, np.zeros(u8.shape, np.uint8), spacing, PREP)
-    return model.predict([p.image], [p.geometry])[0]
+    p = tp.network_input(path, frame)
+    return pr.CellModel(results / "cells" / cell, 2).predict([p.image], [p.geometry])[0]
 
 
 def _series_dirs(out):
