@@ -199,6 +199,21 @@ def _copy(ds: Dataset) -> Dataset:
     return out
 
 
+def _series_geometry(c: Dataset, orientation, slice_spacing_mm: float | None) -> None:
+    """In a source copy ``c``: the series' ``orientation`` (the first image's; any other within
+    `geometry.ORIENTATION_TOL`), and SliceThickness = the slice spacing where it has none."""
+    if (
+        orientation is not None
+        and "ImageOrientationPatient" in c
+        and list(c.ImageOrientationPatient) != list(orientation)
+    ):
+        if not geometry.same_orientation(c.ImageOrientationPatient, orientation):
+            raise ValueError("source images differ in orientation beyond the tolerance")
+        _set(c, "ImageOrientationPatient", orientation)
+    if not str(c.get("SliceThickness", "") or "").strip() and slice_spacing_mm:
+        _set(c, "SliceThickness", f"{slice_spacing_mm:.6g}")
+
+
 def source_copies(sources: Sequence[Dataset], slice_spacing_mm: float | None = None) -> list[Dataset]:
     """The headers highdicom gets for an identified SEG (module docstring): invalid dates and times empty,
     the first image's orientation and frame of reference, SliceThickness where missing, the type-2
@@ -212,18 +227,9 @@ def source_copies(sources: Sequence[Dataset], slice_spacing_mm: float | None = N
         for elem in ds:
             if elem.VR in ("DA", "TM", "DT") and not valid_date_time(elem.VR, elem.value):
                 c[elem.tag] = DataElement(elem.tag, elem.VR, "")
-        if (
-            orientation is not None
-            and "ImageOrientationPatient" in ds
-            and list(ds.ImageOrientationPatient) != list(orientation)
-        ):
-            if not geometry.same_orientation(ds.ImageOrientationPatient, orientation):
-                raise ValueError("source images differ in orientation beyond the tolerance")
-            _set(c, "ImageOrientationPatient", orientation)
+        _series_geometry(c, orientation, slice_spacing_mm)
         if frame is not None and ds.get("FrameOfReferenceUID") != frame:
             _set(c, "FrameOfReferenceUID", frame)
-        if not str(ds.get("SliceThickness", "") or "").strip() and slice_spacing_mm:
-            _set(c, "SliceThickness", f"{slice_spacing_mm:.6g}")
         if i == 0:
             for kw in _REQUIRED_EMPTY:
                 if kw not in c:
@@ -272,10 +278,7 @@ def deidentified_source(
             out.add(ds.data_element(kw))
     _deidentified_frame_groups(out, ds)
     _deidentified_identity(out, ds, key, patient, frame_uid)
-    if orientation is not None and "ImageOrientationPatient" in out:
-        _set(out, "ImageOrientationPatient", orientation)
-    if not str(out.get("SliceThickness", "") or "").strip() and slice_spacing_mm:
-        _set(out, "SliceThickness", f"{slice_spacing_mm:.6g}")
+    _series_geometry(out, orientation, slice_spacing_mm)
     return out
 
 
