@@ -342,27 +342,8 @@ def preempted(tmp_path_factory):
         slurm_wd, "slurm", "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs", target
     )
     since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
-    stop, signalled = threading.Event(), {}
-    signaller = threading.Thread(target=_signal_training_job, args=(slurm_wd, stop, signalled), daemon=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    signaller.start()
-    try:
-        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
-    finally:
-        stop.set()
-        signaller.join(timeout=10)
-        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
-        if leftover:
-            subprocess.run(["scancel", *leftover])
-    assert proc.returncode == 0, f"Slurm run failed ({proc.returncode}):\n{out[-8000:]}"
+    out, rc, signalled = _run_beside(cmd, env, slurm_wd, _signal_training_job, since)
+    assert rc == 0, f"Slurm run failed ({rc}):\n{out[-8000:]}"
     return {"local": local_wd, "slurm": slurm_wd, "out": out, "jobs": _jobs_in(slurm_wd, since), **signalled}
 
 
@@ -425,11 +406,11 @@ def _edit_config(wd: Path, epochs: int) -> Path:
     return path
 
 
-def _run_beside(cmd: list, env: dict, slurm_wd: Path, action) -> tuple[str, int, dict]:
-    """Run a Slurm Snakemake command while ``action(slurm_wd, stop, found)`` acts on it from a thread (edits the
-    config, cancels a pack); returns its output, exit code and what the action recorded. Jobs left pending or
-    running are cancelled."""
-    since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+def _run_beside(cmd: list, env: dict, slurm_wd: Path, action, since: str | None = None) -> tuple[str, int, dict]:
+    """Run a Slurm Snakemake command while ``action(slurm_wd, stop, found)`` acts on it from a thread (signals a
+    training job, edits the config, cancels a pack); returns its output, exit code and what the action
+    recorded. Jobs of the run (submitted after ``since``) left pending or running are cancelled."""
+    since = since or (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
     stop, found = threading.Event(), {}
     side = threading.Thread(target=action, args=(slurm_wd, stop, found), daemon=True)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
