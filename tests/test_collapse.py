@@ -184,4 +184,4 @@ def test_report_lists_collapsed_runs_under_failures(tmp_path):
     assert failures.count('<span class="status">collapsed</span>') == 3 and REASON in failures
     assert "3 of 6 runs collapsed" in html  # the study's failure sentence
     assert "2 finished, 3 collapsed" in html
-    assert "The best configuration is lr 0.01" in html
+    assert "The best configuration is lr=0.01" in html

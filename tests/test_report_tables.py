@@ -247,7 +247,9 @@ def test_two_row_keys_keep_their_order_and_fraction_labels_their_size(small):
     body = layout_tables(html)[0]["body"]
     assert [c["main"] for c in body[1][:2]] == ["adam", "42 % (5 of 12 patients)"]  # not "42 % … | adam"
     assert "0.2 → 17 % (2 of 12 patients), 0.4 → 42 % (5 of 12 patients)" in html  # the study's axis list
-    assert re.search(r"The best configuration is optimizer adam, fraction (17|42) % \((2|5) of 12 patients\), lr", html)
+    assert re.search(
+        r"The best configuration is optimizer=adam, fraction=(17|42) % \((2|5) of 12 patients\), lr=", html
+    )
     svg = (results / "studies" / "grid" / "figures" / "fraction.svg").read_text()
     assert ">17 %<" in svg and ">(2 of 12)<" in svg and ">(5 of 12)<" in svg
 

@@ -6,6 +6,8 @@
 * `label_number` / `label_sort_key`: reading a label back as a number, and sorting labels numerically.
 * `metric_range`: the range a metric's values (and so its intervals and figure axes) live in.
 * `fraction_label`: a training fraction by its real size, "17 % (2 of 12 patients)".
+* `ConfigNames`: a configuration's name, "optimizer=adam, fraction=17 % (2 of 12 patients)" — the one source of
+  every configuration name in tables, figures, sentences and model cards.
 
 Display *names* of metrics and axes ("best validation Dice") are another job: `segsweep.report.style.label_for`.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -89,3 +92,33 @@ def label_sort_key(label: str) -> tuple:
     """Sort key: numeric labels first, in numeric order, then names alphabetically."""
     x = label_number(label)
     return (0, x, "") if x is not None else (1, 0.0, str(label))
+
+
+@dataclass(frozen=True)
+class ConfigNames:
+    """How a study names its configurations, everywhere the report shows one (tables, figures, sentences,
+    model cards): ``axis=shown label`` pairs joined by ", ", "base" for a study without axes.
+
+    ``shown`` maps axis → config label → shown label (a training fraction by its real size, `fraction_label`;
+    table.json ``axis_labels``); a label not in it is shown as the config wrote it.
+    """
+
+    shown: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of_table(cls, table: Mapping) -> ConfigNames:
+        """The names a study's table.json gives (its ``axis_labels``; none in an older file)."""
+        return cls({a: dict(m) for a, m in (table.get("axis_labels") or {}).items()})
+
+    def value(self, axis: str, label: str) -> str:
+        """One axis label as shown ("0.2" → "17 % (2 of 12 patients)" for a fraction)."""
+        return self.shown.get(axis, {}).get(label, label)
+
+    def values(self, labels: Mapping[str, str]) -> dict[str, str]:
+        return {a: self.value(a, v) for a, v in labels.items()}
+
+    def name(self, labels: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+        """'optimizer=adam, fraction=17 % (2 of 12 patients)'; 'base' when there is no axis."""
+        pairs = labels.items() if isinstance(labels, Mapping) else labels
+        parts = [f"{a}={self.value(a, v)}" for a, v in pairs]
+        return ", ".join(parts) if parts else "base"

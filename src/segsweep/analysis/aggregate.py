@@ -49,7 +49,7 @@ from segsweep.data.config import LABELS
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_json
-from segsweep.labels import fmt, fraction_label, label_number, label_sort_key, metric_range
+from segsweep.labels import ConfigNames, fmt, fraction_label, label_number, label_sort_key, metric_range
 from segsweep.study import pruned_cells  # the decision files' reader (shared: optuna rounds read them too)
 from segsweep.training.record import (
     CLASS_COLUMNS,
@@ -119,9 +119,9 @@ def read_cell(cell_id: str, cells_dir: Path, logs_dir: Path | None = None) -> di
 
 
 def config_label(labels: Iterable[tuple[str, str]]) -> str:
-    """'optimizer=adam, lr=1e-3' — the configuration name used in every table and figure."""
-    parts = [f"{a}={v}" for a, v in labels]
-    return ", ".join(parts) if parts else "base"
+    """'optimizer=adam, lr=1e-3' — a configuration's key in cells.csv, named as `ConfigNames` names it
+    (the report shows it through `ConfigNames.of_table`, with a fraction's real size)."""
+    return ConfigNames().name(labels)
 
 
 def _pruned_record(info: Mapping) -> dict:

@@ -39,14 +39,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from segsweep import __version__
-from segsweep.analysis.aggregate import config_groups, config_label, read_cells_csv, table_intervals
+from segsweep.analysis.aggregate import config_groups, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import rank_key, ranked
 from segsweep.analysis.testset import MIN_PATIENTS, patient_bootstrap
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import select_patients
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import sha256_file, write_text
-from segsweep.labels import fmt
+from segsweep.labels import ConfigNames, fmt
 from segsweep.study import check_one_dataset
 from segsweep.training.record import CellMetrics
 
@@ -262,7 +262,8 @@ def study_card(
     m = CellMetrics.read(cell_dir / "metrics.json")
     params = dict(m.params or {})
     card["params"] = params
-    card["config"] = config_label(sel.labels.items()) or "the base configuration"
+    groups, table = study_groups(study, results_dir)
+    card["config"] = ConfigNames.of_table(table).name(sel.labels)  # as the report's tables name it
     card["split"] = _split_counts(splits_dir, params)
     card["metrics"] = m
     weights = cell_dir / "best.pt"
@@ -270,7 +271,6 @@ def study_card(
     card["best_epoch"], card["epochs_run"] = m.best_epoch, m.epochs_run
     card["n_train"], card["n_val"] = m.n_train, m.n_val
 
-    groups, _ = study_groups(study, results_dir)
     g = next(x for x in groups if x["config"] == sel.config)
     card["table_value"] = {
         "key": sel.value,

@@ -69,6 +69,29 @@ def bootstrap_mean_ci(
     return float(lo), float(hi)
 
 
+POWER = 0.8  # 1 − β of the sample-size estimate
+WILCOXON_ARE = 3 / math.pi  # the signed-rank test's efficiency relative to the paired t-test, normal data
+
+
+def pairs_needed(mean_diff: float, sd_diff: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """About how many pairs (seeds, folds or patients) the paired test needs to detect a mean difference
+    ``mean_diff`` whose pairs spread with standard deviation ``sd_diff``, two-sided at ``alpha`` with
+    probability ``power``.
+
+    Normal approximation of the paired t-test (Chow, Shao & Wang 2008, *Sample Size Calculations in Clinical
+    Research*, §3.1): ``n_t = ((z_{1−α/2} + z_{power}) · sd_d / d)²``, divided by the Wilcoxon signed-rank
+    test's asymptotic relative efficiency 3/π ≈ 0.955 (Lehmann 1975, *Nonparametrics*, §2.5), rounded up, and
+    never below `min_pairs_for` (alpha): fewer pairs cannot reach p < alpha at all. An estimate from the
+    observed difference (a "post-hoc" power calculation): it says how much more data a difference of this
+    size would take, not that it is real. None when the mean difference is 0 or not finite.
+    """
+    if not (math.isfinite(mean_diff) and math.isfinite(sd_diff)) or mean_diff == 0:
+        return None
+    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    n_t = (z * sd_diff / mean_diff) ** 2
+    return max(math.ceil(n_t / WILCOXON_ARE - 1e-9), min_pairs_for(alpha))  # 1e-9: float noise above an integer
+
+
 # ------------------------------------------------------------------- intervals of a configuration's mean
 MIN_UNITS = 3  # fewest resampling units (patients, or runs when there are no per-patient values)
 N_BOOT = 10_000

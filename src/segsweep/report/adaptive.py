@@ -177,7 +177,7 @@ def fig_pruning(c: _Ctx, path: Path) -> dict | None:
                             ha="center",
                             fontsize=6,
                         )
-        ax.set_yticks(range(len(groups)), [textwrap.shorten(g["config"], 40) for g in groups], fontsize=6)
+        ax.set_yticks(range(len(groups)), [textwrap.shorten(c.name(g["labels"]), 40) for g in groups], fontsize=6)
         ax.set_xlabel("fold")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         what = f"Dots: each fold's {style.label_for(c.value)} (number above it); ×: a fold the pruner skipped."

@@ -39,9 +39,7 @@ import pandas as pd
 # isort: off
 from segsweep.report import style
 from segsweep.analysis.aggregate import (
-    axis_display,
     config_groups,
-    config_label,
     layout_axes,
     read_cells_csv,
     table_intervals,
@@ -50,7 +48,7 @@ from segsweep.analysis.ranking import best_group, ranked
 from segsweep.analysis.stats import UNIT_WORDS
 from segsweep.report import inspect as inspect_figs
 from segsweep.io import write_json, write_text
-from segsweep.labels import fmt, label_number, label_sort_key, metric_range
+from segsweep.labels import ConfigNames, fmt, label_number, label_sort_key, metric_range
 from segsweep.registry import Registry
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -113,16 +111,16 @@ class _Ctx:
         # the intervals aggregate computed from the cells' per-patient values (bootstrap, within the metric's range)
         self.groups = config_groups(study, self.df, self.value, intervals=table_intervals(self.table))
         self.best = best_group(self.groups, self.higher)
-        self.shown = axis_display(self.table)  # e.g. fraction "0.2" → "17 % (2 of 12 patients)"
+        self.names = ConfigNames.of_table(self.table)  # e.g. fraction "0.2" → "17 % (2 of 12 patients)"
         self._hist: dict[str, pd.DataFrame | None] = {}
 
     def show(self, axis: str, label: str) -> str:
         """The label as tables and figures show it (a fraction by its real size)."""
-        return self.shown.get(axis, {}).get(label, label)
+        return self.names.value(axis, label)
 
     def name(self, items) -> str:
-        """config_label of (axis, label) pairs with the shown labels."""
-        return config_label((a, self.show(a, v)) for a, v in items)
+        """A configuration's name as every table shows it (`ConfigNames.name`)."""
+        return self.names.name(items)
 
     def history(self, cell: str) -> pd.DataFrame | None:
         if cell not in self._hist:
@@ -148,7 +146,7 @@ class _Ctx:
 
 
 def _held_text(held: dict, c: _Ctx | None = None) -> str:
-    name = c.name(held.items()) if c is not None else config_label(held.items())
+    name = (c.names if c is not None else ConfigNames()).name(held.items())
     return f" Other axes held at the best configuration: {name}." if held else ""
 
 

@@ -32,14 +32,15 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from segsweep.analysis import card
-from segsweep.analysis.aggregate import axis_display, config_groups, config_label, read_cells_csv, table_intervals
+from segsweep.analysis.aggregate import config_groups, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import ALPHA, UNIT_WORDS, describe_p, holm_text, interval_units
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
-from segsweep.labels import fmt, label_number
+from segsweep.labels import ConfigNames, fmt, label_number
+from segsweep.report.evidence import evidence
 from segsweep.report.provenance import pretrained_rows
 from segsweep.report.style import label_for
 from segsweep.training.record import CellMetrics
@@ -53,11 +54,6 @@ MAX_RUN_ROWS = 2000  # per-run provenance rows; beyond this the table points to 
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def pretty_config(labels: Mapping[str, str]) -> str:
-    """'optimizer adam, lr 0.001' — configuration names in sentences."""
-    return ", ".join(f"{a} {v}" for a, v in labels.items()) or "the base configuration"
-
-
 def duration(seconds: float | None) -> str:
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return "–"
@@ -147,6 +143,7 @@ class StudyView:
     stats: dict
     figures: list[dict]
     sentences: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)  # what the study can show (`segsweep.report.evidence`)
 
     @property
     def name(self) -> str:
@@ -174,12 +171,18 @@ class StudyView:
         f = self.cells["fold"].dropna()
         return int(f.max()) + 1 if len(f) else 0
 
+    @property
+    def names(self) -> ConfigNames:
+        """How this study's tables, figures and sentences name its configurations (from table.json)."""
+        return ConfigNames.of_table(self.table)
+
     def show(self, axis: str, label: str) -> str:
         """An axis label as the study's tables show it (a fraction by its real size, from table.json)."""
-        return axis_display(self.table).get(axis, {}).get(label, label)
+        return self.names.value(axis, label)
 
-    def shown(self, labels: Mapping[str, str]) -> dict[str, str]:
-        return {a: self.show(a, v) for a, v in labels.items()}
+    def name_of(self, labels: Mapping[str, str]) -> str:
+        """A configuration's name, the same in every table, figure and sentence (`ConfigNames.name`)."""
+        return self.names.name(labels)
 
     def axis_values_text(self, axis: str) -> str:
         """'0.2 → 17 % (2 of 12 patients), 1.0 → 100 % (12 of 12 patients)': the config's labels, with the
@@ -201,9 +204,10 @@ class StudyView:
         return "; ".join(f"{_plural(n, 'configuration')}: {k}" for k, n in by.items()) or "no configuration finished"
 
     def config_name(self, config: str) -> str:
-        """A configuration's name with the shown labels ('fraction=17 % (2 of 12 patients), ...')."""
+        """The name of the configuration whose cells.csv key is ``config`` ('fraction=17 % (2 of 12
+        patients), ...')."""
         g = next((g for g in self.groups if g["config"] == config), None)
-        return config if g is None else config_label(self.shown(g["labels"]).items())
+        return config if g is None else self.name_of(g["labels"])
 
 
 def failure_sentences(view: StudyView) -> list[str]:
@@ -218,7 +222,7 @@ def failure_sentences(view: StudyView) -> list[str]:
         n, total = len(bad), len(df)
         if n == 1:
             r = bad.iloc[0]
-            where = pretty_config(view.shown({a: r[a] for a in view.study.axes}))
+            where = view.name_of({a: r[a] for a in view.study.axes})
             run = f"seed index {r['repeat']}" + (f", fold {r['fold']}" if not pd.isna(r["fold"]) else "")
             why = f": {r['reason']}" if r["reason"] else ""
             out.append(f"One of {total} runs {status} ({where}; {run}){why}.")
@@ -228,8 +232,8 @@ def failure_sentences(view: StudyView) -> list[str]:
         shared = [(a, v, int((df[a] == v).sum())) for a, v in shared if (df[a] == v).sum() < total]
         if shared:
             a, v, k = min(shared, key=lambda t: t[2])
-            v = view.show(a, v)
-            out.append(f"{n} of {total} runs {status}, all with {a} {v} ({n} of the {k} runs with {a} {v}).")
+            v = view.name_of({a: v})
+            out.append(f"{n} of {total} runs {status}, all with {v} ({n} of the {k} runs with {v}).")
         elif (edge := _threshold(df, bad, view.study.axes)) is not None:
             out.append(f"{n} of {total} runs {status}: every run with {edge}.")
         else:
@@ -260,10 +264,7 @@ def study_sentences(view: StudyView) -> list[str]:
         return [
             f"No run of this study finished: {pruned}{collapsed}{t['n_diverged']} diverged, {t['n_failed']} failed."
         ]
-    out = [
-        f"The best configuration is {pretty_config(view.shown(best['labels']))}: "
-        f"mean {value} {mean_ci_text(best, view.value)}."
-    ]
+    out = [f"The best configuration is {view.name_of(best['labels'])}: mean {value} {mean_ci_text(best, view.value)}."]
     if best["status"] == "partial":
         out[-1] = out[-1][:-1] + f" ({best['note']})."
     r = ranked(view.groups, view.study.table.higher_is_better)
@@ -272,7 +273,7 @@ def study_sentences(view: StudyView) -> list[str]:
         comp = next((c for c in view.stats.get("comparisons", []) if c["other"] == second["config"]), None)
         diff = abs(best["mean"] - second["mean"])
         s = (
-            f"The runner-up, {pretty_config(view.shown(second['labels']))}, reaches {fmt(second['mean'], view.value)} "
+            f"The runner-up, {view.name_of(second['labels'])}, reaches {fmt(second['mean'], view.value)} "
             f"({fmt(diff, view.value)} {'lower' if view.study.table.higher_is_better else 'higher'})"
         )
         if comp and comp.get("p") is not None:
@@ -280,8 +281,8 @@ def study_sentences(view: StudyView) -> list[str]:
             m = view.stats.get("n_tested") or sum(c.get("p") is not None for c in view.stats.get("comparisons", []))
             p_holm = comp.get("p_holm", comp["p"])
             s += f"; paired Wilcoxon over {comp['n_pairs']} seeds/folds, {holm_text(p_holm, m)}"
-            if comp["note"].startswith("too few pairs"):
-                s += f"; with so few pairs p cannot fall below {ALPHA:g}"
+            if comp["note"].startswith("too few pairs"):  # said once, with the numbers, on the study's page
+                s += ", too few pairs for the test to show any difference"
             elif p_holm >= ALPHA:
                 s += ", so the difference is not established"
             else:
@@ -308,6 +309,15 @@ def load_study(study: Study, results_dir: Path) -> StudyView:
         figures=load_figures(d / "figures", f"f-{study.name}-"),
     )
     view.sentences = study_sentences(view)
+    pair = "seeds/folds" if view.repeats > 1 and view.folds else "folds" if view.folds else "seeds"
+    view.evidence = evidence(
+        view.groups,
+        higher_is_better=study.table.higher_is_better,
+        value=view.value,
+        names=view.names,
+        cells_dir=results_dir / "cells",
+        unit=pair,
+    )
     return view
 
 
@@ -414,7 +424,9 @@ def stats_rows(view: StudyView) -> tuple[list[dict], int]:
                 "ci": (f"{fmt(c['ci_low'], value)} to {fmt(c['ci_high'], value)}" if c["ci_low"] is not None else "–"),
                 "p": describe_p(c["p"]),
                 "p_holm": describe_p(c.get("p_holm")),
-                "note": c["note"],
+                # "too few pairs" is said once above the table (and on the study's page), not in every row
+                "note": "" if c["note"].startswith("too few pairs") else c["note"],
+                "too_few": c["note"].startswith("too few pairs"),
                 "sort_p": "" if c["p"] is None else c["p"],
                 "sort_diff": "" if c["mean_diff"] is None else c["mean_diff"],
             }
@@ -717,7 +729,7 @@ def overall_sentence(views: Sequence[StudyView]) -> str | None:
     v, b = max(cands, key=lambda t: (t[1]["status"] == "ok", t[1]["mean"]))
     return (
         f"Across the {len(cands)} studies that rank by {label_for(value)}, the highest mean is "
-        f"{fmt(b['mean'], v.value)} ({v.study.title}: {pretty_config(v.shown(b['labels']))}); studies differ in their "
+        f"{fmt(b['mean'], v.value)} ({v.study.title}: {v.name_of(b['labels'])}); studies differ in their "
         f"fixed settings, so compare across studies with care."
     )
 
@@ -728,6 +740,8 @@ def run_table(views: Sequence[StudyView]) -> pd.DataFrame:
     for v in views:
         df = v.cells.copy()
         df["study"] = v.name
+        # named as the study's tables name it (cells.csv keeps the config's labels: a fraction's requested value)
+        df["config"] = [v.name_of({a: r[a] for a in v.study.axes}) for r in df.to_dict("records")]
         parts.append(df)
     if not parts:
         return pd.DataFrame()
