@@ -166,6 +166,21 @@ def test_pdf_pages_numbers_and_sections(report, tmp_path):
     assert len(list(tmp_path.glob("page-*.png"))) == 2
 
 
+def test_pdf_each_study_page_holds_its_table_and_key_figure(report):
+    """The main part gives each study one page: its heading, table and key figure on the page it starts, and
+    the next section on the following page (the random search's 40-row table is the exception: a long table)."""
+    pages = _pdf_pages(report / "report.pdf")
+    first_app = next(i for i, p in enumerate(pages) if re.search(r"^\s*Appendix\s*$", p, re.M))
+    titles = ("Optimizer × learning rate", "Training fraction × loss", "Learning-rate schedules")
+    for title in titles:
+        (i,) = [k for k, p in enumerate(pages[:first_app]) if re.search(rf"^\s*\d+\s+{re.escape(title)}\s*$", p, re.M)]
+        page = pages[i]
+        assert re.search(r"Table \d+\. Mean best validation Dice", page), title
+        assert re.search(r"Figure \d+\. Mean per configuration \(heatmap\)\.", page), title
+        assert re.search(r"more figures of this study", " ".join(page.split())), title
+        assert re.search(r"^\s*\d+\s+\S", pages[i + 1], re.M), (title, "the next section starts the next page")
+
+
 def test_pdf_long_table_repeats_its_header_row(report):
     pages = _pdf_pages(report / "report.pdf")
     start = next(i for i, p in enumerate(pages) if "Every run: status, epochs" in p)

@@ -1,4 +1,4 @@
-"""What a study can show, said once at the head of its page (issue 24): the sample-size estimate against
+"""What a study can show, said once up front in the summary (issue 24): the sample-size estimate against
 hand-computed values, the sentences for repeated and single runs, and the report's placement of them."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from segsweep.analysis.stats import min_pairs_for, pairs_needed
-from segsweep.labels import ConfigNames
 from segsweep.report.evidence import evidence
 
 # z_{0.975} = 1.959964, z_{0.8} = 0.841621: sum 2.801585; z_{1-0.0125/2} = 2.497705: sum with z_{0.8} 3.339327.
@@ -41,23 +40,19 @@ def test_repeated_runs_say_how_many_seeds(tmp_path):
     # best − runner-up per seed: 0.01, 0.02, −0.01 → mean 0.00667, sd 0.015275; one comparison (α = 0.05):
     # (2.801585 · 0.015275 / 0.006667)² = 41.21; · π/3 = 43.15 → 44 seeds
     best, second = _group("dice", [0.80, 0.82, 0.84]), _group("bce", [0.79, 0.80, 0.85])
-    out = evidence(
-        [second, best], higher_is_better=True, value="best_val_dice", names=ConfigNames(), cells_dir=tmp_path
-    )
+    out = evidence([second, best], higher_is_better=True, value="best_val_dice", cells_dir=tmp_path)
     text = " ".join(out)
-    assert "pairs at most 3 runs (seeds)" in text and "needs at least 6 pairs" in text
-    assert "no difference between these configurations can be shown here, and none ruled out" in text
-    assert "the runner-up (loss=bce), 0.007 on average with sd 0.015 over the 3 pairs, about 44 seeds" in text
+    assert "pairs at most 3 runs (seeds); at two-sided α = 0.05 the Wilcoxon test needs ≥ 6" in text
+    assert "so no difference here can be shown, nor ruled out" in text
+    assert (
+        "The gap to the runner-up, 0.007 (sd 0.015 over 3 pairs), would take about 44 seeds per configuration" in text
+    )
     # with 6 pairs the test can reach 0.05: no "cannot be shown"
     best6, second6 = _group("dice", [0.80, 0.82, 0.84] * 2), _group("bce", [0.79, 0.80, 0.85] * 2)
-    text6 = " ".join(
-        evidence(
-            [best6, second6], higher_is_better=True, value="best_val_dice", names=ConfigNames(), cells_dir=tmp_path
-        )
-    )
+    text6 = " ".join(evidence([best6, second6], higher_is_better=True, value="best_val_dice", cells_dir=tmp_path))
     assert "pairs at most 6 runs" in text6 and "can be shown" not in text6
     # a single configuration: nothing to say
-    assert evidence([best], higher_is_better=True, value="best_val_dice", names=ConfigNames(), cells_dir=tmp_path) == []
+    assert evidence([best], higher_is_better=True, value="best_val_dice", cells_dir=tmp_path) == []
 
 
 def test_single_runs_say_how_many_patients(tmp_path):
@@ -69,12 +64,10 @@ def test_single_runs_say_how_many_patients(tmp_path):
             tmp_path / cell / "per_image.csv", index=False
         )
     best, second = _group("dice", [0.825], ["c_best"]), _group("bce", [0.81], ["c_second"])
-    out = evidence(
-        [best, second], higher_is_better=True, value="best_val_dice", names=ConfigNames(), cells_dir=tmp_path
-    )
-    assert out[0].startswith("One run per configuration, so no paired test") and "at least 6 seeds" in out[0]
+    out = evidence([best, second], higher_is_better=True, value="best_val_dice", cells_dir=tmp_path)
+    assert out[0].startswith("One run per configuration: no paired test") and "needs ≥ 6 seeds" in out[0]
     assert (
-        "0.015 on average with sd 0.029 over 4 validation patients, would need about 31 validation patients" in out[1]
+        "the runner-up, 0.015 (sd 0.029 over 4 validation patients), would take about 31 validation patients" in out[1]
     )
 
 
@@ -98,16 +91,16 @@ def html(tmp_path_factory):
     return out.read_text()
 
 
-def test_report_says_it_once_per_study_page_not_per_row(html):
-    main = html[: html.index('id="appendix"')]
-    # once per study (its page head), with the number of seeds; none in the summary
-    heads = re.findall(r'<p class="evidence"><strong>What this study can show\.</strong> ([^<]+)</p>', main)
-    assert len(heads) == 4, heads
-    summary = main[main.index('<section id="summary"') : main.index('<section id="data"')]
-    assert "What this study can show" not in summary and "cannot fall below" not in summary
+def test_report_says_it_once_in_the_summary_not_per_row(html):
+    # once per study, in its summary finding (up front), with the number of seeds; nowhere else
+    summary = html[html.index('<section id="summary"') : html.index('<section id="data"')]
+    heads = re.findall(r'<p class="evidence"><strong>What this study can show\.</strong> ([^<]+)</p>', summary)
+    assert len(heads) == 4 and html.count("What this study can show") == 4, heads
+    assert "cannot fall below" not in html
     # optimizer_lr: 3 seeds, the best (adam 0.001: 0.80, 0.82, 0.84) vs the runner-up (adam 0.0001, 0.05 lower
     # in every seed: sd 0) → the Wilcoxon floor at 0.05/4: 8 seeds
-    assert "pairs at most 3 runs (seeds); at two-sided α = 0.05/4" in heads[0] and "about 8 seeds" in heads[0]
+    assert "pairs at most 3 runs (seeds); at two-sided α = 0.05/4 (Holm, 4 comparisons)" in heads[0]
+    assert "about 8 seeds" in heads[0]
     # the statistics tables carry no per-row "too few pairs" note; one line above each table says it
     stats = html[html.index('<section id="statistics"') : html.index('<section id="secondary"')]
     assert "too few pairs:" not in stats

@@ -1,7 +1,7 @@
-"""What a study's numbers can and cannot show, said once at the head of its page: how many pairs its paired
-comparisons have, whether the Wilcoxon test can reach significance with them at all, and about how many
-seeds (or validation patients) would detect the gap between its best configuration and the runner-up
-(`segsweep.analysis.stats.pairs_needed`; docs/statistics.md)."""
+"""What a study's numbers can and cannot show, said once, up front (its finding in the report's summary):
+how many pairs its paired comparisons have, whether the Wilcoxon test can reach significance with them at
+all, and about how many seeds (or validation patients) would detect the gap between its best configuration
+and the runner-up (`segsweep.analysis.stats.pairs_needed`; docs/statistics.md)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import numpy as np
 from segsweep.analysis.aggregate import patient_values
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import ALPHA, MIN_UNITS, POWER, min_pairs_for, pairs, pairs_needed
-from segsweep.labels import ConfigNames, fmt
+from segsweep.labels import fmt
 
 MAX_SHOWN = 1000  # beyond this many seeds or patients the number says only "not within reach"
 
 
 def _alpha_text(m: int) -> str:
-    return f"two-sided α = {ALPHA:g}" + (f"/{m} (Holm's first step over {m} comparisons)" if m > 1 else "")
+    return f"two-sided α = {ALPHA:g}" + (f"/{m} (Holm, {m} comparisons)" if m > 1 else "")
 
 
 def _about(n: int) -> str:
@@ -49,11 +49,10 @@ def evidence(
     *,
     higher_is_better: bool,
     value: str,
-    names: ConfigNames,
     cells_dir: Path,
     unit: str = "seeds",
 ) -> list[str]:
-    """Sentences for the head of a study's page, "What this study can show" (none with fewer than two
+    """Sentences for the study's finding in the summary, "What this study can show" (none with fewer than two
     finished configurations).
 
     The comparisons of a study are Holm-corrected over the m finished configurations other than the best, so
@@ -68,41 +67,35 @@ def evidence(
     floor = min_pairs_for(alpha)
     _, d = pairs(best, second)
     n_max = max(len(pairs(best, g)[0]) for g in r[1:])
-    gap = f"the gap between the best and the runner-up ({names.name(second['labels'])})"
+    power = f"{100 * POWER:.0f} % power"
     if d.size >= 2:
         sd = float(d.std(ddof=1))
+        cannot = ", so no difference here can be shown, nor ruled out" if n_max < floor else ""
         out = [
-            f"Each comparison with the best configuration pairs at most {n_max} runs ({unit}); at {_alpha_text(m)} the Wilcoxon test needs at least {floor} pairs to reach significance"
-            + (
-                ", so no difference between these configurations can be shown here, and none ruled out."
-                if n_max < floor
-                else "."
-            )
+            f"Each comparison with the best pairs at most {n_max} runs ({unit}); at {_alpha_text(m)} the Wilcoxon "
+            f"test needs ≥ {floor}{cannot}."
         ]
         need = pairs_needed(float(d.mean()), sd, alpha)
         if need is None:
-            out.append(f"Over their {d.size} paired runs, {gap} is 0 on average: no difference to detect.")
+            out.append(f"The gap to the runner-up is 0 on average over {d.size} pairs: nothing to detect.")
         else:
             out.append(
-                f"To detect {gap}, {fmt(abs(float(d.mean())), value)} on average with sd {fmt(sd, value)} over "
-                f"the {d.size} pairs, {_about(need)} {unit} per configuration would be needed "
-                f"({100 * POWER:.0f} % power at that α; normal approximation, docs/statistics.md)."
+                f"The gap to the runner-up, {fmt(abs(float(d.mean())), value)} (sd {fmt(sd, value)} over {d.size} "
+                f"pairs), would take {_about(need)} {unit} per configuration to detect ({power}; docs/statistics.md)."
             )
         return out
     out = [
-        "One run per configuration, so no paired test between configurations, and "
-        "the seed-to-seed spread (what another training seed gives) is not measured: the ranking may be seed "
-        f"noise. At {_alpha_text(m)} the Wilcoxon test needs at least {floor} seeds per configuration "
-        "(study key repeats)."
+        "One run per configuration: no paired test, and no measure of seed-to-seed noise, so the ranking may be "
+        f"noise; a test at {_alpha_text(m)} needs ≥ {floor} seeds per configuration (repeats)."
     ]
     dp = patient_differences(best, second, cells_dir, value)
     if dp.size >= MIN_UNITS:  # a spread from fewer patients says nothing
         need = pairs_needed(float(dp.mean()), float(dp.std(ddof=1)), alpha)
         if need is not None:
             out.append(
-                f"Between these two trained networks alone, {gap}, {fmt(abs(float(dp.mean())), value)} on average "
-                f"with sd {fmt(float(dp.std(ddof=1)), value)} over {dp.size} validation patients, would need "
-                f"{_about(need)} validation patients to be detected ({100 * POWER:.0f} % power at that α, paired "
-                "by patient); this says nothing about another seed."
+                f"Between these two trained networks alone, the gap to the runner-up, "
+                f"{fmt(abs(float(dp.mean())), value)} (sd {fmt(float(dp.std(ddof=1)), value)} over {dp.size} "
+                f"validation patients), would take {_about(need)} validation patients to detect ({power}, paired "
+                "by patient)."
             )
     return out

@@ -314,7 +314,6 @@ def load_study(study: Study, results_dir: Path) -> StudyView:
         view.groups,
         higher_is_better=study.table.higher_is_better,
         value=view.value,
-        names=view.names,
         cells_dir=results_dir / "cells",
         unit=pair,
     )
