@@ -105,3 +105,18 @@ def test_report_says_it_once_in_the_summary_not_per_row(html):
     stats = html[html.index('<section id="statistics"') : html.index('<section id="secondary"')]
     assert "too few pairs:" not in stats
     assert re.search(r"\d+ of these \d+ comparisons have too few pairs for the Wilcoxon test", stats)
+
+
+def test_two_pairs_give_the_patients_of_one_pair(tmp_path):
+    # 2 seeds: too few pairs to measure their spread, so the patients of the first pair (as above: 31) instead
+    for cell, dice in (("c_best", [0.90, 0.80, 0.85, 0.75]), ("c_second", [0.88, 0.79, 0.80, 0.77])):
+        (tmp_path / cell).mkdir()
+        pd.DataFrame({"patient": ["p1", "p2", "p3", "p4"], "slice": 0, "dice": dice}).to_csv(
+            tmp_path / cell / "per_image.csv", index=False
+        )
+    best = _group("dice", [0.825, 0.83], ["c_best", "c_best_1"])
+    second = _group("bce", [0.81, 0.70], ["c_second", "c_second_1"])
+    out = evidence([best, second], higher_is_better=True, value="best_val_dice", cells_dir=tmp_path)
+    assert out[0].startswith("Each comparison with the best pairs at most 2 runs (seeds)")
+    assert out[1].startswith("2 pairs do not measure their spread; between one pair of trained networks alone")
+    assert "would take about 31 validation patients" in out[1]

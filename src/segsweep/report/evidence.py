@@ -57,6 +57,8 @@ def evidence(
 
     The comparisons of a study are Holm-corrected over the m finished configurations other than the best, so
     the estimate uses Holm's strictest level α/m. ``unit`` names a pair: "seeds", "folds" or "seeds/folds".
+    The number of seeds needs at least `MIN_UNITS` pairs (their spread); with fewer, the number of validation
+    patients that would separate the two networks of the first pair is given instead (paired by patient).
     """
     r = ranked(groups, higher_is_better)
     if len(r) < 2:
@@ -69,12 +71,18 @@ def evidence(
     n_max = max(len(pairs(best, g)[0]) for g in r[1:])
     power = f"{100 * POWER:.0f} % power"
     if d.size >= 2:
-        sd = float(d.std(ddof=1))
         cannot = ", so no difference here can be shown, nor ruled out" if n_max < floor else ""
         out = [
             f"Each comparison with the best pairs at most {n_max} runs ({unit}); at {_alpha_text(m)} the Wilcoxon "
             f"test needs ≥ {floor}{cannot}."
         ]
+    else:
+        out = [
+            "One run per configuration: no paired test, and no measure of seed-to-seed noise, so the ranking may "
+            f"be noise; a test at {_alpha_text(m)} needs ≥ {floor} seeds per configuration (repeats)."
+        ]
+    if d.size >= MIN_UNITS:  # a spread from fewer pairs says nothing
+        sd = float(d.std(ddof=1))
         need = pairs_needed(float(d.mean()), sd, alpha)
         if need is None:
             out.append(f"The gap to the runner-up is 0 on average over {d.size} pairs: nothing to detect.")
@@ -84,16 +92,18 @@ def evidence(
                 f"pairs), would take {_about(need)} {unit} per configuration to detect ({power}; docs/statistics.md)."
             )
         return out
-    out = [
-        "One run per configuration: no paired test, and no measure of seed-to-seed noise, so the ranking may be "
-        f"noise; a test at {_alpha_text(m)} needs ≥ {floor} seeds per configuration (repeats)."
-    ]
+    # too few pairs to measure the seed spread: how many patients would separate the two trained networks
     dp = patient_differences(best, second, cells_dir, value)
-    if dp.size >= MIN_UNITS:  # a spread from fewer patients says nothing
+    if dp.size >= MIN_UNITS:
         need = pairs_needed(float(dp.mean()), float(dp.std(ddof=1)), alpha)
         if need is not None:
+            which = (
+                f"{d.size} pairs do not measure their spread; between one pair of trained networks"
+                if d.size >= 2
+                else "Between these two trained networks"
+            )
             out.append(
-                f"Between these two trained networks alone, the gap to the runner-up, "
+                f"{which} alone, the gap to the runner-up, "
                 f"{fmt(abs(float(dp.mean())), value)} (sd {fmt(float(dp.std(ddof=1)), value)} over {dp.size} "
                 f"validation patients), would take {_about(need)} validation patients to detect ({power}, paired "
                 "by patient)."
