@@ -250,3 +250,25 @@ def test_cover_cards_hold_their_labels(report, tmp_path, width):
     res = chromium(tmp_path, "--dump-dom", "--virtual-time-budget=3000", page.as_uri(), width=width)
     m = re.search(r"<title>OVER:([^:<]*):(\d+)</title>", res.stdout)
     assert m and int(m.group(2)) >= 6 and m.group(1) == "", res.stdout[:300]
+
+
+def test_legend_says_how_the_best_cell_is_marked(report, tmp_path):
+    """The legend's words for the best configuration ("shaded, outlined") are what the browser draws: the best
+    cell of each study table has a background other than its row's and a solid outline."""
+    html = (report / "report.html").read_text()
+    assert html.count('<span class="key best-all">shaded, outlined</span> best overall') == 4  # one per study
+    probe = (
+        "<script>window.addEventListener('load', function () { var o = [];"
+        " document.querySelectorAll('table.layout td.best-all').forEach(function (td) {"
+        " var s = getComputedStyle(td), r = getComputedStyle(td.parentElement);"
+        " o.push([s.backgroundColor !== r.backgroundColor && s.backgroundColor !== 'rgba(0, 0, 0, 0)',"
+        " s.outlineStyle === 'solid' && parseFloat(s.outlineWidth) >= 1].join(',')); });"
+        " document.title = 'BEST:' + o.join('|'); });</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    res = chromium(tmp_path, "--dump-dom", "--virtual-time-budget=3000", page.as_uri())
+    m = re.search(r"<title>BEST:([^<]*)</title>", res.stdout)
+    assert m, res.stdout[:300]
+    marks = m.group(1).split("|")
+    assert len(marks) == 4 and set(marks) == {"true,true"}, marks
