@@ -104,6 +104,9 @@ def test_every_table_names_a_configuration_the_same_way(report):
     assert not re.search(r"fraction[ =]0\.[24]\b", html)
     best = re.search(r"The best configuration is ([^:]+):", html).group(1)
     assert best in names
+    # the model card of the grid study names its selected configuration the same way
+    card = re.search(r"<dt>configuration</dt><dd>([^:]+): cell", html).group(1)
+    assert card == best
 
 
 def test_figures_name_configurations_the_same_way(report):
