@@ -272,3 +272,25 @@ def test_legend_says_how_the_best_cell_is_marked(report, tmp_path):
     assert m, res.stdout[:300]
     marks = m.group(1).split("|")
     assert len(marks) == 4 and set(marks) == {"true,true"}, marks
+
+
+def test_long_unbreakable_values_wrap_on_a_phone(report, tmp_path):
+    """A model card's sha256 (64 characters, no break) wraps inside its key-value list instead of widening
+    the page past a 390 px screen (the demo's report scrolled sideways to 476 px)."""
+    html = (report / "report.html").read_text()
+    sha = "c3f43504bdff4f7183b331ec0b34704a3169459b" + "0" * 24
+    long = (
+        f'<dl class="kv"><dt>weights</dt><dd><code>results/cells/x/best.pt</code>, sha256 <code>{sha}</code></dd></dl>'
+    )
+    page = tmp_path / "long.html"
+    page.write_text(html.replace("<main>", "<main>" + long, 1))
+    res = chromium(
+        tmp_path,
+        "--allow-file-access-from-files",
+        "--dump-dom",
+        "--virtual-time-budget=3000",
+        framed(tmp_path, page, 390, 1200).as_uri(),
+        width=500,
+    )
+    m = re.search(r"<title>W(\d+)/(\d+)</title>", res.stdout)
+    assert m and int(m.group(1)) == 390 and int(m.group(2)) <= 390, res.stdout[:300]
