@@ -12,12 +12,13 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from segsweep.analysis.aggregate import cells_frame, config_groups, pruned_cells
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.runs import cells_frame
 from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan import pruning
 from segsweep.plan.cells import build_plan
-from segsweep.study import Study, StudyCell, TableLayout
+from segsweep.study import Study, StudyCell, TableLayout, pruned_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "e2e" / "tiny_config.yaml"

@@ -39,15 +39,17 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from segsweep import __version__
-from segsweep.analysis.aggregate import config_groups, config_label, read_cells_csv, table_intervals
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.intervals import table_intervals
 from segsweep.analysis.ranking import rank_key, ranked
+from segsweep.analysis.runs import read_cells_csv
 from segsweep.analysis.testset import MIN_PATIENTS, patient_bootstrap
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import select_patients
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import sha256_file, write_text
 from segsweep.labels import fmt
-from segsweep.study import check_one_dataset
+from segsweep.study import check_one_dataset, config_label
 from segsweep.training.record import CellMetrics
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segsweep.analysis.aggregate import REPRODUCE_TOL, per_patient_file
+from segsweep.analysis.intervals import REPRODUCE_TOL, per_patient_file
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import bootstrap_interval, interval_units
 from segsweep.labels import metric_range

@@ -38,14 +38,11 @@ import pandas as pd
 # .style first: it selects the Agg backend before pyplot is imported
 # isort: off
 from segsweep.report import style
-from segsweep.analysis.aggregate import (
-    axis_display,
-    config_groups,
-    config_label,
-    layout_axes,
-    read_cells_csv,
-    table_intervals,
-)
+from segsweep.analysis.pivot import axis_display, layout_axes
+from segsweep.analysis.configs import config_groups
+from segsweep.study import config_label
+from segsweep.analysis.runs import read_cells_csv
+from segsweep.analysis.intervals import table_intervals
 from segsweep.analysis.ranking import best_group, ranked
 from segsweep.analysis.stats import UNIT_WORDS
 from segsweep.report import inspect as inspect_figs

@@ -32,8 +32,11 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from segsweep.analysis import card
-from segsweep.analysis.aggregate import axis_display, config_groups, config_label, read_cells_csv, table_intervals
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.intervals import table_intervals
+from segsweep.analysis.pivot import axis_display
 from segsweep.analysis.ranking import ranked
+from segsweep.analysis.runs import read_cells_csv
 from segsweep.analysis.stats import ALPHA, UNIT_WORDS, describe_p, holm_text, interval_units
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import n_train
@@ -42,6 +45,7 @@ from segsweep.io import atomic_path, write_text
 from segsweep.labels import fmt, label_number
 from segsweep.report.provenance import pretrained_rows
 from segsweep.report.style import label_for
+from segsweep.study import config_label
 from segsweep.training.record import CellMetrics
 
 if TYPE_CHECKING:
