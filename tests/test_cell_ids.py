@@ -104,10 +104,14 @@ def test_identity_form_round_trips():
 def test_train_rule_params_use_the_identity_form():
     """Snakemake reruns a job whose params change: the train rule must pass exactly the hashed form, and
     nothing else that could change without changing results."""
-    text = (ROOT / "rules" / "train.smk").read_text()
-    params = re.search(r"\n    params:\n(.*?)\n    \w+:", text, re.S).group(1)
-    assert "to_dict(identity=True)" in params
-    assert "max_attempts" not in params  # a retry count changes no result
+    train = (ROOT / "rules" / "train.smk").read_text()
+    shared = re.search(r"\nTRAIN_PARAMS = dict\(\n(.*?)\n\)", train, re.S).group(1)  # train and train_rung's
+    for rules in ("train.smk", "prune.smk"):
+        text = (ROOT / "rules" / rules).read_text()
+        params = re.search(r"\n    params:\n(.*?)\n    \w+:", text, re.S).group(1)
+        params = params.replace("**TRAIN_PARAMS", shared)
+        assert "to_dict(identity=True)" in params, rules
+        assert "max_attempts" not in params, rules  # a retry count changes no result
 
 
 def test_digest_ignores_key_order():

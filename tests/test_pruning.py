@@ -12,6 +12,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
+from segsweep import paths
 from segsweep.analysis.configs import config_groups
 from segsweep.analysis.runs import cells_frame
 from segsweep.errors import ConfigError
@@ -36,13 +37,13 @@ def study_of(n_configs, repeats=1, folds=None):
 
 
 def write_rung(cell, epoch, dice, status="ok"):
-    path = Path(pruning.rung_path(cell, epoch))
+    path = Path(paths.rung_path(cell, epoch))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cell": cell, "status": status, "epochs_run": epoch, "best_val_dice": dice}))
 
 
 def write_metrics(cell, value, status="ok"):
-    path = Path(pruning.metrics_path(cell))
+    path = Path(paths.cell_file(cell))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cell": cell, "status": status, "val_dice_patient": value}))
 

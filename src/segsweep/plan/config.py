@@ -243,6 +243,12 @@ def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
     return cfg
 
 
+def scale_preset(cfg: Mapping) -> Mapping:
+    """The ``scales`` preset that config key ``scale`` names ({} at ``full``; `prepare` rejected unknown names):
+    its ``cell`` keys override every study's cells, its ``size`` the preprocessing's image size."""
+    return cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
+
+
 DEMO_REPORT_NAME = "report"  # reports/report.{html,pdf}: the demo's, as the README promises
 
 
