@@ -112,6 +112,11 @@ def added_field(neutral: Any) -> Any:
     return dataclasses.field(default=neutral, metadata={NEUTRAL: neutral})
 
 
+def is_added(f: dataclasses.Field) -> bool:
+    """Whether a dataclass field was declared with `added_field`."""
+    return NEUTRAL in f.metadata
+
+
 def is_neutral(f: dataclasses.Field, value: Any) -> bool:
     return NEUTRAL in f.metadata and value == f.metadata[NEUTRAL]
 
