@@ -135,3 +135,26 @@ def test_the_check_sees_function_level_imports(tmp_path):
     path.write_text(src)
     known = set(modules())
     assert "segsweep.report.render" in imports_of("segsweep.data.x", path, known)
+
+
+# The training modules analysis and report may use, directly or through each other: torch-free (torch and OpenCV
+# are imported on first use), so the aggregate and report rules run in envs/report.yaml (docs/architecture.md).
+TORCH_FREE_TRAINING = {
+    "segsweep.training",
+    "segsweep.training.record",
+    "segsweep.training.evaluate",
+    "segsweep.training.metrics",
+    "segsweep.training.native_predictions",
+}
+
+
+def test_analysis_and_report_reach_only_torch_free_training_modules():
+    g = graph()
+    todo = [t for n, ts in g.items() if stage(n) in ("analysis", "report") for t in ts if stage(t) == "training"]
+    reached: set[str] = set()
+    while todo:
+        t = todo.pop()
+        if t not in reached:
+            reached.add(t)
+            todo += [u for u in g[t] if stage(u) == "training"]
+    assert reached <= TORCH_FREE_TRAINING, sorted(reached - TORCH_FREE_TRAINING)

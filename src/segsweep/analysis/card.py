@@ -88,7 +88,7 @@ class Selection:
 
 # -------------------------------------------------------------------------------------- selection
 def study_groups(study: Study, results_dir: Path) -> tuple[list[dict], dict]:
-    """The study's configurations (`aggregate.config_groups`, intervals from table.json) and its table.json."""
+    """The study's configurations (`configs.config_groups`, intervals from table.json) and its table.json."""
     d = Path(results_dir) / "studies" / study.name
     try:
         table = json.loads((d / "table.json").read_text())
