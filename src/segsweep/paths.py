@@ -9,8 +9,10 @@ here, no logic: the keyed data folders (``results/data/<key>`` ...) are computed
 from __future__ import annotations
 
 RESULTS = "results"
-CELLS_DIR = f"{RESULTS}/cells"  # results/cells/<cell id>/: one folder per cell (content-addressed)
-STUDIES_DIR = f"{RESULTS}/studies"
+# under a results folder (the report and predict take one as an argument): cells/<cell id>/, studies/<study>/
+CELLS_SUB, STUDIES_SUB = "cells", "studies"
+CELLS_DIR = f"{RESULTS}/{CELLS_SUB}"  # results/cells/<cell id>/: one folder per cell (content-addressed)
+STUDIES_DIR = f"{RESULTS}/{STUDIES_SUB}"
 STUDY_DIR = f"{STUDIES_DIR}/{{study}}"  # cells.csv, table.csv, table.json, stats.json, figures/, model_card.md
 OPTUNA_DIR = f"{STUDY_DIR}/optuna"  # an adaptive study's round{r}.json files and journal (rules/adaptive.smk)
 PRUNE_DIR = f"{STUDY_DIR}/prune"  # a pruned study's stage{k}.json decisions (rules/prune.smk)
