@@ -10,10 +10,6 @@ OPTUNA_CTX = {n: study_context(CFG, n, PLAN.data_fp) for n in OPTUNA_STUDIES}
 OPTUNA_ROUNDS = {n: round_sizes(CFG["studies"][n]) for n in OPTUNA_STUDIES}
 
 
-def optuna_round_files():
-    return [f"{OPTUNA_DIR.format(study=s)}/round{r}.json" for s in OPTUNA_STUDIES for r in range(len(OPTUNA_ROUNDS[s]))]
-
-
 def optuna_rounds_done(study, upto):
     """The round files of rounds < upto (each a finished checkpoint)."""
     return [checkpoints.optuna_round.get(study=study, round=str(r)).output.round for r in range(upto)]

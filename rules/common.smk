@@ -26,6 +26,7 @@ from segsweep.paths import (
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
 from segsweep.plan.headers import params_header, study_headers
+from segsweep.plan.optuna_rounds import round_file, round_files
 from segsweep.training.params import CellParams
 from segsweep.plan.snapshots import PlannedCells
 from segsweep.plan import planned_config
@@ -71,9 +72,10 @@ except SegsweepError as exc:
 # The plan's cells + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk);
 # each cell looked up is snapshot as planned (results/cells/<id>/cell.json), and a job whose cell the config no longer holds
 # (edited while a Slurm run goes on: each job step parses it again) runs the snapshot (plan/snapshots.py)
+ROUND_FILES = round_files(CFG, PLAN.studies)
 CELLS = PlannedCells(
     PLAN.cells,
-    lambda: optuna_round_files(),
+    lambda: ROUND_FILES,
     CELLS_DIR,
     on_snapshot=lambda msg: print(f"segsweep: {msg}", file=sys.stderr),
 )

@@ -66,7 +66,7 @@ def optuna_trial_rungs(cell):
     """The rungs of a cell proposed by a pruned optuna study's round (() for any other cell)."""
     for s in OPTUNA_STUDIES:
         if s in PRUNERS_OF:
-            rounds = [f"{OPTUNA_DIR.format(study=s)}/round{r}.json" for r in range(len(OPTUNA_ROUNDS[s]))]
+            rounds = [round_file(s, r) for r in range(len(OPTUNA_ROUNDS[s]))]
             if cell in trial_cells(rounds):
                 return PRUNERS_OF[s].cell_rungs()
     return ()

@@ -28,7 +28,7 @@ from segsweep.data.config import SplitConfig
 from segsweep.errors import ConfigError
 from segsweep.io import digest, write_json
 from segsweep.labels import format_value
-from segsweep.paths import HISTORY, METRICS
+from segsweep.paths import HISTORY, METRICS, OPTUNA_DIR
 from segsweep.plan.cells import Cell, _set, resolve_cell, study_base
 from segsweep.plan.config import deep_merge, scale_preset
 from segsweep.plan.resources import ResourceConfig
@@ -77,6 +77,21 @@ def round_sizes(spec: Mapping) -> list[int]:
     """Trials per round: ``parallel`` each, the last one the rest of ``n_trials``."""
     n, k = int(spec["n_trials"]), int(spec.get("parallel", DEFAULT_PARALLEL))
     return [min(k, n - i) for i in range(0, n, k)]
+
+
+def round_file(study: str, r: int | str) -> str:
+    """results/studies/<study>/optuna/round<r>.json: round r's proposals (the rules' checkpoint output)."""
+    return f"{OPTUNA_DIR.format(study=study)}/round{r}.json"
+
+
+def round_files(cfg: Mapping, studies: Mapping[str, Study]) -> list[str]:
+    """Every round file of the config's adaptive studies; those that exist hold their trial cells."""
+    return [
+        round_file(name, r)
+        for name, study in studies.items()
+        if study.adaptive
+        for r in range(len(round_sizes(cfg["studies"][name])))
+    ]
 
 
 def write_plan(study: str, sizes: Sequence[int], out: Path) -> dict:
