@@ -1,9 +1,10 @@
 """The results layout: every folder and file name a rule, a job or the report finds another's output by.
 
 Folders are relative to the run folder (Snakemake's working directory); ``{study}`` is filled by the rules
-(a wildcard) or by `study_dir`. File names are those inside a cell's or a study's folder. Only names live
-here, no logic: the keyed data folders (``results/data/<key>`` ...) are computed by
-`segsweep.data.config.DataFolders` from these prefixes.
+(a wildcard) or by `study_dir`. File names are those inside a cell's or a study's folder. Names only, and
+the functions that join them: the keyed data folders (``results/data/<key>`` ...) are computed by
+`segsweep.data.config.DataFolders` from these prefixes, an adaptive study's round files by
+`segsweep.plan.optuna_rounds.round_file`.
 """
 
 from __future__ import annotations
