@@ -5,7 +5,9 @@ rule aggregate:
     input:
         study_metrics,
         # an optuna study: the study with its trials as rows (rules/adaptive.smk)
-        optuna_study=lambda wc: (f"results/studies/{wc.study}/optuna/study.json" if STUDIES[wc.study].adaptive else []),
+        optuna_study=lambda wc: (
+            f"{OPTUNA_DIR.format(study=wc.study)}/study.json" if STUDIES[wc.study].adaptive else []
+        ),
         # a pruned study: its pruner's decisions (rules/prune.smk)
         prune=pruned_study_decisions,
         # the split files of the study's cells: the real size of each training fraction
@@ -15,20 +17,20 @@ rule aggregate:
         data=lambda wc: ancient(study_data(wc)),
     output:
         cells=report(
-            "results/studies/{study}/cells.csv",
+            f"{STUDY_DIR}/cells.csv",
             category="{study}",
             subcategory="tables",
             caption="../workflow/report/cells.rst",
         ),
         table=report(
-            "results/studies/{study}/table.csv",
+            f"{STUDY_DIR}/table.csv",
             category="{study}",
             subcategory="tables",
             caption="../workflow/report/table.rst",
         ),
-        table_json="results/studies/{study}/table.json",
+        table_json=f"{STUDY_DIR}/table.json",
         stats=report(
-            "results/studies/{study}/stats.json",
+            f"{STUDY_DIR}/stats.json",
             category="{study}",
             subcategory="tables",
             caption="../workflow/report/stats.rst",
@@ -56,10 +58,10 @@ rule aggregate:
 # level, dead channels, weight histograms, as arrays for the figures rule (torch runs here, not in the report env).
 rule inspect:
     input:
-        table="results/studies/{study}/table.json",
-        cells="results/studies/{study}/cells.csv",
+        table=f"{STUDY_DIR}/table.json",
+        cells=f"{STUDY_DIR}/cells.csv",
     output:
-        "results/studies/{study}/inspect.npz",
+        f"{STUDY_DIR}/inspect.npz",
     log:
         "logs/inspect/{study}.log",
     benchmark:
@@ -79,7 +81,7 @@ rule inspect:
 # Any cell on request, one command: snakemake results/cells/<id>/inspect/figures (trains the cell if needed).
 rule inspect_cell:
     input:
-        metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
+        metrics=cell_file("{cell}"),
     output:
         f"{CELLS_DIR}/{{cell}}/inspect/inspect.npz",
     log:
@@ -117,11 +119,11 @@ rule inspect_cell_figures:
 
 rule figures:
     input:
-        cells="results/studies/{study}/cells.csv",
-        inspect="results/studies/{study}/inspect.npz",
+        cells=f"{STUDY_DIR}/cells.csv",
+        inspect=f"{STUDY_DIR}/inspect.npz",
     output:
         figures=report(
-            directory("results/studies/{study}/figures"),
+            directory(f"{STUDY_DIR}/figures"),
             patterns=["{name}.svg", "{name}.png"],
             category="{study}",
             subcategory="figures",

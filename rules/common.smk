@@ -12,9 +12,21 @@ from snakemake.exceptions import WorkflowError
 from segsweep.data.config import DataConfig, DataFolders, dataset_base, scan_dir
 from segsweep.data.scan import watch_root
 from segsweep.io import identity
+from segsweep.paths import (
+    CELLS_DIR,
+    DATASETS_DIR,
+    OPTUNA_DIR,
+    PREDICT_DIR,
+    PRUNE_DIR,
+    STUDY_DIR,
+    cell_file,
+    rung_path,
+    study_dir,
+)
 from segsweep.plan import config as sscfg
 from segsweep.plan.cells import build_plan, used_datasets
 from segsweep.plan.headers import params_header, study_headers
+from segsweep.plan.optuna_rounds import round_file, round_files
 from segsweep.training.params import CellParams
 from segsweep.plan.snapshots import PlannedCells
 from segsweep.plan import planned_config
@@ -57,13 +69,13 @@ try:  # a typo names the key in one line (sscfg.validate), not jsonschema's dump
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 
-CELLS_DIR = "results/cells"
-# + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk); each cell looked
-# up is snapshot as planned (results/cells/<id>/cell.json), and a job whose cell the config no longer holds
+# The plan's cells + the trial cells of adaptive studies, recorded in their round files (rules/adaptive.smk);
+# each cell looked up is snapshot as planned (results/cells/<id>/cell.json), and a job whose cell the config no longer holds
 # (edited while a Slurm run goes on: each job step parses it again) runs the snapshot (plan/snapshots.py)
+ROUND_FILES = round_files(CFG, PLAN.studies)
 CELLS = PlannedCells(
     PLAN.cells,
-    lambda: optuna_round_files(),
+    lambda: ROUND_FILES,
     CELLS_DIR,
     on_snapshot=lambda msg: print(f"segsweep: {msg}", file=sys.stderr),
 )
@@ -142,16 +154,8 @@ def init_from_inputs(wc):
     if ref is None:
         return []
     if ref.cell is not None:
-        return [ancient(f"{CELLS_DIR}/{ref.cell}/metrics.json")]
-    return [ancient(f"results/studies/{ref.study}/{f}") for f in ("table.json", "cells.csv")]
-
-
-def study_metrics(wc):
-    if wc.study in PRUNERS_OF:  # the stages its pruner let each configuration reach (rules/prune.smk)
-        return pruned_study_metrics(wc)
-    if STUDIES[wc.study].adaptive:  # its cells are known once its rounds are (rules/adaptive.smk)
-        return optuna_trial_metrics(wc)
-    return [f"{CELLS_DIR}/{c}/metrics.json" for c in STUDIES[wc.study].cell_ids]
+        return [ancient(cell_file(ref.cell))]
+    return [ancient(f"{study_dir(ref.study)}/{f}") for f in ("table.json", "cells.csv")]
 
 
 def study_dict(wc):

@@ -48,7 +48,7 @@ rule ingest:
 # results/datasets/{dataset}/ (raw/phantom, data); a real root is watched like the default one (common.smk).
 use rule phantom as dataset_phantom with:
     output:
-        manifest="results/datasets/{dataset}/raw/phantom/MANIFEST.json",
+        manifest=f"{DATASETS_DIR}/{{dataset}}/raw/phantom/MANIFEST.json",
     log:
         "logs/phantom/{dataset}.log",
     benchmark:
@@ -61,7 +61,7 @@ use rule ingest as dataset_ingest with:
     input:
         dataset_source,
     output:
-        data=directory("results/datasets/{dataset}/data"),
+        data=directory(f"{DATASETS_DIR}/{{dataset}}/data"),
     log:
         "logs/ingest/{dataset}.log",
     benchmark:

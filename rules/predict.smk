@@ -7,7 +7,7 @@ rule predict:
     output:
         # predict.json only, not the folder: a failing run must not make Snakemake delete the series that
         # were written and qc.csv, which says why the rest failed (the run itself clears the last run's)
-        "results/predict/predict.json",
+        f"{PREDICT_DIR}/predict.json",
     log:
         "logs/predict.log",
     benchmark:
@@ -32,11 +32,11 @@ rule predict:
 
 rule model_card:
     input:
-        table="results/studies/{study}/table.json",
-        cells="results/studies/{study}/cells.csv",
+        table=f"{STUDY_DIR}/table.json",
+        cells=f"{STUDY_DIR}/cells.csv",
         data=study_data,  # the study's data set (its dataset.json and split)
     output:
-        "results/studies/{study}/model_card.md",
+        f"{STUDY_DIR}/model_card.md",
     log:
         "logs/model_card/{study}.log",
     benchmark:

@@ -1,7 +1,7 @@
 # What the predict and model_card rules (rules/predict.smk) need: the chosen model's inputs, the model cards.
 import re
 
-MODEL_CARDS = expand("results/studies/{study}/model_card.md", study=STUDIES)
+MODEL_CARDS = expand(f"{STUDY_DIR}/model_card.md", study=STUDIES)
 
 
 def predict_inputs(wc):
@@ -16,7 +16,7 @@ def predict_inputs(wc):
     if re.fullmatch("[0-9a-f]{12}", spec):
         if spec not in CELLS:
             raise WorkflowError(f"segsweep: config key 'predict.model': cell {spec} is not a cell of this config")
-        return {"data": data_dir(CELLS[spec].dataset), "cell": f"{CELLS_DIR}/{spec}/metrics.json"}
+        return {"data": data_dir(CELLS[spec].dataset), "cell": cell_file(spec)}
     if spec != "best" and spec not in STUDIES:
         raise WorkflowError(
             f"segsweep: config key 'predict.model': '{spec}' is neither 'best', a study "
@@ -29,6 +29,6 @@ def predict_inputs(wc):
         raise WorkflowError(f"segsweep: {exc}") from None
     return {
         "data": data_dir(STUDIES[names[0]].dataset),  # the model's data set: its target and image size
-        "tables": expand("results/studies/{study}/table.json", study=names),
-        "cells": expand("results/studies/{study}/cells.csv", study=names),
+        "tables": expand(f"{STUDY_DIR}/table.json", study=names),
+        "cells": expand(f"{STUDY_DIR}/cells.csv", study=names),
     }

@@ -5,12 +5,10 @@
 
 rule train_rung:
     input:
-        data=cell_data,
-        split=cell_split,
-        init=init_from_inputs,
+        **TRAIN_INPUT,  # rules/train.smk: what every training job shares
         prev=train_rung_prev,
     output:
-        rung=f"{CELLS_DIR}/{{cell}}/rungs/{{epoch}}.json",
+        rung=rung_path("{cell}", "{epoch}"),
     log:
         "logs/train_rung/{cell}-{epoch}.log",
     benchmark:
@@ -22,18 +20,9 @@ rule train_rung:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]
     resources:
-        **EXECUTION_RESOURCES,
-        mem_mb=CFG["resources"]["train_mem_mb"],
-        runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
-        gpu=CFG["resources"]["train_gpus"],
-        attempt=lambda wc, attempt: attempt,
-        study=cell_header,  # shown in the job's header: its studies and axis values (a resource: no rerun)
-        max_attempts=MAX_ATTEMPTS,
+        **TRAIN_RESOURCES,
     params:
-        cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
-        device=CFG["resources"]["device"],
-        amp=CFG["resources"]["amp"],
-        channels_last=CFG["resources"]["channels_last"],
+        **TRAIN_PARAMS,
     script:
         "../workflow/scripts/train_rung.py"
 

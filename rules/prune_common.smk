@@ -1,17 +1,19 @@
 # Functions of rules/prune.smk. Pruned studies (`pruner:` asha or folds, segsweep.plan.pruning) run in stages:
 # stage k's results of the configurations still alive, then a decision (checkpoint prune_stage) that keeps
 # some of them for stage k+1. Cells and ids are the plan's; only which files are asked for changes.
+# Built on rules/adaptive_common.smk (an optuna study's rounds; a pruned one's rounds are brackets): the input
+# functions that depend on both a study's rounds and its pruner are here, and that file uses none of this one.
 import json
 
 from segsweep.plan.optuna_rounds import trial_study
-from segsweep.plan.pruning import cell_rungs, pruner_dict, rung_path, stage_inputs, study_pruners
+
+from segsweep.plan.pruning import cell_rungs, pruner_dict, stage_inputs, study_pruners
 
 try:
     PRUNERS_OF = study_pruners(CFG, STUDIES, CELLS)
 except SegsweepError as exc:
     raise WorkflowError(f"segsweep: {exc}") from None
 CELL_RUNGS = cell_rungs(PRUNERS_OF, STUDIES)  # cell → the rung epochs it stops at before its train job
-PRUNE_DIR = "results/studies/{study}/prune"
 
 
 def prune_decisions(study, upto):
@@ -64,7 +66,7 @@ def optuna_trial_rungs(cell):
     """The rungs of a cell proposed by a pruned optuna study's round (() for any other cell)."""
     for s in OPTUNA_STUDIES:
         if s in PRUNERS_OF:
-            rounds = [f"{OPTUNA_DIR.format(study=s)}/round{r}.json" for r in range(len(OPTUNA_ROUNDS[s]))]
+            rounds = [round_file(s, r) for r in range(len(OPTUNA_ROUNDS[s]))]
             if cell in trial_cells(rounds):
                 return PRUNERS_OF[s].cell_rungs()
     return ()
@@ -80,7 +82,7 @@ def rung_before(cell, epoch):
     """The cell's rung file just below ``epoch`` (its checkpoint continues from there), or []."""
     rungs = CELL_RUNGS.get(cell) or optuna_trial_rungs(cell)
     prev = [r for r in rungs if r < epoch]
-    return [rung_path(cell, prev[-1], CELLS_DIR)] if prev else []
+    return [rung_path(cell, prev[-1])] if prev else []
 
 
 def train_rung_prev(wc):
@@ -90,3 +92,41 @@ def train_rung_prev(wc):
 def train_last_rung(wc):
     # a cell of a pruned study trains its final stretch after its last rung (same cell dir, same last.pt)
     return rung_before(wc.cell, CELLS[wc.cell].params.epochs + 1)
+
+
+# What an adaptive study's rounds read (rules/adaptive.smk): a pruned study's rounds are brackets.
+def optuna_results(study, rounds):
+    """What a round (and the study's end) reads of the rounds before: each valid trial's metrics.json; in a
+    pruned study, each round's successive-halving bracket (its decisions and the files they read)."""
+    if study not in PRUNERS_OF:
+        return {"metrics": optuna_metrics(rounds), "decisions": []}
+    metrics, decisions = [], []
+    for r, path in enumerate(rounds):
+        files, dec = optuna_bracket(study, r, path)
+        metrics += files
+        decisions += dec
+    return {"metrics": sorted(set(metrics)), "decisions": decisions}
+
+
+def optuna_round_input(wc):
+    rounds = optuna_rounds_done(wc.study, int(wc.round))
+    return {"rounds": rounds, **optuna_results(wc.study, rounds)}
+
+
+def optuna_study_input(wc):
+    rounds = optuna_rounds_done(wc.study, len(OPTUNA_ROUNDS[wc.study]))
+    return {"rounds": rounds, **optuna_results(wc.study, rounds)}
+
+
+def optuna_trial_metrics(wc):
+    """The aggregate rule's metrics for an optuna study: every valid trial's cell."""
+    return optuna_study_input(wc)["metrics"]
+
+
+# The aggregate rule's metrics of any study (rules/aggregate.smk).
+def study_metrics(wc):
+    if wc.study in PRUNERS_OF:  # the stages its pruner let each configuration reach (rules/prune.smk)
+        return pruned_study_metrics(wc)
+    if STUDIES[wc.study].adaptive:  # its cells are known once its rounds are (rules/adaptive.smk)
+        return optuna_trial_metrics(wc)
+    return [cell_file(c) for c in STUDIES[wc.study].cell_ids]

@@ -3,10 +3,10 @@
 
 rule report:
     input:
-        tables=expand("results/studies/{study}/table.json", study=STUDIES),
-        cells=expand("results/studies/{study}/cells.csv", study=STUDIES),
-        stats=expand("results/studies/{study}/stats.json", study=STUDIES),
-        figures=expand("results/studies/{study}/figures", study=STUDIES),
+        tables=expand(f"{STUDY_DIR}/table.json", study=STUDIES),
+        cells=expand(f"{STUDY_DIR}/cells.csv", study=STUDIES),
+        stats=expand(f"{STUDY_DIR}/stats.json", study=STUDIES),
+        figures=expand(f"{STUDY_DIR}/figures", study=STUDIES),
         data_figures=FOLDERS.figures,
         splits=[f"{FOLDERS.splits}/{s}.json" for s in PLAN.split_specs],
         data=DATA_DIR,

@@ -25,9 +25,9 @@ rule split:
 # The splits of an extra data set (config key `datasets`): results/datasets/{dataset}/splits/{split}.json.
 use rule split as dataset_split with:
     input:
-        data="results/datasets/{dataset}/data",
+        data=f"{DATASETS_DIR}/{{dataset}}/data",
     output:
-        "results/datasets/{dataset}/splits/{split}.json",
+        f"{DATASETS_DIR}/{{dataset}}/splits/{{split}}.json",
     log:
         "logs/split/{dataset}/{split}.log",
     benchmark:

@@ -9,16 +9,11 @@ import pandas as pd
 import pytest
 from fixtures_results import HAND_CHECKED, built_fixture
 
-from segsweep.analysis.aggregate import (
-    NO_METRICS_REASON,
-    aggregate_study,
-    config_groups,
-    patient_values,
-    pivot,
-    read_cell,
-    read_cells_csv,
-    summarize,
-)
+from segsweep.analysis.aggregate import aggregate_study
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.intervals import patient_values, summarize
+from segsweep.analysis.pivot import pivot
+from segsweep.analysis.runs import NO_METRICS_REASON, read_cell, read_cells_csv
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.labels import fraction_label, metric_range

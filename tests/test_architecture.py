@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "segsweep"
-SHARED = {"errors", "io", "lazy", "registry", "labels", "study", "runner"}
+SHARED = {"errors", "io", "lazy", "paths", "registry", "labels", "study", "runner"}
 # A stage may import shared modules and stages of a lower rank; `plan` composes every stage's registry to
 # check a config, so it sits on top and no stage imports it. `apply` (predict on new series) uses the trained
 # model, the analysis' model selection and the report's colours; nothing but plan may import it.
@@ -71,7 +71,7 @@ def test_stage_subpackages_and_top_level_modules():
     stages = sorted(p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists())
     assert set(RANK) - {"shared"} <= set(stages), stages
     top = sorted(p.stem for p in PKG.glob("*.py"))
-    assert len(top) <= 8, top
+    assert len(top) <= 9, top
     assert set(top) - {"__init__"} == SHARED, top
 
 
@@ -135,3 +135,26 @@ def test_the_check_sees_function_level_imports(tmp_path):
     path.write_text(src)
     known = set(modules())
     assert "segsweep.report.render" in imports_of("segsweep.data.x", path, known)
+
+
+# The training modules analysis and report may use, directly or through each other: torch-free (torch and OpenCV
+# are imported on first use), so the aggregate and report rules run in envs/report.yaml (docs/architecture.md).
+TORCH_FREE_TRAINING = {
+    "segsweep.training",
+    "segsweep.training.record",
+    "segsweep.training.evaluate",
+    "segsweep.training.metrics",
+    "segsweep.training.native_predictions",
+}
+
+
+def test_analysis_and_report_reach_only_torch_free_training_modules():
+    g = graph()
+    todo = [t for n, ts in g.items() if stage(n) in ("analysis", "report") for t in ts if stage(t) == "training"]
+    reached: set[str] = set()
+    while todo:
+        t = todo.pop()
+        if t not in reached:
+            reached.add(t)
+            todo += [u for u in g[t] if stage(u) == "training"]
+    assert reached <= TORCH_FREE_TRAINING, sorted(reached - TORCH_FREE_TRAINING)

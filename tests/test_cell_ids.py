@@ -2,6 +2,7 @@
 params (a Snakemake rerun trigger) use the same identity form."""
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -104,10 +105,14 @@ def test_identity_form_round_trips():
 def test_train_rule_params_use_the_identity_form():
     """Snakemake reruns a job whose params change: the train rule must pass exactly the hashed form, and
     nothing else that could change without changing results."""
-    text = (ROOT / "rules" / "train.smk").read_text()
-    params = re.search(r"\n    params:\n(.*?)\n    \w+:", text, re.S).group(1)
-    assert "to_dict(identity=True)" in params
-    assert "max_attempts" not in params  # a retry count changes no result
+    train = (ROOT / "rules" / "train.smk").read_text()
+    shared = re.search(r"\nTRAIN_PARAMS = dict\(\n(.*?)\n\)", train, re.S).group(1)  # train and train_rung's
+    for rules in ("train.smk", "prune.smk"):
+        text = (ROOT / "rules" / rules).read_text()
+        params = re.search(r"\n    params:\n(.*?)\n    \w+:", text, re.S).group(1)
+        params = params.replace("**TRAIN_PARAMS", shared)
+        assert "to_dict(identity=True)" in params, rules
+        assert "max_attempts" not in params, rules  # a retry count changes no result
 
 
 def test_digest_ignores_key_order():
@@ -130,3 +135,60 @@ def test_train_script_is_stable():
         "script's mtime is a rerun trigger). Put new logic in the library (segsweep.training.job) instead; "
         "if the change really alters results, update TRAIN_SCRIPT_SHA and say so in the CHANGELOG."
     )
+
+
+def _recipe_blocks(heading: str) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block under ``## <heading>`` in CONTRIBUTING.md, indentation kept."""
+    section = (ROOT / "CONTRIBUTING.md").read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    found = re.findall(r"^ *```(\w+)\n(.*?)^ *```", section, re.S | re.M)
+    return [(lang, "\n".join(ln[3:] for ln in code.splitlines())) for lang, code in found]  # the list's indent
+
+
+def test_contributing_add_a_hyperparameter_recipe_works(tmp_path):
+    """CONTRIBUTING's "Add a hyperparameter", steps 1 and 2 as written, in a copy of the package: the key gets its
+    default from the field alone, the demo keeps its ids, and an axis over the key makes new cells."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    (field, _), (read, _), (schema_line, lang) = [
+        (c, lang) for lang, c in _recipe_blocks("Add a hyperparameter (a new cell axis)")
+    ]
+    assert lang == "yaml"
+    pkg = tmp_path / "segsweep"
+    shutil.copytree(ROOT / "src" / "segsweep", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    params = pkg / "training" / "params.py"
+    text = params.read_text()
+    last = re.findall(r"^    \w+: .* = added_field\(.*\)\n", text, re.M)[-1]  # the end of CellParams' fields
+    text = text.replace(last, last + field.strip("\n") + "\n", 1)
+    text = text.replace("            finetune=ft,\n", "            finetune=ft,\n" + read.strip("\n") + "\n", 1)
+    params.write_text(text)
+    schema = pkg / "plan" / "config.schema.yaml"
+    doc = yaml.safe_load(schema.read_text())
+    doc["definitions"]["cell"]["properties"].update(yaml.safe_load(schema_line.strip()))
+    schema.write_text(yaml.safe_dump(doc, sort_keys=False))
+    name = next(iter(yaml.safe_load(schema_line.strip())))
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(tmp_path)!r})
+from segsweep.plan import config as sc
+from segsweep.plan.cells import build_plan
+cfg = sc.load_config({str(ROOT / "config" / "config.yaml")!r})
+cfg["splits"]["test_fraction"] = 0
+demo = sorted(build_plan(cfg).cells)
+study = {{"axes": {{{name!r}: [0.0, 0.1]}}, "table": {{"rows": [{name!r}], "cols": []}}}}
+plan = build_plan(sc.prepare({{"studies": {{"s": study}}}}))
+cells = [plan.cells[c.cell_id].params for c in plan.studies["s"].cells]
+print(json.dumps({{"default": sc.cell_defaults()[{name!r}], "demo": demo,
+                  "values": [getattr(p, {name!r}) for p in cells], "ids": [c.cell_id for c in plan.studies["s"].cells]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["default"] == 0.0  # the field's neutral value, written nowhere else
+    assert got["demo"] == sorted(DEMO_IDS)
+    assert got["values"] == [0.0, 0.1] and len(set(got["ids"])) == 2
+    plain = build_plan(sc.prepare({"studies": {"s": {"axes": {"lr": [0.001]}, "table": {"rows": ["lr"], "cols": []}}}}))
+    assert got["ids"][0] == plain.studies["s"].cells[0].cell_id  # at its neutral value: today's cell

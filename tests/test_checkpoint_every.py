@@ -280,11 +280,17 @@ def test_config_keys_reach_the_rule_as_resources_and_leave_cell_ids_alone():
     # them on whole (execution_settings), so a new one touches no script.
     for key in ("checkpoint_every_epochs", "checkpoint_every_s", "worker", "worker_idle_s"):
         assert key in EXECUTION_SETTINGS
+    train = (ROOT / "rules" / "train.smk").read_text()  # + what every training rule shares (TRAIN_*)
+    shared = {
+        n: re.search(rf"\n{n} = dict\(\n(.*?)\n\)", train, re.S).group(1) for n in ("TRAIN_RESOURCES", "TRAIN_PARAMS")
+    }
     for rules, rule in (("train.smk", "train"), ("prune.smk", "train_rung")):
         text = (ROOT / "rules" / rules).read_text()
         body = text[text.index(f"rule {rule}:") :]
         resources = re.search(r"\n    resources:\n(.*?)\n    \w+:", body, re.S).group(1)
         params = re.search(r"\n    params:\n(.*?)\n    \w+:", body, re.S).group(1)
+        resources = resources.replace("**TRAIN_RESOURCES", shared["TRAIN_RESOURCES"])
+        params = params.replace("**TRAIN_PARAMS", shared["TRAIN_PARAMS"])
         assert "**EXECUTION_RESOURCES" in resources and "EXECUTION" not in params and "checkpoint" not in params
     for script in ("train.py", "train_rung.py"):
         assert "execution_settings(smk.resources)" in (ROOT / "workflow" / "scripts" / script).read_text()

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from segsweep.analysis.aggregate import aggregate_study, config_groups
+from segsweep.analysis.aggregate import aggregate_study
+from segsweep.analysis.configs import config_groups
 from segsweep.data import preprocess as pre
 from segsweep.report.provenance import collect
 from segsweep.report.render import render_report
@@ -161,7 +162,7 @@ def test_aggregation_shows_the_word_and_counts(tmp_path):
     assert t["best"]["config"] == "lr=0.01"  # a collapsed run's 0.05 never ranks
     csv = (out / "table.csv").read_text().splitlines()
     assert csv[1].split(",")[-1] == "collapsed" and "1 of 2 collapsed" in csv[1]
-    from segsweep.analysis.aggregate import _status
+    from segsweep.analysis.configs import _status
 
     assert _status(3, 0, 1, 0, 2) == ("collapsed/diverged", "2 collapsed, 1 diverged")
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 import yaml
 
-from segsweep.analysis.aggregate import aggregate_study, config_groups, patient_values
+from segsweep.analysis.aggregate import aggregate_study
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.intervals import patient_values
 from segsweep.data import preprocess as pre
 from segsweep.data.config import class_names
 from segsweep.errors import ConfigError

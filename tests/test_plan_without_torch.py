@@ -141,6 +141,31 @@ def test_json_only_jobs_import_no_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_a_retry_after_a_user_error_loads_no_torch_and_no_data(tmp_path):
+    """training/job.py: the retries Snakemake makes after a user error find the marker and fail at once with the
+    same message, without loading data (the paths below do not exist) or torch (train.py's own imports)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from segsweep.errors import SegsweepError\n"
+        "from segsweep.plan import config as sc\n"
+        "from segsweep.training import job\n"
+        "from segsweep.training.params import CellParams\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "(out / job.USER_ERROR_MARKER).write_text(\"config key 'x': bad\")\n"
+        "p = CellParams.from_config(sc.cell_defaults())\n"
+        "try:\n"
+        "    job.run_train_job(p, data_dir=out / 'none', split_path=out / 'none.json', out_dir=out, attempt=2,"
+        " max_attempts=3)\n"
+        "except SegsweepError as exc:\n"
+        "    print('ERROR', exc)\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "ERROR config key 'x': bad" and lines[-1] == "[]", out.stdout + out.stderr
+
+
 # ------------------------------------------------------------------------------ pretrained, torch-free
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
 @pytest.mark.parametrize("in_channels", [1, 3])

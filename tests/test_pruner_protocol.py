@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segsweep import paths
 from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan import pruning
@@ -45,8 +46,8 @@ class FloorPruner(Pruner):
 
     def stage_files(self, k, cells):
         if k == 0:
-            return [pruning.rung_path(c.cell_id, self.at) for c in cells]
-        return [pruning.metrics_path(c.cell_id) for c in cells]
+            return [paths.rung_path(c.cell_id, self.at) for c in cells]
+        return [paths.cell_file(c.cell_id) for c in cells]
 
     def budget(self, k):
         return Budget("epoch", self.at)
@@ -57,7 +58,7 @@ class FloorPruner(Pruner):
     def decide(self, study, k, alive):
         scores = {}
         for name, cells in alive.items():
-            vals = [json.loads(Path(pruning.rung_path(c.cell_id, self.at)).read_text())["best_val_dice"] for c in cells]
+            vals = [json.loads(Path(paths.rung_path(c.cell_id, self.at)).read_text())["best_val_dice"] for c in cells]
             scores[name] = sum(vals) / len(vals)
         keep = [n for n, v in scores.items() if v >= self.floor]
         pruned = [
@@ -149,7 +150,7 @@ def test_contributing_add_a_pruner_recipe_works(tmp_path, monkeypatch):
         assert set(pruning.cell_rungs(pruners, plan.studies).values()) == {(1, 2)}
         monkeypatch.chdir(tmp_path)
         for c, dice in zip(study.cells, [0.7, 0.4, 0.65]):  # lr 0.01, 0.1, 0.2
-            path = Path(pruning.rung_path(c.cell_id, 1))
+            path = Path(paths.rung_path(c.cell_id, 1))
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"status": "ok", "epochs_run": 1, "best_val_dice": dice}))
         dec = pruning.decide_stage(pruning.pruner_dict(p), study, 0, [], tmp_path / "stage0.json")

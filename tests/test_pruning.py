@@ -12,12 +12,14 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from segsweep.analysis.aggregate import cells_frame, config_groups, pruned_cells
+from segsweep import paths
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.runs import cells_frame
 from segsweep.errors import ConfigError
 from segsweep.plan import config as sc
 from segsweep.plan import pruning
 from segsweep.plan.cells import build_plan
-from segsweep.study import Study, StudyCell, TableLayout
+from segsweep.study import Study, StudyCell, TableLayout, pruned_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "e2e" / "tiny_config.yaml"
@@ -35,13 +37,13 @@ def study_of(n_configs, repeats=1, folds=None):
 
 
 def write_rung(cell, epoch, dice, status="ok"):
-    path = Path(pruning.rung_path(cell, epoch))
+    path = Path(paths.rung_path(cell, epoch))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cell": cell, "status": status, "epochs_run": epoch, "best_val_dice": dice}))
 
 
 def write_metrics(cell, value, status="ok"):
-    path = Path(pruning.metrics_path(cell))
+    path = Path(paths.cell_file(cell))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cell": cell, "status": status, "val_dice_patient": value}))
 

@@ -20,7 +20,7 @@ from segsweep.training.loop import train_cell
 from segsweep.training.losses import LOSSES, FocalLoss
 from segsweep.training.model import MODELS
 from segsweep.training.optim import OPTIMIZERS
-from segsweep.training.params import parse_loss, parse_schedule
+from segsweep.training.params import cell_config_defaults, parse_loss, parse_schedule
 from segsweep.training.regularizers import REGULARIZERS
 from segsweep.training.schedules import SCHEDULES
 
@@ -268,3 +268,32 @@ def test_toy_loss_from_plan_to_table(toy_loss, tmp_path):
     labels = [r["labels"] for r in table["rows"]]
     i = labels.index({"loss": "toy"})
     assert table["cells"][i][0]["n"] == 1 and table["cells"][i][0]["mean"] is not None
+
+
+def test_train_default_is_filled_from_cell_params_and_checked_against_the_cell_keys(monkeypatch):
+    """`train.default` is written once (segsweep.training.params): the schema file may not repeat it, and a
+    cell key the schema declares without a default there (or the reverse) stops the load, naming the key."""
+    assert sc.schema()["properties"]["train"]["default"] == cell_config_defaults()
+    raw = sc._schema_file()
+    assert "default" not in raw["properties"]["train"]
+    repeated = copy.deepcopy(raw)
+    repeated["properties"]["train"]["default"] = {"lr": 0.001}
+    monkeypatch.setattr(sc, "_schema_file", lambda: repeated)
+    sc._schema_with.cache_clear()
+    with pytest.raises(ValueError, match=r"lists train\.default"):
+        sc.schema()
+    extra = copy.deepcopy(raw)
+    extra["definitions"]["cell"]["properties"]["label_smoothing"] = {"type": "number"}
+    monkeypatch.setattr(sc, "_schema_file", lambda: extra)
+    sc._schema_with.cache_clear()
+    with pytest.raises(ValueError, match="label_smoothing"):
+        sc.schema()
+    monkeypatch.undo()
+    sc._schema_with.cache_clear()
+
+
+def test_a_fine_tune_setting_defaults_to_its_mode_keyword_default():
+    d = sc.cell_defaults()
+    for mode in FINETUNE_MODES.names():
+        for key, default in FINETUNE_MODES.params(mode).items():
+            assert d[key] == default, (mode, key)

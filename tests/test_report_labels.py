@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 import pytest
 from test_report_tables import build
 
-from segsweep.analysis.aggregate import config_groups, read_cells_csv
+from segsweep.analysis.configs import config_groups
+from segsweep.analysis.runs import read_cells_csv
 from segsweep.labels import ConfigNames
 from segsweep.report.provenance import collect
 from segsweep.report.render import render_report

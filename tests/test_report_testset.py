@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from fixtures_results import built_fixture, make_results
 
-from segsweep.analysis.aggregate import aggregate_study, config_groups, read_cells_csv
+from segsweep.analysis.aggregate import aggregate_study
+from segsweep.analysis.configs import config_groups
 from segsweep.analysis.ranking import ranked
+from segsweep.analysis.runs import read_cells_csv
 from segsweep.analysis.testset import patient_bootstrap, selected_test, split_has_test
 from segsweep.report.plots import make_study_figures
 from segsweep.report.provenance import collect

@@ -382,7 +382,7 @@ def test_user_error_fails_at_once_and_is_never_a_failed_cell(data, tmp_path, mon
 
 
 def test_runtime_failure_is_retried_then_recorded_as_failed(data, tmp_path, monkeypatch):
-    from segsweep.analysis.aggregate import read_cell
+    from segsweep.analysis.runs import read_cell
     from segsweep.training import loop
 
     def crash(*a, **k):

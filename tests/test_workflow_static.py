@@ -137,3 +137,18 @@ def test_snakemake_lint_is_clean():
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_the_rules_common_files_are_layered():
+    """rules/common.smk, then adaptive_common.smk, then prune_common.smk (the Snakefile's include order): a
+    file uses no function or constant that a file below it defines, so none calls another back."""
+    files = ["common.smk", "adaptive_common.smk", "prune_common.smk"]
+    included = re.findall(r'^include: "rules/(\w+\.smk)"', (ROOT / "Snakefile").read_text(), re.M)
+    assert [f for f in included if f in files] == files
+    texts = {f: (ROOT / "rules" / f).read_text() for f in files}
+    defined = {f: set(re.findall(r"^(?:def (\w+)|([A-Z_]+) =)", t, re.M)) for f, t in texts.items()}
+    defined = {f: {a or b for a, b in pairs} for f, pairs in defined.items()}
+    for i, lower in enumerate(files):
+        for upper in files[i + 1 :]:
+            used = sorted(n for n in defined[upper] if re.search(rf"\b{n}\b", texts[lower]))
+            assert not used, f"rules/{lower} uses {used} of rules/{upper}"

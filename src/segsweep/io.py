@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -45,6 +46,18 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) as None: JSON has neither, and strict parsers (browsers)
+    reject Python's NaN/Infinity tokens. Dicts, lists and tuples are converted recursively (tuples to lists)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _json_default(o):
@@ -97,6 +110,11 @@ def added_field(neutral: Any) -> Any:
     code did before the field existed. ``identity`` leaves it out while it holds that value, so adding a
     field never changes the id of a finished cell (docs/architecture.md, "Cell ids")."""
     return dataclasses.field(default=neutral, metadata={NEUTRAL: neutral})
+
+
+def is_added(f: dataclasses.Field) -> bool:
+    """Whether a dataclass field was declared with `added_field`."""
+    return NEUTRAL in f.metadata
 
 
 def is_neutral(f: dataclasses.Field, value: Any) -> bool:

@@ -6,7 +6,7 @@ need no planning code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from segsweep.errors import ConfigError
@@ -55,6 +55,16 @@ class Study:
 
 
 # ------------------------------------------------------------------ (de)serialising a study for a rule
+def config_label(labels: Iterable[tuple[str, str]]) -> str:
+    """'optimizer=adam, lr=1e-3': a configuration's name, from the config's axis labels.
+
+    It is a key, not only a caption: cells.csv's ``config`` column, the bootstrap stream of the configuration's
+    interval (`segsweep.analysis.intervals.config_interval`) and a pruner's decisions name configurations by
+    it, so it must stay stable; shown labels (e.g. a fraction's real size) go through it only for captions."""
+    parts = [f"{a}={v}" for a, v in labels]
+    return ", ".join(parts) if parts else "base"
+
+
 def study_to_dict(study: Study) -> dict:
     """JSON-able form, passed as a rule param (so a layout change reruns only aggregation)."""
     return {

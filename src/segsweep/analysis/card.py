@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from segsweep import __version__
-from segsweep.analysis.aggregate import config_groups, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import rank_key, ranked
+from segsweep.analysis.study_results import read_study
 from segsweep.analysis.testset import MIN_PATIENTS, patient_bootstrap
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import select_patients
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import sha256_file, write_text
 from segsweep.labels import ConfigNames, fmt
+from segsweep.paths import BEST_CHECKPOINT, CELLS_SUB, METRICS, PER_PATIENT, STUDIES_SUB, TABLE_JSON, cell_file
 from segsweep.study import check_one_dataset
 from segsweep.training.record import CellMetrics
 
@@ -86,16 +87,9 @@ class Selection:
 
 # -------------------------------------------------------------------------------------- selection
 def study_groups(study: Study, results_dir: Path) -> tuple[list[dict], dict]:
-    """The study's configurations (`aggregate.config_groups`, intervals from table.json) and its table.json."""
-    d = Path(results_dir) / "studies" / study.name
-    try:
-        table = json.loads((d / "table.json").read_text())
-        cells = read_cells_csv(d / "cells.csv", study.axes)
-    except FileNotFoundError as exc:
-        raise DataError(f"{exc.filename}: missing (run the aggregate step first)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{d / 'table.json'}: not valid JSON ({exc.msg})") from None
-    return config_groups(study, cells, intervals=table_intervals(table)), table
+    """The study's configurations (`configs.config_groups`, intervals from table.json) and its table.json."""
+    res = read_study(study, Path(results_dir) / STUDIES_SUB / study.name)
+    return res.groups, res.table
 
 
 def selected_run(group: Mapping, higher_is_better: bool) -> dict | None:
@@ -168,7 +162,7 @@ def resolve_model(spec: str, studies: Sequence[Study], results_dir: Path) -> Sel
             raise DataError(f"predict.model '{spec}': no run of study '{spec}' finished ok")
         return sel
     if CELL_ID.match(spec):
-        path = Path(results_dir) / "cells" / spec / "metrics.json"
+        path = Path(results_dir) / CELLS_SUB / spec / METRICS
         try:
             m = CellMetrics.read(path)
         except (FileNotFoundError, DataError):
@@ -200,7 +194,7 @@ def _read_json(path: Path) -> Any:
 
 def _per_patient(cell_dir: Path) -> pd.DataFrame | None:
     try:
-        df = pd.read_csv(cell_dir / "per_patient.csv", dtype={"patient": str, "set": str})
+        df = pd.read_csv(cell_dir / PER_PATIENT, dtype={"patient": str, "set": str})
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return None
     return df if "set" in df.columns else None
@@ -258,16 +252,16 @@ def study_card(
         card["ok"] = False
         return card
     card["ok"] = True
-    cell_dir = results_dir / "cells" / sel.cell
-    m = CellMetrics.read(cell_dir / "metrics.json")
+    cell_dir = results_dir / CELLS_SUB / sel.cell
+    m = CellMetrics.read(cell_dir / METRICS)
     params = dict(m.params or {})
     card["params"] = params
     groups, table = study_groups(study, results_dir)
     card["config"] = ConfigNames.of_table(table).name(sel.labels)  # as the report's tables name it
     card["split"] = _split_counts(splits_dir, params)
     card["metrics"] = m
-    weights = cell_dir / "best.pt"
-    card["weights"] = {"path": f"results/cells/{sel.cell}/best.pt", "sha256": _weights_sha256(weights)}
+    weights = cell_dir / BEST_CHECKPOINT
+    card["weights"] = {"path": cell_file(sel.cell, BEST_CHECKPOINT), "sha256": _weights_sha256(weights)}
     card["best_epoch"], card["epochs_run"] = m.best_epoch, m.epochs_run
     card["n_train"], card["n_val"] = m.n_train, m.n_val
 
@@ -310,7 +304,7 @@ def study_card(
                 }
             )
     card["worst"] = worst
-    card["postprocessing"] = postprocessing_summary(_read_json(results_dir / "studies" / study.name / "table.json"))
+    card["postprocessing"] = postprocessing_summary(_read_json(results_dir / STUDIES_SUB / study.name / TABLE_JSON))
     card["limitations"] = _limitations(card)
     return card
 

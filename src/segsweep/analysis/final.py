@@ -36,6 +36,7 @@ from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import bootstrap_interval, interval_units
 from segsweep.errors import DataError
 from segsweep.labels import metric_range
+from segsweep.paths import METRICS, TABLE_JSON
 from segsweep.training import native_predictions as npred
 from segsweep.training.evaluate import EvaluationConfig, load_images, score_labels
 from segsweep.training.record import CellMetrics
@@ -152,7 +153,7 @@ def evaluate_selected(
             continue
         path = Path(cells_dir) / r["cell"] / npred.FILE
         try:
-            m = CellMetrics.read(Path(cells_dir) / r["cell"] / "metrics.json")
+            m = CellMetrics.read(Path(cells_dir) / r["cell"] / METRICS)
             f = npred.read(path)
         except (FileNotFoundError, json.JSONDecodeError, ValueError):
             continue
@@ -236,7 +237,7 @@ def chosen_postprocessing(study_dir: Path) -> str:
     """The post-processing chosen for a study's selected model: ``final.chosen`` of
     ``<study_dir>/table.json`` ("none" for a table.json written before post-processing was chosen).
     `predict` passes it to `postprocess.apply_postprocessing`."""
-    path = Path(study_dir) / "table.json"
+    path = Path(study_dir) / TABLE_JSON
     try:
         table = json.loads(path.read_text())
     except FileNotFoundError:

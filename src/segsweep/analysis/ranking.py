@@ -1,6 +1,6 @@
 """Which configuration of a study is best: one ranking rule for the table, the statistics and the report.
 
-Groups are `segsweep.analysis.aggregate.config_groups` dicts (``mean``, ``status``, ...). Configurations whose
+Groups are `segsweep.analysis.configs.config_groups` dicts (``mean``, ``status``, ...). Configurations whose
 runs all finished ``ok`` beat partial ones; then the mean decides (higher or lower is better per study).
 """
 

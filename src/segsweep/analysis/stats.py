@@ -331,7 +331,7 @@ def compare_study(
 ) -> dict:
     """Compare the best configuration (see `ranking.best_group`) with every other configuration.
 
-    ``groups`` are `aggregate.config_groups` dicts. Each comparison gets its own bootstrap stream
+    ``groups`` are `configs.config_groups` dicts. Each comparison gets its own bootstrap stream
     (``[seed, i]``) so adding a configuration does not change the others' intervals.
     """
     best = best_group(groups, higher_is_better)

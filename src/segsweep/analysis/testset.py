@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segsweep.analysis.aggregate import REPRODUCE_TOL, per_patient_file
+from segsweep.analysis.intervals import REPRODUCE_TOL, per_patient_file
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import bootstrap_interval, interval_units
 from segsweep.labels import metric_range
+from segsweep.paths import METRICS, PER_PATIENT
 from segsweep.training.record import CellMetrics
 
 N_BOOT = 10_000
@@ -78,7 +79,7 @@ def patient_bootstrap(
 def per_test_patient(cell_dir: Path, col: str, run_value: float | None) -> dict | None:
     """A run's per-test-patient values of per_patient.csv column ``col`` (one weight per patient), only where
     their mean reproduces the run's value (as for the validation tables), else None."""
-    pv = per_patient_file(Path(cell_dir) / "per_patient.csv", col, "test")
+    pv = per_patient_file(Path(cell_dir) / PER_PATIENT, col, "test")
     if pv is None or run_value is None or pv["weights"].sum() <= 0:
         return None
     pooled = float((pv["weights"] * pv["values"]).sum() / pv["weights"].sum())
@@ -93,7 +94,7 @@ def interval_of_test_runs(runs: Sequence[Mapping], key: str, *, seed) -> dict:
 
 def _metrics(cell_dir: Path) -> CellMetrics | None:
     try:
-        return CellMetrics.read(cell_dir / "metrics.json")
+        return CellMetrics.read(cell_dir / METRICS)
     except (FileNotFoundError, json.JSONDecodeError, ValueError):
         return None
 

@@ -60,6 +60,7 @@ from segsweep.data.config import PreprocessConfig
 from segsweep.data.ingest import pseudonym
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import write_bytes, write_json, write_text
+from segsweep.paths import BEST_CHECKPOINT, CELLS_SUB, STUDIES_SUB, TABLE_JSON
 
 log = logging.getLogger("segsweep.predict")
 
@@ -104,7 +105,7 @@ class CellModel:
         from segsweep.training.model import MODELS
         from segsweep.training.params import CellParams
 
-        path = Path(cell_dir) / "best.pt"
+        path = Path(cell_dir) / BEST_CHECKPOINT
         if not path.exists():
             raise DataError(f"{path}: the cell's weights are missing (retrain it: snakemake -R train)")
         state = checkpoint.load(path)  # verified against its sidecar: a corrupt file is a DataError naming it
@@ -441,9 +442,9 @@ def model_runs(sel: Selection, results_dir: Path, ensemble: bool) -> tuple[list[
     (`final.chosen_postprocessing`); for a cell id given directly, that cell and none."""
     if sel.study is None:
         return [sel.cell], "none"
-    study_dir = Path(results_dir) / "studies" / sel.study
+    study_dir = Path(results_dir) / STUDIES_SUB / sel.study
     post = chosen_postprocessing(study_dir)
-    final = final_of(json.loads((study_dir / "table.json").read_text())) or {}
+    final = final_of(json.loads((study_dir / TABLE_JSON).read_text())) or {}
     runs = list(final.get("cells") or [])
     if ensemble and len(runs) >= 2 and sel.cell in runs:
         return runs, post
@@ -498,7 +499,7 @@ def run_predict(
     cells, post = model_runs(sel, results_dir, pc.ensemble)
     n_classes = int(dataset.get("n_classes", 2))
     model = Predictor(
-        [CellModel(results_dir / "cells" / c, n_classes, device, pc.batch_size) for c in cells], cells, post
+        [CellModel(results_dir / CELLS_SUB / c, n_classes, device, pc.batch_size) for c in cells], cells, post
     )
     log.info("predict: model %s (%s) on %s", sel.cell, sel.how, device)
     if len(cells) > 1:

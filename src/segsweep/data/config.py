@@ -9,12 +9,16 @@ from pathlib import Path
 
 from segsweep.errors import ConfigError
 from segsweep.io import added_field, digest, identity
+from segsweep.paths import (
+    DATA_DIR,
+    DATA_FIGURES_DIR,
+    DATASETS_DIR,
+    PHANTOM_ROOT,
+    RESULTS,
+    SCAN_DIR,
+    SPLITS_DIR,
+)
 
-PHANTOM_ROOT = "results/raw/phantom"
-# Extra data sets (config key `datasets`, used by a study's `data: <name>`) live under their own prefix; the
-# default one (`data:`) under results/{data,splits,raw/...}, each folder keyed by what its content depends on
-# (`DataFolders`), so that two configs run in one folder keep their own phantom, arrays and splits.
-DATASETS_DIR = "results/datasets"
 TARGETS = ("endo", "epi", "myo", "multiclass")
 # data.roi_map (rtstruct layout): RTSTRUCT ROI names of each contour, compared case-insensitively with runs of
 # whitespace as one space; data.label_map (nifti layout): label value of each structure (ACDC's values).
@@ -124,7 +128,7 @@ class DataConfig:
 def dataset_base(dataset: str | None) -> str:
     """Prefix of a data set's files: ``results`` for the default one (results/data, results/splits/...),
     ``results/datasets/<name>`` for an entry of ``datasets`` (its data/, splits/, raw/phantom, raw/scan)."""
-    return "results" if dataset is None else f"{DATASETS_DIR}/{dataset}"
+    return RESULTS if dataset is None else f"{DATASETS_DIR}/{dataset}"
 
 
 @dataclass(frozen=True)
@@ -164,16 +168,16 @@ class DataFolders:
         split_key = digest({"data": key, "splits": identity(replace(splits, seed=0, folds=0))})
         return cls(
             key=key,
-            data=f"results/data/{key}",
-            splits=f"results/splits/{split_key}",
-            figures=f"results/figures/data/{key}",
+            data=f"{DATA_DIR}/{key}",
+            splits=f"{SPLITS_DIR}/{split_key}",
+            figures=f"{DATA_FIGURES_DIR}/{key}",
             scan=scan_dir(data),
         )
 
 
 def scan_dir(data: DataConfig) -> str:
     """The default data set's content manifest of a real root: results/raw/scan/<key of the root path>/."""
-    return f"results/raw/scan/{digest(data.root)}"
+    return f"{SCAN_DIR}/{digest(data.root)}"
 
 
 def dataset_root(results_dir: str | os.PathLike, dataset: str | None) -> Path:

@@ -27,8 +27,8 @@ from pathlib import Path
 from segsweep.data.config import DataConfig
 from segsweep.errors import DataError
 from segsweep.io import digest, sha256_file, write_json
+from segsweep.paths import SCAN_DIR
 
-SCAN_DIR = "results/raw/scan"
 log = logging.getLogger("segsweep.scan")
 
 

@@ -21,7 +21,7 @@ from segsweep.data.splits import make_split
 from segsweep.errors import ConfigError, DataError
 from segsweep.io import digest, identity
 from segsweep.labels import format_value
-from segsweep.plan.config import cell_defaults, deep_merge
+from segsweep.plan.config import cell_defaults, deep_merge, scale_preset
 from segsweep.plan.finetune import check_backbone_keys, planning_order, resolve_init_from, source_cells
 from segsweep.plan.resources import ResourceConfig
 from segsweep.plan.search import SEARCH_MODES, mode_traits
@@ -113,7 +113,7 @@ def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: M
     is identified by its settings instead. ``dataset_content``: the same for each used entry of ``datasets``
     with a real source (by name).
     """
-    preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
+    preset = scale_preset(cfg)
     prep = PreprocessConfig.from_config(cfg, size_override=preset.get("size"))
     # the data sets: None = the default (`data`), then each entry of `datasets` a study uses
     sources: dict[str | None, DataConfig] = {None: DataConfig.from_config(cfg)}

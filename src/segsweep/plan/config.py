@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -70,12 +71,15 @@ def _schema_file() -> dict:
 
 def schema() -> dict:
     """The config schema with each registry's names as the enum of its key (a variant registered later, e.g.
-    in a test, is in the next call's schema). Shared: do not modify."""
-    return _schema_with(_registry_enums())
+    in a test, is in the next call's schema) and `train.default`, every cell key's default, from
+    `segsweep.training.params.cell_config_defaults` (written once, there). Shared: do not modify."""
+    from segsweep.training.params import cell_config_defaults
+
+    return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()))
 
 
 @lru_cache(maxsize=8)
-def _schema_with(enums: tuple) -> dict:
+def _schema_with(enums: tuple, cell_defaults_json: str) -> dict:
     out = copy.deepcopy(_schema_file())
     for path, names in enums:
         node = out
@@ -84,6 +88,15 @@ def _schema_with(enums: tuple) -> dict:
         if "enum" in node:
             raise ValueError(f"config.schema.yaml lists the enum at {path} that the registry fills: remove it")
         node["enum"] = list(names)
+    train, cell = out["properties"]["train"], out["definitions"]["cell"]["properties"]
+    if "default" in train:
+        raise ValueError("config.schema.yaml lists train.default, which CellParams' defaults fill: remove it")
+    train["default"] = json.loads(cell_defaults_json)
+    if set(train["default"]) != set(cell):  # a default for a key the schema does not declare, or the reverse
+        raise ValueError(
+            "config.schema.yaml's cell keys and segsweep.training.params.cell_config_defaults differ: "
+            f"{sorted(set(train['default']) ^ set(cell))}"
+        )
     return out
 
 
@@ -241,6 +254,12 @@ def prepare(cfg: dict, base_dir: str | Path = ".") -> dict:
     if not cfg["studies"]:
         raise ConfigError("config key 'studies': no study is declared")
     return cfg
+
+
+def scale_preset(cfg: Mapping) -> Mapping:
+    """The ``scales`` preset that config key ``scale`` names ({} at ``full``; `prepare` rejected unknown names):
+    its ``cell`` keys override every study's cells, its ``size`` the preprocessing's image size."""
+    return cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
 
 
 DEMO_REPORT_NAME = "report"  # reports/report.{html,pdf}: the demo's, as the README promises

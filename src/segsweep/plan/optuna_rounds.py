@@ -28,8 +28,9 @@ from segsweep.data.config import SplitConfig
 from segsweep.errors import ConfigError
 from segsweep.io import digest, write_json
 from segsweep.labels import format_value
+from segsweep.paths import HISTORY, METRICS, OPTUNA_DIR
 from segsweep.plan.cells import Cell, _set, resolve_cell, study_base
-from segsweep.plan.config import deep_merge
+from segsweep.plan.config import deep_merge, scale_preset
 from segsweep.plan.resources import ResourceConfig
 from segsweep.plan.search import SAMPLERS, optuna_space
 from segsweep.plan.validate import check_cells
@@ -37,7 +38,6 @@ from segsweep.study import Study, StudyCell, TableLayout, pruned_cells, study_fr
 from segsweep.training.params import CellParams
 
 DEFAULT_PARALLEL = 4
-OPTUNA_DIR = "results/studies/{study}/optuna"  # a study's round{r}.json files and journal (rules/adaptive.smk)
 ROUND_KEYS = ("study", "round", "seed", "sampler", "trials")  # a trial: number, round, params, labels, state, ...
 
 
@@ -46,7 +46,7 @@ def study_context(cfg: Mapping, name: str, data_fp: str) -> dict:
     """Everything a round of study ``name`` depends on, as JSON (the round rule's params): no ``n_trials``,
     so raising it leaves the existing rounds' inputs unchanged."""
     spec = cfg["studies"][name]
-    preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
+    preset = scale_preset(cfg)
     base = deep_merge(study_base(cfg, name), preset.get("cell") or {})
     base["fold"] = None
     splits = SplitConfig.from_config(cfg)
@@ -77,6 +77,21 @@ def round_sizes(spec: Mapping) -> list[int]:
     """Trials per round: ``parallel`` each, the last one the rest of ``n_trials``."""
     n, k = int(spec["n_trials"]), int(spec.get("parallel", DEFAULT_PARALLEL))
     return [min(k, n - i) for i in range(0, n, k)]
+
+
+def round_file(study: str, r: int | str) -> str:
+    """results/studies/<study>/optuna/round<r>.json: round r's proposals (the rules' checkpoint output)."""
+    return f"{OPTUNA_DIR.format(study=study)}/round{r}.json"
+
+
+def round_files(cfg: Mapping, studies: Mapping[str, Study]) -> list[str]:
+    """Every round file of the config's adaptive studies; those that exist hold their trial cells."""
+    return [
+        round_file(name, r)
+        for name, study in studies.items()
+        if study.adaptive
+        for r in range(len(round_sizes(cfg["studies"][name])))
+    ]
 
 
 def write_plan(study: str, sizes: Sequence[int], out: Path) -> dict:
@@ -268,7 +283,7 @@ def read_metrics(
             if t["cell"] in pruned:
                 out[t["cell"]] = pruned[t["cell"]]
                 continue
-            p = Path(cells_dir) / str(t["cell"]) / "metrics.json"
+            p = Path(cells_dir) / str(t["cell"]) / METRICS
             if t["cell"] and p.exists():
                 out[t["cell"]] = json.loads(p.read_text())
     return out
@@ -287,7 +302,7 @@ def cell_times(trials: Sequence[Mapping], cells_dir: Path) -> dict[str, dict]:
         d = Path(cells_dir) / str(t.get("cell"))
         if not t.get("cell") or t["cell"] in out:
             continue
-        metrics, history = d / "metrics.json", d / "history.csv"
+        metrics, history = d / METRICS, d / HISTORY
         if metrics.exists():
             end, seconds = metrics.stat().st_mtime, json.loads(metrics.read_text()).get("wall_s")
         elif history.exists():

@@ -40,35 +40,22 @@ from typing import Any
 
 from segsweep.errors import ConfigError
 from segsweep.io import write_json
+from segsweep.paths import cell_file, rung_path
 from segsweep.plan.cells import study_base
+from segsweep.plan.config import scale_preset
 from segsweep.plan.pruner import Budget, Pruner, StudyFacts, check_round_trip
 from segsweep.registry import Registry
-from segsweep.study import Study, StudyCell
+from segsweep.study import Study, StudyCell, config_label
 
 PRUNERS: Registry[type[Pruner]] = Registry("pruner", "pruner.name")
-
-CELLS_DIR = "results/cells"
-
-
-def config_key(labels: Sequence[tuple[str, str]]) -> str:
-    """'optimizer=adam, lr=0.001' (the same name as the tables' configuration column)."""
-    return ", ".join(f"{a}={v}" for a, v in labels) or "base"
 
 
 def configurations(study: Study) -> dict[str, list[StudyCell]]:
     """Configuration name → its cells (repeats, folds), in the study's order."""
     out: dict[str, list[StudyCell]] = {}
     for sc in study.cells:
-        out.setdefault(config_key(sc.labels), []).append(sc)
+        out.setdefault(config_label(sc.labels), []).append(sc)
     return out
-
-
-def rung_path(cell: str, epoch: int, cells_dir: str = CELLS_DIR) -> str:
-    return f"{cells_dir}/{cell}/rungs/{epoch}.json"
-
-
-def metrics_path(cell: str, cells_dir: str = CELLS_DIR) -> str:
-    return f"{cells_dir}/{cell}/metrics.json"
 
 
 def _read(path: str | Path) -> dict | None:
@@ -109,7 +96,7 @@ class Asha(Pruner):
 
     def stage_files(self, k: int, cells: Sequence[StudyCell]) -> list[str]:
         if k == self.n_stages - 1:
-            return [metrics_path(c.cell_id) for c in cells]
+            return [cell_file(c.cell_id) for c in cells]
         return [rung_path(c.cell_id, self.rungs[k]) for c in cells]
 
     def budget(self, k: int) -> Budget:
@@ -226,7 +213,7 @@ class FoldPruner(Pruner):
         return self.n_folds
 
     def stage_files(self, k: int, cells: Sequence[StudyCell]) -> list[str]:
-        return [metrics_path(c.cell_id) for c in cells if c.fold == k]
+        return [cell_file(c.cell_id) for c in cells if c.fold == k]
 
     def budget(self, k: int) -> Budget:
         return Budget("fold", k + 1, self.n_folds)
@@ -239,7 +226,7 @@ class FoldPruner(Pruner):
             for c in cells:
                 if c.fold != f:
                     continue
-                m = _read(metrics_path(c.cell_id)) or {}
+                m = _read(cell_file(c.cell_id)) or {}
                 v = m.get(self.value) if m.get("status") == "ok" else None
                 vals.append(None if v is None or not math.isfinite(v) else float(v))
             out[f] = None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)
@@ -351,7 +338,7 @@ def study_pruners(cfg: Mapping, studies: Mapping[str, Study], cells: Mapping[str
 
 
 def _adaptive_epochs(cfg: Mapping, name: str) -> int:
-    preset = cfg["scales"].get(cfg["scale"], {}) if cfg["scale"] != "full" else {}
+    preset = scale_preset(cfg)
     base = study_base(cfg, name)
     return int((preset.get("cell") or {}).get("epochs", base["epochs"]))
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 from segsweep.errors import ConfigError
 from segsweep.io import write_json
+from segsweep.paths import SNAPSHOT
 from segsweep.plan.cells import Cell
 from segsweep.plan.optuna_rounds import TrialCells
 from segsweep.training.params import CellParams
-
-SNAPSHOT = "cell.json"
 
 
 def snapshot_path(cells_dir: str | Path, cell_id: str) -> Path:

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segsweep.paths import OPTUNA_DIR, cell_file
+
 STALE_S = 120.0  # a log untouched this long (and for 3 epochs) belongs to a job that is no longer running
 _EPOCH = re.compile(r"epoch (\d+)/(\d+) .*\(([\d.]+) s\)\s*$")
 _JOB = re.compile(r"segsweep: rule train(?:_rung)?: (starting|done)")
@@ -82,7 +84,7 @@ def cell_progress(cell: str, epochs: int, root: Path, now: float | None = None) 
     log = max(logs, key=lambda p: p.stat().st_mtime) if logs else None
     open_job, lines = read_log(log) if log else (False, [])
     times = [s for _, _, s in lines]  # a finished cell's too: they measure the run's epoch time
-    metrics = root / "results" / "cells" / cell / "metrics.json"
+    metrics = root / cell_file(cell)
     if metrics.exists():
         try:
             status = json.loads(metrics.read_text()).get("status")
@@ -181,7 +183,7 @@ def plan_cells(cfg: Mapping, root: Path) -> tuple[dict[str, list[str]], dict[str
     from segsweep.data.scan import watch_root
     from segsweep.plan.cells import build_plan, used_datasets
     from segsweep.plan.headers import study_headers
-    from segsweep.plan.optuna_rounds import OPTUNA_DIR, trial_cells
+    from segsweep.plan.optuna_rounds import trial_cells
 
     data = DataConfig.from_config(cfg)
     content = None if data.source == "phantom" else watch_root(data, root / scan_dir(data)).digest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segsweep.analysis.aggregate import patient_values
+from segsweep.analysis.intervals import patient_values
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import ALPHA, MIN_UNITS, POWER, min_pairs_for, pairs, pairs_needed
 from segsweep.labels import fmt

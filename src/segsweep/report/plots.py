@@ -24,7 +24,6 @@ held at the best configuration's labels (the caption says so).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import string
 import textwrap
@@ -38,12 +37,8 @@ import pandas as pd
 # .style first: it selects the Agg backend before pyplot is imported
 # isort: off
 from segsweep.report import style
-from segsweep.analysis.aggregate import (
-    config_groups,
-    layout_axes,
-    read_cells_csv,
-    table_intervals,
-)
+from segsweep.analysis.pivot import layout_axes
+from segsweep.analysis.study_results import read_study
 from segsweep.analysis.ranking import best_group, ranked
 from segsweep.analysis.stats import UNIT_WORDS
 from segsweep.report import inspect as inspect_figs
@@ -104,12 +99,11 @@ class _Ctx:
         self.study = study
         self.study_dir = Path(study_dir)
         self.cells_dir = Path(cells_dir)
-        self.df = read_cells_csv(Path(study_dir) / "cells.csv", study.axes)
-        self.table = json.loads((Path(study_dir) / "table.json").read_text())
+        # the groups carry the intervals aggregate computed from the cells' per-patient values (bootstrap)
+        res = read_study(study, study_dir)
+        self.df, self.table, self.groups = res.cells, res.table, res.groups
         self.value = study.table.value
         self.higher = study.table.higher_is_better
-        # the intervals aggregate computed from the cells' per-patient values (bootstrap, within the metric's range)
-        self.groups = config_groups(study, self.df, self.value, intervals=table_intervals(self.table))
         self.best = best_group(self.groups, self.higher)
         self.names = ConfigNames.of_table(self.table)  # e.g. fraction "0.2" → "17 % (2 of 12 patients)"
         self._hist: dict[str, pd.DataFrame | None] = {}

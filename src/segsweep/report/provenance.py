@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from segsweep.io import digest
+from segsweep.paths import METRICS
 
 # distribution name → how the report names it
 PACKAGES = {
@@ -147,7 +148,7 @@ def pretrained_rows(cells: list[str], cells_dir: Path) -> list[dict]:
     by_sha: dict[str, dict] = {}
     for cell in dict.fromkeys(cells):
         try:
-            params = json.loads((Path(cells_dir) / cell / "metrics.json").read_text()).get("params") or {}
+            params = json.loads((Path(cells_dir) / cell / METRICS).read_text()).get("params") or {}
         except (OSError, ValueError):
             continue
         w = params.get("pretrained")

@@ -32,14 +32,15 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from segsweep.analysis import card
-from segsweep.analysis.aggregate import config_groups, read_cells_csv, table_intervals
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.stats import ALPHA, UNIT_WORDS, describe_p, holm_text, interval_units
+from segsweep.analysis.study_results import read_study
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.labels import ConfigNames, fmt, label_number
+from segsweep.paths import CELLS_SUB, STATS_JSON, STUDIES_SUB
 from segsweep.report.evidence import evidence
 from segsweep.report.provenance import pretrained_rows
 from segsweep.report.style import label_for
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from segsweep.study import Study
 
 DATA_FIGURES = Path("figures") / "data"
-STUDIES = Path("studies")
 MAX_RUN_ROWS = 2000  # per-run provenance rows; beyond this the table points to cells.csv
 
 
@@ -295,17 +295,14 @@ def study_sentences(view: StudyView) -> list[str]:
 
 
 def load_study(study: Study, results_dir: Path) -> StudyView:
-    d = results_dir / STUDIES / study.name
-    if not (d / "cells.csv").exists():
-        raise DataError(f"{d / 'cells.csv'}: missing (run the aggregate step first)")
-    cells = read_cells_csv(d / "cells.csv", study.axes)
-    table = _read_json(d / "table.json")
+    d = results_dir / STUDIES_SUB / study.name
+    res = read_study(study, d)
     view = StudyView(
         study=study,
-        cells=cells,
-        groups=config_groups(study, cells, intervals=table_intervals(table)),
-        table=table,
-        stats=_read_json(d / "stats.json"),
+        cells=res.cells,
+        groups=res.groups,
+        table=res.table,
+        stats=_read_json(d / STATS_JSON),
         figures=load_figures(d / "figures", f"f-{study.name}-"),
     )
     view.sentences = study_sentences(view)
@@ -567,7 +564,7 @@ def test_context(
     for v in views:
         sel = None
         if has_test:
-            sel = testset.selected_test(v.name, v.groups, v.study.table.higher_is_better, results_dir / "cells", seed)
+            sel = testset.selected_test(v.name, v.groups, v.study.table.higher_is_better, results_dir / CELLS_SUB, seed)
         rows = []
         for r in sel["rows"] if sel else []:
             d = 2 if r["key"].startswith("hd95") else 3
@@ -860,8 +857,8 @@ def build_context(
         "failures": failures,
         "log_groups": log_groups(failures),
         "hardware": hardware,
-        "execution": execution_rows(list(runs["cell"]) if len(runs) else [], results_dir / "cells"),
-        "pretrained": pretrained_rows(list(runs["cell"]) if len(runs) else [], results_dir / "cells"),
+        "execution": execution_rows(list(runs["cell"]) if len(runs) else [], results_dir / CELLS_SUB),
+        "pretrained": pretrained_rows(list(runs["cell"]) if len(runs) else [], results_dir / CELLS_SUB),
         "runs": runs.head(MAX_RUN_ROWS).to_dict("records") if len(runs) else [],
         "runs_truncated": max(0, len(runs) - MAX_RUN_ROWS),
         "prov": provenance,

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from segsweep.errors import DataError
+from segsweep.paths import BEST_CHECKPOINT, CELLS_CSV, METRICS, STUDIES_SUB, TABLE_JSON
 from segsweep.training.blocks import SegmentationNet
 from segsweep.training.finetune_modes import finetune_mode
 from segsweep.training.optim import optimizer_factory
@@ -55,8 +56,8 @@ def selected_cell(studies_dir: Path, ref: InitFrom) -> str:
     """
     study_dir = Path(studies_dir) / str(ref.study)
     try:
-        table = json.loads((study_dir / "table.json").read_text())
-        with open(study_dir / "cells.csv", newline="") as fh:
+        table = json.loads((study_dir / TABLE_JSON).read_text())
+        with open(study_dir / CELLS_CSV, newline="") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError as exc:
         raise DataError(
@@ -88,7 +89,7 @@ def selected_cell(studies_dir: Path, ref: InitFrom) -> str:
 def source_checkpoint(ref: InitFrom, cells_dir: Path, studies_dir: Path) -> tuple[str, Path]:
     """(source cell id, its best.pt) for ``init_from``; DataError unless the source finished ``ok``."""
     src = ref.cell if ref.cell is not None else selected_cell(studies_dir, ref)
-    metrics = Path(cells_dir) / src / "metrics.json"
+    metrics = Path(cells_dir) / src / METRICS
     try:
         status = json.loads(metrics.read_text()).get("status")
     except FileNotFoundError:
@@ -97,7 +98,7 @@ def source_checkpoint(ref: InitFrom, cells_dir: Path, studies_dir: Path) -> tupl
         raise DataError(
             f"init_from cell {src} finished with status '{status}' ({metrics}): it has no weights to start from"
         )
-    best = Path(cells_dir) / src / "best.pt"
+    best = Path(cells_dir) / src / BEST_CHECKPOINT
     if not best.exists():
         raise DataError(f"init_from cell {src}: {best} not found although the cell is ok; rerun it (snakemake -R)")
     return src, best
@@ -140,7 +141,7 @@ class FineTune:
             what = f"pretrained encoder {self.p.pretrained.path} (sha256 {self.p.pretrained.sha256[:12]})"
         elif self.p.init_from is not None:
             cells_dir = Path(out_dir).parent
-            src, best = source_checkpoint(self.p.init_from, cells_dir, cells_dir.parent / "studies")
+            src, best = source_checkpoint(self.p.init_from, cells_dir, cells_dir.parent / STUDIES_SUB)
             from segsweep.training import checkpoint
 
             state = checkpoint.load(best).get("model")  # CorruptCheckpoint (a DataError) names the file

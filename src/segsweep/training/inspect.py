@@ -32,6 +32,7 @@ from torch import nn
 
 from segsweep.errors import DataError
 from segsweep.io import atomic_path
+from segsweep.paths import BEST_CHECKPOINT, METRICS, PREDICTIONS
 from segsweep.training import checkpoint
 from segsweep.training.finetune import selected_cell
 from segsweep.training.params import CellParams, InitFrom
@@ -126,9 +127,9 @@ def inspect_cell(cell_dir: Path, out_path: Path, n_images: int = N_IMAGES, top_k
 
     cell_dir = Path(cell_dir)
     try:
-        metrics = json.loads((cell_dir / "metrics.json").read_text())
-        state = checkpoint.load(cell_dir / "best.pt")["model"]  # CorruptCheckpoint names the file
-        with np.load(cell_dir / "predictions.npz", allow_pickle=False) as z:
+        metrics = json.loads((cell_dir / METRICS).read_text())
+        state = checkpoint.load(cell_dir / BEST_CHECKPOINT)["model"]  # CorruptCheckpoint names the file
+        with np.load(cell_dir / PREDICTIONS, allow_pickle=False) as z:
             images, masks = z["image"], z["mask"]
             patient, slc = z["patient"].astype(str), z["slice"].astype(int)
     except FileNotFoundError as exc:

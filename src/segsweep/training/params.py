@@ -6,6 +6,7 @@ not split one cell into two.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from segsweep.errors import ConfigError
-from segsweep.io import added_field, is_neutral
+from segsweep.io import added_field, is_added, is_neutral
 from segsweep.training.finetune_modes import FINETUNE_MODES
 from segsweep.training.losses import LOSSES
 from segsweep.training.optim import OPTIMIZERS
@@ -249,9 +250,9 @@ class CellParams:
             reg = "none"
         # A key the optimizer / regulariser does not read (its keyword parameters) gets one neutral value.
         opt_reads, reg_reads = OPTIMIZERS.params(opt), REGULARIZERS.params(reg)
-        model = d.get("model", "unet")
+        model = d.get("model", CellParams.model)
         backbone = model in BACKBONES  # depth and base_width do not apply: one neutral value (0)
-        ft = d.get("finetune", "full")
+        ft = d.get("finetune", CellParams.finetune)
         ft_reads = FINETUNE_MODES.params(ft)  # unknown: ConfigError naming 'finetune' and the known modes
         if d.get("pretrained") is not None and not backbone:
             raise ConfigError(
@@ -377,6 +378,63 @@ class CellParams:
     @property
     def is_backbone(self) -> bool:
         return self.model in BACKBONES
+
+
+# The config form of each cell key's default: what a cell gets that neither `train:`, its study's `base` nor an
+# axis sets. Written once: plan/config.py makes `cell_config_defaults()` the schema's `train.default` at load.
+# Keys the config writes differently from the fields (`dropout`, `dropout_blocks`, `dropout_body` expand to the
+# per-part dropouts; `loss`, `schedule` as names) are here; a field added after 0.1.0 (`added_field`) is not:
+# its default is its neutral value, or, for the keys a fine-tune mode reads, the mode's keyword default.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "lr": 0.001,
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 0.0,
+    "schedule": "none",
+    "regularizer": "none",
+    "reg_lambda": 0.0,
+    "reg_l1_ratio": 0.5,
+    "reg_on": ["kernel"],
+    "dropout": 0.0,
+    "dropout_down": None,
+    "dropout_bottleneck": None,
+    "dropout_up": None,
+    "dropout_blocks": None,
+    "dropout_body": None,
+    "dropout_mode": "element",
+    "loss": "dice",
+    "batch_size": 8,
+    "epochs": 10,
+    "grad_clip": None,
+    "patience": None,
+    "augment": {"flip": False, "rotate_deg": 0, "scale": 0, "intensity": 0},
+    "in_channels": 1,
+    "depth": 3,
+    "base_width": 8,
+    "batch_norm": True,
+    "fraction": 1.0,
+    "seed": 0,
+    "fold": None,
+    "split_seed": 0,
+}
+
+
+def cell_config_defaults() -> dict[str, Any]:
+    """Every cell key's default in config form: `CONFIG_DEFAULTS`, then each added field's (its neutral value;
+    a key some fine-tune mode reads: that mode's keyword default, `FINETUNE_MODES`). A fresh dict."""
+    mode_keys = {k: v for n in FINETUNE_MODES.names() for k, v in FINETUNE_MODES.params(n).items()}
+    out = copy.deepcopy(CONFIG_DEFAULTS)
+    for f in fields(CellParams):
+        if f.name in CONFIG_DEFAULTS:
+            continue
+        if f.name in mode_keys:
+            out[f.name] = mode_keys[f.name]
+        elif is_added(f):
+            out[f.name] = copy.deepcopy(f.default)
+        else:  # a 0.1.0 field has no dataclass default: its config default belongs in CONFIG_DEFAULTS
+            raise TypeError(f"CellParams.{f.name}: no config default (add it to CONFIG_DEFAULTS)")
+    return out
 
 
 # Label values (background included) that training can learn: binary targets (one sigmoid output) and

@@ -1,7 +1,7 @@
 """`CellMetrics`: the one definition of a cell's ``metrics.json`` (no torch here: analysis and report import it).
 
 Written by training (`loop.train_cell` for ``ok``/``collapsed``/``diverged``, `job.run_train_job` for ``failed``), read back
-by aggregation (`analysis.aggregate.read_cell`) and hence the report. On disk it is `segsweep.io.write_json`
+by aggregation (`analysis.runs.read_cell`) and hence the report. On disk it is `segsweep.io.write_json`
 of `CellMetrics.to_json` (keys sorted, two-space indent). `CellMetrics.read` is tolerant: a key missing from
 an older file reads as None. The table in docs/architecture.md is `markdown_table()`; after changing a field
 run ``python -m segsweep.training.record docs/architecture.md`` (tests/test_record.py checks it).

@@ -10,26 +10,14 @@ file, so the pruner's decision (which never promotes it) and the rest of the stu
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from segsweep.io import write_json
+from segsweep.io import json_safe, write_json
 from segsweep.training.job import failure_reason, run_attempt, train
 from segsweep.training.params import CellParams
 
 log = logging.getLogger("segsweep.jobs")
-
-
-def _clean(obj):
-    """JSON has no NaN/inf: a diverged epoch's loss becomes null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def run_rung_job(
@@ -86,7 +74,7 @@ def run_rung_job(
         }
 
     summary = run_attempt(run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts)
-    summary = _clean({"cell": cell_dir.name, **summary})
+    summary = json_safe({"cell": cell_dir.name, **summary})
     write_json(out, summary)
     log.info(
         "cell %s at rung epoch %d: %s, %s epochs, best val Dice %s",
