@@ -30,10 +30,8 @@ rule train_rung:
         study=cell_header,  # shown in the job's header: its studies and axis values (a resource: no rerun)
         max_attempts=MAX_ATTEMPTS,
     params:
+        **DEVICE_PARAMS,  # device, amp, channels_last (rules/common.smk)
         cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
-        device=CFG["resources"]["device"],
-        amp=CFG["resources"]["amp"],
-        channels_last=CFG["resources"]["channels_last"],
     script:
         "../workflow/scripts/train_rung.py"
 

@@ -38,12 +38,12 @@ rule train:
         # keeps reading "attempt=k, max_attempts=n"
         study=cell_header,
         # how a cell runs, never what it computes (segsweep.training.job.EXECUTION_SETTINGS): resources, so
-        # changing them reruns nothing: last.pt frequency, and the trainer worker (training/worker.py)
+        # changing them reruns nothing: last.pt frequency, the trainer worker (training/worker.py), and
+        # whether amp / channels_last are "auto"
     params:
+        # device, amp, channels_last: amp / channels_last only as "set to true" (rules/common.smk)
+        **DEVICE_PARAMS,
         cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
-        device=CFG["resources"]["device"],
-        amp=CFG["resources"]["amp"],
-        channels_last=CFG["resources"]["channels_last"],
         # the final evaluation's settings: a change re-evaluates finished cells (resumed from last.pt, no training)
         evaluation=CFG["evaluation"],
     script:

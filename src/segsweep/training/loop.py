@@ -83,7 +83,7 @@ from segsweep.errors import ConfigError, DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.training import checkpoint, preempt
 from segsweep.training.augment import Augmenter
-from segsweep.training.device import hardware_description, resolve_device
+from segsweep.training.device import hardware_description, resolve_device, resolve_speed_settings
 from segsweep.training.evaluate import collapse_reason
 from segsweep.training.params import CellParams
 from segsweep.training.record import CellMetrics
@@ -494,8 +494,8 @@ def train_cell(
     threads: int = 1,
     device: str = "auto",
     log: logging.Logger | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
+    amp: bool | str = False,
+    channels_last: bool | str = False,
     on_epoch: Callable[[dict], None] | None = None,
     evaluation: Mapping | None = None,
     stop_at: int | None = None,
@@ -511,8 +511,10 @@ def train_cell(
 
     ``evaluation`` is the config's ``evaluation`` section (NSD tolerance, HD95 cap) for the final evaluation.
 
-    ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
-    the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
+    ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default here and not part
+    of the cell's parameters (they do not change what is being compared, only rounding); "auto" (the config's
+    default) turns them on where the training device suits them (`device.resolve_speed_settings`: decided
+    and logged here, recorded in metrics.json ``execution``). ``on_epoch`` is called
     with each epoch's history row at the epoch's very end, after ``last.pt`` when one was due (progress
     reporting; tests use it to interrupt a run). SIGTERM / SIGUSR1 while it trains: a mid-epoch ``last.pt``,
     then `preempt.Preempted`.
@@ -530,6 +532,7 @@ def train_cell(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(threads))
     dev = resolve_device(device, log)
+    amp, channels_last = resolve_speed_settings(amp, channels_last, dev, log)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     data = load_cell_data(params, Path(data_dir), Path(split_path), dev)
