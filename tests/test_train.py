@@ -12,7 +12,8 @@ import torch
 from segsweep.errors import ConfigError, DataError, SegsweepError
 from segsweep.plan.config import cell_params
 from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS, PER_PATIENT_COLUMNS
-from segsweep.training.loop import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
+from segsweep.training.final_evaluation import PER_IMAGE_COLUMNS
+from segsweep.training.loop import HISTORY_COLUMNS, train_cell
 from segsweep.training.record import CellMetrics
 
 torch.set_num_threads(1)
