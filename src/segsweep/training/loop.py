@@ -585,16 +585,7 @@ class _Saver:
         """Write the pending best.pt, then last.pt (after ``len(history)`` epochs, plus ``partial_state``)."""
         run = self.run
         items = [(self.pending_best, self.best_path)] if self.pending_best is not None else []
-        ckpt = _checkpoint(
-            self.tr,
-            run.history,
-            run.best,
-            run.bad_epochs,
-            run.stopped,
-            run.reason,
-            run.wall_s(self.t_start),
-            partial_state,
-        )
+        ckpt = _checkpoint(self.tr, run, run.wall_s(self.t_start), partial_state)
         written = self.writer.submit([*items, (ckpt, self.last_path)])
         if items and self.writer.background:
             self.written_best = written[0]
@@ -697,31 +688,23 @@ def _train_epochs(
             on_epoch(dict(row))
 
 
-def _checkpoint(
-    tr: _Trainer,
-    history: list[dict],
-    best: dict,
-    bad_epochs: int,
-    stopped: str | None,
-    reason: str | None,
-    wall_s: float,
-    partial: dict | None = None,
-) -> dict:
-    """last.pt's content after ``len(history)`` whole epochs, plus ``partial`` (the next epoch's progress,
-    `_StopInEpoch`) for a mid-epoch one."""
+def _checkpoint(tr: _Trainer, run: _Run, wall_s: float, partial: dict | None = None) -> dict:
+    """last.pt's content after ``len(run.history)`` whole epochs, plus ``partial`` (the next epoch's progress,
+    `_StopInEpoch`) for a mid-epoch one. Live references (the model's and optimizer's tensors, the history
+    list): `checkpoint.Writer` snapshots them before training goes on."""
     out = {
         "version": CHECKPOINT_VERSION if partial is None else PARTIAL_CHECKPOINT_VERSION,
-        "epoch": len(history),
+        "epoch": len(run.history),
         "params": tr.p.to_dict(),
         "model": tr.model.state_dict(),
         "optimizer": tr.optimizer.state_dict(),
         "schedule": tr.schedule.state_dict(),
         "rng": tr.rng_state(),
-        "history": history,
-        "best": best,
-        "bad_epochs": bad_epochs,
-        "stopped": stopped,
-        "reason": reason,
+        "history": run.history,
+        "best": run.best,
+        "bad_epochs": run.bad_epochs,
+        "stopped": run.stopped,
+        "reason": run.reason,
         "wall_s": wall_s,
     }
     if partial is not None:
