@@ -39,8 +39,11 @@ def test_config_default_is_auto_and_validated():
     cfg = sc.validate({"resources": {}})
     res = ResourceConfig.from_config(cfg)
     assert (res.amp, res.channels_last) == ("auto", "auto") == (ResourceConfig().amp, ResourceConfig().channels_last)
-    with pytest.raises(ConfigError, match="resources.channels_last"):
-        ResourceConfig(channels_last="yes")
+    for bad in ("yes", 1):
+        with pytest.raises(ConfigError, match="resources.channels_last"):
+            ResourceConfig(channels_last=bad)
+    with pytest.raises(ConfigError, match="resources.amp"):
+        sc.validate({"resources": {"amp": 1}})
 
 
 # How the train rules' params read before "auto" existed: the config's booleans, false by default.

@@ -50,8 +50,10 @@ class ResourceConfig:
 
     def __post_init__(self):
         for key in ("amp", "channels_last"):
-            if getattr(self, key) not in (True, False, "auto"):  # bools by identity below: 1 is not true here
-                raise ConfigError(f"config key 'resources.{key}': {getattr(self, key)!r} is not true, false or auto")
+            value = getattr(self, key)
+            # by identity: the rule params and the cell id test `is True`, so 1 must not pass for true
+            if not (value is True or value is False or value == "auto"):
+                raise ConfigError(f"config key 'resources.{key}': {value!r} is not true, false or auto")
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> ResourceConfig:

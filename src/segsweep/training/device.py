@@ -60,7 +60,7 @@ def resolve_speed_settings(
     on = speed_defaults(device.type, cap)
     out = []
     for key, value in (("amp", amp), ("channels_last", channels_last)):
-        if value not in (True, False, "auto"):
+        if not (value is True or value is False or value == "auto"):
             raise ConfigError(f"config key 'resources.{key}': {value!r} is not true, false or auto")
         if value == "auto":
             what = f"{device.type}" + (f", compute capability {cap[0]}.{cap[1]}" if cap else "")
