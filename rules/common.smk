@@ -33,7 +33,7 @@ from segsweep.plan import planned_config
 from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
-from segsweep.training.job import EXECUTION_SETTINGS, RUN_ENV
+from segsweep.training.job import RUN_ENV
 
 # A job's own invocation (a Slurm job step) parses the config the run was planned with, not the file as it
 # is now (edited since?); the submitting invocation records it for them (plan/planned_config.py).
@@ -86,9 +86,12 @@ FOLDERS = DataFolders.of(PLAN.data, PLAN.preprocess, PLAN.splits)
 DATA_DIR = FOLDERS.data
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
-# a training job's execution settings (last.pt frequency, trainer worker): rule resources (Snakemake's are
-# integers), passed on whole by the scripts (segsweep.training.job.execution_settings)
-EXECUTION_RESOURCES = {k: int(CFG["resources"][k]) for k in EXECUTION_SETTINGS}
+# a training job's execution settings (last.pt frequency, trainer worker, amp/channels_last "auto"): rule
+# resources (Snakemake's are integers), passed on whole by the scripts (segsweep.training.job.execution_settings)
+EXECUTION_RESOURCES = PLAN.resources.execution_resources()
+# the execution settings among the train rules' params (a rerun trigger): device, amp / channels_last as
+# "set to true" (segsweep.plan.resources.ResourceConfig.rerun_params: an upgrade to "auto" reruns nothing)
+DEVICE_PARAMS = PLAN.resources.rerun_params()
 
 
 wildcard_constraints:

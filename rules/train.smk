@@ -20,7 +20,8 @@ TRAIN_INPUT = dict(
 )
 TRAIN_RESOURCES = dict(
     # how a cell runs, never what it computes (segsweep.training.job.EXECUTION_SETTINGS): resources, so
-    # changing them reruns nothing: last.pt frequency, and the trainer worker (training/worker.py)
+    # changing them reruns nothing: last.pt frequency, the trainer worker (training/worker.py), and whether
+    # amp / channels_last are "auto"
     **EXECUTION_RESOURCES,
     mem_mb=CFG["resources"]["train_mem_mb"],
     runtime=lambda wc: train_runtime_min(CELLS[wc.cell].params, PLAN.preprocess, PLAN.resources),
@@ -33,9 +34,8 @@ TRAIN_RESOURCES = dict(
 )
 TRAIN_PARAMS = dict(
     cell=lambda wc: CELLS[wc.cell].params.to_dict(identity=True),
-    device=CFG["resources"]["device"],
-    amp=CFG["resources"]["amp"],
-    channels_last=CFG["resources"]["channels_last"],
+    # device, amp, channels_last: amp / channels_last only as "set to true" (rules/common.smk)
+    **DEVICE_PARAMS,
 )
 
 

@@ -43,6 +43,8 @@ def test_amp_is_part_of_the_id_and_device_is_not():
     base = ids()
     assert ids(resources={"amp": True}) != base
     assert ids(resources={"channels_last": True, "device": "cpu", "train_threads": 2}) == base
+    # the default "auto" (bf16 where the GPU has it, decided at job time) hashes as false did: ids unchanged
+    assert ids(resources={"amp": False}) == ids(resources={"amp": "auto", "channels_last": "auto"}) == base
 
 
 def test_dropout_details_do_not_split_cells_without_dropout():

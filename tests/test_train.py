@@ -12,7 +12,8 @@ import torch
 from segsweep.errors import ConfigError, DataError, SegsweepError
 from segsweep.plan.config import cell_params
 from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS, PER_PATIENT_COLUMNS
-from segsweep.training.loop import HISTORY_COLUMNS, PER_IMAGE_COLUMNS, train_cell
+from segsweep.training.final_evaluation import PER_IMAGE_COLUMNS
+from segsweep.training.loop import HISTORY_COLUMNS, train_cell
 from segsweep.training.record import CellMetrics
 
 torch.set_num_threads(1)
@@ -337,6 +338,19 @@ def test_amp_and_channels_last_options_run(data, tmp_path):
     # two epochs may leave a model that predicts every pixel: finished, with status collapsed (numbers kept)
     assert m.status in ("ok", "collapsed") and 0.0 <= m.best_val_dice <= 1.0
     assert m.params == _params(epochs=2, in_channels=3).to_dict()  # not part of the cell's parameters
+
+
+def test_auto_speed_settings_are_off_on_the_cpu(data, tmp_path):
+    """The config's default "auto" resolves on the training device (the CPU here: both off) and metrics.json
+    records what ran; the numbers are those of an explicit false."""
+    data_dir, split = data
+    auto = train_cell(_params(epochs=1), data_dir, split, tmp_path / "a", amp="auto", channels_last="auto")
+    off = train_cell(_params(epochs=1), data_dir, split, tmp_path / "o")
+    assert (auto.execution["amp"], auto.execution["channels_last"]) == (False, False)
+    assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:6] == (
+        (tmp_path / "o" / "history.csv").read_text().split("\n")[1].split(",")[:6]
+    )
+    assert auto.best_val_dice == off.best_val_dice
 
 
 def test_unreadable_checkpoint_starts_afresh(data, tmp_path):

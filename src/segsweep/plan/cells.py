@@ -130,7 +130,7 @@ def build_plan(cfg: Mapping, data_content: str | None = None, dataset_content: M
         fps[ds] = data_fingerprint(dcfg, prep, data_content if ds is None else (dataset_content or {}).get(ds))
     data, data_fp = sources[None], fps[None]
     splits = SplitConfig.from_config(cfg)
-    amp = ResourceConfig.from_config(cfg).amp
+    amp = ResourceConfig.from_config(cfg).hashed_amp
     cells: dict[str, Cell] = {}
     studies: dict[str, Study] = {}
     split_specs: dict[str | None, dict[str, dict]] = {ds: {} for ds in sources}
@@ -294,8 +294,10 @@ def _check_splits(n_patients: int, split_specs: Mapping[str, dict], key: str = "
 def cell_id(params: CellParams, data_fp: str, split_fp: dict, amp: bool = False) -> str:
     """12 hex of sha256 over canonical JSON of the cell's identity form (docs/architecture.md, "Cell ids").
 
-    bf16 autocast (``resources.amp``) changes the numbers a run produces, so it is part of the identity (only
-    when on: runs without it keep their ids); device, threads and channels_last are recorded, not hashed.
+    bf16 autocast asked for by ``resources.amp: true`` changes the numbers a run produces, so it is part of the
+    identity (only when on: runs without it keep their ids); ``amp: auto`` (the default: bf16 where the
+    training GPU supports it) is decided at job time like the device, so neither is hashed; device, threads
+    and channels_last are recorded (metrics.json ``execution``), not hashed.
     """
     ident = {"params": params.id_form(), "data": data_fp, "split": split_fp}  # a weights file by its sha256
     if amp:

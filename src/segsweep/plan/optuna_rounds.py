@@ -69,7 +69,7 @@ def study_context(cfg: Mapping, name: str, data_fp: str) -> dict:
         },
         "size": list(size),
         "data_fp": data_fp,
-        "amp": ResourceConfig.from_config(cfg).amp,
+        "amp": ResourceConfig.from_config(cfg).hashed_amp,
     }
 
 

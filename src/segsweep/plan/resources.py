@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from segsweep.data.config import PreprocessConfig
+from segsweep.errors import ConfigError
+from segsweep.training.job import EXECUTION_SETTINGS
 from segsweep.training.params import CellParams
 
 # Seconds per training image-epoch at 256×216 for a base-width-16 U-Net: ~0.3 s on 2 CPU cores
@@ -36,8 +38,9 @@ class ResourceConfig:
     train_gpus: int = 0
     train_runtime_min: int | None = None
     device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
+    # true / false / "auto": decided on the training device (training.device.resolve_speed_settings)
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
     ingest_threads: int = 2
     train_retries: int = 1
     checkpoint_every_epochs: int = 1  # last.pt every N epochs (0: not by count) ...
@@ -45,6 +48,35 @@ class ResourceConfig:
     worker: bool = True  # train in long-lived trainer workers (segsweep.training.worker)
     worker_idle_s: int = 60  # a worker exits after this long without a cell
 
+    def __post_init__(self):
+        for key in ("amp", "channels_last"):
+            value = getattr(self, key)
+            # by identity: the rule params and the cell id test `is True`, so 1 must not pass for true
+            if not (value is True or value is False or value == "auto"):
+                raise ConfigError(f"config key 'resources.{key}': {value!r} is not true, false or auto")
+
     @classmethod
     def from_config(cls, cfg: Mapping) -> ResourceConfig:
         return cls(**cfg["resources"])
+
+    @property
+    def hashed_amp(self) -> bool:
+        """bf16 autocast asked for by ``amp: true``: part of the cell id (`segsweep.plan.cells.cell_id`). The
+        default ``auto`` is not: like ``device`` it says "what suits the device", decided at job time, so the
+        ids of every config written before it existed stay as they were."""
+        return self.amp is True
+
+    def rerun_params(self) -> dict:
+        """The execution settings among the train rules' ``params`` (a Snakemake rerun trigger: it compares
+        the set of the params' values with the one recorded for the finished job). ``amp`` and
+        ``channels_last`` appear only as "set to true": ``auto`` reads ``False`` there, as the ``false``
+        default before it did, so upgrading leaves a finished cell at "Nothing to be done"; that they are
+        ``auto`` reaches the job as a resource (`execution_resources`)."""
+        return {"device": self.device, "amp": self.amp is True, "channels_last": self.channels_last is True}
+
+    def execution_resources(self) -> dict[str, int]:
+        """The train rules' execution-setting resources (`segsweep.training.job.EXECUTION_SETTINGS`; Snakemake's
+        resources are integers here): the config's values, and ``amp_auto`` / ``channels_last_auto`` = 1 when
+        that setting is ``auto``. Resources are no rerun trigger."""
+        derived = {"amp_auto": self.amp == "auto", "channels_last_auto": self.channels_last == "auto"}
+        return {k: int(derived[k] if k in derived else getattr(self, k)) for k in EXECUTION_SETTINGS}

@@ -1,4 +1,5 @@
-"""Which device a training job runs on, and a one-line description of the hardware for metrics.json."""
+"""Which device a training job runs on, the speed settings that suit it, and a one-line description of the
+hardware for metrics.json."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 from segsweep.errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# bf16 in hardware (tensor cores, no emulation): compute capability 8.0, Ampere (A100, RTX 30xx) and later
+BF16_CAPABILITY = (8, 0)
 
 
 def resolve_device(name: str = "auto", log: logging.Logger | None = None) -> torch.device:
@@ -34,6 +37,37 @@ def resolve_device(name: str = "auto", log: logging.Logger | None = None) -> tor
             log.info("no CUDA GPU visible: training on the CPU with %d thread(s)", torch.get_num_threads())
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def speed_defaults(device_type: str, capability: tuple[int, int] | None) -> bool:
+    """What ``auto`` means for ``resources.amp`` and ``channels_last`` on a device: on for a CUDA device of
+    compute capability ≥ `BF16_CAPABILITY` (bf16 tensor-core kernels, which prefer the NHWC layout; NVIDIA,
+    "Tensor Core requirements" in the cuDNN developer guide), off elsewhere: on the CPU bf16 autocast is
+    emulated on most processors (slower) and channels_last convolutions gain nothing, and older GPUs have no
+    bf16 tensor cores (``torch.cuda.is_bf16_supported`` says true there through emulation, hence the
+    capability)."""
+    return device_type == "cuda" and capability is not None and tuple(capability) >= BF16_CAPABILITY
+
+
+def resolve_speed_settings(
+    amp: bool | str, channels_last: bool | str, device: torch.device, log: logging.Logger | None = None
+) -> tuple[bool, bool]:
+    """``amp`` / ``channels_last`` (True, False or "auto") for training on ``device``: "auto" is
+    `speed_defaults` of the device, decided here, on the training device at job time, and logged; True and
+    False are kept as they are."""
+    log = log or logging.getLogger("segsweep.device")
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    on = speed_defaults(device.type, cap)
+    out = []
+    for key, value in (("amp", amp), ("channels_last", channels_last)):
+        if not (value is True or value is False or value == "auto"):
+            raise ConfigError(f"config key 'resources.{key}': {value!r} is not true, false or auto")
+        if value == "auto":
+            what = f"{device.type}" + (f", compute capability {cap[0]}.{cap[1]}" if cap else "")
+            log.info("resources.%s auto: %s on this device (%s)", key, "on" if on else "off", what)
+            value = on
+        out.append(bool(value))
+    return out[0], out[1]
 
 
 @cache

@@ -52,6 +52,8 @@ PER_PATIENT_COLUMNS = ("set", "patient", "n_slices", "dice", "iou", "hd95_mm", "
 NATIVE_IMAGE_COLUMNS = ("set", "native_dice", "native_iou", "native_hd95_mm", "native_nsd", "empty")
 NATIVE_KEYS = ("native_mask", "native_shape", "resized_shape", "native_spacing")
 SETS = ("val", "test")
+# images per call of the network (`evaluate_set`'s ``logits``); `network_logits` computes them in these chunks
+CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -171,9 +173,8 @@ def evaluate_set(
     if len(classes) > 1:
         return _evaluate_multiclass(name, images, logits, cfg, tuple(classes))
     net, scores, labels, probs = [], [], [], []
-    bs = 32
-    for start in range(0, len(images), bs):
-        x = np.stack(images.image[start : start + bs])
+    for start in range(0, len(images), CHUNK):
+        x = np.stack(images.image[start : start + CHUNK])
         z = logits(x)
         prob = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # sigmoid, float64: no 0.5 ties from rounding
         for k in range(len(x)):
@@ -193,6 +194,26 @@ def evaluate_set(
     res = SetResult(name, images, net, scores, patients, summarize(scores, patients), collapse)
     res.native_label, res.net_prob = labels, probs
     return res
+
+
+def network_logits(images: EvalImages, logits: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """``logits`` of every image, in the chunks (`CHUNK`) and order in which `evaluate_set` asks for them:
+    the network's part of the evaluation, done up front so that the training device can be let go before
+    the CPU-heavy scoring, which reads them back through `replay` (the same batches: the same numbers)."""
+    return [logits(np.stack(images.image[s : s + CHUNK])) for s in range(0, len(images), CHUNK)]
+
+
+def replay(chunks: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A ``logits`` for `evaluate_set` that hands back `network_logits`' chunks, one per call, in order."""
+    it = iter(chunks)
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        z = next(it)
+        if len(z) != len(x):  # a different chunking would pair logits with the wrong images
+            raise RuntimeError(f"precomputed logits for {len(z)} images, asked for {len(x)}")
+        return z
+
+    return logits
 
 
 def _score(pred: np.ndarray, ref: np.ndarray, spacing, cfg: EvaluationConfig) -> SliceScore:
@@ -223,8 +244,8 @@ def _evaluate_multiclass(
     net: list = []
     per: list[list[SliceScore]] = [[] for _ in classes]
     labels, probs = [], []
-    for start in range(0, len(images), 32):
-        x = np.stack(images.image[start : start + 32])
+    for start in range(0, len(images), CHUNK):
+        x = np.stack(images.image[start : start + CHUNK])
         z = logits(x)
         prob = _softmax(z)
         for k in range(len(x)):

@@ -106,12 +106,22 @@ EXECUTION_SETTINGS = {
     "checkpoint_every_s": int,
     "worker": bool,
     "worker_idle_s": int,
+    # resources.amp / channels_last "auto" (decided on the training device); their params say only "true"
+    # (`segsweep.plan.resources.ResourceConfig.rerun_params`)
+    "amp_auto": bool,
+    "channels_last_auto": bool,
 }
 
 
 def execution_settings(resources: object) -> dict:
     """``{setting: value}`` for each of `EXECUTION_SETTINGS` that the job's resources hold."""
     return {k: cast(getattr(resources, k)) for k, cast in EXECUTION_SETTINGS.items() if hasattr(resources, k)}
+
+
+def speed_settings(forced: bool, auto: bool) -> bool | str:
+    """``amp`` / ``channels_last`` for `loop.train_cell` from the rule's param (true only when set to true)
+    and resource (set to "auto"): True, False or "auto" (`segsweep.training.device.resolve_speed_settings`)."""
+    return "auto" if auto and not forced else bool(forced)
 
 
 def train(
@@ -158,12 +168,16 @@ def run_train_job(
     checkpoint_every_s: float = 0,
     worker: bool = False,
     worker_idle_s: float = 60,
+    amp_auto: bool = False,
+    channels_last_auto: bool = False,
 ) -> CellMetrics:
     """Run `train_cell` as one Snakemake attempt (module docstring); ``evaluation`` is the config's
     ``evaluation`` section, passed on for the final evaluation; ``checkpoint_every_epochs`` / ``_s`` (config
     ``resources``, rule resources: no rerun trigger) say how often ``last.pt`` is written; ``worker``: train
-    in the job's trainer worker (`train`)."""
+    in the job's trainer worker (`train`); ``amp_auto`` / ``channels_last_auto``: that setting is "auto"
+    (`speed_settings`)."""
     out_dir = Path(out_dir)
+    amp, channels_last = speed_settings(amp, amp_auto), speed_settings(channels_last, channels_last_auto)
 
     def run() -> CellMetrics:
         return train(

@@ -2,8 +2,8 @@
 
 Decisions (the contract the rest of the pipeline relies on):
 
-* **Data.** All training and validation images of the cell's patients are loaded once, as float32 tensors
-  on the training device (a study's data set is a few hundred 2D slices: tens of MB). ``in_channels = 3``
+* **Data** (`segsweep.training.cell_data`). All training and validation images of the cell's patients are
+  loaded once, as float32 tensors on the training device (a study's data set is a few hundred 2D slices: tens of MB). ``in_channels = 3``
   replicates the grey channel *after* augmentation (an ``expand``, no copy in memory).
 * **Batches.** Each epoch visits the training images in a new random order drawn from a generator seeded by
   the cell seed. The last, smaller batch is **kept**: with small training fractions (a few patients) dropping
@@ -28,7 +28,8 @@ Decisions (the contract the rest of the pipeline relies on):
   metrics are computed in numpy. The per-epoch validation Dice on the network grid is only the *monitor*
   (early stopping, best.pt, ``best_val_dice``); the final evaluation maps the best checkpoint's predictions
   of the validation and test patients back to the native grid and scores them there
-  (`segsweep.training.evaluate`, docs/evaluation.md). Test patients (the split's ``test``) are loaded only
+  (`segsweep.training.final_evaluation`, `segsweep.training.evaluate`, docs/evaluation.md); the network's
+  part runs first, then the training device is let go (`_Trainer.release`) before the CPU scoring. Test patients (the split's ``test``) are loaded only
   then and never influence training, stopping or the checkpoint.
 * **Resume.** ``last.pt`` is written atomically at an epoch's end (model, optimizer, schedule, every random
   generator's state, early-stopping state, history): by default after every epoch; ``checkpoint_every_epochs``
@@ -42,7 +43,10 @@ Decisions (the contract the rest of the pipeline relies on):
   weights wait in memory until then, so ``best.pt`` always holds the best epoch of the state ``last.pt``
   resumes (a job killed between writes loses both, and the retrained epochs write them again).
   Both are written and read by `segsweep.training.checkpoint` (fsync + rename, a SHA-256 sidecar verified
-  on every load). A corrupt ``last.pt`` starts the cell afresh; a corrupt ``best.pt`` is ignored in favour
+  on every load), written by a background thread (`checkpoint.Writer`) from a CPU snapshot taken at the
+  epoch's end, so the next epoch trains while the file is written; one write in flight at a time, joined
+  before the next, before best.pt is read back, on a stop signal and before the cell returns (metrics.json
+  is written after its checkpoints are on disk). A corrupt ``last.pt`` starts the cell afresh; a corrupt ``best.pt`` is ignored in favour
   of ``last.pt`` and, unless a later epoch beats it, rebuilt before the final evaluation by replaying the
   epochs up to the best one (`_best_state`): a finished cell is re-evaluated, never ``failed``.
 * **Stop signals** (SIGTERM, SIGUSR1: Slurm's time-limit warning, preemption, scancel; `preempt`). The flag
@@ -64,7 +68,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import time
@@ -77,147 +80,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segsweep.data.config import class_names
-from segsweep.data.splits import select_patients, test_patients
-from segsweep.errors import ConfigError, DataError
-from segsweep.io import atomic_path, write_text
+from segsweep.errors import ConfigError
+from segsweep.io import write_text
 from segsweep.training import checkpoint, preempt
 from segsweep.training.augment import Augmenter
-from segsweep.training.device import hardware_description, resolve_device
+from segsweep.training.cell_data import CellData, load_cell_data
+from segsweep.training.device import hardware_description, resolve_device, resolve_speed_settings
 from segsweep.training.evaluate import collapse_reason
+from segsweep.training.final_evaluation import final_evaluation, write_empty_evaluation
 from segsweep.training.params import CellParams
 from segsweep.training.record import CellMetrics
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice", "val_iou", "epoch_s", "lr_encoder")
-PER_IMAGE_COLUMNS = ("patient", "slice", "dice", "iou", "hd95_mm")
 CHECKPOINT_VERSION = 1  # last.pt written after a whole epoch
 # last.pt written inside an epoch on a stop signal: version 1 plus its "partial" section. A number of its own
 # so that a segsweep predating it starts afresh instead of resuming at the epoch's start (other numbers).
 PARTIAL_CHECKPOINT_VERSION = 2
-
-
-# ------------------------------------------------------------------------------------------------- data
-@dataclass
-class CellData:
-    """The cell's images as device tensors ([N,1,H,W] float32; masks 0/1, or label values 0..C) + validation metadata."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    val_patient: np.ndarray  # str [M]
-    val_slice: np.ndarray  # int32 [M]
-    val_spacing: np.ndarray  # float32 [M, 2] (row, col) mm
-    train_patients: list[str]
-    val_patients: list[str]
-    test_patients: list[str] = field(default_factory=list)  # the split's test set: final evaluation only
-    n_classes: int = 2  # label values, background included (dataset.json): 2 = binary, one sigmoid channel
-    classes: tuple[str, ...] = ("foreground",)  # foreground class names, label value k+1 = classes[k]
-
-    @property
-    def n_outputs(self) -> int:
-        """Output channels of the model: 1 (sigmoid) for a binary target, else background + classes (softmax)."""
-        return 1 if self.n_classes <= 2 else self.n_classes
-
-    @property
-    def n_train(self) -> int:
-        return int(self.x_train.shape[0])
-
-    @property
-    def n_val(self) -> int:
-        return int(self.x_val.shape[0])
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
-
-
-def _load_patients(data_dir: Path, pids: list[str], n_classes: int = 2) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {"image": [], "mask": [], "spacing": [], "slice": [], "patient": []}
-    for pid in pids:
-        path = data_dir / f"{pid}.npz"
-        try:
-            with np.load(path) as z:
-                image, mask = z["image"].astype(np.float32), z["mask"]
-                spacing, slices = z["spacing"].astype(np.float32), z["slice"].astype(np.int32)
-        except FileNotFoundError:
-            raise DataError(f"patient file not found: {path} (listed in the split, missing from the data)") from None
-        except KeyError as exc:
-            raise DataError(f"patient file {path} lacks the array {exc}") from None
-        if image.ndim != 3 or image.shape != mask.shape or len(spacing) != len(image) or len(slices) != len(image):
-            raise DataError(
-                f"patient file {path}: image {image.shape}, mask {mask.shape}, spacing {spacing.shape} and "
-                f"slice {slices.shape} do not describe the same [N,H,W] images"
-            )
-        parts["image"].append(image)
-        parts["mask"].append(mask)
-        parts["spacing"].append(spacing)
-        parts["slice"].append(slices)
-        parts["patient"].append(np.full(len(image), pid))
-    sizes = {a.shape[1:] for a in parts["image"]}
-    if len(sizes) > 1:
-        raise DataError(f"images in {data_dir} differ in size {sorted(sizes)}; ingest resizes them to one size")
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    top = max(1, n_classes - 1)
-    if out["mask"].size and out["mask"].max() > top:
-        raise DataError(
-            f"masks in {data_dir} hold label values > {top}, but dataset.json says n_classes {n_classes}; rerun ingest"
-        )
-    return out
-
-
-def load_cell_data(params: CellParams, data_dir: Path, split_path: Path, device: torch.device) -> CellData:
-    """Read ``dataset.json``, the split and the patients' npz files; return device tensors."""
-    data_dir, split_path = Path(data_dir), Path(split_path)
-    dataset = _read_json(data_dir / "dataset.json", "data set manifest")
-    n_classes = max(2, int(dataset.get("n_classes", 2)))  # binary: 2 label values (older files say 1)
-    split = _read_json(split_path, "split file")
-    if "seed" in split and int(split["seed"]) != params.split_seed:
-        raise DataError(
-            f"split file {split_path} was made with seed {split['seed']}, the cell asks for split_seed {params.split_seed}"
-        )
-    try:
-        train_ids, val_ids = select_patients(split, params.fraction, params.fold)
-    except KeyError as exc:
-        raise DataError(f"split file {split_path} lacks the key {exc}") from None
-    except DataError as exc:
-        raise DataError(f"split file {split_path}: {exc}") from None
-    test_ids = test_patients(split)
-    known = {p["id"] for p in dataset.get("patients", [])}
-    unknown = sorted(set(train_ids + val_ids + test_ids) - known)
-    if unknown:
-        raise DataError(f"split file {split_path} names patients not in {data_dir / 'dataset.json'}: {unknown[:5]}")
-    if not train_ids or not val_ids:
-        raise DataError(f"split file {split_path}: no training or no validation patients")
-    leak = sorted(set(test_ids) & set(train_ids + val_ids))
-    if leak:
-        raise DataError(f"split file {split_path}: test patients also used for training or validation: {leak[:5]}")
-    tr, va = _load_patients(data_dir, train_ids, n_classes), _load_patients(data_dir, val_ids, n_classes)
-    if len(tr["image"]) == 0 or len(va["image"]) == 0:
-        raise DataError(f"split file {split_path}: the selected patients have no training or no validation images")
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1).to(device)
-
-    return CellData(
-        x_train=t(tr["image"]),
-        y_train=t(tr["mask"]),
-        x_val=t(va["image"]),
-        y_val=t(va["mask"]),
-        val_patient=va["patient"],
-        val_slice=va["slice"],
-        val_spacing=va["spacing"],
-        train_patients=train_ids,
-        val_patients=val_ids,
-        test_patients=test_ids,
-        n_classes=n_classes,
-        classes=class_names(dataset.get("target"), n_classes),
-    )
 
 
 # ----------------------------------------------------------------------------------------- components
@@ -255,10 +133,6 @@ def _history_csv(history: list[dict]) -> str:
     for row in history:
         w.writerow(_format_row(row))
     return buf.getvalue()
-
-
-def _finite_or_none(v) -> float | None:
-    return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
 @dataclass(frozen=True)
@@ -301,7 +175,8 @@ class _StopInEpoch(Exception):
 
 
 class _Trainer:
-    """One cell's training state; `train_cell` drives it. Kept small: the loop lives in `run_epoch`."""
+    """One cell's training state: model, optimizer, schedule, random generators; `train_epoch` trains one
+    epoch, `predict` validates, `logits` serves the final evaluation. `train_cell` drives it."""
 
     def __init__(self, params: CellParams, data: CellData, device: torch.device, amp: bool, channels_last: bool):
         from segsweep.training.finetune import FineTune
@@ -455,6 +330,20 @@ class _Trainer:
             return np.zeros((0, *x.shape[1:]) if n == 1 else (0, n, *x.shape[1:]), np.float32)
         return np.concatenate(out)
 
+    def release(self) -> None:
+        """Let the training device go (the final evaluation's CPU part, `segsweep.training.final_evaluation`):
+        weights and images moved to the CPU, the optimizer state dropped, CUDA's cached blocks returned.
+        Nothing to do on the CPU. The trainer can still `predict` and give `logits` afterwards, on the CPU."""
+        if self.device.type == "cpu":
+            return
+        self.model.to("cpu")
+        self.optimizer.state.clear()
+        for name in ("x_train", "y_train", "x_val", "y_val"):
+            setattr(self.data, name, getattr(self.data, name).cpu())
+        self.device = torch.device("cpu")
+        self.autocast = {**self.autocast, "device_type": "cpu"}
+        torch.cuda.empty_cache()
+
     # -- checkpoints
     def rng_state(self) -> dict:
         state = {
@@ -494,8 +383,8 @@ def train_cell(
     threads: int = 1,
     device: str = "auto",
     log: logging.Logger | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
+    amp: bool | str = False,
+    channels_last: bool | str = False,
     on_epoch: Callable[[dict], None] | None = None,
     evaluation: Mapping | None = None,
     stop_at: int | None = None,
@@ -511,11 +400,13 @@ def train_cell(
 
     ``evaluation`` is the config's ``evaluation`` section (NSD tolerance, HD95 cap) for the final evaluation.
 
-    ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default and not part of
-    the cell's parameters (they do not change what is being compared, only rounding). ``on_epoch`` is called
-    with each epoch's history row at the epoch's very end, after ``last.pt`` when one was due (progress
-    reporting; tests use it to interrupt a run). SIGTERM / SIGUSR1 while it trains: a mid-epoch ``last.pt``,
-    then `preempt.Preempted`.
+    ``amp`` (bf16 autocast) and ``channels_last`` are speed options for GPUs, off by default here and not part
+    of the cell's parameters (they do not change what is being compared, only rounding); "auto" (the config's
+    default) turns them on where the training device suits them (`device.resolve_speed_settings`: decided
+    and logged here, recorded in metrics.json ``execution``). ``on_epoch`` is called
+    with each epoch's history row at the epoch's very end, after ``last.pt`` when one was due (its background
+    write waited for, so the callback may read it; progress reporting; tests use it to interrupt a run).
+    SIGTERM / SIGUSR1 while it trains: a mid-epoch ``last.pt``, then `preempt.Preempted`.
 
     ``checkpoint_every_epochs`` (0: never by count) and ``checkpoint_every_s`` (0: never by time) say when an
     epoch's end writes ``last.pt`` (and a pending ``best.pt``): once that many epochs, or seconds, have passed
@@ -530,6 +421,7 @@ def train_cell(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(threads))
     dev = resolve_device(device, log)
+    amp, channels_last = resolve_speed_settings(amp, channels_last, dev, log)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     data = load_cell_data(params, Path(data_dir), Path(split_path), dev)
@@ -547,157 +439,38 @@ def train_cell(
     tr = _Trainer(params, data, dev, amp, channels_last)
     tr.finetune.initialise(out_dir, log)  # pretrained / init_from weights (a resume overwrites them)
 
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    history: list[dict] = []
-    best = {"dice": -math.inf, "epoch": None}
-    bad_epochs, stopped, reason, wall_before = 0, None, None, 0.0
-    partial = None  # the "partial" section of a mid-epoch last.pt: the first epoch goes on inside (train_epoch)
-    ckpt = _load_checkpoint(last_path, log) if last_path.exists() else None
-    if ckpt is not None:
-        if not params.same_run(ckpt.get("params")) or not _resumable(ckpt, tr.steps_per_epoch, data.n_train):
-            log.warning("%s belongs to other parameters or another version: starting afresh", last_path)
-        else:
-            partial = ckpt.get("partial")
-            tr.model.load_state_dict(ckpt["model"])
-            tr.optimizer.load_state_dict(ckpt["optimizer"])
-            tr.schedule.load_state_dict(ckpt["schedule"])
-            tr.load_rng_state(ckpt["rng"], log)
-            history, best, bad_epochs = ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
-            stopped, reason, wall_before = ckpt["stopped"], ckpt["reason"], ckpt["wall_s"]
-            if partial is None:
-                log.info("resuming from %s after epoch %d", last_path, len(history))
-            else:
-                log.info(
-                    "resuming from %s inside epoch %d, after step %d/%d",
-                    last_path,
-                    partial["epoch"],
-                    partial["step"],
-                    tr.steps_per_epoch,
-                )
-            if best["epoch"] is not None:
-                # best.pt is written just before last.pt, so it can only be newer when a job died between the
-                # two writes (or was written by a segsweep that saved it at once): the epochs retrained now
-                # write it again (on the CPU the same weights). A corrupt one is ignored in favour of last.pt:
-                # a later best epoch rewrites it, else `_best_state` rebuilds it before the final evaluation.
-                try:
-                    saved = checkpoint.load(best_path)["epoch"]
-                    if saved != best["epoch"]:
-                        log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, best["epoch"])
-                except (checkpoint.CorruptCheckpoint, KeyError) as exc:
-                    log.warning("%s; ignored: resuming from %s", exc, last_path)
-                    checkpoint.remove(best_path)
-
+    run = _resume(tr, params, out_dir / "last.pt", out_dir / "best.pt", log)
     horizon = params.epochs if stop_at is None else min(int(stop_at), params.epochs)
     if every != CheckpointEvery():
         log.info("last.pt written %s after the last epoch and on a stop signal", every.describe())
-    # best.pt's content for a best epoch since the last write of last.pt: written just before the next one
-    pending_best: dict | None = None
-    saved_epochs, saved_at = len(history), time.perf_counter()  # what last.pt holds, and since when
-
-    def save_last(partial_state: dict | None = None) -> None:
-        """Write the pending best.pt, then last.pt (after ``len(history)`` epochs, plus ``partial_state``)."""
-        nonlocal pending_best, saved_epochs, saved_at
-        if pending_best is not None:
-            checkpoint.save(pending_best, best_path)
-            pending_best = None
-        wall_s = wall_before + time.perf_counter() - t_start
-        ckpt = _checkpoint(tr, params, history, best, bad_epochs, stopped, reason, wall_s, partial_state)
-        checkpoint.save(ckpt, last_path)
-        saved_epochs, saved_at = len(history), time.perf_counter()
-
-    while stopped is None and len(history) < horizon:
-        epoch = len(history) + 1
-        if signum := preempt.requested():  # came since the last step (data load, last epoch's end)
-            if len(history) > saved_epochs:  # epochs since the last write of last.pt: write it now
-                save_last()
-            saved = last_path if history or partial else None
-            raise preempt.Preempted(signum, epoch, partial["step"] if partial else 0, tr.steps_per_epoch, saved)
-        t0 = time.perf_counter() - (partial["epoch_s"] if partial else 0.0)
-        try:
-            lr, train_sum = tr.train_epoch(partial, preempt.requested)
-        except _StopInEpoch as stop:  # a stop signal: save the epoch so far (module docstring, Stop signals)
-            save_last({**stop.state, "epoch": epoch, "epoch_s": time.perf_counter() - t0})
-            raise preempt.Preempted(
-                preempt.requested(), epoch, stop.state["step"], tr.steps_per_epoch, last_path
-            ) from None
-        partial = None
-        val_sum, dice, iou, _ = tr.predict(data.x_val, data.y_val)
-        # The one host sync of the epoch.
-        tl, vl, vd, vi = torch.stack([train_sum / data.n_train, val_sum / data.n_val, dice.mean(), iou.mean()]).tolist()
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": tl,
-            "val_loss": vl,
-            "val_dice": vd,
-            "val_iou": vi,
-            "epoch_s": round(time.perf_counter() - t0, 4),
-            "lr_encoder": tr.finetune.lr_encoder,  # the encoder group's LR (0 while frozen; finetune.py)
-        }
-        history.append(row)
-        if not math.isfinite(tl) or not math.isfinite(vl):
-            which, value = ("training", tl) if not math.isfinite(tl) else ("validation", vl)
-            stopped, reason = "diverged", f"non-finite {which} loss ({value}) in epoch {epoch}"
-            log.warning("cell %s diverged: %s", out_dir.name, reason)
+    # joined on the way out, whatever the way: a cell never returns (nor stops) with a write in flight
+    with checkpoint.Writer(log=log) as writer:
+        saver = _Saver(tr, run, out_dir, writer, t_start)
+        _train_epochs(tr, run, saver, horizon, every, out_dir, log, on_epoch)
+        write_text(out_dir / "history.csv", _history_csv(run.history))
+        if stop_at is not None:
+            return rung_summary(run.history, int(stop_at), params.patience, run.wall_s(t_start))
+        if run.stopped == "diverged":
+            # no model of this run is reported: every quality field stays null; epochs_run is the diverging epoch
+            status, best_epoch, quality = "diverged", None, {}
+            write_empty_evaluation(out_dir, data)
         else:
-            log.info(
-                "epoch %d/%d lr %.3g train_loss %.4f val_loss %.4f val_dice %.4f val_iou %.4f (%.1f s)",
-                epoch,
-                params.epochs,
-                lr,
-                tl,
-                vl,
-                vd,
-                vi,
-                row["epoch_s"],
-            )
-            if vd > best["dice"]:
-                best, bad_epochs = {"dice": vd, "epoch": epoch}, 0
-                pending_best = {
-                    "model": tr.model.state_dict(),
-                    "epoch": epoch,
-                    "val_dice": vd,
-                    "params": params.to_dict(),
-                }
-            else:
-                bad_epochs += 1
-                if params.patience is not None and bad_epochs >= params.patience:
-                    stopped = "early_stop"
-                    reason = f"early stop after epoch {epoch}: no val Dice gain in {params.patience} epochs"
-                    log.info("%s", reason)
-        last_epoch = stopped is not None or len(history) >= horizon
-        if last_epoch or every.due(len(history) - saved_epochs, time.perf_counter() - saved_at):
-            save_last()
-        elif pending_best is not None and pending_best["epoch"] == epoch:
-            # kept until the next write: a copy, as training goes on changing the model's tensors in place
-            pending_best["model"] = {k: v.detach().clone() for k, v in pending_best["model"].items()}
-        write_text(out_dir / "history.csv", _history_csv(history))
-        if on_epoch is not None:
-            on_epoch(dict(row))
-
-    write_text(out_dir / "history.csv", _history_csv(history))
-    if stop_at is not None:
-        return rung_summary(history, int(stop_at), params.patience, wall_before + time.perf_counter() - t_start)
-    if stopped == "diverged":
-        # no model of this run is reported: every quality field stays null; epochs_run is the diverging epoch
-        status, best_epoch, quality = "diverged", None, {}
-        _write_empty_evaluation(out_dir, data)
-    else:
-        status, best_epoch = "ok", best["epoch"]
-        best_state = _best_state(tr, best_path, best, out_dir, log)
-        final = _final_evaluation(tr, data, best_state, out_dir, Path(data_dir), evaluation, log)
-        quality = {**final, "final_val_dice": history[-1]["val_dice"]}
-        collapsed = collapse_reason(final["val_collapse"])
-        if collapsed:  # a finite loss, but a model that predicts (almost) nothing or everything: numbers kept
-            status, reason = "collapsed", collapsed + (f"; {reason}" if reason else "")
-            log.warning("cell %s collapsed: %s", out_dir.name, collapsed)
+            status, best_epoch = "ok", run.best["epoch"]
+            best_state = saver.best_state(log)
+            final = final_evaluation(tr, data, best_state, out_dir, Path(data_dir), evaluation, log)
+            quality = {**final, "final_val_dice": run.history[-1]["val_dice"]}
+            collapsed = collapse_reason(final["val_collapse"])
+            if collapsed:  # a finite loss, but a model that predicts (almost) nothing or everything: numbers kept
+                status, run.reason = "collapsed", collapsed + (f"; {run.reason}" if run.reason else "")
+                log.warning("cell %s collapsed: %s", out_dir.name, collapsed)
+        writer.wait()  # last.pt and best.pt on disk before metrics.json says the cell is finished
     metrics = CellMetrics(
         cell=out_dir.name,
         status=status,
-        reason=reason,
+        reason=run.reason,
         best_epoch=best_epoch,
-        epochs_run=len(history),
-        wall_s=round(wall_before + time.perf_counter() - t_start, 3),
+        epochs_run=len(run.history),
+        wall_s=round(run.wall_s(t_start), 3),
         n_train=data.n_train,
         n_val=data.n_val,
         device=dev.type,
@@ -723,32 +496,215 @@ def train_cell(
     return metrics
 
 
-def _checkpoint(
+@dataclass
+class _Run:
+    """A cell's progress besides the trainer's state (what last.pt holds with it): the history rows, the best
+    epoch so far, the epochs without a gain, why it stopped, the wall time of earlier attempts, and the
+    ``partial`` section of a mid-epoch last.pt (the first epoch goes on inside it, `_Trainer.train_epoch`)."""
+
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"dice": -math.inf, "epoch": None})
+    bad_epochs: int = 0
+    stopped: str | None = None
+    reason: str | None = None
+    wall_before: float = 0.0
+    partial: dict | None = None
+
+    def wall_s(self, t_start: float) -> float:
+        return self.wall_before + time.perf_counter() - t_start
+
+
+def _resume(tr: _Trainer, params: CellParams, last_path: Path, best_path: Path, log: logging.Logger) -> _Run:
+    """The run so far: from ``last_path`` when it verifies and belongs to these parameters (the trainer's
+    state restored from it), else a fresh one."""
+    ckpt = _load_checkpoint(last_path, log) if last_path.exists() else None
+    if ckpt is None:
+        return _Run()
+    if not params.same_run(ckpt.get("params")) or not _resumable(ckpt, tr.steps_per_epoch, tr.data.n_train):
+        log.warning("%s belongs to other parameters or another version: starting afresh", last_path)
+        return _Run()
+    tr.model.load_state_dict(ckpt["model"])
+    tr.optimizer.load_state_dict(ckpt["optimizer"])
+    tr.schedule.load_state_dict(ckpt["schedule"])
+    tr.load_rng_state(ckpt["rng"], log)
+    run = _Run(
+        history=ckpt["history"],
+        best=ckpt["best"],
+        bad_epochs=ckpt["bad_epochs"],
+        stopped=ckpt["stopped"],
+        reason=ckpt["reason"],
+        wall_before=ckpt["wall_s"],
+        partial=ckpt.get("partial"),
+    )
+    if run.partial is None:
+        log.info("resuming from %s after epoch %d", last_path, len(run.history))
+    else:
+        log.info(
+            "resuming from %s inside epoch %d, after step %d/%d",
+            last_path,
+            run.partial["epoch"],
+            run.partial["step"],
+            tr.steps_per_epoch,
+        )
+    if run.best["epoch"] is not None:
+        # best.pt is written just before last.pt, so it can only be newer when a job died between the
+        # two writes (or was written by a segsweep that saved it at once): the epochs retrained now
+        # write it again (on the CPU the same weights). A corrupt one is ignored in favour of last.pt:
+        # a later best epoch rewrites it, else `_best_state` rebuilds it before the final evaluation.
+        try:
+            saved = checkpoint.load(best_path)["epoch"]
+            if saved != run.best["epoch"]:
+                log.warning("%s holds epoch %s, last.pt expects %s", best_path, saved, run.best["epoch"])
+        except (checkpoint.CorruptCheckpoint, KeyError) as exc:
+            log.warning("%s; ignored: resuming from %s", exc, last_path)
+            checkpoint.remove(best_path)
+    return run
+
+
+class _Saver:
+    """Writes a cell's best.pt and last.pt through ``writer`` (`checkpoint.Writer`: in the background) and
+    remembers what they hold (module docstring, Resume)."""
+
+    def __init__(self, tr: _Trainer, run: _Run, out_dir: Path, writer: checkpoint.Writer, t_start: float):
+        self.tr, self.run, self.writer, self.t_start = tr, run, writer, t_start
+        self.out_dir, self.last_path, self.best_path = out_dir, out_dir / "last.pt", out_dir / "best.pt"
+        # best.pt's content for a best epoch since the last write of last.pt: written just before the next one
+        self.pending_best: dict | None = None
+        self.written_best: dict | None = None  # the snapshot of the best.pt last handed to the background writer
+        self.saved_epochs, self.saved_at = len(run.history), time.perf_counter()  # what last.pt holds, since when
+
+    def new_best(self, epoch: int, val_dice: float) -> None:
+        self.pending_best = {
+            "model": self.tr.model.state_dict(),
+            "epoch": epoch,
+            "val_dice": val_dice,
+            "params": self.tr.p.to_dict(),
+        }
+
+    def save(self, partial_state: dict | None = None) -> None:
+        """Write the pending best.pt, then last.pt (after ``len(history)`` epochs, plus ``partial_state``)."""
+        run = self.run
+        items = [(self.pending_best, self.best_path)] if self.pending_best is not None else []
+        ckpt = _checkpoint(self.tr, run, run.wall_s(self.t_start), partial_state)
+        written = self.writer.submit([*items, (ckpt, self.last_path)])
+        if items and self.writer.background:
+            self.written_best = written[0]
+        self.pending_best = None
+        self.saved_epochs, self.saved_at = len(run.history), time.perf_counter()
+
+    def epoch_end(self, epoch: int, last_epoch: bool, every: CheckpointEvery) -> None:
+        """last.pt when due (module docstring, Resume); else a best epoch's weights kept until the next write."""
+        if last_epoch or every.due(len(self.run.history) - self.saved_epochs, time.perf_counter() - self.saved_at):
+            self.save()
+        elif self.pending_best is not None and self.pending_best["epoch"] == epoch:
+            # kept until the next write: a copy, as training goes on changing the model's tensors in place
+            self.pending_best["model"] = {k: v.detach().clone() for k, v in self.pending_best["model"].items()}
+
+    def best_state(self, log: logging.Logger) -> dict:
+        """best.pt's content for the final evaluation: the snapshot being written when it holds the run's best
+        epoch (no read back, and the evaluation need not wait for the write), else the file (`_best_state`)."""
+        best = self.run.best
+        if self.written_best is not None and self.written_best["epoch"] == best["epoch"]:
+            return self.written_best
+        self.writer.wait()  # best.pt may be the file in flight
+        return _best_state(self.tr, self.best_path, best, self.out_dir, log)
+
+
+def _train_epochs(
     tr: _Trainer,
-    params: CellParams,
-    history: list[dict],
-    best: dict,
-    bad_epochs: int,
-    stopped: str | None,
-    reason: str | None,
-    wall_s: float,
-    partial: dict | None = None,
-) -> dict:
-    """last.pt's content after ``len(history)`` whole epochs, plus ``partial`` (the next epoch's progress,
-    `_StopInEpoch`) for a mid-epoch one."""
+    run: _Run,
+    saver: _Saver,
+    horizon: int,
+    every: CheckpointEvery,
+    out_dir: Path,
+    log: logging.Logger,
+    on_epoch: Callable[[dict], None] | None,
+) -> None:
+    """Train epochs until ``horizon``, an early stop or divergence (``run`` records which), writing
+    history.csv after each and last.pt when due; a stop signal writes last.pt and raises `preempt.Preempted`."""
+    p, data = tr.p, tr.data
+    while run.stopped is None and len(run.history) < horizon:
+        epoch = len(run.history) + 1
+        partial = run.partial
+        if signum := preempt.requested():  # came since the last step (data load, last epoch's end)
+            if len(run.history) > saver.saved_epochs:  # epochs since the last write of last.pt: write it now
+                saver.save()
+            saver.writer.wait()
+            saved = saver.last_path if run.history or partial else None
+            raise preempt.Preempted(signum, epoch, partial["step"] if partial else 0, tr.steps_per_epoch, saved)
+        t0 = time.perf_counter() - (partial["epoch_s"] if partial else 0.0)
+        try:
+            lr, train_sum = tr.train_epoch(partial, preempt.requested)
+        except _StopInEpoch as stop:  # a stop signal: save the epoch so far (module docstring, Stop signals)
+            saver.save({**stop.state, "epoch": epoch, "epoch_s": time.perf_counter() - t0})
+            saver.writer.wait()
+            raise preempt.Preempted(
+                preempt.requested(), epoch, stop.state["step"], tr.steps_per_epoch, saver.last_path
+            ) from None
+        run.partial = None
+        val_sum, dice, iou, _ = tr.predict(data.x_val, data.y_val)
+        # The one host sync of the epoch.
+        tl, vl, vd, vi = torch.stack([train_sum / data.n_train, val_sum / data.n_val, dice.mean(), iou.mean()]).tolist()
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": tl,
+            "val_loss": vl,
+            "val_dice": vd,
+            "val_iou": vi,
+            "epoch_s": round(time.perf_counter() - t0, 4),
+            "lr_encoder": tr.finetune.lr_encoder,  # the encoder group's LR (0 while frozen; finetune.py)
+        }
+        run.history.append(row)
+        if not math.isfinite(tl) or not math.isfinite(vl):
+            which, value = ("training", tl) if not math.isfinite(tl) else ("validation", vl)
+            run.stopped, run.reason = "diverged", f"non-finite {which} loss ({value}) in epoch {epoch}"
+            log.warning("cell %s diverged: %s", out_dir.name, run.reason)
+        else:
+            log.info(
+                "epoch %d/%d lr %.3g train_loss %.4f val_loss %.4f val_dice %.4f val_iou %.4f (%.1f s)",
+                epoch,
+                p.epochs,
+                lr,
+                tl,
+                vl,
+                vd,
+                vi,
+                row["epoch_s"],
+            )
+            if vd > run.best["dice"]:
+                run.best, run.bad_epochs = {"dice": vd, "epoch": epoch}, 0
+                saver.new_best(epoch, vd)
+            else:
+                run.bad_epochs += 1
+                if p.patience is not None and run.bad_epochs >= p.patience:
+                    run.stopped = "early_stop"
+                    run.reason = f"early stop after epoch {epoch}: no val Dice gain in {p.patience} epochs"
+                    log.info("%s", run.reason)
+        saver.epoch_end(epoch, run.stopped is not None or len(run.history) >= horizon, every)
+        write_text(out_dir / "history.csv", _history_csv(run.history))
+        if on_epoch is not None:
+            saver.writer.wait()  # last.pt as documented for on_epoch: on disk (a caller may read it)
+            on_epoch(dict(row))
+
+
+def _checkpoint(tr: _Trainer, run: _Run, wall_s: float, partial: dict | None = None) -> dict:
+    """last.pt's content after ``len(run.history)`` whole epochs, plus ``partial`` (the next epoch's progress,
+    `_StopInEpoch`) for a mid-epoch one. Live references (the model's and optimizer's tensors, the history
+    list): `checkpoint.Writer` snapshots them before training goes on."""
     out = {
         "version": CHECKPOINT_VERSION if partial is None else PARTIAL_CHECKPOINT_VERSION,
-        "epoch": len(history),
-        "params": params.to_dict(),
+        "epoch": len(run.history),
+        "params": tr.p.to_dict(),
         "model": tr.model.state_dict(),
         "optimizer": tr.optimizer.state_dict(),
         "schedule": tr.schedule.state_dict(),
         "rng": tr.rng_state(),
-        "history": history,
-        "best": best,
-        "bad_epochs": bad_epochs,
-        "stopped": stopped,
-        "reason": reason,
+        "history": run.history,
+        "best": run.best,
+        "bad_epochs": run.bad_epochs,
+        "stopped": run.stopped,
+        "reason": run.reason,
         "wall_s": wall_s,
     }
     if partial is not None:
@@ -840,119 +796,3 @@ def _best_state(tr: _Trainer, best_path: Path, best: dict, out_dir: Path, log: l
     checkpoint.save(state, best_path)
     log.info("%s rebuilt (epoch %d)", best_path, best["epoch"])
     return state
-
-
-def _final_evaluation(
-    tr: _Trainer,
-    data: CellData,
-    best_state: dict,
-    out_dir: Path,
-    data_dir: Path,
-    evaluation: Mapping | None,
-    log: logging.Logger,
-) -> dict:
-    """Restore best.pt's ``best_state`` (`_best_state`); score it on the validation patients (network grid: the monitor's numbers, per_image.csv's
-    first columns, predictions.npz) and on the validation and test patients at native resolution
-    (`segsweep.training.evaluate`); write per_image.csv and per_patient.csv.
-
-    Returns the quality fields of `CellMetrics` (best_val_*, val_*, test, evaluation).
-    """
-    from segsweep.training import evaluate as ev
-    from segsweep.training.metrics import hd95_per_image
-
-    tr.model.load_state_dict(best_state["model"])
-    _, dice, iou, pred = tr.predict(data.x_val, data.y_val, keep_pred=True)
-    dice, iou, pred = dice.cpu().numpy(), iou.cpu().numpy(), pred.cpu().numpy()
-    mask = data.y_val[:, 0].to(torch.uint8).cpu().numpy()
-    hd = hd95_per_image(pred, mask, data.val_spacing, data.n_classes)
-
-    cfg = ev.EvaluationConfig.from_mapping(evaluation)
-    val = ev.evaluate_set("val", ev.load_images(data_dir, data.val_patients), tr.logits, cfg, data.classes)
-    if val.images.patient != list(data.val_patient) or val.images.slice != [int(x) for x in data.val_slice]:
-        raise DataError(f"{data_dir}: the validation images changed while the cell trained; rerun it")
-    test = None
-    if data.test_patients:
-        test = ev.evaluate_set("test", ev.load_images(data_dir, data.test_patients), tr.logits, cfg, data.classes)
-    if not val.images.native:
-        log.warning(
-            "%s: patient files without native-resolution arrays (ingested by an older segsweep): the final "
-            "evaluation runs on the network grid; rerun ingest (snakemake -R ingest) for native numbers",
-            data_dir,
-        )
-    rows = [
-        [data.val_patient[i], int(data.val_slice[i]), float(dice[i]), float(iou[i]), float(hd[i])]
-        + ev.native_image_cells(val, i)
-        for i in range(len(pred))
-    ]
-    if test is not None:
-        rows += [
-            [test.images.patient[i], test.images.slice[i], *test.net[i], *ev.native_image_cells(test, i)]
-            for i in range(len(test.images))
-        ]
-    _write_per_image(out_dir, rows, data.classes)
-    ev.write_per_patient(out_dir, [val] + ([test] if test is not None else []), data.classes)
-    for res in (val, test):
-        if res is not None:
-            ev.log_summary(log, res)
-    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            pred=pred,
-            image=data.x_val[:, 0].cpu().numpy(),
-            mask=mask,
-            patient=data.val_patient.astype(str),
-            slice=data.val_slice,
-            # multi-class: the class names of label values 1, 2, ... (overlays draw them in class colours)
-            **({"classes": np.asarray(data.classes)} if data.n_outputs > 1 else {}),
-        )
-    # native-resolution labels and probabilities of both sets: every reported number can be recomputed from
-    # files, and the study's post-processing choice and ensembles need no weights (docs/evaluation.md)
-    from segsweep.training import native_predictions
-
-    native_predictions.write(
-        out_dir / native_predictions.FILE,
-        {"val": val, **({"test": test} if test is not None else {})},
-        data.classes,
-    )
-    finite_hd = hd[np.isfinite(hd)]
-    return {
-        "best_val_dice": float(dice.mean()),
-        "best_val_iou": float(iou.mean()),
-        # mean over images where both masks are non-empty (HD95 is undefined otherwise); null if none
-        "best_val_hd95_mm": float(finite_hd.mean()) if finite_hd.size else None,
-        **ev.metrics_fields(val, test, cfg),
-    }
-
-
-def _write_per_image(out_dir: Path, rows: list[list], classes: tuple[str, ...] = ("foreground",)) -> None:
-    """per_image.csv: the network-grid columns (PER_IMAGE_COLUMNS: HD95 empty where a mask is empty), then
-    the set and the native-resolution scores (`evaluate.NATIVE_IMAGE_COLUMNS`; multi-class: means over the
-    classes, then each class's, `evaluate.class_image_columns`)."""
-    from segsweep.training.evaluate import NATIVE_IMAGE_COLUMNS, class_image_columns
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(PER_IMAGE_COLUMNS + NATIVE_IMAGE_COLUMNS + class_image_columns(classes))
-    for r in rows:
-        patient, slc, dice, iou, hd = r[:5]
-        w.writerow([patient, slc, repr(dice), repr(iou), repr(hd) if math.isfinite(hd) else "", *r[5:]])
-    write_text(out_dir / "per_image.csv", buf.getvalue())
-
-
-def _write_empty_evaluation(out_dir: Path, data: CellData) -> None:
-    """A diverged cell has no model worth evaluating: header-only per_image.csv and per_patient.csv, empty
-    predictions."""
-    from segsweep.training.evaluate import write_per_patient
-
-    _write_per_image(out_dir, [], data.classes)
-    write_per_patient(out_dir, [], data.classes)
-    h, w = data.x_val.shape[-2:]
-    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            pred=np.zeros((0, h, w), np.uint8),
-            image=np.zeros((0, h, w), np.float32),
-            mask=np.zeros((0, h, w), np.uint8),
-            patient=np.zeros(0, dtype="<U1"),
-            slice=np.zeros(0, np.int32),
-        )

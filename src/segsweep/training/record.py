@@ -87,7 +87,8 @@ class CellMetrics:
     params: dict | None = _doc("object", "the cell's parameters (`CellParams.to_dict()`)")
     execution: dict | None = _doc(
         "object or null",
-        "how the run executed: `amp` (bf16 autocast; part of the cell id), `channels_last`, `threads` (CPU "
+        "how the run executed: `amp` (bf16 autocast; part of the cell id when `resources.amp` is true, not when "
+        "`auto` turned it on), `channels_last` (both as decided on the training device), `threads` (CPU "
         "threads torch used) and `device_requested` (`resources.device`); added after 0.1.0, null in older files",
     )
     # Final evaluation (docs/evaluation.md): best.pt on the validation patients at native resolution, under

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from segsweep.io import json_safe, write_json
-from segsweep.training.job import failure_reason, run_attempt, train
+from segsweep.training.job import failure_reason, run_attempt, speed_settings, train
 from segsweep.training.params import CellParams
 
 log = logging.getLogger("segsweep.jobs")
@@ -38,9 +38,13 @@ def run_rung_job(
     checkpoint_every_s: float = 0,
     worker: bool = False,
     worker_idle_s: float = 60,
+    amp_auto: bool = False,
+    channels_last_auto: bool = False,
 ) -> dict:
-    """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``)."""
+    """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``);
+    ``amp_auto`` / ``channels_last_auto`` as in `segsweep.training.job.run_train_job`."""
     out = Path(out)
+    amp, channels_last = speed_settings(amp, amp_auto), speed_settings(channels_last, channels_last_auto)
     cell_dir = out.parent.parent
 
     def run() -> dict:
