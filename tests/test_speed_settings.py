@@ -61,10 +61,13 @@ def test_rule_params_of_every_earlier_config_are_unchanged(amp, channels_last):
 
 
 def test_train_rules_take_those_params_and_auto_as_resources():
+    # train and train_rung share their params (rules/train.smk TRAIN_PARAMS)
+    shared = re.search(r"\nTRAIN_PARAMS = dict\(\n(.*?)\n\)", (ROOT / "rules" / "train.smk").read_text(), re.S).group(1)
+    assert "**DEVICE_PARAMS" in shared and "amp=" not in shared and "channels_last=" not in shared
     for rule in ("train.smk", "prune.smk"):
         text = (ROOT / "rules" / rule).read_text()
         params = re.search(r"\n    params:\n(.*?)(\n    \w+:|\Z)", text, re.S).group(1)
-        assert "**DEVICE_PARAMS" in params and "amp=" not in params and "channels_last=" not in params
+        assert "**TRAIN_PARAMS" in params and "amp=" not in params and "channels_last=" not in params
     common = (ROOT / "rules" / "common.smk").read_text()
     assert "DEVICE_PARAMS = PLAN.resources.rerun_params()" in common
     assert "EXECUTION_RESOURCES = PLAN.resources.execution_resources()" in common
