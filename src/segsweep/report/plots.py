@@ -44,6 +44,7 @@ from segsweep.analysis.stats import UNIT_WORDS
 from segsweep.report import inspect as inspect_figs
 from segsweep.io import write_json, write_text
 from segsweep.labels import ConfigNames, fmt, label_number, label_sort_key, metric_range
+from segsweep.paths import HISTORY, PER_IMAGE, PREDICTIONS
 from segsweep.registry import Registry
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -118,7 +119,7 @@ class _Ctx:
 
     def history(self, cell: str) -> pd.DataFrame | None:
         if cell not in self._hist:
-            p = self.cells_dir / cell / "history.csv"
+            p = self.cells_dir / cell / HISTORY
             self._hist[cell] = pd.read_csv(p) if p.exists() else None
         return self._hist[cell]
 
@@ -634,7 +635,7 @@ def _patient_dice(c: _Ctx, g: dict) -> pd.Series | None:
     """Per-patient Dice of a configuration: mean over slices within a run, then over its ok runs."""
     parts = []
     for r in g["runs"]:
-        p = c.cells_dir / r["cell"] / "per_image.csv"
+        p = c.cells_dir / r["cell"] / PER_IMAGE
         if r["status"] == "ok" and p.exists():
             pi = pd.read_csv(p, dtype={"patient": str, "set": str})
             if "set" in pi:  # validation rows only: test rows are for the Test set section
@@ -721,18 +722,18 @@ def fig_overlays(c: _Ctx, path: Path) -> dict | None:
     runs = sorted((r for r in c.best["runs"] if r["value"] is not None), key=lambda r: r["value"], reverse=c.higher)
     for r in runs:
         d = c.cells_dir / r["cell"]
-        if (d / "per_image.csv").exists() and (d / "predictions.npz").exists():
+        if (d / PER_IMAGE).exists() and (d / PREDICTIONS).exists():
             break
     else:
         return None
-    pi = pd.read_csv(d / "per_image.csv", dtype={"patient": str, "set": str}).dropna(subset=["dice"])
+    pi = pd.read_csv(d / PER_IMAGE, dtype={"patient": str, "set": str}).dropna(subset=["dice"])
     if "set" in pi:  # predictions.npz holds the validation images only
         pi = pi[pi["set"] == "val"]
     if pi.empty:
         return None
     pi = pi.sort_values("dice", kind="stable").reset_index(drop=True)
     picks = [("best", pi.iloc[-1]), ("median", pi.iloc[(len(pi) - 1) // 2]), ("worst", pi.iloc[0])]
-    with np.load(d / "predictions.npz", allow_pickle=False) as z:
+    with np.load(d / PREDICTIONS, allow_pickle=False) as z:
         pred, img, mask = z["pred"], z["image"], z["mask"]
         pat, sl = z["patient"].astype(str), z["slice"].astype(int)
         classes = [str(c) for c in z["classes"]] if "classes" in z.files else []  # multi-class: label k+1

@@ -40,7 +40,7 @@ from segsweep.data.splits import n_train
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
 from segsweep.labels import ConfigNames, fmt, label_number
-from segsweep.paths import CELLS_SUB, STATS_JSON, STUDIES_SUB
+from segsweep.paths import CELLS_SUB, METRICS, STATS_JSON, STUDIES_SUB
 from segsweep.report.evidence import evidence
 from segsweep.report.provenance import pretrained_rows
 from segsweep.report.style import label_for
@@ -781,7 +781,7 @@ def execution_rows(cells: Sequence[str], cells_dir: Path) -> list[dict]:
     counts: Counter[tuple] = Counter()
     for cell in cells:
         try:
-            ex = CellMetrics.read(Path(cells_dir) / cell / "metrics.json").execution
+            ex = CellMetrics.read(Path(cells_dir) / cell / METRICS).execution
         except (OSError, ValueError, DataError):
             ex = None
         key = (

@@ -34,6 +34,7 @@ import numpy as np
 from segsweep.data import preprocess as pre
 from segsweep.errors import DataError
 from segsweep.io import write_text
+from segsweep.paths import PER_PATIENT
 from segsweep.training.metrics import (
     SUMMARY_KEYS,
     SliceScore,
@@ -482,7 +483,7 @@ def per_patient_csv(results: Sequence[SetResult], classes: Sequence[str] = ("for
 
 
 def write_per_patient(out_dir: Path, results: Sequence[SetResult], classes: Sequence[str] = ("foreground",)) -> None:
-    write_text(Path(out_dir) / "per_patient.csv", per_patient_csv(results, classes))
+    write_text(Path(out_dir) / PER_PATIENT, per_patient_csv(results, classes))
 
 
 def log_summary(log: logging.Logger, res: SetResult) -> None:

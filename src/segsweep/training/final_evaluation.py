@@ -25,6 +25,7 @@ import torch
 
 from segsweep.errors import DataError
 from segsweep.io import atomic_path, write_text
+from segsweep.paths import PER_IMAGE, PREDICTIONS
 from segsweep.training import evaluate as ev
 from segsweep.training import native_predictions
 from segsweep.training.cell_data import CellData
@@ -82,7 +83,7 @@ def final_evaluation(
     for res in (val, test):
         if res is not None:
             ev.log_summary(log, res)
-    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+    with atomic_path(out_dir / PREDICTIONS) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
             pred=pred,
@@ -120,7 +121,7 @@ def write_per_image(out_dir: Path, rows: list[list], classes: tuple[str, ...] = 
     for r in rows:
         patient, slc, dice, iou, hd = r[:5]
         w.writerow([patient, slc, repr(dice), repr(iou), repr(hd) if math.isfinite(hd) else "", *r[5:]])
-    write_text(out_dir / "per_image.csv", buf.getvalue())
+    write_text(out_dir / PER_IMAGE, buf.getvalue())
 
 
 def write_empty_evaluation(out_dir: Path, data: CellData) -> None:
@@ -129,7 +130,7 @@ def write_empty_evaluation(out_dir: Path, data: CellData) -> None:
     write_per_image(out_dir, [], data.classes)
     ev.write_per_patient(out_dir, [], data.classes)
     h, w = data.x_val.shape[-2:]
-    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+    with atomic_path(out_dir / PREDICTIONS) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
             pred=np.zeros((0, h, w), np.uint8),

@@ -82,6 +82,7 @@ from torch import nn
 
 from segsweep.errors import ConfigError
 from segsweep.io import write_text
+from segsweep.paths import BEST_CHECKPOINT, HISTORY, LAST_CHECKPOINT, METRICS
 from segsweep.training import checkpoint, preempt
 from segsweep.training.augment import Augmenter
 from segsweep.training.cell_data import CellData, load_cell_data
@@ -439,7 +440,7 @@ def train_cell(
     tr = _Trainer(params, data, dev, amp, channels_last)
     tr.finetune.initialise(out_dir, log)  # pretrained / init_from weights (a resume overwrites them)
 
-    run = _resume(tr, params, out_dir / "last.pt", out_dir / "best.pt", log)
+    run = _resume(tr, params, out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT, log)
     horizon = params.epochs if stop_at is None else min(int(stop_at), params.epochs)
     if every != CheckpointEvery():
         log.info("last.pt written %s after the last epoch and on a stop signal", every.describe())
@@ -447,7 +448,7 @@ def train_cell(
     with checkpoint.Writer(log=log) as writer:
         saver = _Saver(tr, run, out_dir, writer, t_start)
         _train_epochs(tr, run, saver, horizon, every, out_dir, log, on_epoch)
-        write_text(out_dir / "history.csv", _history_csv(run.history))
+        write_text(out_dir / HISTORY, _history_csv(run.history))
         if stop_at is not None:
             return rung_summary(run.history, int(stop_at), params.patience, run.wall_s(t_start))
         if run.stopped == "diverged":
@@ -484,7 +485,7 @@ def train_cell(
         },
         **quality,
     )
-    metrics.write(out_dir / "metrics.json")
+    metrics.write(out_dir / METRICS)
     log.info(
         "cell %s: %s, best val Dice %s at epoch %s, %.1f s",
         out_dir.name,
@@ -567,7 +568,7 @@ class _Saver:
 
     def __init__(self, tr: _Trainer, run: _Run, out_dir: Path, writer: checkpoint.Writer, t_start: float):
         self.tr, self.run, self.writer, self.t_start = tr, run, writer, t_start
-        self.out_dir, self.last_path, self.best_path = out_dir, out_dir / "last.pt", out_dir / "best.pt"
+        self.out_dir, self.last_path, self.best_path = out_dir, out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
         # best.pt's content for a best epoch since the last write of last.pt: written just before the next one
         self.pending_best: dict | None = None
         self.written_best: dict | None = None  # the snapshot of the best.pt last handed to the background writer
@@ -682,7 +683,7 @@ def _train_epochs(
                     run.reason = f"early stop after epoch {epoch}: no val Dice gain in {p.patience} epochs"
                     log.info("%s", run.reason)
         saver.epoch_end(epoch, run.stopped is not None or len(run.history) >= horizon, every)
-        write_text(out_dir / "history.csv", _history_csv(run.history))
+        write_text(out_dir / HISTORY, _history_csv(run.history))
         if on_epoch is not None:
             saver.writer.wait()  # last.pt as documented for on_epoch: on disk (a caller may read it)
             on_epoch(dict(row))

@@ -20,6 +20,7 @@ from typing import Any
 from segsweep.data.config import LABELS
 from segsweep.errors import DataError
 from segsweep.io import write_json, write_text
+from segsweep.paths import METRICS
 
 STATUSES = ("ok", "collapsed", "diverged", "failed")
 """Every value of ``status``, in the order tables count them."""
@@ -174,7 +175,7 @@ class CellMetrics:
         write_json(path, self.to_json())
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], source: str | Path = "metrics.json") -> CellMetrics:
+    def from_json(cls, obj: Mapping[str, Any], source: str | Path = METRICS) -> CellMetrics:
         """From a parsed ``metrics.json``: missing keys are None, unknown keys are ignored."""
         if not isinstance(obj, Mapping) or obj.get("status") not in STATUSES:
             raise DataError(f"{source}: 'status' must be one of {', '.join(STATUSES)}")
