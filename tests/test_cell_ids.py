@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from recipes import recipe_blocks
+
 from segsweep.io import added_field, digest
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan, cell_id
@@ -137,13 +139,6 @@ def test_train_script_is_stable():
     )
 
 
-def _recipe_blocks(heading: str) -> list[tuple[str, str]]:
-    """(language, code) of each fenced block under ``## <heading>`` in CONTRIBUTING.md, indentation kept."""
-    section = (ROOT / "CONTRIBUTING.md").read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    found = re.findall(r"^ *```(\w+)\n(.*?)^ *```", section, re.S | re.M)
-    return [(lang, "\n".join(ln[3:] for ln in code.splitlines())) for lang, code in found]  # the list's indent
-
-
 def test_contributing_add_a_hyperparameter_recipe_works(tmp_path):
     """CONTRIBUTING's "Add a hyperparameter", steps 1 and 2 as written, in a copy of the package: the key gets its
     default from the field alone, the demo keeps its ids, and an axis over the key makes new cells."""
@@ -154,7 +149,7 @@ def test_contributing_add_a_hyperparameter_recipe_works(tmp_path):
     import yaml
 
     (field, _), (read, _), (schema_line, lang) = [
-        (c, lang) for lang, c in _recipe_blocks("Add a hyperparameter (a new cell axis)")
+        (c, lang) for lang, c in recipe_blocks("Add a hyperparameter (a new cell axis)")
     ]
     assert lang == "yaml"
     pkg = tmp_path / "segsweep"
