@@ -1,5 +1,5 @@
-"""CONTRIBUTING's "Add a loss" and "Add a schedule, optimizer, regulariser or model", performed as written in a
-copy of the package: the files the recipe names are the only ones edited, the schema takes the new name, the
+"""CONTRIBUTING's "Add a loss" and "Add a schedule, optimizer, regulariser or model" (its examples), performed as
+written in a copy of the package: the files the recipe names are the only ones edited, the schema takes the new name, the
 plan makes cells with it without importing torch, and a tiny cell trains with it to finite metrics."""
 
 import json
@@ -42,7 +42,8 @@ for i, kw in enumerate({train!r}):
     vals = [v for k, v in m.items() if k.startswith("val_") and isinstance(v, float)]
     trained.append({{"status": m["status"], "finite": bool(vals) and all(math.isfinite(v) for v in vals),
                     "losses": [r["train_loss"] for r in rows], "lrs": [r["lr"] for r in rows]}})
-print(json.dumps({{"planned": [str(v) for v in planned], "torch_in_plan": torch_in_plan, "trained": trained}}))
+print(json.dumps({{"planned": [str(v) for v in planned], "torch_in_plan": torch_in_plan, "trained": trained,
+                  "modules": sorted(sys.modules)}}))
 """
 
 
@@ -58,7 +59,8 @@ def _edited(pkg) -> list[str]:
     return sorted(
         str(f.relative_to(pkg))
         for f in pkg.rglob("*")
-        if f.is_file() and f.read_bytes() != (src / f.relative_to(pkg)).read_bytes()
+        if f.is_file()
+        and (not (src / f.relative_to(pkg)).is_file() or f.read_bytes() != (src / f.relative_to(pkg)).read_bytes())
     )
 
 
@@ -84,12 +86,21 @@ def _run(tmp_path, pkg, axes, row, train):
     for cell in got["trained"]:  # 2 epochs may still predict nothing ("collapsed"): a result, not an error
         assert cell["status"] in ("ok", "collapsed") and cell["finite"], cell
         assert all(math.isfinite(x) for x in cell["losses"]) and len(set(cell["losses"])) == 2, cell  # it learns
-    return got["planned"], got["trained"]
+    return got["planned"], got["trained"], got["modules"]
 
 
 def _not_yet_known(axes):
     with pytest.raises(ConfigError):
         build_plan(sc.prepare({"studies": {"s": {"axes": axes, "table": {"rows": [next(iter(axes))], "cols": []}}}}))
+
+
+def _table_examples() -> tuple[dict[str, str], str]:
+    """The python blocks under the table of "Add a schedule, optimizer, regulariser or model", by the file their
+    first line names, and the yaml block (the schema key)."""
+    blocks = recipe_blocks("Add a schedule, optimizer, regulariser or model")
+    files = {c.splitlines()[0].removeprefix("# "): c for lang, c in blocks if lang == "python"}
+    ((schema_line),) = [c for lang, c in blocks if lang == "yaml"]
+    return files, schema_line
 
 
 def test_contributing_add_a_loss_recipe_works(tmp_path):
@@ -102,17 +113,20 @@ def test_contributing_add_a_loss_recipe_works(tmp_path):
     pkg = _copy(tmp_path)
     _append(pkg / "training" / "losses.py", code)
     assert _edited(pkg) == ["training/losses.py"]  # "Nothing else lists it"
-    planned, _ = _run(tmp_path, pkg, {"loss": spellings}, "loss", [{"loss": s} for s in spellings])
+    planned, _, _ = _run(tmp_path, pkg, {"loss": spellings}, "loss", [{"loss": s} for s in spellings])
     assert len(planned) == 3 and all("log_cosh_dice" in p for p in planned), planned
 
 
 def test_contributing_add_a_schedule_optimizer_regulariser_recipe_works(tmp_path):
     """The table's examples (the blocks under it), each appended to the file its first line names, plus the one
     schema key `poly`'s new keyword needs: one file per kind, and each plans and trains."""
-    blocks = recipe_blocks("Add a schedule, optimizer, regulariser or model")
-    files = {c.splitlines()[0].removeprefix("# "): c for lang, c in blocks if lang == "python"}
-    assert sorted(files) == ["training/optim.py", "training/regularizers.py", "training/schedules.py"]
-    ((schema_line),) = [c for lang, c in blocks if lang == "yaml"]
+    files, schema_line = _table_examples()
+    files = {
+        f: c
+        for f, c in files.items()
+        if f in ("training/optim.py", "training/regularizers.py", "training/schedules.py")
+    }
+    assert len(files) == 3
     new = {"schedule": ["poly", {"name": "poly", "power": 2.0}], "optimizer": ["nadam"], "regularizer": ["l3"]}
     for key, values in new.items():
         _not_yet_known({key: values[:1]})
@@ -135,6 +149,21 @@ def test_contributing_add_a_schedule_optimizer_regulariser_recipe_works(tmp_path
         {"optimizer": "nadam"},
         {"regularizer": "l3", "reg_lambda": 1e-3},
     ]
-    planned, trained = _run(tmp_path, pkg, axes, "schedule", train)
+    planned, trained, _ = _run(tmp_path, pkg, axes, "schedule", train)
     assert trained[0]["lrs"][1] < trained[0]["lrs"][0], trained[0]  # poly decays the LR
     assert len(planned) == 2 * 2 * 2 and any("poly" in p for p in planned), planned
+
+
+def test_contributing_add_a_model_recipe_works(tmp_path):
+    """The model example: the spec appended to training/model.py, the network a new module (the two places the
+    table names), and `model: tiny_net` plans without torch and trains."""
+    files, _ = _table_examples()
+    spec, net = files["training/model.py"], files["training/tiny_net.py"]
+    _not_yet_known({"model": ["tiny_net"]})
+    pkg = _copy(tmp_path)
+    _append(pkg / "training" / "model.py", spec)
+    (pkg / "training" / "tiny_net.py").write_text(net.split("\n", 1)[1])
+    assert _edited(pkg) == ["training/model.py", "training/tiny_net.py"]
+    planned, _, modules = _run(tmp_path, pkg, {"model": ["unet", "tiny_net"]}, "model", [{"model": "tiny_net"}])
+    assert sorted(planned) == ["tiny_net", "unet"]
+    assert "segsweep.training.tiny_net" in modules and "segsweep.training.unet" not in modules  # it trained TinyNet
