@@ -23,7 +23,7 @@ rule train:
         "logs/train/{cell}.log",
     benchmark:
         "benchmarks/runs/train/{cell}.tsv"
-    retries: MAX_ATTEMPTS - 1
+    retries: TRAIN_RETRIES
     conda:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]

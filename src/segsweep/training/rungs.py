@@ -50,6 +50,8 @@ def run_rung_job(
     checkpoint_every_s: float = 0,
     worker: bool = False,
     worker_idle_s: float = 60,
+    train_stop_margin_s: float = 0,
+    train_max_stops: int = 0,
 ) -> dict:
     """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``)."""
     out = Path(out)
@@ -63,6 +65,7 @@ def run_rung_job(
             cell_dir,
             worker=worker,
             worker_idle_s=worker_idle_s,
+            train_stop_margin_s=train_stop_margin_s,
             threads=threads,
             device=device,
             amp=amp,
@@ -85,7 +88,9 @@ def run_rung_job(
             "history": [],
         }
 
-    summary = run_attempt(run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts)
+    summary = run_attempt(
+        run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts, max_stops=train_max_stops
+    )
     summary = _clean({"cell": cell_dir.name, **summary})
     write_json(out, summary)
     log.info(
