@@ -580,6 +580,10 @@ def test_a_finished_cell_of_a_failed_pack_is_restored_not_redone(pack):
     assert f"cell {finished} finished earlier in this snakemake run" in logs, logs[-4000:]
     log = (wd / "logs" / "train" / f"{finished}.log").read_text()
     assert log.count("epoch 1/8 ") == 1  # trained once, however many times its pack ran
+    # the row "scancel of a pack": one command, rc 0, and no crash attempt used (a stop is not a crash)
+    for cell in (finished, pack["stopped"]):
+        assert not (wd / "results" / "cells" / cell / "attempts.json").exists(), cell
+    assert "crash attempts used)" in (wd / "logs" / "train" / f"{pack['stopped']}.log").read_text()
     for name in ("table.csv", "table.json"):
         local = (pack["local"] / "results" / "studies" / PACK_STUDY / name).read_text()
         assert (wd / "results" / "studies" / PACK_STUDY / name).read_text() == local, name
