@@ -18,7 +18,9 @@ rule train:
         # a cell of a pruned study: its last rung (that job's last.pt is where this one continues). [] else.
         rung=lambda wc: [ancient(f) for f in train_last_rung(wc)],
     output:
-        metrics=f"{CELLS_DIR}/{{cell}}/metrics.json",
+        # update(): Snakemake does not remove it before the job (a requeued pack's Snakemake forces its targets,
+        # a read-only cell folder would crash Snakemake itself); the job overwrites it atomically (training/job.py)
+        metrics=update(f"{CELLS_DIR}/{{cell}}/metrics.json"),
     log:
         "logs/train/{cell}.log",
     benchmark:

@@ -702,6 +702,7 @@ def test_cells_needing_several_time_limits_finish_in_one_invocation(limits):
         assert text.count(f"epoch 1/{epochs} ") == 1 and f"epoch {epochs}/{epochs} " in text, cell
     # the cell that had finished when the pack was requeued: restored in each later run, never retrained
     assert f"cell {limits['finished']} finished earlier in this snakemake run" in logs[limits["finished"]]
+    assert "its pack ran again: kept" in logs[limits["finished"]]  # not even its own pack's Snakemake removed it
     for name in ("table.csv", "table.json"):
         local = (limits["local"] / "results" / "studies" / LIMITS_STUDY / name).read_text()
         assert (wd / "results" / "studies" / LIMITS_STUDY / name).read_text() == local, name

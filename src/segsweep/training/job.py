@@ -20,12 +20,13 @@
   with a fresh time limit; otherwise the job exits non-zero (`segsweep.runner.run`: ``EXIT_PREEMPTED``) and
   Snakemake resubmits it (a Snakemake retry, not a crash).
 A finished cell of a pack (several cells in one Slurm job, docs/slurm.md): a stop requeues the pack without
-failing it, so Snakemake removes nothing; the requeued job's Snakemake (``--force`` on its targets) removes
-the finished cell's ``metrics.json`` before running its job again, and a pack that fails or is cancelled
-loses it to the submitting Snakemake. Within one ``snakemake`` invocation (``SEGSWEEP_RUN``, an id the
-submitting invocation sets for its jobs, rules/common.smk) the job therefore keeps a copy,
-``finished-<run>.json``, and the rerun of that cell restores ``metrics.json`` from it at once: no data load,
-no evaluation, the same bytes. A later invocation (a new id) never uses it: it resumes from ``last.pt`` and
+failing it, so the submitting Snakemake removes nothing, and the requeued job's Snakemake (``--force`` on its
+targets) keeps ``metrics.json`` too, as the rule declares it ``update()``: the cell's job runs again and
+returns it as it is. A pack that fails or is cancelled still loses it to the submitting Snakemake (it
+removes every output of a failed group job). Within one ``snakemake`` invocation (``SEGSWEEP_RUN``, an id
+the submitting invocation sets for its jobs, rules/common.smk) the job therefore keeps a copy,
+``finished-<run>.json``: the rerun of that cell returns ``metrics.json`` (kept, or restored from the copy)
+at once: no data load, no evaluation, the same bytes. A later invocation (a new id) never uses it: it resumes from ``last.pt`` and
 re-evaluates, as before.
 A job killed from outside without a signal it can catch in time (node failure, SIGKILL, OOM killer) writes
 nothing and is retried by Snakemake, resuming from the latest ``last.pt``: the last epoch's by default, an
@@ -131,7 +132,11 @@ def run_attempt(
         slurm_job.continue_later(max_stops)
         raise
     except Exception as exc:  # noqa: BLE001 - any other crash becomes a retry or a recorded failure
-        crash = count_crash(out_dir) if counted else attempt
+        try:
+            crash = count_crash(out_dir) if counted else attempt
+        except OSError as io_exc:  # a cell folder that cannot be written (read-only, full): retried, not recorded
+            log.error("cannot count this crash in %s (%s)", out_dir / CRASHES_FILE, io_exc)
+            raise exc from None
         if crash < max_attempts:
             log.error("crash %d of %d allowed (%s); Snakemake will retry", crash, max_attempts, exc)
             raise
@@ -276,19 +281,20 @@ def keep_finished(out_dir: Path) -> None:
 
 
 def restore_finished(out_dir: Path) -> CellMetrics | None:
-    """metrics.json again from this invocation's copy, when Snakemake removed it: its pack was requeued (the
-    requeued job's Snakemake forces its targets) or failed (module docstring)."""
-    kept = _kept(out_dir)
-    if kept is None or not kept.exists() or (out_dir / "metrics.json").exists():
+    """The cell's result when it finished earlier in this invocation (module docstring): metrics.json as it is
+    (its pack was requeued: the rule's output is ``update()``, so Snakemake kept it), or again from this
+    invocation's copy (its pack failed or was cancelled, and Snakemake removed it). None otherwise."""
+    kept, metrics_path = _kept(out_dir), out_dir / "metrics.json"
+    if kept is None or not kept.exists():
         return None
     raw = kept.read_bytes()
-    write_bytes(out_dir / "metrics.json", raw)
-    metrics = CellMetrics.read(out_dir / "metrics.json")
-    log.info(
-        "cell %s finished earlier in this snakemake run (status %s); Snakemake removed its metrics.json when its "
-        "pack ran again: restored from %s",
-        out_dir.name,
-        metrics.status,
-        kept,
-    )
+    if metrics_path.exists():
+        if metrics_path.read_bytes() != raw:  # not this run's result (cannot be, but never serve a stale one)
+            return None
+        how = "its pack ran again: kept"
+    else:
+        write_bytes(metrics_path, raw)
+        how = f"Snakemake removed its metrics.json when its pack failed: restored from {kept}"
+    metrics = CellMetrics.read(metrics_path)
+    log.info("cell %s finished earlier in this snakemake run (status %s); %s", out_dir.name, metrics.status, how)
     return metrics
