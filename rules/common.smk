@@ -86,6 +86,9 @@ FOLDERS = DataFolders.of(PLAN.data, PLAN.preprocess, PLAN.splits)
 DATA_DIR = FOLDERS.data
 DATASETS = PLAN.datasets  # the extra data sets in use: results/datasets/{dataset}/ (rules/data.smk, split.smk)
 MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
+# Snakemake retries a training job for crashes (counted by the job: training/job.py) and for stops (a cancelled
+# Slurm job is resubmitted; a time-limit stop requeues itself and uses none): training/slurm_job.py
+TRAIN_RETRIES = CFG["resources"]["train_retries"] + CFG["resources"]["train_max_stops"]
 # a training job's execution settings (last.pt frequency, trainer worker, amp/channels_last "auto"): rule
 # resources (Snakemake's are integers), passed on whole by the scripts (segsweep.training.job.execution_settings)
 EXECUTION_RESOURCES = PLAN.resources.execution_resources()

@@ -15,7 +15,7 @@ rule train_rung:
         "benchmarks/runs/train_rung/{cell}-{epoch}.tsv"
     wildcard_constraints:
         epoch=r"\d+",
-    retries: MAX_ATTEMPTS - 1
+    retries: TRAIN_RETRIES
     conda:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]

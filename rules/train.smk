@@ -45,12 +45,14 @@ rule train:
         # a cell of a pruned study: its last rung (that job's last.pt is where this one continues). [] else.
         rung=lambda wc: [ancient(f) for f in train_last_rung(wc)],
     output:
-        metrics=cell_file("{cell}"),
+        # update(): Snakemake does not remove it before the job (a requeued pack's Snakemake forces its targets,
+        # a read-only cell folder would crash Snakemake itself); the job overwrites it atomically (training/job.py)
+        metrics=update(cell_file("{cell}")),
     log:
         "logs/train/{cell}.log",
     benchmark:
         "benchmarks/runs/train/{cell}.tsv"
-    retries: MAX_ATTEMPTS - 1
+    retries: TRAIN_RETRIES
     conda:
         "../envs/train.yaml"
     threads: CFG["resources"]["train_threads"]

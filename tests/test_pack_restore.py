@@ -41,9 +41,19 @@ def test_a_removed_metrics_json_is_restored_within_the_run_only(data, tmp_path, 
     # nothing was trained or evaluated again
     assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
 
-    # a later invocation does not trust the copy: it resumes from last.pt and re-evaluates (same numbers)
+    # a requeued pack: Snakemake kept metrics.json (the rule's output is update()); the cell's job runs again and
+    # returns it as it is, trains and writes nothing
+    stamps["metrics.json"] = (out / "metrics.json").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="segsweep"):
+        kept = _job(data, out)
+    assert kept == first and "its pack ran again: kept" in caplog.text
+    assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
+    del stamps["metrics.json"]
+
+    # a later invocation does not trust the copy: it resumes from last.pt and re-evaluates (same numbers); the
+    # rerun is Snakemake's (a changed evaluation, code): metrics.json may still be there (update())
     monkeypatch.setenv(RUN_ENV, "run2")
-    (out / "metrics.json").unlink()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="segsweep"):  # its own level: another test may have set it
         later = _job(data, out)

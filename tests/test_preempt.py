@@ -22,7 +22,7 @@ from test_train import _params, _read_csv, _write_dataset
 from segsweep import runner
 from segsweep.errors import SegsweepError
 from segsweep.training import loop, preempt, schedules
-from segsweep.training.job import USER_ERROR_MARKER, run_train_job
+from segsweep.training.job import CRASHES_FILE, RUN_ENV, USER_ERROR_MARKER, run_train_job
 from segsweep.training.loop import PARTIAL_CHECKPOINT_VERSION, train_cell
 from segsweep.training.preempt import EXIT_PREEMPTED, Preempted
 
@@ -246,17 +246,24 @@ def _job(data, out, p, **kw):
 def test_job_exits_for_the_retry_on_every_attempt_and_never_records_failed(
     data, tmp_path, monkeypatch, sentinel, caplog
 ):
+    """Stops never use one of the cell's crash attempts (attempts.json counts crashes only): stopped three times
+    with a budget of 2, the cell is never recorded failed, and the next run finishes it like an uninterrupted one."""
     p = _params(**RICH)
     out = tmp_path / "c0ffee"
-    for attempt, at_step in ((1, 2), (2, 5)):  # the second one is the last attempt Snakemake makes
+    for attempt, at_step in ((1, 2), (2, 5), (3, 7)):  # more stops than the crash budget (max_attempts=2)
         _signal_at_step(monkeypatch, signal.SIGTERM, at_step)
+        monkeypatch.setenv(RUN_ENV, "run1")
         with caplog.at_level(logging.WARNING, logger="segsweep.jobs"), pytest.raises(Preempted):
             _job(data, out, p, attempt=attempt, max_attempts=2)
         monkeypatch.undo()
         assert not (out / "metrics.json").exists() and not (out / USER_ERROR_MARKER).exists()
+        assert not (out / CRASHES_FILE).exists()
     msgs = [r.getMessage() for r in caplog.records if r.name == "segsweep.jobs"]
-    assert msgs[0] == "attempt 1 of 2: SIGTERM: preempted at epoch 1 step 2/3; last.pt written; exiting for the retry"
-    assert msgs[1].startswith("attempt 2 of 2: SIGTERM: preempted at epoch 2 step 2/3") and "snakemake" in msgs[1]
+    assert msgs[0] == (
+        "SIGTERM: preempted at epoch 1 step 2/3; last.pt written; exiting for the retry "
+        "(a stop, not a crash: 0 of 2 crash attempts used)"
+    )
+    assert msgs[2].startswith("SIGTERM: preempted at epoch ") and msgs[2].endswith("0 of 2 crash attempts used)")
     # the next `snakemake` run (attempt 1 again) resumes and finishes like an uninterrupted run
     m = _job(data, out, p, attempt=1, max_attempts=2)
     assert m.status in ("ok", "collapsed")

@@ -47,6 +47,8 @@ class ResourceConfig:
     checkpoint_every_s: int = 0  # ... or S seconds (0: not by time); always at the end and on a stop signal
     worker: bool = True  # train in long-lived trainer workers (segsweep.training.worker)
     worker_idle_s: int = 60  # a worker exits after this long without a cell
+    train_stop_margin_s: int = 120  # a Slurm training job stops this long before its time limit ...
+    train_max_stops: int = 20  # ... and is requeued / resubmitted at most this often (stops are not crashes)
 
     def __post_init__(self):
         for key in ("amp", "channels_last"):

@@ -28,6 +28,7 @@ import functools
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -124,3 +125,29 @@ def stop_signals_caught(func: _F) -> _F:
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+DEADLINE_SIGNAL = signal.SIGALRM  # the stop a deadline asks for (`stop_by`): told apart from Slurm's SIGTERM in logs
+
+
+@contextlib.contextmanager
+def stop_by(deadline: float | None) -> Iterator[None]:
+    """Within the block, a stop is requested (`request_stop`, as `DEADLINE_SIGNAL`) at ``deadline`` (epoch
+    seconds; None: never): a Slurm job stops its cell before its time limit (`segsweep.training.slurm_job`)."""
+    if deadline is None:
+        yield
+        return
+
+    def fire() -> None:
+        logging.getLogger("segsweep.train").warning(
+            "the Slurm job's time limit is near: stopping at the next optimizer step (a mid-epoch last.pt)"
+        )
+        request_stop(DEADLINE_SIGNAL)
+
+    timer = threading.Timer(max(0.0, deadline - time.time()), fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

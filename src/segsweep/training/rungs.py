@@ -40,6 +40,8 @@ def run_rung_job(
     worker_idle_s: float = 60,
     amp_auto: bool = False,
     channels_last_auto: bool = False,
+    train_stop_margin_s: float = 0,
+    train_max_stops: int = 0,
 ) -> dict:
     """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``);
     ``amp_auto`` / ``channels_last_auto`` as in `segsweep.training.job.run_train_job`."""
@@ -55,6 +57,7 @@ def run_rung_job(
             cell_dir,
             worker=worker,
             worker_idle_s=worker_idle_s,
+            train_stop_margin_s=train_stop_margin_s,
             threads=threads,
             device=device,
             amp=amp,
@@ -77,7 +80,9 @@ def run_rung_job(
             "history": [],
         }
 
-    summary = run_attempt(run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts)
+    summary = run_attempt(
+        run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts, max_stops=train_max_stops
+    )
     summary = json_safe({"cell": cell_dir.name, **summary})
     write_json(out, summary)
     log.info(

@@ -183,13 +183,21 @@ def train_in_worker(
     *,
     idle_s: float,
     job_log: logging.Logger | None = None,
+    stop_by: float | None = None,
 ) -> Any:
     """Run ``loop.<call>(params, **args)`` (``train_cell``) in this job's worker and return its result
     (module doc). ``params`` is a `CellParams`; ``args`` must be JSON-serialisable (paths as strings);
-    ``idle_s``: how long a worker started now waits for its next cell (``resources.worker_idle_s``)."""
+    ``idle_s``: how long a worker started now waits for its next cell (``resources.worker_idle_s``); ``stop_by``:
+    when the cell must stop (epoch seconds, `segsweep.training.preempt.stop_by`: a Slurm job's time limit)."""
     job_log = job_log or log
     directory = worker_dir()
-    request = {"protocol": PROTOCOL, "call": call, "params": params.to_dict(identity=True), "args": dict(args)}
+    request = {
+        "protocol": PROTOCOL,
+        "call": call,
+        "params": params.to_dict(identity=True),
+        "args": dict(args),
+        "stop_by": stop_by,
+    }
     with take_slot(directory) as slot:
         conn = _connect(directory, slot, idle_s, job_log)
         with conn, _forward_stop_signals(conn):
@@ -380,7 +388,7 @@ class Worker:
             data_dir, split_path, out_dir = (Path(args.pop(k)) for k in ("data_dir", "split_path", "out_dir"))
             # the client's stop requests, and its disappearance, reach the cell through preempt.request_stop
             threading.Thread(target=self._watch, args=(lines, done), daemon=True).start()
-            with cell_lock(out_dir):
+            with cell_lock(out_dir), preempt.stop_by(request.get("stop_by")):
                 result = self.loop.train_cell(
                     params, data_dir, split_path, out_dir, log=logging.getLogger("segsweep.jobs"), **args
                 )
@@ -398,7 +406,8 @@ class Worker:
                     None if exc.checkpoint is None else str(exc.checkpoint),
                 ],
             )
-            if not self.client_stop:  # the worker itself was signalled (e.g. its node's job ends): stop serving
+            # the worker itself was signalled (e.g. its node's job ends): stop serving; a cell's deadline is its own
+            if not self.client_stop and exc.signum != preempt.DEADLINE_SIGNAL:
                 self.stopped_by = exc.signum
         except Exception as exc:  # noqa: BLE001 - one cell's crash is reported, the worker goes on
             reply.update(error="crash", type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
