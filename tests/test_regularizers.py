@@ -40,14 +40,14 @@ def tiny():
     ],
 )
 def test_penalty_by_hand(kind, lam, ratio, on, expected):
-    value = penalty(tiny(), kind, lam, ratio, on)
+    value = penalty(tiny(), kind, lam, on, l1_ratio=ratio)
     assert value.ndim == 0 and value.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_gradients_and_batchnorm_untouched():
     model = tiny()
     conv, bn, up = model
-    penalty(model, "elastic", 0.1, 0.25, ("kernel",)).backward()
+    penalty(model, "elastic", 0.1, ("kernel",), l1_ratio=0.25).backward()
     # d/dw λ(r|w| + (1-r)w²) = λ(r·sign(w) + 2(1-r)w); sign(0) = 0
     w = conv.weight.detach()
     assert torch.allclose(conv.weight.grad, 0.1 * (0.25 * torch.sign(w) + 1.5 * w))
@@ -58,7 +58,7 @@ def test_gradients_and_batchnorm_untouched():
 
 def test_none_and_zero_lambda_cost_nothing():
     model = tiny()
-    for args in (("none", 0.0, None, ()), ("l2", 0.0, None, ("kernel",))):
+    for args in (("none", 0.0, ()), ("l2", 0.0, ("kernel",))):
         z = penalty(model, *args)
         assert z.item() == 0.0 and z.grad_fn is None and not z.requires_grad
 
@@ -69,8 +69,8 @@ def test_linear_included_tied_counted_once_no_bias_is_zero():
         lin.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 1.0]]))
     tied = nn.Sequential(lin, nn.ReLU(), lin)  # the same layer twice
     assert len(regularized_parameters(tied, ("kernel", "bias"))) == 1
-    assert penalty(tied, "l2", 1.0, None, ("kernel",)).item() == pytest.approx(1 + 4 + 9 + 0 + 1 + 1)
-    assert penalty(tied, "l1", 1.0, None, ("bias",)).item() == 0.0  # no bias anywhere
+    assert penalty(tied, "l2", 1.0, ("kernel",)).item() == pytest.approx(1 + 4 + 9 + 0 + 1 + 1)
+    assert penalty(tied, "l1", 1.0, ("bias",)).item() == 0.0  # no bias anywhere
     norms = nn.Sequential(nn.GroupNorm(1, 4), nn.LayerNorm(4), nn.InstanceNorm2d(4, affine=True))
     assert regularized_parameters(norms, ("kernel", "bias")) == []
 
@@ -82,15 +82,27 @@ def test_unet_penalty_matches_a_plain_loop():
     kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     assert len(regularized_parameters(model, ("kernel",))) == len(kernels)
     ref = sum((k**2).sum() for k in kernels)
-    assert penalty(model, "l2", 0.5, None, ("kernel",)).item() == pytest.approx(0.5 * ref.item(), rel=1e-5)
+    assert penalty(model, "l2", 0.5, ("kernel",)).item() == pytest.approx(0.5 * ref.item(), rel=1e-5)
 
 
 def test_errors_name_the_key():
     with pytest.raises(ConfigError, match="'regularizer'"):
-        penalty(tiny(), "l3", 0.1, None, ("kernel",))
+        penalty(tiny(), "l3", 0.1, ("kernel",))
     with pytest.raises(ConfigError, match="'reg_l1_ratio'"):
-        penalty(tiny(), "elastic", 0.1, None, ("kernel",))
+        penalty(tiny(), "elastic", 0.1, ("kernel",), l1_ratio=None)
     with pytest.raises(ConfigError, match="'reg_on'"):
-        penalty(tiny(), "l1", 0.1, None, ("weights",))
+        penalty(tiny(), "l1", 0.1, ("weights",))
     with pytest.raises(ConfigError, match="'reg_on'"):
-        penalty(tiny(), "l1", 0.1, None, ())
+        penalty(tiny(), "l1", 0.1, ())
+
+
+def test_settings_come_from_the_reg_cell_keys_and_a_missing_key_is_named():
+    from types import SimpleNamespace
+
+    from segsweep.errors import ConfigError
+    from segsweep.training.regularizers import settings_of
+
+    assert settings_of(SimpleNamespace(regularizer="elastic", reg_l1_ratio=0.25)) == {"l1_ratio": 0.25}
+    assert settings_of(SimpleNamespace(regularizer="l2")) == {}
+    with pytest.raises(ConfigError, match="'reg_l1_ratio'"):  # a kind's keyword without its cell key
+        settings_of(SimpleNamespace(regularizer="elastic"))

@@ -25,7 +25,7 @@ from segsweep.training.losses import binary_only_error, build_loss
 from segsweep.training.model import MODELS
 from segsweep.training.optim import optimizer_factory
 from segsweep.training.params import CellParams
-from segsweep.training.regularizers import check_regularizer
+from segsweep.training.regularizers import check_regularizer, settings_of
 from segsweep.training.schedules import lr_at
 
 
@@ -45,8 +45,8 @@ def _checks(
         "schedule": (lambda p: (p.schedule, p.lr, p.epochs), lambda p: lr_at(p.schedule, p.lr, 0, 1, p.epochs)),
         "optimizer": (lambda p: (p.optimizer, p.lr, p.weight_decay, p.momentum, p.nesterov), optimizer_factory),
         "regularizer": (
-            lambda p: (p.regularizer, p.reg_lambda, p.reg_l1_ratio, p.reg_on),
-            lambda p: check_regularizer(p.regularizer, p.reg_lambda, p.reg_l1_ratio, p.reg_on),
+            lambda p: (p.regularizer, p.reg_lambda, tuple(settings_of(p).items()), p.reg_on),
+            lambda p: check_regularizer(p.regularizer, p.reg_lambda, p.reg_on, **settings_of(p)),
         ),
         # once per distinct architecture (+ pretrained file): no network is built
         "model": (

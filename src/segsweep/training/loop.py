@@ -183,7 +183,7 @@ class _Trainer:
         from segsweep.training.finetune import FineTune
         from segsweep.training.losses import build_loss
         from segsweep.training.model import MODELS
-        from segsweep.training.regularizers import penalty
+        from segsweep.training.regularizers import penalty, settings_of
         from segsweep.training.schedules import LRSchedule
 
         self.p, self.data, self.device = params, data, device
@@ -202,6 +202,7 @@ class _Trainer:
         self.steps_per_epoch = len(self.batches)
         self.schedule = LRSchedule(params.schedule, self.optimizer, params.lr, self.steps_per_epoch, params.epochs)
         self._penalty = penalty
+        self._reg_settings = settings_of(params)  # e.g. reg_l1_ratio, for the kinds that read it
         shuffle_seed, aug_seed = _seeds(params.seed)
         self.shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
         self.augmenter = Augmenter(params.augment, aug_seed, device)
@@ -259,7 +260,7 @@ class _Trainer:
             loss = self.loss_fn(logits, self._target(y))
             total = loss
             if reg:
-                total = loss + self._penalty(self.model, p.regularizer, p.reg_lambda, p.reg_l1_ratio, p.reg_on)
+                total = loss + self._penalty(self.model, p.regularizer, p.reg_lambda, p.reg_on, **self._reg_settings)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if p.grad_clip:

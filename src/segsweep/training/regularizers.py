@@ -1,6 +1,6 @@
 """Keras-style weight regularisers: a penalty added to the training loss.
 
-``penalty(model, kind, lam, l1_ratio, on)`` sums over the selected parameters ``w``:
+``penalty(model, kind, lam, on, **settings)`` sums over the selected parameters ``w``:
 
 * ``l1``      ``λ · Σ|w|``                          (Keras ``regularizers.L1(λ)``)
 * ``l2``      ``λ · Σw²``                           (Keras ``regularizers.L2(λ)``: no ½ factor)
@@ -20,7 +20,7 @@ before the factor λ. Its keyword-only arguments with defaults are the cell keys
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segsweep.errors import ConfigError
 from segsweep.lazy import LazyModule
@@ -29,7 +29,7 @@ from segsweep.registry import Registry
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["check_regularizer", "penalty", "regularized_parameters", "REGULARIZERS", "TARGETS"]
+__all__ = ["check_regularizer", "penalty", "settings_of", "regularized_parameters", "REGULARIZERS", "TARGETS"]
 
 # The checks (`check_regularizer`, each kind's ``check=``) are torch-free: the plan runs them. The penalties
 # reach torch here.
@@ -113,29 +113,43 @@ def _check_targets(on: Sequence[str]) -> None:
         raise ConfigError(f"config key 'reg_on': unknown target(s) {', '.join(bad)} (known: kernel, bias)")
 
 
-def check_regularizer(kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> dict:
+def settings_of(params) -> dict[str, Any]:
+    """A cell's settings for its regulariser: each keyword argument ``k`` of the kind's function
+    (``REGULARIZERS.params``) read from the cell key ``reg_<k>`` (elastic: ``l1_ratio`` ← ``reg_l1_ratio``).
+    A kind whose keyword has no such cell key is a ConfigError naming both (the plan runs this)."""
+    out = {}
+    for k in REGULARIZERS.params(params.regularizer):
+        if not hasattr(params, f"reg_{k}"):
+            raise ConfigError(
+                f"config key 'regularizer': {params.regularizer!r} reads {k!r}, but no cell key 'reg_{k}' exists "
+                "(CONTRIBUTING.md, 'Add a hyperparameter')"
+            )
+        out[k] = getattr(params, f"reg_{k}")
+    return out
+
+
+def check_regularizer(kind: str, lam: float, on: Sequence[str], **settings: Any) -> dict:
     """Check a cell's regulariser values without torch (the plan calls this): ConfigError naming the key.
-    Returns the keyword arguments the kind's function takes (``REGULARIZERS.params``)."""
+    ``settings`` are the kind's keyword arguments (`settings_of`); returns those the kind's function takes."""
     entry = REGULARIZERS.entry(kind)  # ConfigError naming 'regularizer' for an unknown kind
     if float(lam) < 0:
         raise ConfigError(f"config key 'reg_lambda': must be >= 0, got {float(lam)}")
     if kind != "none" and not on:
         raise ConfigError("config key 'reg_on': choose at least one of kernel, bias")
     _check_targets(on)
-    keys = {"l1_ratio": l1_ratio}
-    kwargs = {k: keys[k] for k in REGULARIZERS.params(kind)}
+    kwargs = {k: settings.get(k, default) for k, default in REGULARIZERS.params(kind).items()}
     if "check" in entry.meta:
         entry.meta["check"](**kwargs)
     return kwargs
 
 
-def penalty(model, kind: str, lam: float, l1_ratio: float | None, on: Sequence[str]) -> Tensor:
+def penalty(model, kind: str, lam: float, on: Sequence[str], **settings: Any) -> Tensor:
     """The regularisation term ``λ · R(w)`` for ``model`` as a 0-dim tensor on the model's device.
 
-    ``kind == "none"`` (or ``lam == 0``) returns a constant zero without building any graph. ``l1_ratio`` is
-    passed to the kinds that read it (``REGULARIZERS.params``).
+    ``kind == "none"`` (or ``lam == 0``) returns a constant zero without building any graph. ``settings``
+    (`settings_of`: e.g. ``l1_ratio``) go to the kinds that read them (``REGULARIZERS.params``).
     """
-    kwargs = check_regularizer(kind, lam, l1_ratio, on)
+    kwargs = check_regularizer(kind, lam, on, **settings)
     fn, lam = REGULARIZERS[kind], float(lam)
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
