@@ -43,7 +43,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from segsweep.errors import SegsweepError
 from segsweep.io import write_bytes, write_text
@@ -208,54 +208,72 @@ def failure_reason(exc: BaseException) -> str:
     return (getattr(exc, "crash_reason", None) or f"{type(exc).__name__}: {exc}")[:500]
 
 
-def run_train_job(
+def run_cell_attempt(
     params: CellParams,
     *,
     data_dir: Path,
     split_path: Path,
-    out_dir: Path,
-    threads: int = 1,
-    device: str = "auto",
+    cell_dir: Path,
+    record_failure: Callable[[BaseException, float], Any],
     attempt: int = 1,
     max_attempts: int = 1,
+    train_max_stops: int = 0,
+    threads: int = 1,
+    device: str = "auto",
     amp: bool = False,
     channels_last: bool = False,
+    amp_auto: bool = False,
+    channels_last_auto: bool = False,
     evaluation: Mapping | None = None,
     checkpoint_every_epochs: int = 1,
     checkpoint_every_s: float = 0,
     worker: bool = False,
     worker_idle_s: float = 60,
-    amp_auto: bool = False,
-    channels_last_auto: bool = False,
     train_stop_margin_s: float = 0,
-    train_max_stops: int = 0,
-) -> CellMetrics:
-    """Run `train_cell` as one Snakemake attempt (module docstring); ``evaluation`` is the config's
-    ``evaluation`` section, passed on for the final evaluation; ``checkpoint_every_epochs`` / ``_s`` (config
-    ``resources``, rule resources: no rerun trigger) say how often ``last.pt`` is written; ``worker``: train
-    in the job's trainer worker (`train`); ``amp_auto`` / ``channels_last_auto``: that setting is "auto"
-    (`speed_settings`); ``train_stop_margin_s``, ``train_max_stops``: stops in a Slurm job (`train`,
-    `run_attempt`)."""
-    out_dir = Path(out_dir)
-    amp, channels_last = speed_settings(amp, amp_auto), speed_settings(channels_last, channels_last_auto)
+    stop_at: int | None = None,
+):
+    """One Snakemake attempt at training a cell (`run_attempt`), shared by the ``train`` job
+    (`run_train_job`) and a pruner's rung job (`segsweep.training.rungs.run_rung_job`, with ``stop_at``).
+    ``evaluation`` is the config's ``evaluation`` section, passed on for the final evaluation;
+    ``checkpoint_every_epochs`` / ``_s`` (config ``resources``, rule resources: no rerun trigger) say how often
+    ``last.pt`` is written; ``worker``: train in the job's trainer worker (`train`); ``amp_auto`` /
+    ``channels_last_auto``: that setting is "auto" (`speed_settings`); ``train_stop_margin_s``,
+    ``train_max_stops``: stops in a Slurm job (`train`, `run_attempt`); ``record_failure``: what the last
+    allowed crash records."""
+    amp_mode, channels_last_mode = speed_settings(amp, amp_auto), speed_settings(channels_last, channels_last_auto)
+    until = {} if stop_at is None else {"stop_at": stop_at}
 
-    def run() -> CellMetrics:
+    def run():
         return train(
             params,
             data_dir,
             split_path,
-            out_dir,
+            cell_dir,
             worker=worker,
             worker_idle_s=worker_idle_s,
             train_stop_margin_s=train_stop_margin_s,
             threads=threads,
             device=device,
-            amp=amp,
-            channels_last=channels_last,
+            amp=amp_mode,
+            channels_last=channels_last_mode,
             evaluation=evaluation,
+            **until,
             checkpoint_every_epochs=checkpoint_every_epochs,
             checkpoint_every_s=checkpoint_every_s,
         )
+
+    return run_attempt(
+        run, record_failure, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts, max_stops=train_max_stops
+    )
+
+
+def run_train_job(
+    params: CellParams, *, data_dir: Path, split_path: Path, out_dir: Path, device: str = "auto", **settings
+) -> CellMetrics:
+    """Train a cell as one Snakemake attempt (module docstring) into ``out_dir``: `run_cell_attempt` with
+    ``settings`` (attempt, retries, execution settings), a failed cell recorded as ``failed`` metrics.json, and
+    a cell that finished earlier in this invocation returned as it is (`restore_finished`)."""
+    out_dir = Path(out_dir)
 
     def failed(exc: BaseException, seconds: float) -> CellMetrics:
         metrics = CellMetrics(
@@ -272,8 +290,14 @@ def run_train_job(
     restored = restore_finished(out_dir)
     if restored is not None:
         return restored
-    metrics = run_attempt(
-        run, failed, out_dir=out_dir, attempt=attempt, max_attempts=max_attempts, max_stops=train_max_stops
+    metrics = run_cell_attempt(
+        params,
+        data_dir=data_dir,
+        split_path=split_path,
+        cell_dir=out_dir,
+        record_failure=failed,
+        device=device,
+        **settings,
     )
     keep_finished(out_dir)
     return metrics

@@ -10,63 +10,20 @@ file, so the pruner's decision (which never promotes it) and the rest of the stu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 from segsweep.io import json_safe, write_json
-from segsweep.training.job import failure_reason, run_attempt, speed_settings, train
+from segsweep.training.job import failure_reason, run_cell_attempt
 from segsweep.training.params import CellParams
 
 log = logging.getLogger("segsweep.jobs")
 
 
-def run_rung_job(
-    params: CellParams,
-    *,
-    stop_at: int,
-    data_dir: Path,
-    split_path: Path,
-    out: Path,
-    threads: int = 1,
-    device: str = "auto",
-    attempt: int = 1,
-    max_attempts: int = 1,
-    amp: bool = False,
-    channels_last: bool = False,
-    evaluation: Mapping | None = None,
-    checkpoint_every_epochs: int = 1,
-    checkpoint_every_s: float = 0,
-    worker: bool = False,
-    worker_idle_s: float = 60,
-    amp_auto: bool = False,
-    channels_last_auto: bool = False,
-    train_stop_margin_s: float = 0,
-    train_max_stops: int = 0,
-) -> dict:
-    """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``);
-    ``amp_auto`` / ``channels_last_auto`` as in `segsweep.training.job.run_train_job`."""
+def run_rung_job(params: CellParams, *, stop_at: int, out: Path, **settings) -> dict:
+    """Train ``params`` to epoch ``stop_at`` in ``out``'s cell directory (``<cell>/rungs/<epoch>.json``):
+    `segsweep.training.job.run_cell_attempt` with ``settings`` (data, split, attempt, execution settings)."""
     out = Path(out)
-    amp, channels_last = speed_settings(amp, amp_auto), speed_settings(channels_last, channels_last_auto)
     cell_dir = out.parent.parent
-
-    def run() -> dict:
-        return train(
-            params,
-            data_dir,
-            split_path,
-            cell_dir,
-            worker=worker,
-            worker_idle_s=worker_idle_s,
-            train_stop_margin_s=train_stop_margin_s,
-            threads=threads,
-            device=device,
-            amp=amp,
-            channels_last=channels_last,
-            evaluation=evaluation,
-            stop_at=stop_at,
-            checkpoint_every_epochs=checkpoint_every_epochs,
-            checkpoint_every_s=checkpoint_every_s,
-        )
 
     def failed(exc: BaseException, seconds: float) -> dict:
         return {
@@ -80,9 +37,7 @@ def run_rung_job(
             "history": [],
         }
 
-    summary = run_attempt(
-        run, failed, out_dir=cell_dir, attempt=attempt, max_attempts=max_attempts, max_stops=train_max_stops
-    )
+    summary = run_cell_attempt(params, cell_dir=cell_dir, record_failure=failed, stop_at=stop_at, **settings)
     summary = json_safe({"cell": cell_dir.name, **summary})
     write_json(out, summary)
     log.info(
