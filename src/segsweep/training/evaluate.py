@@ -177,7 +177,8 @@ def evaluate_set(
     for start in range(0, len(images), CHUNK):
         x = np.stack(images.image[start : start + CHUNK])
         z = logits(x)
-        prob = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # sigmoid, float64: no 0.5 ties from rounding
+        with np.errstate(over="ignore"):  # exp(-z) = inf for a very negative logit: the probability is then 0
+            prob = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # sigmoid, float64: no 0.5 ties from rounding
         for k in range(len(x)):
             i = start + k
             pred = z[k] > 0  # the monitor's rule: sigmoid(z) > 0.5 ⇔ z > 0
