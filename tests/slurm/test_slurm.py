@@ -517,23 +517,31 @@ def _pack_config(wd: Path) -> Path:
     return path
 
 
-def _cancel_pack_after_one_cell(wd: Path, stop: threading.Event, found: dict) -> None:
-    """scancel the pack once one of its cells has finished (metrics.json) and the other trains (history.csv)."""
-    cells = wd / "results" / "cells"
-    while not stop.is_set():
-        done = [p.parent.name for p in cells.glob("*/metrics.json")]
-        training = [p.parent.name for p in cells.glob("*/history.csv") if p.parent.name not in done]
-        if done and training:
-            out = subprocess.run(
-                ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True
-            ).stdout
-            for line in out.splitlines():
-                jobid, _, workdir = line.partition("|")
-                if workdir.rstrip("/") == str(wd):
-                    subprocess.run(["scancel", jobid], check=True)
-                    found.update(jobid=jobid, finished=done[0], stopped=training[0])
-                    return
-        time.sleep(0.05)
+def _on_pack_after_one_cell(command: str, poll_s: float):
+    """A side action for `_run_beside`: ``command`` (scancel, or `scontrol requeue` as an admin or
+    PreemptMode=REQUEUE does) on the run's pack once one of its cells has finished (metrics.json) and the
+    other trains (history.csv)."""
+
+    def act(wd: Path, stop: threading.Event, found: dict) -> None:
+        cells = wd / "results" / "cells"
+        while not stop.is_set():
+            done = [p.parent.name for p in cells.glob("*/metrics.json")]
+            training = [p.parent.name for p in cells.glob("*/history.csv") if p.parent.name not in done]
+            if done and training:
+                out = subprocess.run(
+                    ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                for line in out.splitlines():
+                    jobid, _, workdir = line.partition("|")
+                    if workdir.rstrip("/") == str(wd):
+                        subprocess.run([*command.split(), jobid], check=True)
+                        found.update(jobid=jobid, finished=done[0], stopped=training[0])
+                        return
+            time.sleep(poll_s)
+
+    return act
 
 
 @pytest.fixture(scope="module")
@@ -563,7 +571,7 @@ def pack(tmp_path_factory):
         "--group-components",
         "cells=2",
     )
-    out, rc, found = _run_beside(cmd, env, slurm_wd, _cancel_pack_after_one_cell)
+    out, rc, found = _run_beside(cmd, env, slurm_wd, _on_pack_after_one_cell("scancel", 0.05))
     return {"local": local_wd, "slurm": slurm_wd, "out": out, "rc": rc, **found}
 
 
@@ -615,26 +623,6 @@ def _limits_config(wd: Path) -> Path:
     return path
 
 
-def _requeue_pack_after_one_cell(wd: Path, stop: threading.Event, found: dict) -> None:
-    """`scontrol requeue` the pack (what an admin, or PreemptMode=REQUEUE, does) once one cell has finished and
-    the other has trained an epoch; the local reference run goes on beside it."""
-    cells = wd / "results" / "cells"
-    while not stop.is_set():
-        done = [p.parent.name for p in cells.glob("*/metrics.json")]
-        training = [p.parent.name for p in cells.glob("*/history.csv") if p.parent.name not in done]
-        if done and training:
-            out = subprocess.run(
-                ["squeue", "-h", "-t", "RUNNING", "-p", GPU_PARTITION, "-o", "%i|%Z"], capture_output=True, text=True
-            ).stdout
-            for line in out.splitlines():
-                jobid, _, workdir = line.partition("|")
-                if workdir.rstrip("/") == str(wd):
-                    subprocess.run(["scontrol", "requeue", jobid], check=True)
-                    found.update(jobid=jobid, finished=done[0], stopped=training[0])
-                    return
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def limits(tmp_path_factory):
     local_wd = tmp_path_factory.mktemp("limits-local").resolve()
@@ -666,7 +654,7 @@ def limits(tmp_path_factory):
         "cells=2",
     )
     t0 = time.monotonic()
-    out, rc, found = _run_beside(cmd, env, slurm_wd, _requeue_pack_after_one_cell)
+    out, rc, found = _run_beside(cmd, env, slurm_wd, _on_pack_after_one_cell("scontrol requeue", 0.1))
     slurm_s = time.monotonic() - t0
     local_out, _ = local.communicate(timeout=RUN_LIMIT_S)
     assert local.returncode == 0, f"local run failed:\n{local_out[-5000:]}"
