@@ -175,31 +175,10 @@ def runs(tmp_path_factory):
         f"cells={GROUP}",
     )
     since = (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
-    stop, cancelled = threading.Event(), {}
-    canceller = threading.Thread(target=_cancel_first_training_job, args=(slurm_wd, stop, cancelled), daemon=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    canceller.start()
-    try:
-        out, _ = proc.communicate(timeout=RUN_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        # ONE SIGINT makes Snakemake scancel its jobs and exit; a second one (as `timeout` sends to a process
-        # group) would interrupt that cancellation. SIGTERM does not stop a polling Snakemake.
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        pytest.fail(f"Slurm run exceeded {RUN_LIMIT_S}s:\n{out[-6000:]}")
-    finally:
-        stop.set()
-        canceller.join(timeout=10)
-        leftover = [j["JobID"] for j in _jobs_in(slurm_wd, since) if j["State"] in {"PENDING", "RUNNING"}]
-        if leftover:
-            subprocess.run(["scancel", *leftover])
+    out, rc, cancelled = _run_beside(cmd, env, slurm_wd, _cancel_first_training_job, since=since)
     slurm_s = time.monotonic() - t0
-    assert proc.returncode == 0, f"Slurm run failed ({proc.returncode}):\n{out[-8000:]}"
+    assert rc == 0, f"Slurm run failed ({rc}):\n{out[-8000:]}"
     print(f"local run {local_s:.0f}s, Slurm run {slurm_s:.0f}s")
     return {
         "local": local_wd,
@@ -419,7 +398,9 @@ def _run_beside(cmd: list, env: dict, slurm_wd: Path, action, since: str | None 
     try:
         out, _ = proc.communicate(timeout=RUN_LIMIT_S)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # one SIGINT: Snakemake scancels its jobs (see `runs`)
+        # ONE SIGINT makes Snakemake scancel its jobs and exit; a second one (as `timeout` sends to a process
+        # group) would interrupt that cancellation. SIGTERM does not stop a polling Snakemake.
+        proc.send_signal(signal.SIGINT)
         try:
             out, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
