@@ -71,15 +71,16 @@ def _schema_file() -> dict:
 
 def schema() -> dict:
     """The config schema with each registry's names as the enum of its key (a variant registered later, e.g.
-    in a test, is in the next call's schema) and `train.default`, every cell key's default, from
-    `segsweep.training.params.cell_config_defaults` (written once, there). Shared: do not modify."""
-    from segsweep.training.params import cell_config_defaults
+    in a test, is in the next call's schema), `train.default`, every cell key's default, from
+    `segsweep.training.params.cell_config_defaults`, and the schema of each key declared with
+    `segsweep.training.params.cell_key` (each written once, there). Shared: do not modify."""
+    from segsweep.training.params import cell_config_defaults, cell_key_schemas
 
-    return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()))
+    return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()), json.dumps(cell_key_schemas()))
 
 
 @lru_cache(maxsize=8)
-def _schema_with(enums: tuple, cell_defaults_json: str) -> dict:
+def _schema_with(enums: tuple, cell_defaults_json: str, cell_keys_json: str = "{}") -> dict:
     out = copy.deepcopy(_schema_file())
     for path, names in enums:
         node = out
@@ -92,10 +93,28 @@ def _schema_with(enums: tuple, cell_defaults_json: str) -> dict:
     if "default" in train:
         raise ValueError("config.schema.yaml lists train.default, which CellParams' defaults fill: remove it")
     train["default"] = json.loads(cell_defaults_json)
-    if set(train["default"]) != set(cell):  # a default for a key the schema does not declare, or the reverse
+    for name, node in json.loads(cell_keys_json).items():
+        import jsonschema  # as in _validator: only where a key is generated
+
+        if name in cell:
+            raise ValueError(
+                f"config.schema.yaml declares the cell key {name}, which CellParams.{name} declares: remove it"
+            )
+        if not jsonschema.Draft202012Validator(node).is_valid(train["default"][name]):
+            raise ValueError(
+                f"CellParams.{name}: its default {train['default'][name]!r} is outside its own schema {node}"
+            )
+        cell[name] = node
+    # a field without a schema entry (or a schema key without a field / default) stops every load, naming it
+    if set(train["default"]) - set(cell):
         raise ValueError(
-            "config.schema.yaml's cell keys and segsweep.training.params.cell_config_defaults differ: "
-            f"{sorted(set(train['default']) ^ set(cell))}"
+            f"CellParams field(s) without a schema: {sorted(set(train['default']) - set(cell))}: declare the key "
+            "with segsweep.training.params.cell_key, or write it under definitions.cell in config.schema.yaml"
+        )
+    if set(cell) - set(train["default"]):
+        raise ValueError(
+            f"config.schema.yaml's cell key(s) {sorted(set(cell) - set(train['default']))} have no default in "
+            "segsweep.training.params.cell_config_defaults (a CellParams field, or CONFIG_DEFAULTS)"
         )
     return out
 

@@ -7,8 +7,11 @@ not split one cell into two.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -106,10 +109,6 @@ def parse_schedule(value: Any) -> ScheduleParams:
     return ScheduleParams(value["name"], tuple(sorted((k, value.get(k, d)) for k, d in defaults.items())))
 
 
-def _opt(v):
-    return None if v is None else float(v)
-
-
 @dataclass(frozen=True)
 class WeightsFile:
     """Pretrained encoder weights (``pretrained``): known to a cell id by their **sha256**, not their path.
@@ -195,6 +194,24 @@ def _weights_file(path: Any) -> WeightsFile | None:
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")  # a $NAME or ${NAME} that expandvars left (unset)
 
+SCHEMA = "segsweep_schema"  # dataclass field metadata key: a `cell_key`'s schema (besides its type)
+
+
+def cell_key(neutral: Any, description: str, **schema: Any) -> Any:
+    """A cell key added after 0.1.0, declared in one place: a `CellParams` field annotated with its type
+    (``bool``, ``int``, ``float``, ``str``, or one of them ``| None``) whose default ``neutral`` reproduces what
+    training did before the key existed (`added_field`: left out of the cell id at that value).
+
+    ``schema``: the rest of its JSON schema (``minimum``, ``maximum``, ``exclusiveMinimum``, ``enum``, ...). At
+    load, plan/config.py puts ``{type: <the annotation's>, **schema, description}`` under the schema's
+    ``definitions.cell`` (`cell_key_schemas`), the default into ``train.default`` (`cell_config_defaults`), and
+    `CellParams.from_config` reads the key by its name and type.
+    """
+    added = added_field(neutral)
+    return dataclasses.field(
+        default=neutral, metadata={**added.metadata, SCHEMA: {**schema, "description": description}}
+    )
+
 
 @dataclass(frozen=True)
 class CellParams:
@@ -228,7 +245,8 @@ class CellParams:
     seed: int
     fold: int | None
     split_seed: int
-    # added after 0.1.0 (docs/architecture.md, "Cell ids"): left out of the id at these neutral values
+    # added after 0.1.0 (docs/architecture.md, "Cell ids"): left out of the id at these neutral values. A new
+    # plain key is one `cell_key` line at the end (CONTRIBUTING.md, "Add a hyperparameter").
     model: str = added_field("unet")
     pretrained: WeightsFile | None = added_field(None)
     init_from: InitFrom | None = added_field(None)
@@ -268,12 +286,10 @@ class CellParams:
             first(d["dropout_bottleneck"], d["dropout_body"], g),
             first(d["dropout_up"], d["dropout_blocks"], g),
         )
-        return cls(
-            lr=float(d["lr"]),
+        kw = dict(
             optimizer=opt,
             momentum=float(d["momentum"]) if "momentum" in opt_reads else None,
             nesterov=bool(d["nesterov"]) if "nesterov" in opt_reads else False,
-            weight_decay=float(d["weight_decay"]),
             schedule=parse_schedule(d["schedule"]),
             regularizer=reg,
             reg_lambda=float(d["reg_lambda"]) if reg != "none" else 0.0,
@@ -285,19 +301,9 @@ class CellParams:
             # without dropout the mode selects nothing: one value, so it does not split a cell
             dropout_mode=d["dropout_mode"] if any(drop) else "element",
             loss=parse_loss(d["loss"]),
-            batch_size=int(d["batch_size"]),
-            epochs=int(d["epochs"]),
-            grad_clip=_opt(d["grad_clip"]),
-            patience=None if d["patience"] is None else int(d["patience"]),
             augment=AugmentParams(**{k: v for k, v in d["augment"].items()}),
-            in_channels=int(d["in_channels"]),
             depth=0 if backbone else int(d["depth"]),
             base_width=0 if backbone else int(d["base_width"]),
-            batch_norm=bool(d["batch_norm"]),
-            fraction=float(d["fraction"]),
-            seed=int(d["seed"]),
-            fold=None if d["fold"] is None else int(d["fold"]),
-            split_seed=int(d["split_seed"]),
             model=model,
             pretrained=pretrained,
             init_from=init_from,
@@ -312,6 +318,9 @@ class CellParams:
                 else None
             ),
         )
+        # every other key is a plain value, read by its name and annotated type (`cell_key`)
+        kw.update({f.name: _read_plain(f, d) for f in fields(cls) if f.name not in kw})
+        return cls(**kw)
 
     def to_dict(self, identity: bool = False) -> dict:
         """Canonical JSON-able form (written to metrics.json; read back by `from_dict`).
@@ -378,6 +387,57 @@ class CellParams:
     @property
     def is_backbone(self) -> bool:
         return self.model in BACKBONES
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _plain_types() -> dict[str, tuple[type, bool]]:
+    """name → (type, whether None is allowed) of each `CellParams` field annotated with a plain value (``float``,
+    ``int | None``, ...): what `from_config` can read by name and type. A `cell_key` with another annotation
+    stops the import, naming it (its schema type would be unknown)."""
+    out = {}
+    for name, hint in typing.get_type_hints(CellParams).items():
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        values = [a for a in args if a is not type(None)]
+        if len(values) == 1 and values[0] in _JSON_TYPES:
+            out[name] = (values[0], len(values) < len(args))
+    for f in fields(CellParams):
+        if SCHEMA in f.metadata and f.name not in out:
+            raise TypeError(
+                f"CellParams.{f.name}: a cell_key is annotated bool, int, float or str (or one of them | None); "
+                "declare another type with added_field, its schema in config.schema.yaml and its from_config line"
+            )
+    return out
+
+
+_PLAIN = _plain_types()
+
+
+def _read_plain(f: dataclasses.Field, d: Mapping) -> Any:
+    """Field ``f`` from the config dict ``d`` by its name and type; an added field absent from ``d`` (a trial
+    config stored before it existed) takes its neutral value."""
+    if f.name not in _PLAIN:  # a structured field that from_config forgot: every plan stops here, naming it
+        raise TypeError(f"CellParams.from_config does not read '{f.name}' (not a plain value: read it there)")
+    kind, nullable = _PLAIN[f.name]
+    v = d.get(f.name, f.default) if is_added(f) else d[f.name]
+    return None if v is None and nullable else kind(v)
+
+
+def cell_key_schemas() -> dict[str, dict]:
+    """The config schema of each `cell_key` field: ``{type, **schema, description}`` (``oneOf`` with null for an
+    ``X | None`` annotation). plan/config.py puts them under ``definitions.cell`` at load."""
+    out = {}
+    for f in fields(CellParams):
+        if SCHEMA not in f.metadata:
+            continue
+        spec = dict(f.metadata[SCHEMA])
+        description = spec.pop("description")
+        kind, nullable = _PLAIN[f.name]
+        body = {"type": _JSON_TYPES[kind], **spec}
+        out[f.name] = {"oneOf": [{"type": "null"}, body]} if nullable else body
+        out[f.name]["description"] = description
+    return out
 
 
 # The config form of each cell key's default: what a cell gets that neither `train:`, its study's `base` nor an
