@@ -6,12 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from recipes import recipe_blocks
 
 from segsweep.io import added_field, digest
 from segsweep.plan import config as sc
 from segsweep.plan.cells import build_plan, cell_id
-from segsweep.training.params import CellParams
+from segsweep.training.params import CellParams, _plain_types, cell_config_defaults, cell_key, cell_key_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's cells (config/config.yaml). 0.2.0 changed every id once: the data identity no longer holds the
@@ -99,6 +100,48 @@ def test_adding_a_field_at_its_neutral_value_keeps_the_id():
     assert _with_new_field(cell.params).to_dict()["new_knob"] == 0.0
 
 
+def _with_cell_key(annotation, field):
+    """A CellParams subclass with one more key declared by `cell_key`, as a future version would add it."""
+    return dataclasses.make_dataclass("CellParams", [("new_knob", annotation, field)], bases=(CellParams,), frozen=True)
+
+
+def test_a_cell_key_is_read_by_its_name_and_type_and_keeps_ids_at_its_neutral_value():
+    Newer = _with_cell_key(float | None, cell_key(None, "a knob", exclusiveMinimum=0))
+    assert cell_key_schemas(Newer) == {
+        "new_knob": {"oneOf": [{"type": "null"}, {"type": "number", "exclusiveMinimum": 0}], "description": "a knob"}
+    }
+    base = sc.cell_defaults()
+    assert Newer.from_config({**base, "new_knob": 2}).new_knob == 2.0  # an int in YAML: the field's float
+    neutral = Newer.from_config(base)  # absent (a trial config stored before the key): its neutral value
+    assert neutral.new_knob is None
+    assert neutral.to_dict(identity=True) == CellParams.from_config(base).to_dict(identity=True)
+
+
+def test_a_cell_key_must_have_a_plain_type_and_a_default_inside_its_schema():
+    with pytest.raises(TypeError, match=r"CellParams\.new_knob: a cell_key is annotated"):
+        _plain_types(_with_cell_key(tuple[str, ...], cell_key((), "kinds")))
+    enums, defaults = sc._registry_enums(), cell_config_defaults()
+    node = {"type": "number", "maximum": 1, "description": "a knob"}
+    with pytest.raises(ValueError, match=r"CellParams\.new_knob: its default 2\.0 is outside its own schema"):
+        sc._schema_with(enums, json.dumps({**defaults, "new_knob": 2.0}), json.dumps({"new_knob": node}))
+    assert (
+        sc._schema_with(enums, json.dumps({**defaults, "new_knob": 0.5}), json.dumps({"new_knob": node}))[
+            "definitions"
+        ]["cell"]["properties"]["new_knob"]
+        == node
+    )
+
+
+def test_every_cell_key_has_one_schema_entry_by_construction():
+    """A field with no schema (neither a `cell_key` nor a key in config.schema.yaml) stops the load naming it,
+    and so does a key declared in both places."""
+    enums, defaults = sc._registry_enums(), cell_config_defaults()
+    with pytest.raises(ValueError, match=r"without a schema: \['new_knob'\]"):
+        sc._schema_with(enums, json.dumps({**defaults, "new_knob": 0.0}), "{}")
+    with pytest.raises(ValueError, match="declares the cell key lr"):
+        sc._schema_with(enums, json.dumps(defaults), json.dumps({"lr": {"type": "number", "description": "LR"}}))
+
+
 def test_identity_form_round_trips():
     for cell in demo_plan().cells.values():
         assert CellParams.from_dict(cell.params.to_dict(identity=True)) == cell.params
@@ -139,51 +182,104 @@ def test_train_script_is_stable():
     )
 
 
+# In the copy of the package: the demo's ids, a study over the new key (planned without torch), the values the
+# plan refuses, and one tiny cell trained from what the train rule passes (the identity form).
+_RECIPE_SCRIPT = """
+import json, sys
+sys.path.insert(0, {pkg_root!r})
+import segsweep
+assert segsweep.__file__.startswith({pkg_root!r}), segsweep.__file__
+from segsweep.errors import ConfigError
+from segsweep.plan import config as sc
+from segsweep.plan.cells import build_plan
+cfg = sc.load_config({config!r})
+cfg["splits"]["test_fraction"] = 0
+demo = sorted(build_plan(cfg).cells)
+tiny = {{"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 2, "lr": 0.01}}
+def study(axes, **train):
+    table = {{"rows": [next(iter(axes))], "cols": []}}
+    return sc.prepare({{"train": {{**tiny, **train}}, "studies": {{"s": {{"axes": axes, "table": table}}}}}})
+plan = build_plan(study({{{name!r}: [0.0, 0.1]}}))
+cells = [plan.cells[c.cell_id] for c in plan.studies["s"].cells]
+refused = []
+for axes, train in [({{{name!r}: [1.5]}}, {{}}), ({{{name!r}: ["x"]}}, {{}}), ({{"lr": [0.01]}}, {{{name!r}: -0.1}})]:
+    try:
+        build_plan(study(axes, **train))
+        refused.append(None)
+    except ConfigError as e:
+        refused.append(str(e))
+torch_in_plan = "torch" in sys.modules
+import torch
+torch.set_num_threads(1)
+from segsweep.training.loop import train_cell
+from segsweep.training.params import CellParams, _plain_types, cell_config_defaults, cell_key, cell_key_schemas
+sent = CellParams.from_dict(cells[1].params.to_dict(identity=True))  # the train rule's params
+train_cell(sent, {data!r}, {split!r}, {out!r})
+with open({out!r} + "/metrics.json") as f:
+    trained = json.load(f)["params"][{name!r}]
+print(json.dumps({{"default": sc.cell_defaults()[{name!r}], "schema": sc.schema()["definitions"]["cell"]["properties"][{name!r}],
+                  "demo": demo, "values": [getattr(c.params, {name!r}) for c in cells], "ids": [c.id for c in cells],
+                  "refused": refused, "torch_in_plan": torch_in_plan, "trained": trained}}))
+"""
+
+
+def _edited(pkg: Path) -> list[str]:
+    """The files of the copy whose text differs from src/segsweep's."""
+    src = ROOT / "src" / "segsweep"
+    return sorted(
+        str(f.relative_to(pkg))
+        for f in pkg.rglob("*")
+        if f.is_file()
+        and (not (src / f.relative_to(pkg)).is_file() or f.read_bytes() != (src / f.relative_to(pkg)).read_bytes())
+    )
+
+
 def test_contributing_add_a_hyperparameter_recipe_works(tmp_path):
-    """CONTRIBUTING's "Add a hyperparameter", steps 1 and 2 as written, in a copy of the package: the key gets its
-    default from the field alone, the demo keeps its ids, and an axis over the key makes new cells."""
+    """CONTRIBUTING's "Add a hyperparameter" as written, in a copy of the package: its one line at the end of
+    CellParams' fields is the only edit. The key's default and schema come from that line; it plans without torch,
+    keeps the demo's ids and today's cell at its neutral value and makes a new cell off it; a value out of its
+    range or of another type stops the plan naming the key; and the value reaches a trained cell's metrics.json."""
     import shutil
     import subprocess
     import sys
 
-    import yaml
+    from test_train import _write_dataset
 
-    (field, _), (read, _), (schema_line, lang) = [
-        (c, lang) for lang, c in recipe_blocks("Add a hyperparameter (a new cell axis)")
-    ]
-    assert lang == "yaml"
-    pkg = tmp_path / "segsweep"
+    ((lang, field),) = recipe_blocks("Add a hyperparameter (a new cell axis)")
+    assert lang == "python"
+    name = re.match(r"\s*(\w+):", field).group(1)
+    pkg = tmp_path / "pkg" / "segsweep"
     shutil.copytree(ROOT / "src" / "segsweep", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     params = pkg / "training" / "params.py"
     text = params.read_text()
-    last = re.findall(r"^    \w+: .* = added_field\(.*\)\n", text, re.M)[-1]  # the end of CellParams' fields
-    text = text.replace(last, last + field.strip("\n") + "\n", 1)
-    text = text.replace("            finetune=ft,\n", "            finetune=ft,\n" + read.strip("\n") + "\n", 1)
-    params.write_text(text)
-    schema = pkg / "plan" / "config.schema.yaml"
-    doc = yaml.safe_load(schema.read_text())
-    doc["definitions"]["cell"]["properties"].update(yaml.safe_load(schema_line.strip()))
-    schema.write_text(yaml.safe_dump(doc, sort_keys=False))
-    name = next(iter(yaml.safe_load(schema_line.strip())))
-    script = f"""
-import json, sys
-sys.path.insert(0, {str(tmp_path)!r})
-from segsweep.plan import config as sc
-from segsweep.plan.cells import build_plan
-cfg = sc.load_config({str(ROOT / "config" / "config.yaml")!r})
-cfg["splits"]["test_fraction"] = 0
-demo = sorted(build_plan(cfg).cells)
-study = {{"axes": {{{name!r}: [0.0, 0.1]}}, "table": {{"rows": [{name!r}], "cols": []}}}}
-plan = build_plan(sc.prepare({{"studies": {{"s": study}}}}))
-cells = [plan.cells[c.cell_id].params for c in plan.studies["s"].cells]
-print(json.dumps({{"default": sc.cell_defaults()[{name!r}], "demo": demo,
-                  "values": [getattr(p, {name!r}) for p in cells], "ids": [c.cell_id for c in plan.studies["s"].cells]}}))
-"""
+    end = "\n\n    @classmethod\n    def from_config("  # the end of CellParams' fields
+    assert text.count(end) == 1
+    params.write_text(text.replace(end, "\n" + field.rstrip("\n") + end))
+    assert _edited(pkg) == ["training/params.py"]
+    assert name not in sc.cell_defaults()  # not yet a key here
+    data, split = _write_dataset(tmp_path / "data")
+    script = _RECIPE_SCRIPT.format(
+        pkg_root=str(pkg.parent),
+        config=str(ROOT / "config" / "config.yaml"),
+        name=name,
+        data=str(data),
+        split=str(split),
+        out=str(tmp_path / "cell"),
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["default"] == 0.0  # the field's neutral value, written nowhere else
+    assert got["schema"] == {"type": "number", "minimum": 0, "maximum": 1, "description": "targets y(1-e)+e/2"}
+    assert not got["torch_in_plan"], "planning imported torch"
     assert got["demo"] == sorted(DEMO_IDS)
     assert got["values"] == [0.0, 0.1] and len(set(got["ids"])) == 2
-    plain = build_plan(sc.prepare({"studies": {"s": {"axes": {"lr": [0.001]}, "table": {"rows": ["lr"], "cols": []}}}}))
+    tiny = {"depth": 2, "base_width": 4, "batch_size": 4, "epochs": 2, "lr": 0.01}
+    table = {"rows": ["lr"], "cols": []}
+    plain = build_plan(sc.prepare({"train": tiny, "studies": {"s": {"axes": {"lr": [0.01]}, "table": table}}}))
     assert got["ids"][0] == plain.studies["s"].cells[0].cell_id  # at its neutral value: today's cell
+    above, wrong_type, negative = got["refused"]
+    assert f"studies.s.axes.{name}" in above and "1.5" in above
+    assert f"studies.s.axes.{name}" in wrong_type and "'x'" in wrong_type
+    assert f"train.{name}" in negative and "-0.1" in negative
+    assert got["trained"] == 0.1

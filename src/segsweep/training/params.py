@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -319,7 +320,7 @@ class CellParams:
             ),
         )
         # every other key is a plain value, read by its name and annotated type (`cell_key`)
-        kw.update({f.name: _read_plain(f, d) for f in fields(cls) if f.name not in kw})
+        kw.update({f.name: _read_plain(cls, f, d) for f in fields(cls) if f.name not in kw})
         return cls(**kw)
 
     def to_dict(self, identity: bool = False) -> dict:
@@ -392,48 +393,52 @@ class CellParams:
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
-def _plain_types() -> dict[str, tuple[type, bool]]:
-    """name → (type, whether None is allowed) of each `CellParams` field annotated with a plain value (``float``,
-    ``int | None``, ...): what `from_config` can read by name and type. A `cell_key` with another annotation
-    stops the import, naming it (its schema type would be unknown)."""
+@functools.cache
+def _plain_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """name → (type, whether None is allowed) of each field of ``cls`` (`CellParams`) annotated with a plain
+    value (``float``, ``int | None``, ...): what `from_config` can read by name and type. A `cell_key` with
+    another annotation stops the import, naming it (its schema type would be unknown)."""
     out = {}
-    for name, hint in typing.get_type_hints(CellParams).items():
+    for name, hint in typing.get_type_hints(cls).items():
         args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
         values = [a for a in args if a is not type(None)]
         if len(values) == 1 and values[0] in _JSON_TYPES:
             out[name] = (values[0], len(values) < len(args))
-    for f in fields(CellParams):
+    for f in fields(cls):
         if SCHEMA in f.metadata and f.name not in out:
             raise TypeError(
-                f"CellParams.{f.name}: a cell_key is annotated bool, int, float or str (or one of them | None); "
+                f"{cls.__name__}.{f.name}: a cell_key is annotated bool, int, float or str (or one of them | None); "
                 "declare another type with added_field, its schema in config.schema.yaml and its from_config line"
             )
     return out
 
 
-_PLAIN = _plain_types()
+_plain_types(CellParams)  # at import: a cell_key of another type stops it, naming the field
 
 
-def _read_plain(f: dataclasses.Field, d: Mapping) -> Any:
-    """Field ``f`` from the config dict ``d`` by its name and type; an added field absent from ``d`` (a trial
+def _read_plain(cls: type, f: dataclasses.Field, d: Mapping) -> Any:
+    """Field ``f`` of ``cls`` from the config dict ``d`` by its name and type; an added field absent from ``d`` (a trial
     config stored before it existed) takes its neutral value."""
-    if f.name not in _PLAIN:  # a structured field that from_config forgot: every plan stops here, naming it
-        raise TypeError(f"CellParams.from_config does not read '{f.name}' (not a plain value: read it there)")
-    kind, nullable = _PLAIN[f.name]
+    plain = _plain_types(cls)
+    if f.name not in plain:  # a structured field that from_config forgot: every plan stops here, naming it
+        raise TypeError(f"{cls.__name__}.from_config does not read '{f.name}' (not a plain value: read it there)")
+    kind, nullable = plain[f.name]
     v = d.get(f.name, f.default) if is_added(f) else d[f.name]
     return None if v is None and nullable else kind(v)
 
 
-def cell_key_schemas() -> dict[str, dict]:
-    """The config schema of each `cell_key` field: ``{type, **schema, description}`` (``oneOf`` with null for an
-    ``X | None`` annotation). plan/config.py puts them under ``definitions.cell`` at load."""
+def cell_key_schemas(cls: type | None = None) -> dict[str, dict]:
+    """The config schema of each `cell_key` field of ``cls`` (default `CellParams`): ``{type, **schema,
+    description}`` (``oneOf`` with null for an ``X | None`` annotation). plan/config.py puts them under
+    ``definitions.cell`` at load."""
+    cls = cls or CellParams
     out = {}
-    for f in fields(CellParams):
+    for f in fields(cls):
         if SCHEMA not in f.metadata:
             continue
         spec = dict(f.metadata[SCHEMA])
         description = spec.pop("description")
-        kind, nullable = _PLAIN[f.name]
+        kind, nullable = _plain_types(cls)[f.name]
         body = {"type": _JSON_TYPES[kind], **spec}
         out[f.name] = {"oneOf": [{"type": "null"}, body]} if nullable else body
         out[f.name]["description"] = description
