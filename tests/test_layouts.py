@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 
 from segsweep.data import layouts
-from segsweep.data.config import DataConfig, PhantomConfig
 from segsweep.errors import DataError
 from segsweep.plan import config as plan_config
 
-# the default layout options (roi_map, label_map) for layouts.resolve
-OPTIONS = DataConfig("phantom", "", "endo", False, "k", PhantomConfig()).layout_options
+OPTIONS: dict = {}  # no layout option given: layouts.resolve fills in each layout's defaults
 
 
 def items_with(rec, *fields):

@@ -75,11 +75,24 @@ def schema() -> dict:
     `segsweep.training.params.cell_config_defaults` (written once, there). Shared: do not modify."""
     from segsweep.training.params import cell_config_defaults
 
-    return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()))
+    return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()), _layout_option_keys())
+
+
+def _layout_option_keys() -> str:
+    """The keys data layouts declare (``LayoutOption``) as JSON [[name, schema], ...]: each becomes a key of
+    `data` (and so of each `datasets` entry, a `$ref` to it), with its default named in its description but
+    not filled in, so that a key given for a layout that does not read it can be told apart (and refused)."""
+    from segsweep.data.layouts import base
+
+    keys = []
+    for name, (_, opt) in sorted(base.options().items()):
+        default = json.dumps(opt.default, default=list)
+        keys.append([name, {**opt.schema, "description": f"{opt.schema.get('description', '')} Default: {default}."}])
+    return json.dumps(keys)
 
 
 @lru_cache(maxsize=8)
-def _schema_with(enums: tuple, cell_defaults_json: str) -> dict:
+def _schema_with(enums: tuple, cell_defaults_json: str, layout_keys_json: str = "[]") -> dict:
     out = copy.deepcopy(_schema_file())
     for path, names in enums:
         node = out
@@ -88,6 +101,11 @@ def _schema_with(enums: tuple, cell_defaults_json: str) -> dict:
         if "enum" in node:
             raise ValueError(f"config.schema.yaml lists the enum at {path} that the registry fills: remove it")
         node["enum"] = list(names)
+    data = out["properties"]["data"]["properties"]
+    for name, key_schema in json.loads(layout_keys_json):
+        if name in data:
+            raise ValueError(f"config.schema.yaml lists data.{name}, which a data layout declares: remove it")
+        data[name] = key_schema
     train, cell = out["properties"]["train"], out["definitions"]["cell"]["properties"]
     if "default" in train:
         raise ValueError("config.schema.yaml lists train.default, which CellParams' defaults fill: remove it")
