@@ -3,8 +3,9 @@ dispatch on it (``discover``, ``resolve``, ``phantom_paths``, ``expected``, ``ch
 ``wrong_layout_message``).
 
 A layout is one module of this package that registers one ``Layout``; the package ``__init__`` imports every
-module, so a new layout needs no edit elsewhere (the schema enums of ``data.source`` and
-``data.phantom.layout`` are checked against ``LAYOUTS.names()`` by tests/test_layouts.py). Of this package the
+module, so a new layout needs no edit elsewhere: the schema's ``data.source`` and ``data.phantom.layout`` enums
+and the keys of the layouts' own options (``LayoutOption``, e.g. ``data.roi_map``) are filled in from
+``LAYOUTS`` when the schema loads, and ``register`` adds the layout's QC reason codes to ``REASONS``. Of this package the
 layout modules import from here only, never from each other or from the package (readers elsewhere in
 ``segsweep.data``, such as ``dicom``, they may use).
 
