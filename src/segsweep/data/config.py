@@ -131,8 +131,9 @@ class DataFolders:
 
     * ``data``: ``results/data/<key>/`` (the arrays, ``qc.csv``, ``dataset.json``), key = 12 hex of sha256
       over the source, its root (real data) or phantom settings, target, pseudonym key, the layout's options
-      off their defaults (``data.roi_map``, ...) and the preprocessing; not over the root's *content* (a changed file re-ingests into the same folder, and
-      the content is in every cell id) nor ``data.strict`` (it only decides whether a bad file stops the run);
+      off their defaults (``data.roi_map``, ...) and the preprocessing; not over the root's *content* (a changed
+      file re-ingests into the same folder, and the content is in every cell id) nor ``data.strict`` (it only
+      decides whether a bad file stops the run);
     * ``splits``: ``results/splits/<key>/`` (``seed{s}.json``), key over the data key and the split fractions
       (the seed and fold count are in the file names);
     * ``figures``: ``results/figures/data/<data key>/`` (made from the arrays);

@@ -5,9 +5,9 @@ dispatch on it (``discover``, ``resolve``, ``phantom_paths``, ``expected``, ``ch
 A layout is one module of this package that registers one ``Layout``; the package ``__init__`` imports every
 module, so a new layout needs no edit elsewhere: the schema's ``data.source`` and ``data.phantom.layout`` enums
 and the keys of the layouts' own options (``LayoutOption``, e.g. ``data.roi_map``) are filled in from
-``LAYOUTS`` when the schema loads, and ``register`` adds the layout's QC reason codes to ``REASONS``. Of this package the
-layout modules import from here only, never from each other or from the package (readers elsewhere in
-``segsweep.data``, such as ``dicom``, they may use).
+``LAYOUTS`` when the schema loads, and ``register`` adds the layout's QC reason codes to ``REASONS``. Of this
+package the layout modules import from here only, never from each other or from the package (readers
+elsewhere in ``segsweep.data``, such as ``dicom``, they may use).
 
 Two kinds of layout: text-contour layouts (RVSC, Sunnybrook) pair an image file with contour files by their
 names, so ``discover`` gives the items. Layouts whose pairing needs file contents (``rtstruct``: contours

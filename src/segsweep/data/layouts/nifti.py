@@ -13,10 +13,11 @@ Slices: a volume's voxel array ``v[i, j, k]`` (nibabel's order, the file's) give
 ``v[:, :, k].T``: rows = second voxel axis, columns = first; no reorientation by the affine (the usual
 reading of ACDC). Pixel spacing (row, col) = (pixdim[2], pixdim[1]); stored values and ``scl_slope`` /
 ``scl_inter`` are kept apart, so windowing works on them exactly as on DICOM's rescale. Labels map through
-``data.label_map`` (this layout's option, ``OPTIONS``): the inner contour is the ``lv`` region, the outer one ``lv`` ∪ ``myo`` (so ``endo`` =
-LV cavity, ``epi`` = cavity + myocardium, ``myo`` = myocardium). A slice without the lv label has no inner
-contour, one without myo no outer one; a slice with neither is an image without contour. Images are
-numbered across the patient's labelled volumes in name order (volume 1's slices 0..n-1, then volume 2's).
+``data.label_map`` (this layout's option, ``OPTIONS``): the inner contour is the ``lv`` region, the outer one
+``lv`` ∪ ``myo`` (so ``endo`` = LV cavity, ``epi`` = cavity + myocardium, ``myo`` = myocardium). A slice
+without the lv label has no inner contour, one without myo no outer one; a slice with neither is an image
+without contour. Images are numbered across the patient's labelled volumes in name order (volume 1's slices
+0..n-1, then volume 2's).
 """
 
 from __future__ import annotations

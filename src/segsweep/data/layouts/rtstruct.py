@@ -8,9 +8,10 @@ Files are told apart by their headers, so discovery only lists each patient fold
 (called by ingest, in the worker) opens them: images give their geometry (SOPInstanceUID,
 ImagePositionPatient, ImageOrientationPatient, PixelSpacing), structure sets their ROIs.
 
-- ROI names map to contours through ``data.roi_map`` (``endo`` = inner, ``epi`` = outer; compared in
-  ``roi_name`` form; this layout's option, ``OPTIONS``). Other ROIs get ``rtstruct_roi_unmapped`` rows, ROIs without a name
-  ``rtstruct_roi_unnamed``; two ROIs of one structure set mapped to the same contour ``rtstruct_roi_ambiguous``.
+- ROI names map to contours through ``data.roi_map`` (this layout's option, ``OPTIONS``; ``endo`` = inner,
+  ``epi`` = outer; compared in ``roi_name`` form). Other ROIs get ``rtstruct_roi_unmapped`` rows, ROIs without
+  a name ``rtstruct_roi_unnamed``; two ROIs of one structure set mapped to the same contour
+  ``rtstruct_roi_ambiguous``.
 - A contour (ContourSequence item, CLOSED_PLANAR) belongs to the image its ContourImageSequence names
   (ReferencedSOPInstanceUID). Without a reference, or with one to an image that is not there, it goes to the
   one image (same frame of reference) whose plane holds all its points within ``PLANE_TOLERANCE_MM``, with
