@@ -71,8 +71,9 @@ def _schema_file() -> dict:
 
 def schema() -> dict:
     """The config schema with each registry's names as the enum of its key (a variant registered later, e.g.
-    in a test, is in the next call's schema) and `train.default`, every cell key's default, from
-    `segsweep.training.params.cell_config_defaults` (written once, there). Shared: do not modify."""
+    in a test, is in the next call's schema), the data layouts' own keys under `data` (`_layout_option_keys`)
+    and `train.default`, every cell key's default, from `segsweep.training.params.cell_config_defaults`
+    (written once, there). Shared: do not modify."""
     from segsweep.training.params import cell_config_defaults
 
     return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()), _layout_option_keys())
@@ -92,7 +93,7 @@ def _layout_option_keys() -> str:
 
 
 @lru_cache(maxsize=8)
-def _schema_with(enums: tuple, cell_defaults_json: str, layout_keys_json: str = "[]") -> dict:
+def _schema_with(enums: tuple, cell_defaults_json: str, layout_keys_json: str) -> dict:
     out = copy.deepcopy(_schema_file())
     for path, names in enums:
         node = out
