@@ -23,34 +23,21 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from segsweep.data import contours, ingest, layouts
-from segsweep.data.config import (
-    LABEL_MAP_DEFAULT,
-    ROI_MAP_DEFAULT,
-    DataConfig,
-    PhantomConfig,
-    PreprocessConfig,
-    data_from_dict,
-    label_map_option,
-    roi_map_option,
-)
+from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig, data_from_dict
+from segsweep.data.layouts.nifti import LABEL_MAP_DEFAULT, label_map_option
+from segsweep.data.layouts.rtstruct import ROI_MAP_DEFAULT, roi_map_option
 from segsweep.errors import ConfigError, DataError
+from segsweep.io import identity
 from segsweep.plan import config as plan_config
 
 NATIVE = PreprocessConfig(size=(64, 56), policy="crop_pad")  # the phantom's size: no resampling
 CLINICAL = ("rtstruct", "nifti")
 
 
-def cfg(root, layout, target="endo", roi_map=None, label_map=None, strict=False) -> DataConfig:
-    return DataConfig(
-        layout,
-        str(root),
-        target,
-        strict,
-        "test-key",
-        PhantomConfig(layout=layout),
-        roi_map=roi_map_option(roi_map, keep_default=True),
-        label_map=label_map_option(label_map),
-    )
+def cfg(root, layout, target="endo", strict=False, **options) -> DataConfig:
+    """The data config of ``layout``; ``options``: its own keys as in a config (roi_map=..., label_map=...)."""
+    opts = layouts.parse_options(layout, options)
+    return DataConfig(layout, str(root), target, strict, "test-key", PhantomConfig(layout=layout), options=opts)
 
 
 def qc_rows(out: Path) -> list[dict]:
@@ -109,11 +96,15 @@ def test_workers_agree_and_qc_names_parts(phantom_trees, tmp_path, layout):
 
 
 # ------------------------------------------------------------------------------------------ config
-def test_schema_defaults_are_the_code_defaults():
-    data = yaml.safe_load(resources.files("segsweep.plan").joinpath("config.schema.yaml").read_text())
-    props = data["properties"]["data"]["properties"]
-    assert {k: tuple(v) for k, v in props["roi_map"]["default"].items()} == ROI_MAP_DEFAULT
-    assert props["label_map"]["default"] == LABEL_MAP_DEFAULT
+def test_the_maps_are_schema_keys_of_their_layouts_with_the_code_defaults():
+    written = yaml.safe_load(resources.files("segsweep.plan").joinpath("config.schema.yaml").read_text())
+    assert not {"roi_map", "label_map"} & set(written["properties"]["data"]["properties"])  # filled in at load
+    props = plan_config.schema()["properties"]["data"]["properties"]
+    assert set(props["roi_map"]["properties"]) == set(ROI_MAP_DEFAULT) and "default" not in props["roi_map"]
+    assert props["label_map"]["required"] == ["lv", "myo"] and "default" not in props["label_map"]
+    assert props["label_map"]["description"].endswith('Default: {"rv": 1, "myo": 2, "lv": 3}.')
+    filled = plan_config.validate({"data": {"source": "nifti", "root": "/d"}})["data"]
+    assert not {"roi_map", "label_map"} & set(filled)  # a default is the layout's, not filled into the config
 
 
 def test_maps_are_normalised_and_kept_only_for_their_layout():
@@ -123,17 +114,23 @@ def test_maps_are_normalised_and_kept_only_for_their_layout():
         return DataConfig.from_config({**base, "data": {**base["data"], "source": source, **kw}})
 
     custom = {"endo": ["  Endocardium ", "LV  ENDO"], "epi": "Epicardium"}
-    assert data("rtstruct", roi_map=custom).roi_map == (("endo", ("endocardium", "lv endo")), ("epi", ("epicardium",)))
-    assert data("rvsc", roi_map=custom).roi_map is None  # no effect on other layouts' data identity
+    normal = (("endo", ("endocardium", "lv endo")), ("epi", ("epicardium",)))
+    assert data("rtstruct", roi_map=custom).options == (("roi_map", normal),)
     default_spelled = {"epi": ["lv epi", "LV Epicardium"], "endo": ["LV ENDO", "lv endocardium"]}
-    assert data("rtstruct", roi_map=default_spelled).roi_map is None  # = the default
-    assert data("nifti", label_map={"lv": 1, "myo": 2, "rv": 3}).label_map == (("lv", 1), ("myo", 2), ("rv", 3))
-    assert data("nifti", label_map=dict(LABEL_MAP_DEFAULT)).label_map is None
-    assert data("sunnybrook", label_map={"lv": 1, "myo": 2}).label_map is None
+    assert data("rtstruct", roi_map=default_spelled).options == ()  # = the default: not in the data identity
+    assert data("nifti", label_map={"lv": 1, "myo": 2, "rv": 3}).options == (
+        ("label_map", (("lv", 1), ("myo", 2), ("rv", 3))),
+    )
+    assert data("nifti", label_map=dict(LABEL_MAP_DEFAULT)).options == ()
+    for source, key, value in (("rvsc", "roi_map", custom), ("sunnybrook", "label_map", {"lv": 1, "myo": 2})):
+        with pytest.raises(ConfigError, match=f"config key 'data.{key}': read by the .* layout only"):
+            data(source, **{key: value})  # it would be ignored: a plan-time error instead
     d = data("rtstruct", roi_map=custom)
-    assert data_from_dict(json.loads(json.dumps(dataclasses.asdict(d)))) == d  # JSON round trip (rule params)
-    assert d.layout_options["roi_map"] == {"endo": ("endocardium", "lv endo"), "epi": ("epicardium",)}
-    assert data("rtstruct").layout_options["label_map"] == LABEL_MAP_DEFAULT
+    assert identity(d)["roi_map"] == json.loads(json.dumps(normal))  # hashed under its own key, as before
+    for form in (dataclasses.asdict(d), identity(d)):  # JSON round trips (rule params: the identity)
+        assert data_from_dict(json.loads(json.dumps(form))) == d
+    assert d.layout_options == {"roi_map": normal}
+    assert data("nifti").layout_options == {"label_map": tuple(sorted(LABEL_MAP_DEFAULT.items()))}
 
 
 @pytest.mark.parametrize(
@@ -503,7 +500,7 @@ def test_polygons_are_checked_like_contour_files():
 
 
 def test_text_layouts_resolve_to_their_discovered_records(phantom_trees):
-    options = cfg("", "rvsc").layout_options
+    options = {}  # resolve fills in each layout's defaults
     for layout in ("rvsc", "sunnybrook", "sunnybrook_flat"):
         for rec in layouts.discover(layout, phantom_trees[layout]):
             assert layouts.resolve(layout, rec, options) is rec and rec.files == []

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from segsweep.data import layouts
-from segsweep.data.config import DataConfig, PhantomConfig
-from segsweep.errors import DataError
+from segsweep.data import ingest, layouts
+from segsweep.data.config import DataConfig
+from segsweep.data.layouts import base
+from segsweep.errors import ConfigError, DataError
 from segsweep.plan import config as plan_config
 
-# the default layout options (roi_map, label_map) for layouts.resolve
-OPTIONS = DataConfig("phantom", "", "endo", False, "k", PhantomConfig()).layout_options
+OPTIONS: dict = {}  # no layout option given: layouts.resolve fills in each layout's defaults
 
 
 def items_with(rec, *fields):
@@ -109,6 +110,77 @@ def test_schema_enums_match_the_layout_registry():
     assert names == set(layouts.LAYOUT_NAMES) and len(names) >= 3
     assert data["source"]["enum"] == ["phantom", *layouts.LAYOUTS.names()]
     assert data["phantom"]["properties"]["layout"]["enum"] == list(layouts.LAYOUTS.names())
+
+
+def _documented_codes() -> dict[str, str]:
+    """code -> severity of every row of docs/qc.md's reason tables (``| `code` | severity | meaning |``)."""
+    doc = (Path(__file__).parents[1] / "docs" / "qc.md").read_text()
+    return dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", doc, re.M))
+
+
+def test_docs_qc_md_lists_every_qc_reason_with_its_severity():
+    """The registry against the doc, both ways: each layout's own codes (``Layout.reasons``, gathered in
+    ``ingest.QC_REASONS`` with discovery's, ingest's and the readers'), and no row for a code nothing raises."""
+    documented, owner = _documented_codes(), {c: e.name for e in layouts.LAYOUTS for c in e.obj.reasons}
+    missing = [f"{c} (layout {owner[c]})" if c in owner else c for c in ingest.QC_REASONS if c not in documented]
+    assert not missing, f"QC reason codes missing from docs/qc.md: {', '.join(missing)}"
+    wrong = {c: (documented[c], sev) for c, (sev, _) in ingest.QC_REASONS.items() if documented[c] != sev}
+    assert not wrong, f"docs/qc.md gives another severity (doc, code): {wrong}"
+    assert not set(documented) - set(ingest.QC_REASONS), "docs/qc.md lists codes nothing raises"
+    assert {"rtstruct_roi_unmapped", "nifti_label_unmapped", "series_ambiguous"} <= {*owner}  # declared by layouts
+
+
+def _layout(name, options=(), reasons=None) -> layouts.Layout:
+    rvsc = layouts.LAYOUTS["rvsc"]
+    return layouts.Layout(name, rvsc.discover, rvsc.phantom, "x", options=options, reasons=reasons or {})
+
+
+def test_a_layout_declaration_that_clashes_stops_the_import():
+    """Option names share the `data` block and reason codes share qc.csv: a second owner is refused, naming it."""
+    roi = layouts.LayoutOption("roi_map", {"type": "object"}, dict, default={})
+    with pytest.raises(ValueError, match="option 'roi_map' is declared by 'rtstruct' too"):
+        base.register(_layout("toy", options=(roi,)))
+    with pytest.raises(ValueError, match="QC reason 'nifti_no_spacing' exists already"):
+        base.register(_layout("toy", reasons={"nifti_no_spacing": ("warning", "x")}))
+    with pytest.raises(ValueError, match="QC reason 'toy_odd' has severity 'bad'"):
+        base.register(_layout("toy", reasons={"toy_odd": ("bad", "x")}))
+    with_default = layouts.LayoutOption("toy_n", {"type": "integer", "default": 1}, int, default=1)
+    with pytest.raises(ValueError, match="option 'toy_n' has its default in LayoutOption.default"):
+        base.register(_layout("toy", options=(with_default,)))
+    assert "toy" not in layouts.LAYOUTS and "toy_odd" not in layouts.REASONS
+
+
+def test_a_registered_layout_brings_its_option_and_reason():
+    """register: the option is a schema key of `data` and of each `datasets` entry, parsed for its layout only,
+    its default filled in for resolve; the code is a QC reason with its severity (ingest.severity)."""
+
+    def parse(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config key 'data.toy_n': expected an integer >= 1, got {value!r}")
+        return value
+
+    opt = layouts.LayoutOption("toy_n", {"type": "integer", "minimum": 1}, parse, default=2)
+    base.register(_layout("toy", options=(opt,), reasons={"toy_odd": ("warning", "an odd one")}))
+    try:
+        assert plan_config.schema()["properties"]["data"]["properties"]["toy_n"]["minimum"] == 1
+        assert ingest.severity("toy_odd") == "warning"
+        assert layouts.parse_options("toy", {"toy_n": 3}) == (("toy_n", 3),)
+        assert layouts.parse_options("toy", {"toy_n": 2}) == ()  # the default: not part of the data identity
+        assert layouts.option_values("toy") == {"toy_n": 2} and layouts.option_values("toy", {"toy_n": 5}) == {
+            "toy_n": 5
+        }
+        with pytest.raises(ConfigError, match="config key 'data.toy_n': read by the toy layout only"):
+            layouts.parse_options("rvsc", {"toy_n": 3})
+        cfg = {"seed": 0, "data": {"source": "phantom", "phantom": {}}}
+        cfg["datasets"] = {"b": {**cfg["data"], "root": "/d", "source": "toy", "toy_n": 0}}
+        with pytest.raises(ConfigError, match="config key 'datasets.b.toy_n': expected an integer >= 1"):
+            DataConfig.from_config(cfg, "b")
+        with pytest.raises(ConfigError, match="config key 'datasets.b.toy_n'"):
+            plan_config.validate({"datasets": {"b": {"source": "toy", "root": "/d", "toy_n": 0}}})
+    finally:
+        layouts.LAYOUTS.unregister("toy")
+        del layouts.REASONS["toy_odd"]
+    assert "toy_n" not in plan_config.schema()["properties"]["data"]["properties"]
 
 
 def test_layout_modules_import_only_base():

@@ -103,6 +103,7 @@ def digest(obj: Any, n: int = 12) -> str:
 
 # ------------------------------------------------------------------------------------ identity of typed objects
 NEUTRAL = "segsweep_neutral"  # dataclass field metadata key
+INLINE = "segsweep_inline"  # dataclass field metadata key: the field's (name, value) pairs are the object's keys
 
 
 def added_field(neutral: Any) -> Any:
@@ -110,6 +111,13 @@ def added_field(neutral: Any) -> Any:
     code did before the field existed. ``identity`` leaves it out while it holds that value, so adding a
     field never changes the id of a finished cell (docs/architecture.md, "Cell ids")."""
     return dataclasses.field(default=neutral, metadata={NEUTRAL: neutral})
+
+
+def inline_field() -> Any:
+    """A dataclass field of sorted ``(name, value)`` pairs, empty by default, whose pairs ``identity`` writes as
+    keys of the object itself: settings that had a field each before they were gathered in one field
+    (``DataConfig.options``) keep the identity they had then, and an empty field leaves no trace."""
+    return dataclasses.field(default=(), metadata={NEUTRAL: (), INLINE: True})
 
 
 def is_added(f: dataclasses.Field) -> bool:
@@ -122,13 +130,19 @@ def is_neutral(f: dataclasses.Field, value: Any) -> bool:
 
 
 def identity(obj: Any) -> Any:
-    """JSON-able form of a (nested) dataclass for hashing: like ``asdict``, minus fields at their neutral value."""
+    """JSON-able form of a (nested) dataclass for hashing: like ``asdict``, minus fields at their neutral value,
+    with an ``inline_field``'s pairs as keys of their object."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {
-            f.name: identity(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if not is_neutral(f, getattr(obj, f.name))
-        }
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if is_neutral(f, value):
+                continue
+            if f.metadata.get(INLINE):
+                out.update((k, identity(v)) for k, v in value)
+            else:
+                out[f.name] = identity(value)
+        return out
     if isinstance(obj, (list, tuple)):
         return [identity(x) for x in obj]
     if isinstance(obj, Mapping):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segsweep.errors import ConfigError
-from segsweep.io import added_field, digest, identity
+from segsweep.io import added_field, digest, identity, inline_field
 from segsweep.paths import (
     DATA_DIR,
     DATA_FIGURES_DIR,
@@ -20,12 +21,7 @@ from segsweep.paths import (
 )
 
 TARGETS = ("endo", "epi", "myo", "multiclass")
-# data.roi_map (rtstruct layout): RTSTRUCT ROI names of each contour, compared case-insensitively with runs of
-# whitespace as one space; data.label_map (nifti layout): label value of each structure (ACDC's values).
-# The schema repeats these defaults (tests/test_clinical_layouts.py checks that they agree).
-ROI_MAP_DEFAULT = {"endo": ("LV Endo", "LV endocardium"), "epi": ("LV Epi", "LV epicardium")}
-LABEL_MAP_DEFAULT = {"rv": 1, "myo": 2, "lv": 3}
-LABELS = ("lv", "myo", "rv")  # rv is read (its voxels are not unmapped) but no target uses it yet
+LABELS = ("lv", "myo", "rv")  # structures of a label volume (nifti layout): rv is read, no target uses it yet
 # number of label values in the mask, background included (binary targets: 0/1)
 N_CLASSES = {"endo": 2, "epi": 2, "myo": 2, "multiclass": 3}
 # the foreground classes of a multi-class mask by label value (1, 2, ...): metrics.json's per-class keys
@@ -60,10 +56,10 @@ class DataConfig:
     strict: bool
     pseudonym_key: str
     phantom: PhantomConfig
-    # normalised data.roi_map / data.label_map, kept only for the layout that reads them; None = the default
-    # (so other layouts' data identity, and every cell id from before these keys, stay unchanged)
-    roi_map: tuple[tuple[str, tuple[str, ...]], ...] | None = added_field(None)
-    label_map: tuple[tuple[str, int], ...] | None = added_field(None)
+    # the layout's own config keys (``layouts.base.LayoutOption``: data.roi_map, data.label_map, ...) that differ
+    # from their defaults, normalised, as sorted (name, value) pairs. Inline in the identity: each is hashed
+    # under its own key, as when it was a field of its own, and a default one is not hashed at all
+    options: tuple[tuple[str, object], ...] = inline_field()
 
     @property
     def layout(self) -> str:
@@ -71,12 +67,11 @@ class DataConfig:
 
     @property
     def layout_options(self) -> dict:
-        """What a layout's ``resolve`` reads: ``roi_map`` {"endo"|"epi": (normalised ROI names)} and
-        ``label_map`` {"lv"|"myo"|"rv": label value}, defaults filled in."""
-        return {
-            "roi_map": dict(self.roi_map or roi_map_option(ROI_MAP_DEFAULT, keep_default=True)),
-            "label_map": dict(self.label_map or LABEL_MAP_DEFAULT),
-        }
+        """What the layout's ``resolve`` reads: each of its options (``Layout.options``), normalised, defaults
+        filled in (e.g. nifti: ``{"label_map": (("lv", 3), ("myo", 2), ("rv", 1))}``)."""
+        from segsweep.data import layouts  # the layout modules import this one
+
+        return layouts.option_values(self.layout, dict(self.options))
 
     @classmethod
     def from_config(cls, cfg: Mapping, dataset: str | None = None) -> DataConfig:
@@ -111,18 +106,15 @@ class DataConfig:
             root = os.path.normpath(d["root"])  # "a/b/" and "a/b" are one root
         else:
             raise ConfigError(f"config key '{key}.root': required when {key}.source is '{d['source']}'")
+        from segsweep.data import layouts  # the layout modules import this one
+
+        # the layout's own keys (the others' raise: they would be ignored); their parsers name 'data.<key>'
         layout = ph.layout if d["source"] == "phantom" else d["source"]
-        roi_map, label_map = roi_map_option(d.get("roi_map")), label_map_option(d.get("label_map"))
-        return cls(
-            d["source"],
-            root,
-            d["target"],
-            bool(d["strict"]),
-            d["pseudonym_key"],
-            ph,
-            roi_map=roi_map if layout == "rtstruct" else None,
-            label_map=label_map if layout == "nifti" else None,
-        )
+        try:
+            options = layouts.parse_options(layout, d)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("'data.", f"'{key}.")) from None
+        return cls(d["source"], root, d["target"], bool(d["strict"]), d["pseudonym_key"], ph, options=options)
 
 
 def dataset_base(dataset: str | None) -> str:
@@ -138,9 +130,10 @@ class DataFolders:
     folder, a `scale` preset's image size) never overwrite them:
 
     * ``data``: ``results/data/<key>/`` (the arrays, ``qc.csv``, ``dataset.json``), key = 12 hex of sha256
-      over the source, its root (real data) or phantom settings, target, pseudonym key, ROI/label maps and
-      the preprocessing; not over the root's *content* (a changed file re-ingests into the same folder, and
-      the content is in every cell id) nor ``data.strict`` (it only decides whether a bad file stops the run);
+      over the source, its root (real data) or phantom settings, target, pseudonym key, the layout's options
+      off their defaults (``data.roi_map``, ...) and the preprocessing; not over the root's *content* (a changed
+      file re-ingests into the same folder, and the content is in every cell id) nor ``data.strict`` (it only
+      decides whether a bad file stops the run);
     * ``splits``: ``results/splits/<key>/`` (``seed{s}.json``), key over the data key and the split fractions
       (the seed and fold count are in the file names);
     * ``figures``: ``results/figures/data/<data key>/`` (made from the arrays);
@@ -161,9 +154,7 @@ class DataFolders:
             ident["phantom"] = identity(data.phantom)
         else:
             ident["root"] = data.root
-        for name in ("roi_map", "label_map"):  # only when set (the layout reads them): older keys unchanged
-            if getattr(data, name) is not None:
-                ident[name] = getattr(data, name)
+        ident.update(data.options)  # only options off their defaults, each under its key: older keys unchanged
         key = digest({"data": ident, "preprocess": identity(prep)})
         split_key = digest({"data": key, "splits": identity(replace(splits, seed=0, folds=0))})
         return cls(
@@ -183,71 +174,6 @@ def scan_dir(data: DataConfig) -> str:
 def dataset_root(results_dir: str | os.PathLike, dataset: str | None) -> Path:
     """``dataset_base`` under another results folder: ``results_dir`` itself, or ``results_dir/datasets/<name>``."""
     return Path(results_dir) if dataset is None else Path(results_dir) / "datasets" / dataset
-
-
-def roi_name(name: str) -> str:
-    """The form ROI names are compared in: case-folded, surrounding whitespace dropped, inner runs as one space."""
-    return " ".join(str(name).split()).casefold()
-
-
-def roi_map_option(value, keep_default: bool = False) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
-    """``data.roi_map`` checked and normalised: ((contour, (ROI names in ``roi_name`` form, sorted)), ...);
-    None for None or the default map (unless ``keep_default``). Raises ConfigError naming the key."""
-    if value is None:
-        return None
-    key = "config key 'data.roi_map'"
-    if not isinstance(value, Mapping) or not value:
-        raise ConfigError(f"{key}: expected a mapping of endo and/or epi to lists of ROI names, got {value!r}")
-    out, seen = [], {}
-    for kind, names in value.items():
-        if kind not in ROI_MAP_DEFAULT:
-            raise ConfigError(f"{key}: unknown contour '{kind}' (known: {', '.join(ROI_MAP_DEFAULT)})")
-        names = [names] if isinstance(names, str) else names
-        if not isinstance(names, (list, tuple)) or not names:
-            raise ConfigError(f"config key 'data.roi_map.{kind}': expected a non-empty list of ROI names")
-        norm = []
-        for n in names:
-            if not isinstance(n, str) or not roi_name(n):
-                raise ConfigError(f"config key 'data.roi_map.{kind}': ROI names must be non-empty strings, got {n!r}")
-            other = seen.setdefault(roi_name(n), kind)
-            if other != kind:
-                raise ConfigError(f"{key}: ROI name '{n}' is listed under both {other} and {kind}")
-            norm.append(roi_name(n))
-        out.append((kind, tuple(sorted(set(norm)))))
-    result = tuple(sorted(out))
-    if not keep_default and result == roi_map_option(ROI_MAP_DEFAULT, keep_default=True):
-        return None
-    return result
-
-
-def label_map_option(value) -> tuple[tuple[str, int], ...] | None:
-    """``data.label_map`` checked and normalised: ((structure, value), ...) sorted; None for None or the
-    default map. lv and myo are required, values are distinct integers 1..65535 (0 is the background)."""
-    if value is None:
-        return None
-    key = "config key 'data.label_map'"
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: expected a mapping of lv, myo (and rv) to label values, got {value!r}")
-    unknown = sorted(set(value) - set(LABELS))
-    if unknown:
-        raise ConfigError(f"{key}: unknown structure(s) {unknown} (known: {', '.join(LABELS)})")
-    missing = [k for k in ("lv", "myo") if k not in value]
-    if missing:
-        raise ConfigError(f"{key}: {' and '.join(missing)} required (the targets are built from lv and myo)")
-    for k, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-            raise ConfigError(
-                f"config key 'data.label_map.{k}': expected a label value 1..65535 (0 is background), got {v!r}"
-            )
-    by_value: dict[int, list[str]] = {}
-    for k, v in value.items():
-        by_value.setdefault(v, []).append(k)
-    shared = {v: ks for v, ks in by_value.items() if len(ks) > 1}
-    if shared:
-        v, ks = next(iter(shared.items()))
-        raise ConfigError(f"{key}: {' and '.join(ks)} have the same label value {v}")
-    result = tuple(sorted((k, int(v)) for k, v in value.items()))
-    return None if result == tuple(sorted(LABEL_MAP_DEFAULT.items())) else result
 
 
 @dataclass(frozen=True)
@@ -285,12 +211,18 @@ class SplitConfig:
 
 
 def data_from_dict(d: Mapping) -> DataConfig:
-    out = {**d, "phantom": PhantomConfig(**d["phantom"])}
-    if out.get("roi_map") is not None:  # JSON/YAML round trips turn the tuples into lists
-        out["roi_map"] = tuple((k, tuple(names)) for k, names in out["roi_map"])
-    if out.get("label_map") is not None:
-        out["label_map"] = tuple((k, int(v)) for k, v in out["label_map"])
-    return DataConfig(**out)
+    """A ``DataConfig`` from its ``identity`` (the layout options as keys of their own) or ``asdict`` form
+    (``options`` as pairs), as JSON/YAML gave them back: lists for the tuples."""
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    out = {k: v for k, v in d.items() if k in fields}
+    pairs = [*(out.pop("options", None) or ()), *((k, v) for k, v in d.items() if k not in fields)]
+    out["phantom"] = PhantomConfig(**d["phantom"])
+    return DataConfig(**out, options=tuple(sorted((k, _tuples(v)) for k, v in pairs)))
+
+
+def _tuples(value):
+    """``value`` with every list turned into a tuple (layout option values are built of tuples)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def preprocess_from_dict(d: Mapping) -> PreprocessConfig:

@@ -25,6 +25,8 @@ import os
 import re
 import sys
 import zipfile
+from collections import ChainMap
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +56,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "mask_empty": ("failure", "target mask is empty after composition/resizing"),
     "processing_error": ("failure", "unexpected error while processing the file (type in the message)"),
 }
-QC_REASONS: dict[str, tuple[str, str]] = {**dcm.REASONS, **ctr.REASONS, **layouts.REASONS, **REASONS}
+# a live view: a layout's own codes join layouts.REASONS when it registers (Layout.reasons)
+QC_REASONS: Mapping[str, tuple[str, str]] = ChainMap(REASONS, layouts.REASONS, ctr.REASONS, dcm.REASONS)
 QC_COLUMNS = ("patient", "file", "status", "reason", "message")
 _NPZ_RE = re.compile(r"^p[0-9a-f]{8}\.npz$")
 log = logging.getLogger(__name__)

@@ -71,16 +71,37 @@ def _schema_file() -> dict:
 
 def schema() -> dict:
     """The config schema with each registry's names as the enum of its key (a variant registered later, e.g.
-    in a test, is in the next call's schema), `train.default`, every cell key's default, from
-    `segsweep.training.params.cell_config_defaults`, and the schema of each key declared with
-    `segsweep.training.params.cell_key` (each written once, there). Shared: do not modify."""
+    in a test, is in the next call's schema), the data layouts' own keys under `data` (`_layout_option_keys`),
+    `train.default`, every cell key's default, from `segsweep.training.params.cell_config_defaults`, and the
+    schema of each key declared with `segsweep.training.params.cell_key` (each written once, there). Shared: do
+    not modify."""
     from segsweep.training.params import cell_config_defaults, cell_key_schemas
 
-    return _schema_with(_registry_enums(), json.dumps(cell_config_defaults()), json.dumps(cell_key_schemas()))
+    return _schema_with(
+        _registry_enums(),
+        json.dumps(cell_config_defaults()),
+        json.dumps(cell_key_schemas()),
+        _layout_option_keys(),
+    )
+
+
+def _layout_option_keys() -> str:
+    """The keys data layouts declare (``LayoutOption``) as JSON [[name, schema], ...]: each becomes a key of
+    `data` (and so of each `datasets` entry, a `$ref` to it), with its default named in its description but
+    not filled in, so that a key given for a layout that does not read it can be told apart (and refused)."""
+    from segsweep.data.layouts import base
+
+    keys = []
+    for name, (_, opt) in sorted(base.options().items()):
+        default = json.dumps(opt.default, default=list)
+        keys.append([name, {**opt.schema, "description": f"{opt.schema.get('description', '')} Default: {default}."}])
+    return json.dumps(keys)
 
 
 @lru_cache(maxsize=8)
-def _schema_with(enums: tuple, cell_defaults_json: str, cell_keys_json: str = "{}") -> dict:
+def _schema_with(
+    enums: tuple, cell_defaults_json: str, cell_keys_json: str = "{}", layout_keys_json: str = "[]"
+) -> dict:
     out = copy.deepcopy(_schema_file())
     for path, names in enums:
         node = out
@@ -89,6 +110,11 @@ def _schema_with(enums: tuple, cell_defaults_json: str, cell_keys_json: str = "{
         if "enum" in node:
             raise ValueError(f"config.schema.yaml lists the enum at {path} that the registry fills: remove it")
         node["enum"] = list(names)
+    data = out["properties"]["data"]["properties"]
+    for name, key_schema in json.loads(layout_keys_json):
+        if name in data:
+            raise ValueError(f"config.schema.yaml lists data.{name}, which a data layout declares: remove it")
+        data[name] = key_schema
     train, cell = out["properties"]["train"], out["definitions"]["cell"]["properties"]
     if "default" in train:
         raise ValueError("config.schema.yaml lists train.default, which CellParams' defaults fill: remove it")

@@ -2,7 +2,8 @@
 
 Each layout is one module here (``rvsc``, ``sunnybrook``, ``sunnybrook_flat``, ``rtstruct``, ``nifti``) that
 registers a ``base.Layout``: ``discover(root) -> list[PatientRecord]``, the phantom generator's ``PhantomPaths``
-(where a generated file goes), the expected tree for messages and a detection rule. Every module of this
+(where a generated file goes), the expected tree for messages, a detection rule, and any config keys
+(``LayoutOption``) and QC reason codes of its own. Every module of this
 package is imported below, so a new layout is one new file. Discovery only looks at names; it opens no DICOM
 file (ingest reads what it needs; layouts that pair by content do it in ``resolve``, called by ingest). Files
 it cannot place become ``Note`` s (QC rows), never silently dropped. A missing, empty or differently organised
@@ -16,6 +17,7 @@ from segsweep.data.layouts.base import (  # noqa: F401  (the package's public na
     REASONS,
     Item,
     Layout,
+    LayoutOption,
     MaskContour,
     Note,
     Part,
@@ -30,6 +32,9 @@ from segsweep.data.layouts.base import (  # noqa: F401  (the package's public na
     discover,
     expected,
     list_files,
+    option_values,
+    options,
+    parse_options,
     phantom_paths,
     resolve,
     wrong_layout_message,

@@ -3,10 +3,11 @@ dispatch on it (``discover``, ``resolve``, ``phantom_paths``, ``expected``, ``ch
 ``wrong_layout_message``).
 
 A layout is one module of this package that registers one ``Layout``; the package ``__init__`` imports every
-module, so a new layout needs no edit elsewhere (the schema enums of ``data.source`` and
-``data.phantom.layout`` are checked against ``LAYOUTS.names()`` by tests/test_layouts.py). Of this package the
-layout modules import from here only, never from each other or from the package (readers elsewhere in
-``segsweep.data``, such as ``dicom``, they may use).
+module, so a new layout needs no edit elsewhere: the schema's ``data.source`` and ``data.phantom.layout`` enums
+and the keys of the layouts' own options (``LayoutOption``, e.g. ``data.roi_map``) are filled in from
+``LAYOUTS`` when the schema loads, and ``register`` adds the layout's QC reason codes to ``REASONS``. Of this
+package the layout modules import from here only, never from each other or from the package (readers
+elsewhere in ``segsweep.data``, such as ``dicom``, they may use).
 
 Two kinds of layout: text-contour layouts (RVSC, Sunnybrook) pair an image file with contour files by their
 names, so ``discover`` gives the items. Layouts whose pairing needs file contents (``rtstruct``: contours
@@ -29,32 +30,31 @@ import numpy as np
 from segsweep.errors import ConfigError, DataError
 from segsweep.registry import Registry
 
-# reason codes produced by discovery (docs/qc.md); severity "failure" counts for data.strict
+# reason codes of discovery (docs/qc.md): code -> (severity, meaning); severity "failure" counts for data.strict.
+# A layout's own codes (``Layout.reasons``) are added by ``register``.
 REASONS: dict[str, tuple[str, str]] = {
     "unexpected_file": ("failure", "a file whose name does not fit the layout (not used)"),
     "image_folder_missing": ("failure", "a patient without its image folder"),
-    "listed_contour_missing": ("failure", "a contour named in an RVSC PNNlist.txt does not exist"),
-    "series_not_selected": ("info", "Sunnybrook image of another series than the contoured cine series"),
-    "series_ambiguous": ("warning", "several series fit the contours equally well; the first was taken"),
     "contour_unused": ("info", "a contour not needed for the target (or whose partner file failed)"),
-    # rtstruct layout
-    "rtstruct_invalid": ("failure", "an RTSTRUCT whose structure set cannot be read (no usable ROI sequences)"),
-    "rtstruct_roi_unmapped": ("info", "an ROI whose name is in no data.roi_map list (not used)"),
-    "rtstruct_roi_unnamed": ("failure", "contours of an ROI without a name (not used)"),
-    "rtstruct_roi_ambiguous": ("failure", "several ROIs of one structure set map to one contour (none used)"),
-    "rtstruct_contour_invalid": ("failure", "an RTSTRUCT contour that is not a closed planar polygon in its image"),
-    "rtstruct_contour_unmatched": ("failure", "an RTSTRUCT contour whose image is not found (UID nor position)"),
-    "rtstruct_contour_multiple": ("failure", "several contours of one ROI kind on one image (none used)"),
-    "rtstruct_contour_by_position": ("warning", "contour matched to its image by position, not by UID"),
-    # nifti layout
-    "nifti_unreadable": ("failure", "a NIfTI file that cannot be read"),
-    "nifti_bad_shape": ("failure", "a NIfTI image that is not a 2-D or 3-D volume"),
-    "nifti_shape_mismatch": ("failure", "a label volume whose grid differs from its image's"),
-    "nifti_nonfinite": ("failure", "NaN or infinite voxel values"),
-    "nifti_label_invalid": ("failure", "a label volume with non-integer or negative values"),
-    "nifti_label_unmapped": ("warning", "label values not in data.label_map (read as background)"),
-    "nifti_no_spacing": ("warning", "no valid voxel size in the header: 1.0 mm assumed"),
 }
+
+
+SEVERITIES = ("failure", "warning", "info")
+
+
+@dataclass(frozen=True)
+class LayoutOption:
+    """A config key of a layout's own: ``data.<name>`` (and ``datasets.<set>.<name>``), read by that layout's
+    ``resolve`` only. ``schema`` is the key's JSON schema (type, range, description; no ``default``: the
+    schema's key under ``data`` is made from it at load); ``parse(value)`` checks a config value and returns
+    it normalised, built of tuples, strings and numbers (hashable; JSON gives it back with lists for tuples),
+    raising ``ConfigError`` that names ``config key 'data.<name>'``; ``default`` is the config value taken
+    when the key is absent. A value whose normalised form is the default's is not part of the data identity."""
+
+    name: str
+    schema: Mapping[str, Any]
+    parse: Callable[[Any], Any]
+    default: Any
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,14 +195,65 @@ class Layout:
     # notes. Ingest calls it in the worker that processes the patient, so discovery stays names-only.
     # ``options``: the layout settings of the data config (``DataConfig.layout_options``).
     resolve: Callable[[PatientRecord, Mapping[str, Any]], PatientRecord] | None = None
+    # config keys of its own (``options[name]`` in ``resolve``, normalised, the default filled in) and QC reason
+    # codes of its own: code -> (severity, meaning), severity one of SEVERITIES; docs/qc.md lists each code
+    options: tuple[LayoutOption, ...] = ()
+    reasons: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 LAYOUTS: Registry[Layout] = Registry("data layout", "data.source")
 
 
 def register(layout: Layout) -> Layout:
-    """Register ``layout`` under its name (one call at the end of each layout module)."""
-    return LAYOUTS.register(layout.name)(layout)
+    """Register ``layout`` under its name (one call at the end of each layout module); its QC reason codes join
+    ``REASONS``. An option name or a reason code that another layout (or discovery) has already stops the
+    import, naming it."""
+    taken = {o.name: e.name for e in LAYOUTS for o in e.obj.options}
+    for opt in layout.options:
+        if opt.name in taken:
+            raise ValueError(f"data layout '{layout.name}': option '{opt.name}' is declared by '{taken[opt.name]}' too")
+        if "default" in opt.schema:
+            raise ValueError(
+                f"data layout '{layout.name}': option '{opt.name}' has its default in LayoutOption.default"
+            )
+    for code, (sev, _) in layout.reasons.items():
+        if code in REASONS:
+            raise ValueError(f"data layout '{layout.name}': QC reason '{code}' exists already")
+        if sev not in SEVERITIES:
+            raise ValueError(f"data layout '{layout.name}': QC reason '{code}' has severity {sev!r} ({SEVERITIES})")
+    LAYOUTS.register(layout.name)(layout)
+    REASONS.update(layout.reasons)
+    return layout
+
+
+def options() -> dict[str, tuple[str, LayoutOption]]:
+    """Every layout's own config keys: name -> (the layout that reads it, its ``LayoutOption``)."""
+    return {o.name: (e.name, o) for e in LAYOUTS for o in e.obj.options}
+
+
+def parse_options(layout: str, block: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The options of a ``data`` block (or ``datasets`` entry) that ``layout`` reads, checked and normalised,
+    as sorted (name, value) pairs without those equal to their default. An option of another layout raises
+    ``ConfigError`` naming ``data.<name>`` (it would be ignored: better to say so)."""
+    out = []
+    for name, (owner, opt) in sorted(options().items()):
+        if name not in block:
+            continue
+        if owner != layout:
+            raise ConfigError(
+                f"config key 'data.{name}': read by the {owner} layout only, and this data set's layout is "
+                f"{layout}: remove the key"
+            )
+        value = opt.parse(block[name])
+        if value != opt.parse(opt.default):
+            out.append((name, value))
+    return tuple(out)
+
+
+def option_values(layout: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What ``layout``'s ``resolve`` reads: each of its options, from ``given`` (normalised) or its default."""
+    given = given or {}
+    return {o.name: given[o.name] if o.name in given else o.parse(o.default) for o in get(layout).options}
 
 
 def get(name: str) -> Layout:
@@ -225,10 +276,11 @@ def discover(layout: str, root: str | Path) -> list[PatientRecord]:
 
 
 def resolve(layout: str, record: PatientRecord, options: Mapping[str, Any]) -> PatientRecord:
-    """``record`` with its items: opened now for layouts that pair by content (``Layout.resolve``); the
-    record itself for the others (their discovery found the items already)."""
+    """``record`` with its items: opened now for layouts that pair by content (``Layout.resolve``, with
+    ``options`` and the defaults of the options not given); the record itself for the others (their discovery
+    found the items already)."""
     fn = get(layout).resolve
-    return record if fn is None else fn(record, options)
+    return record if fn is None else fn(record, option_values(layout, options))
 
 
 def phantom_paths(layout: str) -> PhantomPaths:

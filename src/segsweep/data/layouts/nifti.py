@@ -13,16 +13,18 @@ Slices: a volume's voxel array ``v[i, j, k]`` (nibabel's order, the file's) give
 ``v[:, :, k].T``: rows = second voxel axis, columns = first; no reorientation by the affine (the usual
 reading of ACDC). Pixel spacing (row, col) = (pixdim[2], pixdim[1]); stored values and ``scl_slope`` /
 ``scl_inter`` are kept apart, so windowing works on them exactly as on DICOM's rescale. Labels map through
-``data.label_map``: the inner contour is the ``lv`` region, the outer one ``lv`` ∪ ``myo`` (so ``endo`` =
-LV cavity, ``epi`` = cavity + myocardium, ``myo`` = myocardium). A slice without the lv label has no inner
-contour, one without myo no outer one; a slice with neither is an image without contour. Images are
-numbered across the patient's labelled volumes in name order (volume 1's slices 0..n-1, then volume 2's).
+``data.label_map`` (this layout's option, ``OPTIONS``): the inner contour is the ``lv`` region, the outer one
+``lv`` ∪ ``myo`` (so ``endo`` = LV cavity, ``epi`` = cavity + myocardium, ``myo`` = myocardium). A slice
+without the lv label has no inner contour, one without myo no outer one; a slice with neither is an image
+without contour. Images are numbered across the patient's labelled volumes in name order (volume 1's slices
+0..n-1, then volume 2's).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,10 +32,11 @@ import numpy as np
 
 from segsweep.data import contours as ctr
 from segsweep.data import dicom as dcm
-from segsweep.data.config import LABEL_MAP_DEFAULT
+from segsweep.data.config import LABELS
 from segsweep.data.layouts.base import (
     Item,
     Layout,
+    LayoutOption,
     MaskContour,
     Note,
     PatientRecord,
@@ -43,6 +46,7 @@ from segsweep.data.layouts.base import (
     list_files,
     register,
 )
+from segsweep.errors import ConfigError
 
 EXPECTED = "patientXXX/patientXXX_frameYY.nii.gz + patientXXX/patientXXX_frameYY_gt.nii.gz (image + label volumes)"
 
@@ -163,7 +167,7 @@ def _label_volume(path: Path, shape) -> np.ndarray | Note:
 
 def resolve(record: PatientRecord, options) -> PatientRecord:
     """Open one patient's volumes: every slice of a labelled volume becomes an item (slice image + label regions)."""
-    label_map = options["label_map"]
+    label_map = dict(options["label_map"])
     lv, myo = label_map["lv"], label_map["myo"]
     mapped = {0, *label_map.values()}
     images, labels = _volumes(record.files)
@@ -253,4 +257,74 @@ PHANTOM = PhantomPaths(
     write=_write_phantom,
 )
 
-register(Layout("nifti", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=6, resolve=resolve))
+# ------------------------------------------------------------------------------------ config and QC codes
+LABEL_MAP_DEFAULT = {"rv": 1, "myo": 2, "lv": 3}  # data.label_map: ACDC's label values
+
+
+def label_map_option(value) -> tuple[tuple[str, int], ...]:
+    """``data.label_map`` checked and normalised: ((structure, value), ...) sorted. lv and myo are required,
+    values are distinct integers 1..65535 (0 is the background). Raises ConfigError naming the key."""
+    key = "config key 'data.label_map'"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of lv, myo (and rv) to label values, got {value!r}")
+    unknown = sorted(set(value) - set(LABELS))
+    if unknown:
+        raise ConfigError(f"{key}: unknown structure(s) {unknown} (known: {', '.join(LABELS)})")
+    missing = [k for k in ("lv", "myo") if k not in value]
+    if missing:
+        raise ConfigError(f"{key}: {' and '.join(missing)} required (the targets are built from lv and myo)")
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+            raise ConfigError(
+                f"config key 'data.label_map.{k}': expected a label value 1..65535 (0 is background), got {v!r}"
+            )
+    by_value: dict[int, list[str]] = {}
+    for k, v in value.items():
+        by_value.setdefault(v, []).append(k)
+    shared = {v: ks for v, ks in by_value.items() if len(ks) > 1}
+    if shared:
+        v, ks = next(iter(shared.items()))
+        raise ConfigError(f"{key}: {' and '.join(ks)} have the same label value {v}")
+    return tuple(sorted((k, int(v)) for k, v in value.items()))
+
+
+_LABEL = {"type": "integer", "minimum": 1, "maximum": 65535}
+OPTIONS = (
+    LayoutOption(
+        "label_map",
+        {
+            "description": "nifti layout: the label value of each structure in the label volumes (ACDC: rv 1, "
+            "myo 2, lv 3; M&Ms: lv 1, myo 2, rv 3). endo = lv, epi = lv + myo, myo = myo; rv is not used by any "
+            "target yet. A map given here replaces the default (docs/data.md).",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["lv", "myo"],
+            "properties": {name: _LABEL for name in LABELS},
+        },
+        label_map_option,
+        default=LABEL_MAP_DEFAULT,
+    ),
+)
+REASONS = {
+    "nifti_unreadable": ("failure", "a NIfTI file that cannot be read"),
+    "nifti_bad_shape": ("failure", "a NIfTI image that is not a 2-D or 3-D volume"),
+    "nifti_shape_mismatch": ("failure", "a label volume whose grid differs from its image's"),
+    "nifti_nonfinite": ("failure", "NaN or infinite voxel values"),
+    "nifti_label_invalid": ("failure", "a label volume with non-integer or negative values"),
+    "nifti_label_unmapped": ("warning", "label values not in data.label_map (read as background)"),
+    "nifti_no_spacing": ("warning", "no valid voxel size in the header: 1.0 mm assumed"),
+}
+
+register(
+    Layout(
+        "nifti",
+        discover,
+        PHANTOM,
+        EXPECTED,
+        detect=_detect,
+        detect_order=6,
+        resolve=resolve,
+        options=OPTIONS,
+        reasons=REASONS,
+    )
+)

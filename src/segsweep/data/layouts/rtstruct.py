@@ -8,9 +8,10 @@ Files are told apart by their headers, so discovery only lists each patient fold
 (called by ingest, in the worker) opens them: images give their geometry (SOPInstanceUID,
 ImagePositionPatient, ImageOrientationPatient, PixelSpacing), structure sets their ROIs.
 
-- ROI names map to contours through ``data.roi_map`` (``endo`` = inner, ``epi`` = outer; compared in
-  ``data.config.roi_name`` form). Other ROIs get ``rtstruct_roi_unmapped`` rows, ROIs without a name
-  ``rtstruct_roi_unnamed``; two ROIs of one structure set mapped to the same contour ``rtstruct_roi_ambiguous``.
+- ROI names map to contours through ``data.roi_map`` (this layout's option, ``OPTIONS``; ``endo`` = inner,
+  ``epi`` = outer; compared in ``roi_name`` form). Other ROIs get ``rtstruct_roi_unmapped`` rows, ROIs without
+  a name ``rtstruct_roi_unnamed``; two ROIs of one structure set mapped to the same contour
+  ``rtstruct_roi_ambiguous``.
 - A contour (ContourSequence item, CLOSED_PLANAR) belongs to the image its ContourImageSequence names
   (ReferencedSOPInstanceUID). Without a reference, or with one to an image that is not there, it goes to the
   one image (same frame of reference) whose plane holds all its points within ``PLANE_TOLERANCE_MM``, with
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,10 +43,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RTStructureSetStorage
 
 from segsweep.data import dicom as dcm
-from segsweep.data.config import roi_name
 from segsweep.data.layouts.base import (
     Item,
     Layout,
+    LayoutOption,
     Note,
     Part,
     PatientRecord,
@@ -54,6 +56,7 @@ from segsweep.data.layouts.base import (
     _walk,
     register,
 )
+from segsweep.errors import ConfigError
 
 EXPECTED = "<patient>/**/*: DICOM image series + one RTSTRUCT per series (any file names), one folder per patient"
 
@@ -276,7 +279,7 @@ def _match(c: _Contour, points: np.ndarray, images: list[_Image], by_uid: dict[s
 
 def resolve(record: PatientRecord, options) -> PatientRecord:
     """Open one patient's files: images and structure sets → items (image file + polygon contours) and notes."""
-    lookup = {name: _KIND[kind] for kind, names in options["roi_map"].items() for name in names}
+    lookup = {name: _KIND[kind] for kind, names in options["roi_map"] for name in names}
     notes = list(record.notes)
     images: list[_Image] = []
     sets = []
@@ -467,4 +470,79 @@ PHANTOM = PhantomPaths(
     write=_write_phantom,
 )
 
-register(Layout("rtstruct", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=5, resolve=resolve))
+# ------------------------------------------------------------------------------------ config and QC codes
+# data.roi_map: the RTSTRUCT ROI names of each contour, compared case-insensitively with runs of whitespace as one space
+ROI_MAP_DEFAULT = {"endo": ("LV Endo", "LV endocardium"), "epi": ("LV Epi", "LV epicardium")}
+
+
+def roi_name(name: str) -> str:
+    """The form ROI names are compared in: case-folded, surrounding whitespace dropped, inner runs as one space."""
+    return " ".join(str(name).split()).casefold()
+
+
+def roi_map_option(value) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``data.roi_map`` checked and normalised: ((contour, (ROI names in ``roi_name`` form, sorted)), ...).
+    Raises ConfigError naming the key."""
+    key = "config key 'data.roi_map'"
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{key}: expected a mapping of endo and/or epi to lists of ROI names, got {value!r}")
+    out, seen = [], {}
+    for kind, names in value.items():
+        if kind not in ROI_MAP_DEFAULT:
+            raise ConfigError(f"{key}: unknown contour '{kind}' (known: {', '.join(ROI_MAP_DEFAULT)})")
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, (list, tuple)) or not names:
+            raise ConfigError(f"config key 'data.roi_map.{kind}': expected a non-empty list of ROI names")
+        norm = []
+        for n in names:
+            if not isinstance(n, str) or not roi_name(n):
+                raise ConfigError(f"config key 'data.roi_map.{kind}': ROI names must be non-empty strings, got {n!r}")
+            other = seen.setdefault(roi_name(n), kind)
+            if other != kind:
+                raise ConfigError(f"{key}: ROI name '{n}' is listed under both {other} and {kind}")
+            norm.append(roi_name(n))
+        out.append((kind, tuple(sorted(set(norm)))))
+    return tuple(sorted(out))
+
+
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+OPTIONS = (
+    LayoutOption(
+        "roi_map",
+        {
+            "description": "rtstruct layout: the RTSTRUCT ROI names of each contour (endo = inner, epi = outer), "
+            "compared case-insensitively with runs of whitespace as one space; ROIs named in neither list are not "
+            "used (rtstruct_roi_unmapped in qc.csv). A map given here replaces the default (docs/data.md).",
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {"endo": _NAMES, "epi": _NAMES},
+        },
+        roi_map_option,
+        default=ROI_MAP_DEFAULT,
+    ),
+)
+REASONS = {
+    "rtstruct_invalid": ("failure", "an RTSTRUCT whose structure set cannot be read (no usable ROI sequences)"),
+    "rtstruct_roi_unmapped": ("info", "an ROI whose name is in no data.roi_map list (not used)"),
+    "rtstruct_roi_unnamed": ("failure", "contours of an ROI without a name (not used)"),
+    "rtstruct_roi_ambiguous": ("failure", "several ROIs of one structure set map to one contour (none used)"),
+    "rtstruct_contour_invalid": ("failure", "an RTSTRUCT contour that is not a closed planar polygon in its image"),
+    "rtstruct_contour_unmatched": ("failure", "an RTSTRUCT contour whose image is not found (UID nor position)"),
+    "rtstruct_contour_multiple": ("failure", "several contours of one ROI kind on one image (none used)"),
+    "rtstruct_contour_by_position": ("warning", "contour matched to its image by position, not by UID"),
+}
+
+register(
+    Layout(
+        "rtstruct",
+        discover,
+        PHANTOM,
+        EXPECTED,
+        detect=_detect,
+        detect_order=5,
+        resolve=resolve,
+        options=OPTIONS,
+        reasons=REASONS,
+    )
+)

@@ -118,4 +118,6 @@ PHANTOM = PhantomPaths(
     instance_offset=1,
 )
 
-register(Layout("rvsc", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=20))
+REASONS = {"listed_contour_missing": ("failure", "a contour named in an RVSC PNNlist.txt does not exist")}
+
+register(Layout("rvsc", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=20, reasons=REASONS))

@@ -175,4 +175,9 @@ PHANTOM = PhantomPaths(
     extra_images=lambda root, p: [_image(root, p, n, series=1) for n in (1, 2)],  # a localizer series
 )
 
-register(Layout("sunnybrook", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=30))
+REASONS = {
+    "series_not_selected": ("info", "Sunnybrook image of another series than the contoured cine series"),
+    "series_ambiguous": ("warning", "several series fit the contours equally well; the first was taken"),
+}
+
+register(Layout("sunnybrook", discover, PHANTOM, EXPECTED, detect=_detect, detect_order=30, reasons=REASONS))
