@@ -27,8 +27,9 @@ from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig, da
 from segsweep.data.layouts.nifti import LABEL_MAP_DEFAULT, label_map_option
 from segsweep.data.layouts.rtstruct import ROI_MAP_DEFAULT, roi_map_option
 from segsweep.errors import ConfigError, DataError
-from segsweep.io import identity
+from segsweep.io import digest, identity
 from segsweep.plan import config as plan_config
+from segsweep.plan.cells import data_fingerprint
 
 NATIVE = PreprocessConfig(size=(64, 56), policy="crop_pad")  # the phantom's size: no resampling
 CLINICAL = ("rtstruct", "nifti")
@@ -515,3 +516,22 @@ def test_text_layouts_resolve_to_their_discovered_records(phantom_trees):
             if x
         }
         assert kinds == ({"file", "PolygonContour"} if layout == "rtstruct" else {"SliceImage", "MaskContour"})
+
+
+def test_a_custom_map_is_part_of_the_cells_data_fingerprint():
+    """Another roi_map / label_map makes other masks from the same files: the cells trained on them must be other
+    cells (before, they shared ids with the default map's cells). At the default map nothing changes."""
+    base = {"seed": 0, "data": {"root": "/d", "target": "endo", "strict": False, "pseudonym_key": "k", "phantom": {}}}
+    prep = PreprocessConfig.from_config(plan_config.validate({}))
+
+    def fp(source, **kw):
+        data = DataConfig.from_config({**base, "data": {**base["data"], "source": source, **kw}})
+        return data_fingerprint(data, prep, content="manifest")
+
+    swapped = {"endo": ["lv epi", "lv epicardium"], "epi": ["lv endo", "lv endocardium"]}
+    assert fp("rtstruct", roi_map=swapped) != fp("rtstruct")
+    assert fp("nifti", label_map={"lv": 1, "myo": 2, "rv": 3}) != fp("nifti")
+    assert fp("nifti", label_map=dict(LABEL_MAP_DEFAULT)) == fp("nifti")
+    # the default map's fingerprint is the one the code gave before the maps had a say (no key added)
+    ident = {"source": "nifti", "target": "endo", "pseudonym_key": "k", "content": "manifest"}
+    assert fp("nifti") == digest({"data": ident, "preprocess": identity(prep)})

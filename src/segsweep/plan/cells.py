@@ -308,8 +308,10 @@ def cell_id(params: CellParams, data_fp: str, split_fp: dict, amp: bool = False)
 def data_fingerprint(data: DataConfig, prep: PreprocessConfig, content: str | None = None) -> str:
     """What the ingested data depend on: the source's content (real data: the root's content manifest,
     whatever the path is spelled like; the phantom: its settings), the target, the pseudonym key (it orders
-    the split) and the preprocessing. ``data.strict`` only decides whether a bad file stops the run."""
+    the split), the layout's own options off their defaults (``roi_map``, ``label_map``: which structure
+    becomes which mask) and the preprocessing. ``data.strict`` only decides whether a bad file stops the run."""
     ident = {"source": data.source, "target": data.target, "pseudonym_key": data.pseudonym_key}
+    ident.update(data.options)  # empty at the defaults: ids of configs without custom maps are unchanged
     if data.source == "phantom":
         ident["phantom"] = identity(data.phantom)
     else:
