@@ -5,13 +5,11 @@ cell trains with it to finite metrics (a post-processing step: it changes a hand
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 
 import pytest
-import yaml
-from recipes import ROOT, recipe_blocks
+from recipes import add_file_block, add_schedule_key, append, copy_package, edited, recipe_blocks, table_examples
 from test_train import _write_dataset
 
 from segsweep.analysis.postprocess import POSTPROCESSING
@@ -51,24 +49,7 @@ print(json.dumps({{"planned": [str(v) for v in planned], "torch_in_plan": torch_
 
 
 def _copy(tmp_path):
-    pkg = tmp_path / "pkg" / "segsweep"
-    shutil.copytree(ROOT / "src" / "segsweep", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    return pkg
-
-
-def _edited(pkg) -> list[str]:
-    """The package files whose text differs from src/segsweep's."""
-    src = ROOT / "src" / "segsweep"
-    return sorted(
-        str(f.relative_to(pkg))
-        for f in pkg.rglob("*")
-        if f.is_file()
-        and (not (src / f.relative_to(pkg)).is_file() or f.read_bytes() != (src / f.relative_to(pkg)).read_bytes())
-    )
-
-
-def _append(path, code):
-    path.write_text(path.read_text().rstrip("\n") + "\n\n\n" + code.strip("\n") + "\n")
+    return copy_package(tmp_path / "pkg" / "segsweep")
 
 
 def _run(tmp_path, pkg, axes, row, train):
@@ -97,15 +78,6 @@ def _not_yet_known(axes):
         build_plan(sc.prepare({"studies": {"s": {"axes": axes, "table": {"rows": [next(iter(axes))], "cols": []}}}}))
 
 
-def _table_examples() -> tuple[dict[str, str], str]:
-    """The python blocks under the table of "Add a schedule, optimizer, regulariser or model", by the file their
-    first line names, and the yaml block (the schema key)."""
-    blocks = recipe_blocks("Add a schedule, optimizer, regulariser or model")
-    files = {c.splitlines()[0].removeprefix("# "): c for lang, c in blocks if lang == "python"}
-    ((schema_line),) = [c for lang, c in blocks if lang == "yaml"]
-    return files, schema_line
-
-
 def test_contributing_add_a_loss_recipe_works(tmp_path):
     """The loss block appended to training/losses.py, that file alone: the three spellings the recipe promises plan
     and train."""
@@ -114,8 +86,8 @@ def test_contributing_add_a_loss_recipe_works(tmp_path):
     spellings = ["log_cosh_dice", "0.5*log_cosh_dice + bce", [{"name": "log_cosh_dice", "smooth": 0.1}]]
     _not_yet_known({"loss": spellings[:1]})
     pkg = _copy(tmp_path)
-    _append(pkg / "training" / "losses.py", code)
-    assert _edited(pkg) == ["training/losses.py"]  # "Nothing else lists it"
+    append(pkg / "training" / "losses.py", code)
+    assert edited(pkg) == ["training/losses.py"]  # "Nothing else lists it"
     planned, _, _ = _run(tmp_path, pkg, {"loss": spellings}, "loss", [{"loss": s} for s in spellings])
     assert len(planned) == 3 and all("log_cosh_dice" in p for p in planned), planned
 
@@ -123,7 +95,7 @@ def test_contributing_add_a_loss_recipe_works(tmp_path):
 def test_contributing_add_a_schedule_optimizer_regulariser_recipe_works(tmp_path):
     """The table's examples (the blocks under it), each appended to the file its first line names, plus the one
     schema key `poly`'s new keyword needs: one file per kind, and each plans and trains."""
-    files, schema_line = _table_examples()
+    files, schema_line = table_examples()
     files = {
         f: c
         for f, c in files.items()
@@ -134,13 +106,10 @@ def test_contributing_add_a_schedule_optimizer_regulariser_recipe_works(tmp_path
     for key, values in new.items():
         _not_yet_known({key: values[:1]})
     pkg = _copy(tmp_path)
-    for rel, code in files.items():
-        _append(pkg / rel, code)
-    schema = pkg / "plan" / "config.schema.yaml"
-    doc = yaml.safe_load(schema.read_text())
-    doc["definitions"]["schedule"]["oneOf"][1]["properties"].update(yaml.safe_load(schema_line.strip()))
-    schema.write_text(yaml.safe_dump(doc, sort_keys=False))
-    assert _edited(pkg) == sorted([*files, "plan/config.schema.yaml"])
+    for code in files.values():
+        add_file_block(pkg, code)
+    add_schedule_key(pkg, schema_line)
+    assert edited(pkg) == sorted([*files, "plan/config.schema.yaml"])
     axes = {
         "schedule": new["schedule"],
         "optimizer": ["adam", "nadam"],
@@ -160,13 +129,12 @@ def test_contributing_add_a_schedule_optimizer_regulariser_recipe_works(tmp_path
 def test_contributing_add_a_model_recipe_works(tmp_path):
     """The model example: the spec appended to training/model.py, the network a new module (the two places the
     table names), and `model: tiny_net` plans without torch and trains."""
-    files, _ = _table_examples()
-    spec, net = files["training/model.py"], files["training/tiny_net.py"]
+    files, _ = table_examples()
     _not_yet_known({"model": ["tiny_net"]})
     pkg = _copy(tmp_path)
-    _append(pkg / "training" / "model.py", spec)
-    (pkg / "training" / "tiny_net.py").write_text(net.split("\n", 1)[1])
-    assert _edited(pkg) == ["training/model.py", "training/tiny_net.py"]
+    add_file_block(pkg, files["training/model.py"])
+    add_file_block(pkg, files["training/tiny_net.py"])  # a new module: the block less its "# <file>" line
+    assert edited(pkg) == ["training/model.py", "training/tiny_net.py"]
     planned, _, modules = _run(tmp_path, pkg, {"model": ["unet", "tiny_net"]}, "model", [{"model": "tiny_net"}])
     assert sorted(planned) == ["tiny_net", "unet"]
     assert "segsweep.training.tiny_net" in modules and "segsweep.training.unet" not in modules  # it trained TinyNet
@@ -176,11 +144,11 @@ def test_contributing_add_a_finetune_mode_recipe_works(tmp_path):
     """The fine-tuning mode example appended to training/finetune_modes.py, that file alone: `finetune:
     freeze_first_epoch` plans without torch, and its cell trains with the encoder frozen in epoch 1 only (its LR
     0, then the others'), where `full` trains it in both."""
-    files, _ = _table_examples()
+    files, _ = table_examples()
     _not_yet_known({"finetune": ["freeze_first_epoch"]})
     pkg = _copy(tmp_path)
-    _append(pkg / "training" / "finetune_modes.py", files["training/finetune_modes.py"])
-    assert _edited(pkg) == ["training/finetune_modes.py"]
+    add_file_block(pkg, files["training/finetune_modes.py"])
+    assert edited(pkg) == ["training/finetune_modes.py"]
     axes = {"finetune": ["full", "freeze_first_epoch"]}
     planned, trained, _ = _run(tmp_path, pkg, axes, "finetune", [{"finetune": f} for f in axes["finetune"]])
     assert sorted(planned) == ["freeze_first_epoch", "full"]
@@ -214,10 +182,10 @@ def test_contributing_add_a_postprocessing_recipe_works(tmp_path):
     """The post-processing example appended to analysis/postprocess.py, that file alone: it joins the candidates
     (after the built-in ones) without a config key, the plan stays torch-free, and it opens a hand-made mask as
     computed by hand: with 1 mm pixels its 2 mm radius is the 13-pixel disk, with 2 mm pixels the 5-pixel cross."""
-    files, _ = _table_examples()
+    files, _ = table_examples()
     pkg = _copy(tmp_path)
-    _append(pkg / "analysis" / "postprocess.py", files["analysis/postprocess.py"])
-    assert _edited(pkg) == ["analysis/postprocess.py"]
+    add_file_block(pkg, files["analysis/postprocess.py"])
+    assert edited(pkg) == ["analysis/postprocess.py"]
     mask = _grid(
         """
         .........
