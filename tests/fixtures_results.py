@@ -96,6 +96,10 @@ class Fixture:
     def study(self, name: str) -> Study:
         return self.plan.studies[name]
 
+    def render(self, out_html: Path, out_pdf: Path | None = None) -> str:
+        """The report of this fixture (`render`)."""
+        return render(out_html, self.config, self.studies, self.results, self.root, out_pdf)
+
 
 def pseudonym(i: int) -> str:
     return "p" + hashlib.sha256(f"fixture-{i}".encode()).hexdigest()[:8]
@@ -371,18 +375,44 @@ def make_results(root: Path, test_fraction: float = 0.0) -> Fixture:
 _BUILT: dict[str, Fixture] = {}
 
 
+def aggregate(fx: Fixture) -> Fixture:
+    """Every study of ``fx`` aggregated and its figures made, as the aggregate and figures rules do."""
+    from segsweep.analysis.aggregate import aggregate_study
+    from segsweep.report.plots import make_study_figures
+
+    splits = sorted((fx.results / "splits").glob("*.json"))  # as the rule passes them: fraction sizes
+    for s in fx.studies:
+        sd = fx.results / "studies" / s.name
+        aggregate_study(s, fx.results / "cells", sd, fx.logs, seed=0, splits=splits)
+        make_study_figures(s, sd, fx.results / "cells", sd / "figures")
+    return fx
+
+
 def built_fixture(tmp_path_factory) -> Fixture:
     """The fixture with every study aggregated and every figure made — built once per test session."""
     if "fx" not in _BUILT:
-        from segsweep.analysis.aggregate import aggregate_study
-        from segsweep.report.plots import make_data_figures, make_study_figures
+        from segsweep.report.plots import make_data_figures
 
-        fx = make_results(tmp_path_factory.mktemp("fixture"))
-        for s in fx.studies:
-            sd = fx.results / "studies" / s.name
-            splits = sorted((fx.results / "splits").glob("*.json"))  # as the rule passes them: fraction sizes
-            aggregate_study(s, fx.results / "cells", sd, fx.logs, seed=0, splits=splits)
-            make_study_figures(s, sd, fx.results / "cells", sd / "figures")
+        fx = aggregate(make_results(tmp_path_factory.mktemp("fixture")))
         make_data_figures(fx.results / "data", fx.results / "figures" / "data")
         _BUILT["fx"] = fx
     return _BUILT["fx"]
+
+
+def render(
+    out_html: Path, config: dict, studies: list[Study], results: Path, root: Path, out_pdf: Path | None = None
+) -> str:
+    """`render_report` on a results tree, provenance collected from ``root`` (as the report rule does); returns the
+    HTML. ``out_pdf`` None: no PDF (seconds saved)."""
+    from segsweep.report.provenance import collect
+    from segsweep.report.render import render_report
+
+    render_report(
+        config=config,
+        studies=studies,
+        results_dir=results,
+        out_html=out_html,
+        out_pdf=out_pdf,
+        provenance=collect(config, root),
+    )
+    return Path(out_html).read_text()

@@ -8,12 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from fixtures_results import render
 
 from segsweep.analysis.aggregate import aggregate_study
 from segsweep.analysis.configs import config_groups
 from segsweep.data import preprocess as pre
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
 from segsweep.study import Study, StudyCell, TableLayout
 from segsweep.training.evaluate import (
     EvalImages,
@@ -171,15 +170,7 @@ def test_report_lists_collapsed_runs_under_failures(tmp_path):
     study, cells = _study(tmp_path)
     res = tmp_path / "results"
     aggregate_study(study, cells, res / "studies" / "s")
-    render_report(
-        config={"title": "T"},
-        studies=[study],
-        results_dir=res,
-        out_html=tmp_path / "r.html",
-        out_pdf=None,
-        provenance=collect({"title": "T"}, tmp_path),
-    )
-    html = (tmp_path / "r.html").read_text()
+    html = render(tmp_path / "r.html", {"title": "T"}, [study], res, tmp_path)
     failures = html[html.index('<section id="failures">') :]
     failures = failures[: failures.index("</section>")]
     assert failures.count('<span class="status">collapsed</span>') == 3 and REASON in failures

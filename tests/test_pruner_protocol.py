@@ -158,5 +158,7 @@ def test_contributing_add_a_pruner_recipe_works(tmp_path, monkeypatch):
         assert dec["budget"] == {"unit": "epoch", "value": 1, "total": None, "text": "epoch 1"}
         stage1 = [f for f in pruning.stage_inputs(p, study, 1, [tmp_path / "stage0.json"]) if "/rungs/2." in f]
         assert len(stage1) == 2  # the two configurations kept go on to epoch 2
+        last = p.stage_files(p.n_stages - 1, study.cells)  # the last stage asks the train jobs' metrics.json
+        assert last == [paths.cell_file(c.cell_id) for c in study.cells]
     finally:
         pruning.PRUNERS.unregister("median")

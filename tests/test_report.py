@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fixtures_results import LEAK_PROBE, SECRET_KEY, built_fixture
+from fixtures_results import LEAK_PROBE, SECRET_KEY, built_fixture, render
 
 from segsweep.errors import DataError
 from segsweep.report.plots import DATA_FIGURE_FILES, FIGURE_FILES
 from segsweep.report.provenance import collect, git_info, redacted
-from segsweep.report.render import inline_svg, render_report
+from segsweep.report.render import inline_svg
 
 SECTIONS = ("summary", "data", "statistics", "secondary", "failures", "provenance")
 
@@ -25,12 +25,7 @@ def fx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def html(fx, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "report.html"
-    prov = collect(fx.config, fx.root)
-    render_report(
-        config=fx.config, studies=fx.studies, results_dir=fx.results, out_html=out, out_pdf=None, provenance=prov
-    )
-    return out.read_text()
+    return fx.render(tmp_path_factory.mktemp("report") / "report.html")
 
 
 def _layout_table(html: str, anchor: str) -> str:
@@ -136,14 +131,7 @@ def test_missing_aggregate_names_the_file(fx, tmp_path):
     shutil.copytree(fx.results / "studies", res / "studies")
     (res / "studies" / "schedules" / "table.json").unlink()
     with pytest.raises(DataError, match="schedules/table.json"):
-        render_report(
-            config=fx.config,
-            studies=fx.studies,
-            results_dir=res,
-            out_html=tmp_path / "r.html",
-            out_pdf=None,
-            provenance=collect(fx.config, tmp_path),
-        )
+        render(tmp_path / "r.html", fx.config, fx.studies, res, tmp_path)
 
 
 def test_inline_svg_prefixes_ids():
@@ -241,15 +229,7 @@ def test_study_where_nothing_finished(tmp_path):
     sd = res / "studies" / "dead"
     aggregate_study(study, res / "cells", sd)
     assert {p.name for p in make_study_figures(study, sd, res / "cells", sd / "figures")} == set()
-    render_report(
-        config={"title": "T"},
-        studies=[study],
-        results_dir=res,
-        out_html=tmp_path / "r.html",
-        out_pdf=None,
-        provenance=collect({"title": "T"}, tmp_path),
-    )
-    html = (tmp_path / "r.html").read_text()
+    html = render(tmp_path / "r.html", {"title": "T"}, [study], res, tmp_path)
     assert "No run of this study finished: 0 diverged, 4 failed." in html
     assert "No dataset.json was found." in html
     assert html.count('<span class="status">failed</span>') >= 2
@@ -260,15 +240,7 @@ def test_qc_counts_from_dataset_json_without_qc_csv(fx, tmp_path):
     shutil.copytree(fx.results / "studies", res / "studies")
     (res / "data").mkdir()
     shutil.copy(fx.results / "data" / "dataset.json", res / "data" / "dataset.json")
-    render_report(
-        config=fx.config,
-        studies=fx.studies,
-        results_dir=res,
-        out_html=tmp_path / "r.html",
-        out_pdf=None,
-        provenance=collect(fx.config, tmp_path),
-    )
-    html = (tmp_path / "r.html").read_text()
+    html = render(tmp_path / "r.html", fx.config, fx.studies, res, tmp_path)
     data = html.split('<section id="data"')[1].split("</section>")[0]
     details = html.split('<section id="data-details"')[1].split("</section>")[0]
     assert '<code>no_contour</code></td><td class="num">8</td>' in details

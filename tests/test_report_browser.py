@@ -13,9 +13,6 @@ import pytest
 from fixtures_results import built_fixture
 from PIL import Image
 
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
-
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
@@ -32,16 +29,8 @@ SORT_JS = Path(__file__).parents[1] / "src" / "segsweep" / "report" / "templates
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    fx = built_fixture(tmp_path_factory)
     out = tmp_path_factory.mktemp("browser")
-    render_report(
-        config=fx.config,
-        studies=fx.studies,
-        results_dir=fx.results,
-        out_html=out / "report.html",
-        out_pdf=out / "report.pdf",
-        provenance=collect(fx.config, fx.root),
-    )
+    built_fixture(tmp_path_factory).render(out / "report.html", out / "report.pdf")
     return out
 
 
@@ -221,14 +210,7 @@ def test_pdf_wide_tables_keep_their_last_columns_on_the_page(tmp_path_factory):
     path = fx.results / "studies" / "optimizer_lr" / "table.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "final": FINAL}))
     out = tmp_path_factory.mktemp("wide")
-    render_report(
-        config=fx.config,
-        studies=fx.studies,
-        results_dir=fx.results,
-        out_html=out / "report.html",
-        out_pdf=out / "report.pdf",
-        provenance=collect(fx.config, fx.root),
-    )
+    fx.render(out / "report.html", out / "report.pdf")
     text = " ".join(" ".join(_pdf_pages(out / "report.pdf")).split())
     assert "Single runs and their ensemble" in text and TEST_FRACTION > 0
     assert _words_past_the_edge(out / "report.pdf") == []

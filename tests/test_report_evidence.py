@@ -75,20 +75,7 @@ def test_single_runs_say_how_many_patients(tmp_path):
 def html(tmp_path_factory):
     from fixtures_results import built_fixture
 
-    from segsweep.report.provenance import collect
-    from segsweep.report.render import render_report
-
-    fx = built_fixture(tmp_path_factory)
-    out = tmp_path_factory.mktemp("evidence") / "report.html"
-    render_report(
-        config=fx.config,
-        studies=fx.studies,
-        results_dir=fx.results,
-        out_html=out,
-        out_pdf=None,
-        provenance=collect(fx.config, fx.root),
-    )
-    return out.read_text()
+    return built_fixture(tmp_path_factory).render(tmp_path_factory.mktemp("evidence") / "report.html")
 
 
 def test_report_says_it_once_in_the_summary_not_per_row(html):

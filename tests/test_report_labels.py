@@ -9,13 +9,12 @@ import re
 from html.parser import HTMLParser
 
 import pytest
+from fixtures_results import render
 from test_report_tables import build
 
 from segsweep.analysis.configs import config_groups
 from segsweep.analysis.runs import read_cells_csv
 from segsweep.labels import ConfigNames
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
 
 
 def test_config_names_by_hand():
@@ -73,16 +72,7 @@ class _ConfigCells(HTMLParser):
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("labels")
     results, studies, config = build(root)
-    out = root / "report"
-    render_report(
-        config=config,
-        studies=studies,
-        results_dir=results,
-        out_html=out / "report.html",
-        out_pdf=None,
-        provenance=collect(config, root),
-    )
-    return results, studies, (out / "report.html").read_text()
+    return results, studies, render(root / "report" / "report.html", config, studies, results, root)
 
 
 def test_every_table_names_a_configuration_the_same_way(report):

@@ -10,13 +10,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from fixtures_results import render
 from test_report_tables import N_PATIENTS, SLICES, _cell
 
 from segsweep.analysis.aggregate import aggregate_study
 from segsweep.data.splits import make_split
 from segsweep.report.plots import make_study_figures
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
 from segsweep.study import Study, StudyCell, TableLayout
 
 pytestmark = pytest.mark.skipif(not shutil.which("pdftotext"), reason="needs poppler-utils (pdftotext)")
@@ -62,14 +61,7 @@ def test_a_24_configuration_study_fits_one_page(tmp_path):
     aggregate_study(study, cells, sd, seed=7, splits=[results / "splits" / "seed0.json"])
     make_study_figures(study, sd, cells, sd / "figures")
     config = {"title": "One page", "seed": 7}
-    render_report(
-        config=config,
-        studies=[study],
-        results_dir=results,
-        out_html=tmp_path / "report.html",
-        out_pdf=tmp_path / "report.pdf",
-        provenance=collect(config, tmp_path),
-    )
+    render(tmp_path / "report.html", config, [study], results, tmp_path, tmp_path / "report.pdf")
     text = subprocess.run(
         ["pdftotext", "-layout", str(tmp_path / "report.pdf"), "-"], capture_output=True, text=True, check=True
     ).stdout

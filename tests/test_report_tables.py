@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import built_fixture
+from fixtures_results import built_fixture, render
 
 from segsweep.data.splits import make_split
 from segsweep.report import style
 from segsweep.report.plots import make_study_figures
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
 from segsweep.report.style import label_for
 from segsweep.study import Study, StudyCell, TableLayout
 
@@ -117,30 +115,14 @@ def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables")
     results, studies, config = build(root)
     out = root / "report"
-    render_report(
-        config=config,
-        studies=studies,
-        results_dir=results,
-        out_html=out / "report.html",
-        out_pdf=out / "report.pdf",
-        provenance=collect(config, root),
-    )
+    render(out / "report.html", config, studies, results, root, out / "report.pdf")
     return results, studies, out
 
 
 @pytest.fixture(scope="module")
 def fixture_html(tmp_path_factory):
     fx = built_fixture(tmp_path_factory)
-    out = tmp_path_factory.mktemp("tables-fx") / "report.html"
-    render_report(
-        config=fx.config,
-        studies=fx.studies,
-        results_dir=fx.results,
-        out_html=out,
-        out_pdf=None,
-        provenance=collect(fx.config, fx.root),
-    )
-    return fx, out.read_text()
+    return fx, fx.render(tmp_path_factory.mktemp("tables-fx") / "report.html")
 
 
 # ------------------------------------------------------------------------------------------- parsing

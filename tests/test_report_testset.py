@@ -9,44 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_results import built_fixture, make_results
+from fixtures_results import aggregate, built_fixture, make_results
 
-from segsweep.analysis.aggregate import aggregate_study
 from segsweep.analysis.configs import config_groups
 from segsweep.analysis.ranking import ranked
 from segsweep.analysis.runs import read_cells_csv
 from segsweep.analysis.testset import patient_bootstrap, selected_test, split_has_test
-from segsweep.report.plots import make_study_figures
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
 from segsweep.training.record import CellMetrics
 
 TEST_FRACTION = 0.4  # 8 fixture patients: 3 test, 2 validation, 3 in the pool
 
 
-def _render(fx, out):
-    prov = collect(fx.config, fx.root)
-    render_report(
-        config=fx.config, studies=fx.studies, results_dir=fx.results, out_html=out, out_pdf=None, provenance=prov
-    )
-    return out.read_text()
-
-
 @pytest.fixture(scope="module")
 def fxt(tmp_path_factory):
-    fx = make_results(tmp_path_factory.mktemp("fixture_test"), test_fraction=TEST_FRACTION)
-    for s in fx.studies:
-        sd = fx.results / "studies" / s.name
-        aggregate_study(
-            s, fx.results / "cells", sd, fx.logs, seed=0, splits=sorted((fx.results / "splits").glob("*.json"))
-        )
-        make_study_figures(s, sd, fx.results / "cells", sd / "figures")
-    return fx
+    return aggregate(make_results(tmp_path_factory.mktemp("fixture_test"), test_fraction=TEST_FRACTION))
 
 
 @pytest.fixture(scope="module")
 def html(fxt, tmp_path_factory):
-    return _render(fxt, tmp_path_factory.mktemp("report_test") / "report.html")
+    return fxt.render(tmp_path_factory.mktemp("report_test") / "report.html")
 
 
 def _section(html: str, anchor: str) -> str:
@@ -143,7 +124,7 @@ def test_figure_caption_and_axis(fxt):
 
 def test_no_test_set_warns(tmp_path_factory):
     fx = built_fixture(tmp_path_factory)  # the default fixture holds out no test patients
-    html = _render(fx, tmp_path_factory.mktemp("report_no_test") / "report.html")
+    html = fx.render(tmp_path_factory.mktemp("report_no_test") / "report.html")
     assert 'id="no-test-set"' in html and "No test set was held out" in _section(html, "test-set")
     assert 'class="fig-val_vs_test"' not in html
     assert not (fx.results / "studies" / "optimizer_lr" / "figures" / "val_vs_test.svg").exists()
@@ -249,7 +230,7 @@ def test_post_processing_and_ensemble_rows(fxt, tmp_path):
     saved = path.read_text()
     path.write_text(json.dumps({**json.loads(saved), "final": FINAL}))
     try:
-        html = _render(fxt, tmp_path / "report.html")
+        html = fxt.render(tmp_path / "report.html")
     finally:
         path.write_text(saved)
     # the main part names the choice; its candidates and the ensemble are in the appendix

@@ -5,23 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from fixtures_results import built_fixture
+from fixtures_results import built_fixture, render
 from test_report_tables import build
-
-from segsweep.report.provenance import collect
-from segsweep.report.render import render_report
-
-
-def _render(results, studies, config, root, out):
-    render_report(
-        config=config,
-        studies=studies,
-        results_dir=results,
-        out_html=out,
-        out_pdf=None,
-        provenance=collect(config, root),
-    )
-    return out.read_text()
 
 
 def _table(html: str, cls: str) -> str:
@@ -32,7 +17,7 @@ def _table(html: str, cls: str) -> str:
 def without_folds(tmp_path_factory):
     root = tmp_path_factory.mktemp("wording")
     results, studies, config = build(root)  # holdout only; sgd @ lr 0.01 diverges
-    return _render(results, studies, config, root, root / "report.html")
+    return render(root / "report.html", config, studies, results, root)
 
 
 def test_no_fold_column_without_folds(without_folds):
@@ -44,7 +29,7 @@ def test_no_fold_column_without_folds(without_folds):
 
 def test_fold_column_with_its_folds(tmp_path_factory):
     fx = built_fixture(tmp_path_factory)  # schedules: 3-fold CV, cosine fold 2 failed
-    html = _render(fx.results, fx.studies, fx.config, fx.root, tmp_path_factory.mktemp("wording-cv") / "r.html")
+    html = fx.render(tmp_path_factory.mktemp("wording-cv") / "r.html")
     t = _table(html, "failures")
     assert '<th class="num">fold</th>' in t
     # the failed fold's row carries its fold number: the column is never empty

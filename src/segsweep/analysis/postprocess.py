@@ -65,6 +65,11 @@ def _slices(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _spacings(vol: np.ndarray, spacing) -> np.ndarray:
+    """(row, col) mm of each slice of ``vol`` [N, H, W]: ``spacing`` as (row, col) or [N, 2]; None: 1 mm."""
+    return np.ones((len(vol), 2)) if spacing is None else np.broadcast_to(np.asarray(spacing, float), (len(vol), 2))
+
+
 @POSTPROCESSING.register("none", description="no post-processing")
 def none(mask: np.ndarray, spacing=None) -> np.ndarray:
     return mask
@@ -85,7 +90,7 @@ def largest_3d(mask: np.ndarray, spacing=None) -> np.ndarray:
 @POSTPROCESSING.register("small_2d", description="components below min_area_mm2 removed per slice (each class)")
 def small_2d(mask: np.ndarray, spacing=None, *, min_area_mm2: float = 20.0) -> np.ndarray:
     vol = _slices(mask)
-    sp = np.ones((len(vol), 2)) if spacing is None else np.broadcast_to(np.asarray(spacing, float), (len(vol), 2))
+    sp = _spacings(vol, spacing)
 
     def keep(k):
         def fn(binary):
