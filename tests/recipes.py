@@ -65,3 +65,22 @@ def add_schedule_key(pkg: Path, schema_yaml: str) -> None:
     doc = yaml.safe_load(schema.read_text())
     doc["definitions"]["schedule"]["oneOf"][1]["properties"].update(yaml.safe_load(schema_yaml.strip()))
     schema.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def add_cell_key(pkg: Path, field: str) -> str:
+    """ "Add a hyperparameter": the recipe's field line at the end of ``CellParams``' fields in the copy's
+    training/params.py. Returns the key's name."""
+    params = pkg / "training" / "params.py"
+    text = params.read_text()
+    end = "\n\n    @classmethod\n    def from_config("  # the end of CellParams' fields
+    assert text.count(end) == 1
+    params.write_text(text.replace(end, "\n" + field.rstrip("\n") + end))
+    return re.match(r"\s*(\w+):", field).group(1)
+
+
+def add_layout(pkg: Path, code: str) -> str:
+    """ "Add a data layout": the recipe's module as data/layouts/<name>.py of the copy, ``<name>`` the one its
+    ``register(Layout("<name>", ...))`` gives. Returns the name."""
+    name = re.search(r'register\(\s*Layout\(\s*"(\w+)"', code).group(1)
+    (pkg / "data" / "layouts" / f"{name}.py").write_text(code)
+    return name

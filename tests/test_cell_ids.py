@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from recipes import recipe_blocks
+from recipes import add_cell_key, copy_package, edited, recipe_blocks
 
 from segsweep.io import added_field, digest
 from segsweep.plan import config as sc
@@ -223,23 +223,11 @@ print(json.dumps({{"default": sc.cell_defaults()[{name!r}], "schema": sc.schema(
 """
 
 
-def _edited(pkg: Path) -> list[str]:
-    """The files of the copy whose text differs from src/segsweep's."""
-    src = ROOT / "src" / "segsweep"
-    return sorted(
-        str(f.relative_to(pkg))
-        for f in pkg.rglob("*")
-        if f.is_file()
-        and (not (src / f.relative_to(pkg)).is_file() or f.read_bytes() != (src / f.relative_to(pkg)).read_bytes())
-    )
-
-
 def test_contributing_add_a_hyperparameter_recipe_works(tmp_path):
     """CONTRIBUTING's "Add a hyperparameter" as written, in a copy of the package: its one line at the end of
     CellParams' fields is the only edit. The key's default and schema come from that line; it plans without torch,
     keeps the demo's ids and today's cell at its neutral value and makes a new cell off it; a value out of its
     range or of another type stops the plan naming the key; and the value reaches a trained cell's metrics.json."""
-    import shutil
     import subprocess
     import sys
 
@@ -247,15 +235,9 @@ def test_contributing_add_a_hyperparameter_recipe_works(tmp_path):
 
     ((lang, field),) = recipe_blocks("Add a hyperparameter (a new cell axis)")
     assert lang == "python"
-    name = re.match(r"\s*(\w+):", field).group(1)
-    pkg = tmp_path / "pkg" / "segsweep"
-    shutil.copytree(ROOT / "src" / "segsweep", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    params = pkg / "training" / "params.py"
-    text = params.read_text()
-    end = "\n\n    @classmethod\n    def from_config("  # the end of CellParams' fields
-    assert text.count(end) == 1
-    params.write_text(text.replace(end, "\n" + field.rstrip("\n") + end))
-    assert _edited(pkg) == ["training/params.py"]
+    pkg = copy_package(tmp_path / "pkg" / "segsweep")
+    name = add_cell_key(pkg, field)
+    assert edited(pkg) == ["training/params.py"]
     assert name not in sc.cell_defaults()  # not yet a key here
     data, split = _write_dataset(tmp_path / "data")
     script = _RECIPE_SCRIPT.format(

@@ -16,7 +16,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from recipes import ROOT, add_file_block, add_schedule_key, append, recipe_blocks, table_examples
+from recipes import (
+    ROOT,
+    add_cell_key,
+    add_file_block,
+    add_layout,
+    add_schedule_key,
+    append,
+    recipe_blocks,
+    table_examples,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +53,11 @@ def _table_blocks(pkg: Path) -> None:
     add_schedule_key(pkg, schema_line)
 
 
+def _python_block(heading: str, add):
+    """The one python block under ``## <heading>``, performed by ``add(pkg, code)`` (`recipes.py`)."""
+    return lambda pkg: add(pkg, next(c for lang, c in recipe_blocks(heading) if lang == "python"))
+
+
 # kind(s) → how the recipe is performed in the package copy (CONTRIBUTING's code, never retyped here)
 RECIPES = {
     "loss": _heading_block("Add a loss", "training/losses.py"),
@@ -51,6 +65,8 @@ RECIPES = {
     "search mode": _heading_block("Add a search mode", "plan/search.py"),
     "pruner": _heading_block("Add a pruner", "plan/pruning.py"),
     "figure": _heading_block("Add a figure", "report/plots.py"),
+    "hyperparameter": _python_block("Add a hyperparameter (a new cell axis)", add_cell_key),
+    "data layout": _python_block("Add a data layout", add_layout),
 }
 
 # cell key → (a built-in value, the toy): the study's axes, each value once across its points
@@ -61,6 +77,7 @@ TOYS = {
     "regularizer": ("none", "l3"),
     "model": ("unet", "tiny_net"),
     "finetune": ("full", "freeze_first_epoch"),
+    "label_smoothing": (0, 0.1),
 }
 
 # the study: the toy search mode and pruner; every point a tiny phantom cell (seconds on one core), trained long
@@ -71,7 +88,14 @@ CONFIG = {
     "seed": 3,
     "data": {
         "source": "phantom",
-        "phantom": {"patients": 6, "slices": 4, "rows": 64, "cols": 56, "layout": "rvsc", "no_contour_fraction": 0.25},
+        "phantom": {
+            "patients": 6,
+            "slices": 4,
+            "rows": 64,
+            "cols": 56,
+            "layout": "casefolder",
+            "no_contour_fraction": 0.25,
+        },
     },
     "preprocess": {"size": [32, 32]},
     "splits": {"seed": 0, "val_fraction": 0.34, "test_fraction": 0.17, "folds": 3},
@@ -90,9 +114,14 @@ CONFIG = {
     },
 }
 # what the report shows of the study-wide toys, made by the pipeline (the config's own text is in the report too):
-# the search mode in the study's design, the post-processing step's description among the final evaluation's
-# candidates, the figure's title
-SHOWN = ["latin_hypercube; 3 configurations", "morphological opening per slice", "Dice against epochs run"]
+# the layout the phantom was written in and read back through (the model card), the search mode in the study's
+# design, the post-processing step's description among the final evaluation's candidates, the figure's title
+SHOWN = [
+    "phantom (casefolder), target endo",
+    "latin_hypercube; 3 configurations",
+    "morphological opening per slice",
+    "Dice against epochs run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +165,7 @@ def test_every_recipe_reaches_the_report(run):
     cells = pd.read_csv(study / "cells.csv", dtype=str)
     assert len(cells) == CONFIG["studies"]["toys"]["n"]
     for axis, values in TOYS.items():  # the toy search mode spreads each axis's values over its points
-        assert sorted(set(cells[axis])) == sorted(values), (axis, list(cells[axis]))
+        assert sorted(set(cells[axis])) == sorted(map(str, values)), (axis, list(cells[axis]))
     assert set(cells["status"]) <= {"ok", "collapsed", "pruned"}
     ok = cells[cells["status"] == "ok"]
     assert len(ok), "no run finished ok: the figure and the final evaluation have nothing to show"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from recipes import ROOT, recipe_blocks
+from recipes import add_layout, copy_package, edited, recipe_blocks
 
 from segsweep.data import ingest, layouts
 from segsweep.data.config import DataConfig, PhantomConfig, PreprocessConfig
@@ -56,23 +56,6 @@ ingest.run(DataConfig("phantom", {out!r} + "/phantom-raw", "endo", False, "k", p
 print(json.dumps({{"cells": len(plan.cells), "options": dict(data.options), "errors": errors,
                   "folder": DataFolders.of(data, prep, SplitConfig.from_config(cfg)).key}}))
 """
-
-
-def _copy(tmp_path: Path) -> Path:
-    pkg = tmp_path / "pkg" / "segsweep"
-    shutil.copytree(ROOT / "src" / "segsweep", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    return pkg
-
-
-def _edited(pkg: Path) -> list[str]:
-    """The package files whose text differs from src/segsweep's (or that it lacks)."""
-    src = ROOT / "src" / "segsweep"
-    return sorted(
-        str(f.relative_to(pkg))
-        for f in pkg.rglob("*")
-        if f.is_file()
-        and (not (src / f.relative_to(pkg)).is_file() or f.read_bytes() != (src / f.relative_to(pkg)).read_bytes())
-    )
 
 
 def _write_tree(rvsc_root: Path, root: Path, suffix: dict) -> list[str]:
@@ -114,9 +97,9 @@ def test_contributing_add_a_data_layout_recipe_works(phantom_trees, tmp_path):
     assert data["source"] == "casefolder" and "contour_suffix" in data
     with pytest.raises(ConfigError, match="config key 'data.source'"):  # not known before the recipe
         sc.validate({"data": {"source": "casefolder"}})
-    pkg = _copy(tmp_path)
-    (pkg / "data" / "layouts" / "casefolder.py").write_text(code)
-    assert _edited(pkg) == ["data/layouts/casefolder.py"]  # "Nothing else is edited"
+    pkg = copy_package(tmp_path / "pkg" / "segsweep")
+    assert add_layout(pkg, code) == "casefolder"
+    assert edited(pkg) == ["data/layouts/casefolder.py"]  # "Nothing else is edited"
 
     rvsc_root = phantom_trees["rvsc"]
     cases = _write_tree(rvsc_root, tmp_path / "cases", data["contour_suffix"])
