@@ -1,6 +1,7 @@
 """Planning never imports torch: ``snakemake -n`` (also the Snakefile parse that every Slurm job repeats) and
 the jobs that only read and write JSON run on the torch-free specifications (`segsweep.lazy`), and the
-checks that need a network's shape still fail at plan time, naming the key."""
+checks that need a network's shape still fail at plan time, naming the key. Nor do they import pydicom: the data
+layouts' names, options and QC codes are read at plan time, their DICOM reading only when a job reads files."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from segsweep.errors import ConfigError
 from segsweep.training.pretrained import check_shapes, encoder_shapes, read_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchvision")
+HEAVY = ("torch", "torchvision", "pydicom")  # pydicom: 0.24 s of every parse, needed only to read files
 
 # Runs Snakemake's own command line in this interpreter and prints which heavy modules it imported.
 _SNAKEMAKE = f"""

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from segsweep.data import contours as ctr
-from segsweep.data import dicom as dcm
 from segsweep.data.config import LABELS
 from segsweep.data.layouts.base import (
     Item,
@@ -107,6 +106,8 @@ def discover(root: Path) -> list[PatientRecord]:
 def _load(path: Path):
     """(nibabel image, voxel array as stored, slope, intercept) or a Note (nifti_unreadable / _bad_shape)."""
     import nibabel as nib  # only here: ~0.4 s to import, needed only for this layout
+
+    from segsweep.data import dicom as dcm  # pydicom: not at the top, planning reads this module
 
     try:
         with dcm.quiet("nibabel"):  # its warnings and log records may quote header fields

@@ -36,13 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RTStructureSetStorage
 
-from segsweep.data import dicom as dcm
 from segsweep.data.layouts.base import (
     Item,
     Layout,
@@ -110,6 +104,11 @@ class _Image:
 
 def _header(path: Path):
     """(dataset, None), or (None, Note) for a file that is not a readable DICOM header."""
+    import pydicom  # here and below, not at the top: planning reads this module (its name, options, codes)
+    from pydicom.errors import InvalidDicomError
+
+    from segsweep.data import dicom as dcm
+
     try:
         with dcm.quiet():
             try:
@@ -179,6 +178,8 @@ class _Contour:
 
 def _text(value, ident: list[str]) -> str:
     """A header text for a QC message: scrubbed of identifying values, at most 40 characters."""
+    from segsweep.data import dicom as dcm
+
     return dcm.scrub(str(value), ident)[:40]
 
 
@@ -279,6 +280,10 @@ def _match(c: _Contour, points: np.ndarray, images: list[_Image], by_uid: dict[s
 
 def resolve(record: PatientRecord, options) -> PatientRecord:
     """Open one patient's files: images and structure sets → items (image file + polygon contours) and notes."""
+    from pydicom.uid import RTStructureSetStorage
+
+    from segsweep.data import dicom as dcm
+
     lookup = {name: _KIND[kind] for kind, names in options["roi_map"] for name in names}
     notes = list(record.notes)
     images: list[_Image] = []
@@ -381,6 +386,10 @@ def _ds(v: float) -> str:
 def _write_phantom(root: Path, patient: PhantomPatient) -> None:
     """One RTSTRUCT for the patient's series: ROIs "LV Endo" / "LV Epi", each contour referencing its image
     by SOPInstanceUID, points in patient mm (the text layouts' pixel coordinates through the images' geometry)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RTStructureSetStorage
+
     h = patient.header
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTStructureSetStorage
