@@ -140,3 +140,14 @@ def test_a_spawner_of_a_job_with_several_gpus_starts_no_gpu_worker(worker_dir, m
         os.kill(reply["pid"], signal.SIGKILL)
     finally:
         os.kill(started.pid, signal.SIGKILL)
+
+
+def test_a_worker_the_spawner_started_that_exits_at_once_is_a_crash(spawner, monkeypatch):
+    from segsweep.training import worker as workers
+
+    directory = workers.worker_dir()
+    t0 = time.monotonic()
+    with pytest.raises(workers.WorkerCrash, match="exited at start"):
+        workers._connect(directory, 0, "not-a-number", logging.getLogger("test"))  # the worker fails to parse it
+    assert time.monotonic() - t0 < workers.START_TIMEOUT_S / 4  # noticed once reaped, not at the start timeout
+    assert "ValueError" in (directory / "slot-0.log").read_text()

@@ -262,7 +262,9 @@ def _connect(directory: Path, slot: int, idle_s: float, job_log: logging.Logger)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if not proc.alive():
-            raise WorkerCrash(f"the training worker exited at start; its log: {_worker_log(directory, slot)}")
+            raise WorkerCrash(
+                f"the training worker exited at start ({proc.returncode}); its log: {_worker_log(directory, slot)}"
+            )
         conn = _try_connect(path)
         if conn is not None:
             return conn
@@ -285,6 +287,10 @@ class _Started:
         except ProcessLookupError:
             return False
         return True
+
+    @property
+    def returncode(self) -> int | str:
+        return "?" if self.popen is None else self.popen.returncode  # the spawner's child: the spawner reaped it
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
