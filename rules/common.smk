@@ -34,6 +34,7 @@ from segsweep.study import check_one_dataset, study_to_dict
 from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
 from segsweep.training.job import RUN_ENV
+from segsweep.training.spawner import start_for_batch_step, target_rules as spawner_target_rules
 
 # A job's own invocation (a Slurm job step) parses the config the run was planned with, not the file as it
 # is now (edited since?); the submitting invocation records it for them (plan/planned_config.py).
@@ -92,6 +93,13 @@ TRAIN_RETRIES = CFG["resources"]["train_retries"] + CFG["resources"]["train_max_
 # a training job's execution settings (last.pt frequency, trainer worker, amp/channels_last "auto"): rule
 # resources (Snakemake's are integers), passed on whole by the scripts (segsweep.training.job.execution_settings)
 EXECUTION_RESOURCES = PLAN.resources.execution_resources()
+# A Slurm job's batch step (the pack's own Snakemake) starts the job's worker spawner: the cells' srun steps
+# have it start their trainer workers, which then outlive each step (training/spawner.py)
+start_for_batch_step(
+    spawner_target_rules(sys.argv),
+    PLAN.resources.worker,
+    notify=lambda msg: print(f"segsweep: {msg}", file=sys.stderr),
+)
 # the execution settings among the train rules' params (a rerun trigger): device, amp / channels_last as
 # "set to true" (segsweep.plan.resources.ResourceConfig.rerun_params: an upgrade to "auto" reruns nothing)
 DEVICE_PARAMS = PLAN.resources.rerun_params()

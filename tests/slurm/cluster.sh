@@ -8,7 +8,9 @@
 # Needs root on Debian 12 (no systemd: daemons are started directly). Idempotent: `start` on a running
 # cluster only re-checks it; `stop` on a stopped one does nothing.
 # Environment (defaults): SEGSWEEP_TEST_CPUS (2), SEGSWEEP_TEST_ACCOUNT (ci, root's default account),
-# SEGSWEEP_TEST_ALT_ACCOUNT (ci-alt), SEGSWEEP_TEST_CPU_PARTITION (cpu, the default), SEGSWEEP_TEST_GPU_PARTITION (gpu).
+# SEGSWEEP_TEST_ALT_ACCOUNT (ci-alt), SEGSWEEP_TEST_CPU_PARTITION (cpu, the default), SEGSWEEP_TEST_GPU_PARTITION (gpu),
+# SEGSWEEP_TEST_PROCTRACK (linuxproc; `cgroup` tracks job steps by cgroup v1 as real clusters do, which ends
+# every process of a step with it: needs a writable /sys/fs/cgroup/freezer; to switch, `stop` first).
 # (Not the SEGSWEEP_SLURM_* names the profile reads: those describe where to submit, these build the cluster.)
 set -euo pipefail
 
@@ -20,6 +22,7 @@ ACCOUNT=${SEGSWEEP_TEST_ACCOUNT:-ci}
 ALT_ACCOUNT=${SEGSWEEP_TEST_ALT_ACCOUNT:-ci-alt}
 CPU_PARTITION=${SEGSWEEP_TEST_CPU_PARTITION:-cpu}
 GPU_PARTITION=${SEGSWEEP_TEST_GPU_PARTITION:-gpu}
+PROCTRACK=${SEGSWEEP_TEST_PROCTRACK:-linuxproc}
 PACKAGES=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server)
 ETC=/etc/slurm
 DB=slurm_acct_db
@@ -67,9 +70,24 @@ configure() {
   mem=$(/usr/sbin/slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
   [[ -n $mem ]] || die "could not read RealMemory from 'slurmd -C'"
   mem=$((mem * 85 / 100))
+  # `scontrol reconfigure` does not change a running slurmd's process tracking
+  if pid_alive /run/slurm/slurmd.pid && [[ -f $ETC/slurm.conf ]] \
+    && ! grep -qx "ProctrackType=proctrack/$PROCTRACK" "$ETC/slurm.conf"; then
+    die "the running cluster tracks processes with $(sed -n 's/^ProctrackType=//p' "$ETC/slurm.conf"): run '$0 stop' first"
+  fi
+  case $PROCTRACK in
+    linuxproc) rm -f "$ETC/cgroup.conf" ;;
+    cgroup)
+      [[ -w /sys/fs/cgroup/freezer ]] || die "SEGSWEEP_TEST_PROCTRACK=cgroup needs a writable cgroup v1 freezer at /sys/fs/cgroup/freezer"
+      # cgroup v1 as mounted here (no systemd to mount or delegate); track only, confine nothing
+      printf '%s\n' CgroupPlugin=cgroup/v1 CgroupAutomount=no ConstrainCores=no ConstrainRAMSpace=no \
+        ConstrainDevices=no >"$ETC/cgroup.conf"
+      ;;
+    *) die "SEGSWEEP_TEST_PROCTRACK must be linuxproc or cgroup, not '$PROCTRACK'" ;;
+  esac
   sed -e "s/@CLUSTER@/$CLUSTER/g" -e "s/@NODE@/$NODE/g" -e "s/@CPUS@/$CPUS/g" -e "s/@MEM_MB@/$mem/g" \
       -e "s/@DEF_MEM_PER_CPU@/$((mem / CPUS < 1024 ? mem / CPUS : 1024))/g" \
-      -e "s/@CPU_PARTITION@/$CPU_PARTITION/g" -e "s/@GPU_PARTITION@/$GPU_PARTITION/g" \
+      -e "s/@CPU_PARTITION@/$CPU_PARTITION/g" -e "s/@GPU_PARTITION@/$GPU_PARTITION/g" -e "s/@PROCTRACK@/$PROCTRACK/g" \
       "$HERE/slurm.conf.in" >"$ETC/slurm.conf.tmp"
   # A changed config reaches already running daemons through `scontrol reconfigure` (start_slurm).
   cmp -s "$ETC/slurm.conf.tmp" "$ETC/slurm.conf" || CONF_CHANGED=1
@@ -173,7 +191,7 @@ cmd_start() {
   start_munge
   start_mariadb
   start_slurm
-  log "cluster '$CLUSTER' up in $((SECONDS - t0))s: node $NODE ($CPUS CPUs), partitions $CPU_PARTITION (default), $GPU_PARTITION; accounts $ACCOUNT (default), $ALT_ACCOUNT"
+  log "cluster '$CLUSTER' up in $((SECONDS - t0))s: node $NODE ($CPUS CPUs, proctrack/$PROCTRACK), partitions $CPU_PARTITION (default), $GPU_PARTITION; accounts $ACCOUNT (default), $ALT_ACCOUNT"
 }
 
 cmd_stop() {

@@ -226,6 +226,31 @@ def test_cells_are_packed_into_one_sbatch(runs):
     assert packed, f"no Slurm job trained more than one cell: {runs['jobs']}"
 
 
+def test_a_pack_trains_its_cells_in_one_worker_started_from_the_batch_step(runs):
+    """Each cell of a pack is its own srun step; the pack's batch step started the job's worker spawner, which
+    started the pack's one trainer worker, so the worker outlived the step of the cell that needed it first
+    (under proctrack/cgroup too: tests/slurm/cluster.sh with SEGSWEEP_TEST_PROCTRACK=cgroup)."""
+    wd, checked = runs["slurm"], []
+    for job in runs["jobs"]:
+        if job["Comment"] != "rule_cells_train" or job["State"] != "COMPLETED":
+            continue
+        text = _job_log(wd, job["JobID"]).read_text()  # the steps' stderr: each cell job's log lines
+        pids = re.findall(r"trained in worker pid (\d+) \(slot 0, cell (\d+) of this worker\)", text)
+        if len(pids) < 2:
+            continue  # a pack whose other cells had finished before it was cancelled: nothing to share
+        checked.append(job["JobID"])
+        assert len({pid for pid, _ in pids}) == 1, pids  # one worker for the pack's cells...
+        assert [int(n) for _, n in pids] == list(range(1, len(pids) + 1)), pids  # ...one after another
+        started = re.findall(r"started a training worker \(pid (\d+), slot 0.*", text)
+        assert len(started) == 1 and started[0] == pids[0][0], started
+        # ...started by the spawner, a process of the batch step (no SLURM_STEP_ID), not by the first cell's step
+        assert re.search(r"through the Slurm job's worker spawner \(pid \d+, step batch\)", text), text[-3000:]
+    assert checked, f"no completed pack trained two cells: {runs['jobs']}"
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    proctrack = re.search(r"ProctrackType\s*=\s*(\S+)", config)[1]
+    print(f"packs {checked} each trained in one worker ({proctrack})")
+
+
 def test_cancelled_training_job_is_retried(runs):
     wd, jobid = runs["slurm"], runs["cancelled"]
     assert jobid, "the training job was never seen running: nothing was cancelled"

@@ -24,6 +24,10 @@ records back; the client writes them to the job's log, then gets the result or t
   way and then ends the worker.
 * Two workers never train one cell at once: the worker holds ``<cell>/.train.lock`` while it trains.
 
+Who starts a worker: in a Slurm job whose batch step started a worker spawner (`segsweep.training.spawner`),
+the spawner, so the worker lives as long as the job and not as long as the cell's ``srun`` step (under
+``proctrack/cgroup`` Slurm ends every process of a step with it); otherwise the client itself, detached.
+
 Slots and GPUs: at most as many workers as Snakemake runs training jobs at once (its ``--cores`` and ``gpu``
 limits decide that, as for in-process jobs); slot ``i`` gets GPU ``i mod n`` of the visible ones
 (``CUDA_VISIBLE_DEVICES``, else ``/dev/nvidia<k>``), so ``--resources gpu=K·n`` trains K cells per GPU. A
@@ -58,6 +62,7 @@ from typing import Any
 
 from segsweep.errors import Preempted, SegsweepError
 from segsweep.training import preempt
+from segsweep.training import spawner as spawners
 from segsweep.training.params import CellParams
 from segsweep.training.record import CellMetrics
 
@@ -93,9 +98,6 @@ def code_fingerprint() -> str:
 def worker_dir() -> Path:
     """The directory of this job's workers (module doc). ``SEGSWEEP_WORKER_DIR`` sets its parent (default
     ``$TMPDIR/segsweep-workers-<uid>``: node-local, short enough for a Unix socket path)."""
-    base = os.environ.get("SEGSWEEP_WORKER_DIR") or os.path.join(
-        os.environ.get("TMPDIR", "/tmp"), f"segsweep-workers-{os.getuid()}"
-    )
     key = "\n".join(
         [
             code_fingerprint(),
@@ -104,7 +106,7 @@ def worker_dir() -> Path:
             os.environ.get("SLURM_JOB_ID", ""),
         ]
     )
-    path = Path(base) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = spawners.worker_base() / hashlib.sha256(key.encode()).hexdigest()[:16]
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
@@ -255,22 +257,11 @@ def _connect(directory: Path, slot: int, idle_s: float, job_log: logging.Logger)
         env["CUDA_VISIBLE_DEVICES"] = gpu
     src = str(PACKAGE_DIR.parent)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(_worker_log(directory, slot), "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "segsweep.training.worker", str(path), str(idle_s)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # outlives this job (the point); Ctrl-C to snakemake stops only the job
-            cwd=os.getcwd(),
-        )
-    job_log.info(
-        "started a training worker (pid %d, slot %d, GPU %s)", proc.pid, slot, env.get("CUDA_VISIBLE_DEVICES", "-")
-    )
+    argv = [sys.executable, "-m", "segsweep.training.worker", str(path), str(idle_s)]
+    proc = _start_worker(argv, env, _worker_log(directory, slot), slot, job_log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if not proc.alive():
             raise WorkerCrash(
                 f"the training worker exited at start ({proc.returncode}); its log: {_worker_log(directory, slot)}"
             )
@@ -280,6 +271,68 @@ def _connect(directory: Path, slot: int, idle_s: float, job_log: logging.Logger)
         time.sleep(0.05)
     proc.kill()
     raise WorkerCrash(f"the training worker did not start within {START_TIMEOUT_S:.0f} s")
+
+
+class _Started:
+    """A worker process this client started, or had the job's spawner start (then not this process's child)."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen | None = None):
+        self.pid, self.popen = pid, popen
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:  # the spawner reaps its workers (every spawner.POLL_S), so a dead one is soon gone
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    @property
+    def returncode(self) -> int | str:
+        return "?" if self.popen is None else self.popen.returncode  # the spawner's child: the spawner reaped it
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _start_worker(argv: list[str], env: dict, log_path: Path, slot: int, job_log: logging.Logger) -> _Started:
+    """Start the slot's worker: through the Slurm job's spawner when the batch step started one (so the worker
+    outlives this job step under proctrack/cgroup: `segsweep.training.spawner`), else as this process's child."""
+    gpu = env.get("CUDA_VISIBLE_DEVICES", "-")
+    spawner_sock = os.environ.get(spawners.ENV)
+    if spawner_sock:
+        reply = spawners.spawn(spawner_sock, argv, env, os.getcwd(), log_path)
+        if reply is not None and "declined" in reply:
+            job_log.info(
+                "the Slurm job's worker spawner declined (%s): this job step starts the worker", reply["declined"]
+            )
+        elif reply is not None:
+            job_log.info(
+                "started a training worker (pid %d, slot %d, GPU %s) through the Slurm job's worker spawner "
+                "(pid %s, step %s)",
+                reply["pid"],
+                slot,
+                gpu,
+                reply["spawner"]["pid"],
+                reply["spawner"]["step"],
+            )
+            return _Started(int(reply["pid"]))
+        else:
+            job_log.info("the Slurm job's worker spawner does not answer: this job step starts the worker")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # outlives this job (the point); Ctrl-C to snakemake stops only the job
+            cwd=os.getcwd(),
+        )
+    job_log.info("started a training worker (pid %d, slot %d, GPU %s)", proc.pid, slot, gpu)
+    return _Started(proc.pid, proc)
 
 
 def _try_connect(path: Path) -> socket.socket | None:
@@ -349,7 +402,7 @@ class Worker:
         srv.bind(str(self.sock_path))
         srv.listen(8)
         srv.settimeout(self.idle_s)
-        log.info("worker pid %d listening on %s", os.getpid(), self.sock_path)
+        log.info("worker pid %d (parent %d) listening on %s", os.getpid(), os.getppid(), self.sock_path)
         try:
             while self.stopped_by is None:
                 try:
