@@ -35,6 +35,7 @@ from segsweep.errors import SegsweepError
 from segsweep.plan.resources import train_runtime_min
 from segsweep.training.job import RUN_ENV
 from segsweep.training.spawner import start_for_batch_step, target_rules as spawner_target_rules
+from segsweep.training.step_signals import forward_in_job_step
 
 # A job's own invocation (a Slurm job step) parses the config the run was planned with, not the file as it
 # is now (edited since?); the submitting invocation records it for them (plan/planned_config.py).
@@ -100,6 +101,9 @@ start_for_batch_step(
     PLAN.resources.worker,
     notify=lambda msg: print(f"segsweep: {msg}", file=sys.stderr),
 )
+# A cell's srun step passes its stop signals on to the training script: under proctrack/cgroup only the step's
+# Snakemake gets them (training/step_signals.py)
+forward_in_job_step(spawner_target_rules(sys.argv))
 # the execution settings among the train rules' params (a rerun trigger): device, amp / channels_last as
 # "set to true" (segsweep.plan.resources.ResourceConfig.rerun_params: an upgrade to "auto" reruns nothing)
 DEVICE_PARAMS = PLAN.resources.rerun_params()
