@@ -175,6 +175,29 @@ def test_a_worker_that_dies_is_a_crash_of_its_cell_only(data, tmp_path, worker_d
     _finish_and_compare(data, tmp_path, out, LONG)
 
 
+def test_a_worker_that_ends_after_its_client_was_signalled_is_a_stop_not_a_crash(data, tmp_path, worker_dir):
+    """Under proctrack/cgroup a Slurm job's cancel or requeue kills the batch step's worker right after its
+    client got SIGTERM (stand-in: the worker is paused, so it cannot act on the stop, then killed): the job
+    stops (exit 75, no crash counted) and the retry resumes from the last epoch's last.pt to the same numbers."""
+    out, log = tmp_path / "job" / "c", tmp_path / "train.log"
+    proc = _client(LONG, data, out, log)
+    try:
+        _wait_for_training(proc, out)
+        (pid,) = _worker_pids(worker_dir)
+        os.kill(pid, signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.5)  # the client passes the stop on
+        os.kill(pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_PREEMPTED, output
+    text = log.read_text()
+    assert "SIGTERM: stopping, and the training worker of slot 0 ended before it saved mid-epoch" in text, text
+    assert "a stop, not a crash" in text and "crash 1 of" not in text
+    _finish_and_compare(data, tmp_path, out, LONG)
+
+
 def test_two_cells_at_once_give_the_numbers_of_two_sequential_jobs(data, tmp_path, worker_dir):
     """K = 2 concurrent cells on the CPU (two slots, two workers sharing the cores)."""
     ps = [_params(**{**RICH, "epochs": 4, "seed": s}) for s in (0, 1)]

@@ -246,9 +246,12 @@ def test_a_pack_trains_its_cells_in_one_worker_started_from_the_batch_step(runs)
         # ...started by the spawner, a process of the batch step (no SLURM_STEP_ID), not by the first cell's step
         assert re.search(r"through the Slurm job's worker spawner \(pid \d+, step batch\)", text), text[-3000:]
     assert checked, f"no completed pack trained two cells: {runs['jobs']}"
+    print(f"packs {checked} each trained in one worker ({_proctrack()})")
+
+
+def _proctrack() -> str:
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
-    proctrack = re.search(r"ProctrackType\s*=\s*(\S+)", config)[1]
-    print(f"packs {checked} each trained in one worker ({proctrack})")
+    return re.search(r"ProctrackType\s*=\s*(\S+)", config)[1]
 
 
 def test_cancelled_training_job_is_retried(runs):
@@ -690,7 +693,10 @@ def test_cells_needing_several_time_limits_finish_in_one_invocation(limits):
     # which cell of the pack trains first is Snakemake's choice: the one running at the outside requeue was stopped
     logs = {c: (wd / "logs" / "train" / f"{c}.log").read_text() for c in (limits["finished"], limits["stopped"])}
     both = "".join(logs.values())
-    assert logs[limits["stopped"]].count("SIGTERM: preempted at epoch") == 1  # the outside requeue's signal
+    # the outside requeue's signal: a mid-epoch stop; under proctrack/cgroup Slurm first kills the pack's worker
+    # with the batch step, and its cell's job counts a stop without a mid-epoch last.pt (docs/slurm.md)
+    stops = [logs[limits["stopped"]].count(s) for s in ("SIGTERM: preempted at epoch", "ended before it saved")]
+    assert stops in ([[1, 0], [0, 1]] if _proctrack() == "proctrack/cgroup" else [[1, 0]]), stops
     assert both.count("SIGALRM: preempted at epoch") >= 1  # stopped before the time limit, by the job itself
     assert both.count("requeued Slurm job") == len(runs) - 2  # its own requeues (the outside one was Slurm's)
     assert "0 of 2 crash attempts used" in both and "1 of 2 crash attempts used" not in both

@@ -16,7 +16,8 @@ records back; the client writes them to the job's log, then gets the result or t
   so `job.run_attempt` retries, records ``failed`` or stops exactly as for a job that trains in-process;
 * a crash is one cell's: the worker catches it and serves the next cell (a worker that dies outright,
   e.g. a segfault, ends only the cell it was training: its client sees the socket close, raises
-  `WorkerCrash`, and the retry starts a fresh worker);
+  `WorkerCrash`, and the retry starts a fresh worker; a stop, `WorkerLostOnStop`, when the client had passed
+  a stop signal on or its Slurm job is ending: a job's cancel or requeue ends the batch step's workers);
 * SIGTERM / SIGUSR1 to the client (Slurm's time limit, ``scancel``) is forwarded as a stop request; the
   cell writes its mid-epoch ``last.pt`` and the client exits with ``EXIT_PREEMPTED`` as before. A client
   killed outright (kill -9) closes the socket: the worker takes that as a stop request too, so the cell
@@ -61,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from segsweep.errors import Preempted, SegsweepError
-from segsweep.training import preempt
+from segsweep.training import preempt, slurm_job
 from segsweep.training import spawner as spawners
 from segsweep.training.params import CellParams
 from segsweep.training.record import CellMetrics
@@ -82,6 +83,23 @@ class WorkerCrash(RuntimeError):
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.crash_reason = reason or f"WorkerCrash: {message}"
+
+
+class WorkerLostOnStop(Preempted):
+    """A stop signal was passed on to the worker, or the Slurm job is ending, and the worker ended before it
+    replied. Where: under
+    ``proctrack/cgroup`` a Slurm job's cancel or requeue signals only its batch step's shell, which dies at once,
+    and Slurm then kills every process of the batch step, the worker its spawner started included
+    (`segsweep.training.spawner`), before the cell can save mid-epoch. A stop all the same, not a crash: the
+    retry resumes from the cell's latest ``last.pt`` (the last epoch's, not a mid-epoch one)."""
+
+    def __init__(self, signum: int, slot: int):
+        super().__init__(signum, 0, 0, 0, None)
+        self.args = (
+            f"{preempt.signal_name(signum)}: stopping, and the training worker of slot {slot} ended before it "
+            "saved mid-epoch (under proctrack/cgroup a Slurm job's cancel or requeue ends the worker with the "
+            "job's batch step); the retry resumes from the latest last.pt",
+        )
 
 
 # ------------------------------------------------------------------------------------------ where
@@ -200,9 +218,10 @@ def train_in_worker(
         "args": dict(args),
         "stop_by": stop_by,
     }
+    forwarded: list[int] = []  # the stop signals passed on to the worker
     with take_slot(directory) as slot:
         conn = _connect(directory, slot, idle_s, job_log)
-        with conn, _forward_stop_signals(conn):
+        with conn, _forward_stop_signals(conn, forwarded):
             _send(conn, request)
             reply = None
             try:
@@ -214,8 +233,10 @@ def train_in_worker(
                         reply = msg
                         break
             except (ConnectionError, OSError) as exc:
+                _raise_if_stopping(forwarded, slot)
                 raise WorkerCrash(f"lost the training worker of slot {slot} ({exc})") from None
     if reply is None:
+        _raise_if_stopping(forwarded, slot)
         raise WorkerCrash(
             f"the training worker of slot {slot} ended while training this cell (its log: {_worker_log(directory, slot)})"
         )
@@ -234,6 +255,14 @@ def train_in_worker(
         reason = f"{reply['type']}: {reply['message']}"
         raise WorkerCrash(f"{reason}\n--- in the training worker ---\n{reply['traceback']}", reason=reason)
     return _decode_result(reply["result"])
+
+
+def _raise_if_stopping(forwarded: list[int], slot: int) -> None:
+    """The worker has gone: a stop (`WorkerLostOnStop`) when a stop signal was passed on to it or this job's
+    Slurm job is ending (cancelled, requeued: Slurm marks it before it signals), else a crash (the caller's)."""
+    state = None if forwarded else slurm_job.state()
+    if forwarded or state not in (None, "RUNNING"):
+        raise WorkerLostOnStop(forwarded[0] if forwarded else signal.SIGTERM, slot)
 
 
 def _worker_log(directory: Path, slot: int) -> Path:
@@ -347,10 +376,12 @@ def _try_connect(path: Path) -> socket.socket | None:
     return conn
 
 
-def _forward_stop_signals(conn: socket.socket):
-    """SIGTERM / SIGUSR1 to this job become a stop request to the worker (main thread only)."""
+def _forward_stop_signals(conn: socket.socket, forwarded: list[int]):
+    """SIGTERM / SIGUSR1 to this job become a stop request to the worker (main thread only); each is appended
+    to ``forwarded``."""
 
     def forward(signum: int, frame) -> None:
+        forwarded.append(signum)
         with contextlib.suppress(OSError):
             _send(conn, {"op": "stop", "signum": signum})
 
