@@ -108,12 +108,10 @@ class DataConfig:
             raise ConfigError(f"config key '{key}.root': required when {key}.source is '{d['source']}'")
         from segsweep.data import layouts  # the layout modules import this one
 
-        # the layout's own keys (the others' raise: they would be ignored); their parsers name 'data.<key>'
+        # the layout's own keys (the others' raise: they would be ignored); their parsers name 'data.<key>',
+        # which from_config renames for a `datasets` entry
         layout = ph.layout if d["source"] == "phantom" else d["source"]
-        try:
-            options = layouts.parse_options(layout, d)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("'data.", f"'{key}.")) from None
+        options = layouts.parse_options(layout, d)
         return cls(d["source"], root, d["target"], bool(d["strict"]), d["pseudonym_key"], ph, options=options)
 
 
