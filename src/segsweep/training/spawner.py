@@ -32,8 +32,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -71,7 +72,7 @@ def worker_base() -> Path:
 def in_slurm_batch_step(environ: Mapping[str, str] = os.environ) -> bool:
     """This process runs in a Slurm job's batch step, not in one of its ``srun`` steps: ``SLURM_JOB_ID`` is
     set and ``SLURM_STEP_ID`` is unset (Slurm 22.05, checked on tests/slurm's cluster) or the batch step's id."""
-    return bool(environ.get("SLURM_JOB_ID")) and environ.get("SLURM_STEP_ID", BATCH_STEP_ID) == BATCH_STEP_ID
+    return bool(environ.get("SLURM_JOB_ID")) and (environ.get("SLURM_STEP_ID") or BATCH_STEP_ID) == BATCH_STEP_ID
 
 
 def start_for_batch_step(
@@ -171,25 +172,38 @@ def spawn(sock: str | Path, argv: list[str], env: Mapping[str, str], cwd: str, l
         conn.settimeout(START_TIMEOUT_S)
         conn.connect(str(sock))
         request = {"protocol": PROTOCOL, "argv": argv, "env": dict(env), "cwd": cwd, "log": str(log_path)}
-        conn.sendall((json.dumps(request) + "\n").encode())
-        reply = json.loads(_read_line(conn))
+        send_line(conn, request)
+        reply = next(read_lines(conn), None)
     except (OSError, ValueError):
         return None
     finally:
         conn.close()
+    if reply is None:  # the spawner closed without a reply
+        return None
     if "error" in reply:
         raise RuntimeError(f"the worker spawner could not start the worker: {reply['error']}")
     return reply
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def send_line(conn: socket.socket, obj: Mapping, lock: threading.Lock | None = None) -> None:
+    """``obj`` as one JSON line: the framing of the spawner's and the trainer workers' sockets (worker.py)."""
+    data = (json.dumps(obj, default=str) + "\n").encode()
+    with lock or contextlib.nullcontext():
+        conn.sendall(data)
+
+
+def read_lines(conn: socket.socket) -> Iterator[dict]:
+    """The JSON lines ``conn`` receives (`send_line`), until it closes."""
     buf = b""
-    while b"\n" not in buf:
+    while True:
         chunk = conn.recv(65536)
         if not chunk:
-            break
+            return
         buf += chunk
-    return buf.split(b"\n", 1)[0]
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -231,11 +245,13 @@ class Spawner:
     def _serve_one(self, conn: socket.socket) -> None:
         conn.settimeout(10.0)
         try:
-            request = json.loads(_read_line(conn))
+            request = next(read_lines(conn), None)
+            if request is None:
+                raise ValueError("no request before the connection closed")
             if request.get("protocol") != PROTOCOL:
                 raise ValueError(f"protocol {request.get('protocol')!r}, this spawner speaks {PROTOCOL}")
             if len(self.gpus) > 1 and request["env"].get("CUDA_VISIBLE_DEVICES"):
-                conn.sendall((json.dumps({"declined": SEVERAL_GPUS}) + "\n").encode())
+                send_line(conn, {"declined": SEVERAL_GPUS})
                 return
             with open(request["log"], "ab") as out:
                 proc = subprocess.Popen(
@@ -253,7 +269,7 @@ class Spawner:
         except Exception as exc:  # noqa: BLE001 - a bad request is the client's error, the spawner goes on
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         with contextlib.suppress(OSError):
-            conn.sendall((json.dumps(reply) + "\n").encode())
+            send_line(conn, reply)
 
 
 def main(argv: list[str] | None = None) -> int:

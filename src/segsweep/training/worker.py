@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
@@ -176,25 +175,6 @@ def cell_lock(out_dir: Path) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ wire
-def _send(conn: socket.socket, obj: Mapping, lock: threading.Lock | None = None) -> None:
-    data = (json.dumps(obj, default=str) + "\n").encode()
-    with lock or contextlib.nullcontext():
-        conn.sendall(data)
-
-
-def _lines(conn: socket.socket) -> Iterator[dict]:
-    buf = b""
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
-
-
 # ------------------------------------------------------------------------------------------ client
 def train_in_worker(
     call: str,
@@ -222,10 +202,10 @@ def train_in_worker(
     with take_slot(directory) as slot:
         conn = _connect(directory, slot, idle_s, job_log)
         with conn, _forward_stop_signals(conn, forwarded):
-            _send(conn, request)
+            spawners.send_line(conn, request)
             reply = None
             try:
-                for msg in _lines(conn):
+                for msg in spawners.read_lines(conn):
                     if "log" in msg:
                         rec = msg["log"]
                         logging.getLogger(rec["name"]).log(rec["level"], "%s", rec["msg"])
@@ -383,7 +363,7 @@ def _forward_stop_signals(conn: socket.socket, forwarded: list[int]):
     def forward(signum: int, frame) -> None:
         forwarded.append(signum)
         with contextlib.suppress(OSError):
-            _send(conn, {"op": "stop", "signum": signum})
+            spawners.send_line(conn, {"op": "stop", "signum": signum})
 
     return preempt.handling(forward)
 
@@ -408,7 +388,7 @@ class _StreamHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(OSError):
-            _send(
+            spawners.send_line(
                 self.conn,
                 {"log": {"name": record.name, "level": record.levelno, "msg": record.getMessage()}},
                 self.send_lock,
@@ -450,7 +430,7 @@ class Worker:
 
     def _serve_one(self, conn: socket.socket) -> None:
         conn.settimeout(None)
-        lines = _lines(conn)
+        lines = spawners.read_lines(conn)
         try:
             request = next(lines)
         except (StopIteration, OSError, ValueError):
@@ -500,7 +480,7 @@ class Worker:
             root.removeHandler(handler)
         reply.update(cpu_s=round(time.process_time() - t_cpu, 3), wall_s=round(time.time() - t0, 3))
         with contextlib.suppress(OSError):
-            _send(conn, reply, lock)
+            spawners.send_line(conn, reply, lock)
 
     def _watch(self, lines: Iterator[dict], done: threading.Event) -> None:
         """Reader thread: a client's stop message, or its socket closing mid-cell, asks the cell to stop."""
