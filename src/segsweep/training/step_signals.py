@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import psutil  # Snakemake imports it anyway
 
-from segsweep.training.spawner import BATCH_STEP_ID, TRAINING_RULES
+from segsweep.training.spawner import TRAINING_RULES, in_slurm_batch_step
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # as segsweep.training.preempt catches (not imported: torch-free)
 
@@ -49,8 +49,7 @@ _installed = False  # once per process: a Snakefile parsed twice installs one fo
 def in_slurm_job_step(environ: Mapping[str, str] = os.environ) -> bool:
     """This process runs in one of a Slurm job's ``srun`` steps: ``SLURM_JOB_ID`` and ``SLURM_STEP_ID`` are set,
     the step id not the batch step's (`segsweep.training.spawner.in_slurm_batch_step`)."""
-    step = environ.get("SLURM_STEP_ID", "")
-    return bool(environ.get("SLURM_JOB_ID")) and step not in ("", BATCH_STEP_ID)
+    return bool(environ.get("SLURM_JOB_ID")) and not in_slurm_batch_step(environ)
 
 
 def forward_in_job_step(
