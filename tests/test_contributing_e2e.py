@@ -33,15 +33,15 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 WORKFLOW = ("Snakefile", "rules", "workflow", "config", "envs", "src", "pyproject.toml")  # what a run reads
 
 
+def _python_block(heading: str, add):
+    """The first python block under ``## <heading>``, performed by ``add(pkg, code)`` (`recipes.py`)."""
+    return lambda pkg: add(pkg, next(c for lang, c in recipe_blocks(heading) if lang == "python"))
+
+
 def _heading_block(heading: str, file: str):
     """The first python block under ``## <heading>``, appended to ``file`` of the package (the file the heading's
     text names)."""
-
-    def perform(pkg: Path) -> None:
-        code = next(c for lang, c in recipe_blocks(heading) if lang == "python")
-        append(pkg / file, code)
-
-    return perform
+    return _python_block(heading, lambda pkg, code: append(pkg / file, code))
 
 
 def _table_blocks(pkg: Path) -> None:
@@ -51,11 +51,6 @@ def _table_blocks(pkg: Path) -> None:
     for code in files.values():
         add_file_block(pkg, code)
     add_schedule_key(pkg, schema_line)
-
-
-def _python_block(heading: str, add):
-    """The one python block under ``## <heading>``, performed by ``add(pkg, code)`` (`recipes.py`)."""
-    return lambda pkg: add(pkg, next(c for lang, c in recipe_blocks(heading) if lang == "python"))
 
 
 # kind(s) → how the recipe is performed in the package copy (CONTRIBUTING's code, never retyped here)
