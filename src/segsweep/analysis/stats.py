@@ -30,7 +30,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from segsweep.analysis.ranking import best_group
 from segsweep.labels import fmt
@@ -87,6 +86,8 @@ def pairs_needed(mean_diff: float, sd_diff: float, alpha: float = ALPHA, power: 
     """
     if not (math.isfinite(mean_diff) and math.isfinite(sd_diff)) or mean_diff == 0:
         return None
+    from scipy import stats as sps  # 0.9 s: only the jobs that test or size import it
+
     z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
     n_t = (z * sd_diff / mean_diff) ** 2
     return max(math.ceil(n_t / WILCOXON_ARE - 1e-9), min_pairs_for(alpha))  # 1e-9: float noise above an integer
@@ -242,6 +243,8 @@ def wilcoxon(d: Sequence[float]) -> tuple[float | None, float | None, str]:
     nz = x[x != 0]
     if nz.size == 0:
         return None, 1.0, "all differences zero"
+    from scipy import stats as sps
+
     res = sps.wilcoxon(x, zero_method="wilcox", alternative="two-sided", method="auto")
     # mirrors scipy's method="auto": exact without ties/zeros (n ≤ 50), else a full permutation (n ≤ 13)
     clean = np.unique(np.abs(nz)).size == nz.size and nz.size == x.size
