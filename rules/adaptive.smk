@@ -13,6 +13,7 @@ checkpoint optuna_round:
         "benchmarks/runs/optuna_round/{study}/{round}.tsv"
     wildcard_constraints:
         round=r"\d+",
+    priority: TRAINING_PRIORITY
     conda:
         "../envs/train.yaml"
     threads: 1
@@ -38,6 +39,7 @@ rule optuna_plan:
         "logs/optuna_plan/{study}.log",
     benchmark:
         "benchmarks/runs/optuna_plan/{study}.tsv"
+    priority: TRAINING_PRIORITY
     conda:
         "../envs/train.yaml"
     threads: 1
@@ -63,6 +65,7 @@ checkpoint optuna_prune_stage:
     wildcard_constraints:
         round=r"\d+",
         stage=r"\d+",
+    priority: TRAINING_PRIORITY
     conda:
         "../envs/train.yaml"
     threads: 1

@@ -91,6 +91,10 @@ MAX_ATTEMPTS = 1 + CFG["resources"]["train_retries"]
 # Snakemake retries a training job for crashes (counted by the job: training/job.py) and for stops (a cancelled
 # Slurm job is resubmitted; a time-limit stop requeues itself and uses none): training/slurm_job.py
 TRAIN_RETRIES = CFG["resources"]["train_retries"] + CFG["resources"]["train_max_stops"]
+# Training, and the decisions that release more of it, go first: a core that frees takes the next cell, not a
+# finished study's summaries (aggregate, figures, report), so the last study's cells do not queue behind the
+# others' summaries; those run on the cores the last cells leave (benchmarks/README.md, benchmark 8).
+TRAINING_PRIORITY = 1
 # a training job's execution settings (last.pt frequency, trainer worker, amp/channels_last "auto"): rule
 # resources (Snakemake's are integers), passed on whole by the scripts (segsweep.training.job.execution_settings)
 EXECUTION_RESOURCES = PLAN.resources.execution_resources()

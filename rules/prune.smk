@@ -15,6 +15,7 @@ rule train_rung:
         "benchmarks/runs/train_rung/{cell}-{epoch}.tsv"
     wildcard_constraints:
         epoch=r"\d+",
+    priority: TRAINING_PRIORITY
     retries: TRAIN_RETRIES
     conda:
         "../envs/train.yaml"
@@ -38,6 +39,7 @@ checkpoint prune_stage:
         "benchmarks/runs/prune_stage/{study}/{stage}.tsv"
     wildcard_constraints:
         stage=r"\d+",
+    priority: TRAINING_PRIORITY
     conda:
         "../envs/train.yaml"
     threads: 1

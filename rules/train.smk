@@ -52,6 +52,7 @@ rule train:
         "logs/train/{cell}.log",
     benchmark:
         "benchmarks/runs/train/{cell}.tsv"
+    priority: TRAINING_PRIORITY
     retries: TRAIN_RETRIES
     conda:
         "../envs/train.yaml"
