@@ -38,9 +38,10 @@ from segsweep.analysis.study_results import read_study
 from segsweep.data.config import dataset_root
 from segsweep.data.splits import n_train
 from segsweep.errors import DataError
-from segsweep.io import atomic_path, write_text
+from segsweep.io import write_text
 from segsweep.labels import ConfigNames, fmt, label_number
 from segsweep.paths import CELLS_SUB, METRICS, STATS_JSON, STUDIES_SUB
+from segsweep.report import pdf
 from segsweep.report.evidence import evidence
 from segsweep.report.provenance import pretrained_rows
 from segsweep.report.style import label_for
@@ -893,11 +894,4 @@ def render_report(
     html = render_html(ctx)
     write_text(out_html, html)
     if out_pdf is not None:
-        import logging
-
-        from weasyprint import HTML
-
-        # WeasyPrint logs every unsupported CSS property (e.g. screen-only rules) as a warning; not news.
-        logging.getLogger("weasyprint").setLevel(logging.ERROR)
-        with atomic_path(out_pdf) as tmp:
-            HTML(string=html, base_url=str(Path(out_html).parent)).write_pdf(tmp)
+        pdf.write_pdf(html, Path(out_html).parent, out_pdf)
