@@ -220,7 +220,9 @@ def test_cells_are_packed_into_one_sbatch(runs):
                 # One GPU and one core for the pack (cells run one after another), the runtimes summed.
                 assert "gres/gpu=1," in job["AllocTRES"] and "cpu=1," in job["AllocTRES"], job
                 # The log prints each cell's block twice (group job, then its srun step): key by cell.
-                runtimes = dict(re.findall(r"wildcards: cell=([0-9a-f]{12})\n\s+resources: .*?\bruntime=(\d+)", text))
+                # (a `priority:` line may stand between the two: training rules have one, rules/common.smk)
+                header = r"wildcards: cell=([0-9a-f]{12})\n(?:\s+priority: \d+\n)?\s+resources: .*?\bruntime=(\d+)"
+                runtimes = dict(re.findall(header, text))
                 assert sorted(runtimes) == cells, runtimes
                 assert _minutes(job["Timelimit"]) == sum(map(int, runtimes.values())), (job, runtimes)
     assert packed, f"no Slurm job trained more than one cell: {runs['jobs']}"
