@@ -90,6 +90,39 @@ def test_a_crash_before_the_last_attempt_is_retried_and_user_errors_stay_user_er
         )
 
 
+def test_a_working_directory_made_anew_under_the_same_path_is_the_one_the_worker_trains_in(
+    data, tmp_path, worker_dir, monkeypatch, caplog
+):
+    """`rm -rf run && mkdir run` within the worker's idle time: the same path, so the same worker directory
+    and worker, whose own working directory is the deleted one. The next cell, given relative paths, must train
+    in the new directory (it crashed with FileNotFoundError, both attempts, before the worker followed the job's
+    working directory per cell)."""
+    run = tmp_path / "run"
+
+    def fresh_run_dir():
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(data[0], run / "data")
+        monkeypatch.chdir(run)
+
+    p = _params(epochs=2)
+    with caplog.at_level(logging.INFO, logger="segsweep.jobs"):
+        for _ in range(2):
+            fresh_run_dir()
+            m = run_train_job(
+                p, data_dir=Path("data"), split_path=Path("data/split.json"), out_dir=Path("cell"),
+                device="cpu", attempt=2, max_attempts=2, worker=True,
+            )  # fmt: skip
+            assert m.status in ("ok", "collapsed"), m.reason
+    pids = {
+        r.getMessage().split("pid ")[1].split(" ")[0] for r in caplog.records if "trained in worker" in r.getMessage()
+    }
+    assert len(pids) == 1  # the second cell went to the worker started in the deleted directory
+    alone = tmp_path / "alone"
+    _job(data, alone, p)
+    assert _hist(run / "cell") == _hist(alone)
+    assert _quality(run / "cell") == _quality(alone)
+
+
 # ------------------------------------------------------------------------- a job process, from outside
 # test_preempt's job process, with the cell handed to a worker
 CLIENT = JOB.replace("max_attempts=2,\n)", "max_attempts=2,\n    worker=True,\n    worker_idle_s=30,\n)")

@@ -196,6 +196,7 @@ def train_in_worker(
         "params": params.to_dict(identity=True),
         "args": dict(args),
         "stop_by": stop_by,
+        "cwd": os.getcwd(),
     }
     forwarded: list[int] = []  # the stop signals passed on to the worker
     with take_slot(directory) as slot:
@@ -446,6 +447,11 @@ class Worker:
         try:
             if request.get("protocol") != PROTOCOL or request.get("call") != "train_cell":
                 raise RuntimeError(f"unknown request {request.get('call')!r} (protocol {request.get('protocol')})")
+            # The job's working directory, again for every cell: one deleted and made anew under the same path
+            # (the same worker directory) within the worker's idle time would otherwise leave the worker in the
+            # deleted one, where every relative path of the cell fails.
+            if request.get("cwd"):
+                os.chdir(request["cwd"])
             args = dict(request["args"])
             params = CellParams.from_dict(request["params"])
             data_dir, split_path, out_dir = (Path(args.pop(k)) for k in ("data_dir", "split_path", "out_dir"))
