@@ -308,7 +308,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry", action="store_true", help="CPU, toy size: exercise every code path without a GPU")
     ap.add_argument("--budget-s", type=float, default=420.0, help="time box for the whole run")
-    ap.add_argument("--ks", default="1,2,4,8", help="concurrent cells per process to measure (dry: 1,2)")
+    ap.add_argument("--ks", default="1,2,4,8", help="concurrent cells per process to measure ('' = none; dry: 1,2)")
     ap.add_argument("--conc-cells", type=int, default=8, help="cells per concurrency run, same for every K (dry: 4)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -322,13 +322,13 @@ def main(argv=None) -> dict:
     # native-resolution arrays, so the final evaluation runs on the network grid, as in bench_train.py)
     logging.getLogger("segsweep").setLevel(logging.ERROR)
     out = args.out or HERE / "results" / ("gpu_dry.json" if args.dry else "gpu.json")
-    ks = [1, 2] if args.dry else [int(k) for k in args.ks.split(",")]
+    ks = [1, 2] if args.dry else [int(k) for k in args.ks.split(",") if k.strip()]
     n_conc = 4 if args.dry else args.conc_cells
     study = load_study()
     cells = grid(args.dry)
     size, patients, slices, n_val_pat = ((64, 56), 10, 3, 2) if args.dry else ((256, 216), 32, 10, 8)
     threads = 1 if args.dry else min(8, os.cpu_count() or 1)
-    budget_grid = 0.5 * args.budget_s  # half for the precision grid, the rest for concurrency
+    budget_grid = 0.5 * args.budget_s if ks else args.budget_s  # half for the precision grid, the rest for K
     pool = patients - n_val_pat
     fractions = sorted(study["axes"]["fraction"])
     expected_n_train = {f: split_n_train(pool, f) * slices for f in fractions}
@@ -365,8 +365,9 @@ def main(argv=None) -> dict:
             for mode in MODES:
                 warm_dir = tmp / f"warm_{f}_{mode}"
                 train_cell(warm, data_dir, split, warm_dir, threads=threads, device=device, stop_at=1, **MODES[mode])
-        warm_cells = [dict(c, epochs=1) for c in cells[:2]]
-        concurrency(2, threads, warm_cells, data_dir, split, tmp / "warm_threads", device, "fp32", expected_n_train)
+        if ks:
+            warm_cells = [dict(c, epochs=1) for c in cells[:2]]
+            concurrency(2, threads, warm_cells, data_dir, split, tmp / "warm_threads", device, "fp32", expected_n_train)
         result["setup"]["warmup_s"] = round(time.perf_counter() - t_start, 1)
 
         # -- 1. precision
