@@ -185,7 +185,9 @@ def command(work: Path, cores: int, k: int, dry: bool) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry", action="store_true", help="the same run on the CPU at smoke scale")
-    ap.add_argument("--k", type=int, default=None, help="cells at once on the GPU (--resources gpu=K; dry: 2)")
+    ap.add_argument(
+        "--k", type=int, default=None, help="cells at once on the GPU (--resources gpu=K; default 8, dry: 2)"
+    )
     ap.add_argument("--cores", type=int, default=None, help="Snakemake --cores (default: all; dry: 2)")
     ap.add_argument("--mps", action="store_true", help="run the K workers under CUDA MPS")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop Snakemake after this long")
@@ -193,7 +195,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    k = args.k or (2 if args.dry else 4)
+    k = args.k or (2 if args.dry else 8)
     cores = args.cores or (2 if args.dry else os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="sgg", dir="/tmp"))  # short: the workers' Unix sockets live under it
     work = args.keep or tmp / "run"

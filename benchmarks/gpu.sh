@@ -27,7 +27,7 @@ if [[ ${#DRY[@]} -eq 0 ]]; then
 fi
 
 # ---- 1. the bar: the seed-000 grid (75 cells at 256×216, 30 epochs) end to end through Snakemake on one GPU,
-# K = 4 cells at once in trainer workers, GPU utilisation from nvidia-smi (bench_gpu_grid.py stops Snakemake
+# K = 8 cells at once in trainer workers (2 CPU threads each on 16 cores), GPU utilisation from nvidia-smi (bench_gpu_grid.py stops Snakemake
 # at --budget-s and extrapolates from the cells done; the timeout is the hard stop behind it).
 timeout -k 15 380 "$PYTHON" benchmarks/bench_gpu_grid.py --budget-s 300 "${DRY[@]}"
 
