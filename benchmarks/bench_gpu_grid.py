@@ -72,14 +72,16 @@ class Sampler(threading.Thread):
             self._proc_stat()
 
     def _nvidia_smi(self) -> None:
-        cmd = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
-        cmd += ["-i", "0", "-lms", str(int(SAMPLE_S * 1000))]
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-            threading.Thread(target=lambda: (self.stop.wait(), proc.terminate()), daemon=True).start()
-            for line in proc.stdout:
-                util, mem = (x.strip() for x in line.split(","))
-                if util.isdigit():
-                    self.samples.append((time.time(), float(util), float(mem)))
+        # one query per sample, not `nvidia-smi -lms`: into a pipe its output is block-buffered, so lines would
+        # arrive late (mis-timed against the training window) and the last ones be lost at the stop
+        cmd = ["nvidia-smi", "-i", "0", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+        while not self.stop.is_set():
+            t = time.time()
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+            util, _, mem = out.partition(",")
+            if util.strip().isdigit():
+                self.samples.append((t, float(util), float(mem.strip() or "nan")))
+            self.stop.wait(max(0.0, SAMPLE_S - (time.time() - t)))
 
     def _proc_stat(self) -> None:
         def busy_total() -> tuple[int, int]:

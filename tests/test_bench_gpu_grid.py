@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,24 @@ def test_cells_read_epoch_time_by_column_name(bench, tmp_path):
     (cell / "history.csv").write_text("epoch,lr_encoder\n1,0.5\n")
     with pytest.raises(RuntimeError, match="epoch_s"):
         grid.read_cells(tmp_path)
+
+
+def test_gpu_utilisation_is_one_nvidia_smi_query_per_sample(bench, tmp_path, monkeypatch):
+    grid, _ = bench
+    fake = tmp_path / "nvidia-smi"  # prints what `--query-gpu=utilization.gpu,memory.used ... nounits` prints
+    fake.write_text('#!/bin/sh\necho "87, 1234"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    sampler = grid.Sampler(gpu=True)
+    t0 = time.time()
+    sampler.start()
+    time.sleep(1.2)
+    sampler.stop.set()
+    sampler.join(timeout=5)
+    assert len(sampler.samples) >= 2
+    assert all(s[1:] == (87.0, 1234.0) for s in sampler.samples)
+    assert grid.mean_in(sampler.samples, t0, time.time()) == 87.0
+    assert grid.mean_in(sampler.samples, t0 - 10, t0 - 5) is None
 
 
 def test_wheels_carry_snakemake_and_never_shadow_the_images_torch(bench):
