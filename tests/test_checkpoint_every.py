@@ -73,8 +73,10 @@ def _ckpt(out, name="last.pt"):
         ({"checkpoint_every_epochs": 0}, [7]),  # neither count nor time: only at the end
         ({"checkpoint_every_epochs": 0, "checkpoint_every_s": 1e-9}, [1, 2, 3, 4, 5, 6, 7]),  # time, always due
         ({"checkpoint_every_epochs": 4, "checkpoint_every_s": 3600}, [4, 7]),  # time never due here
+        # the config's default (neither key set) on the CPU: every epoch; the values passed beside it do not count
+        ({"checkpoint_auto": True, "checkpoint_every_epochs": 0, "checkpoint_every_s": 0}, [1, 2, 3, 4, 5, 6, 7]),
     ],
-    ids=["default", "every3", "every7", "end-only", "by-time", "epochs-or-time"],
+    ids=["default", "every3", "every7", "end-only", "by-time", "epochs-or-time", "auto-on-cpu"],
 )
 def test_last_pt_is_written_every_n_epochs_and_at_the_end(data, tmp_path, writes, every, expected):
     data_dir, split = data
@@ -248,6 +250,10 @@ def test_bad_values_are_config_errors():
             CheckpointEvery(**bad)
     assert CheckpointEvery().due(1, 0.0) and not CheckpointEvery(0, 0).due(10**6, 1e9)
     assert CheckpointEvery(0, 60).due(0, 60.0) and not CheckpointEvery(0, 60).due(5, 59.9)
+    # the default decided on the device: every epoch on the CPU; on a GPU by time (60 s), never by epoch count
+    assert CheckpointEvery.for_device("cpu") == CheckpointEvery(1, 0)
+    gpu = CheckpointEvery.for_device("cuda")
+    assert gpu == CheckpointEvery(0, 60) and not gpu.due(1000, 59.0) and gpu.due(1, 60.0)
     assert (
         CheckpointEvery(3, 600).describe() == "every 3 epochs or every 600 s,"
         and CheckpointEvery(0).describe() == "only"
@@ -262,15 +268,26 @@ def test_job_passes_the_setting_to_train_cell(tmp_path, monkeypatch):
     assert (got["checkpoint_every_epochs"], got["checkpoint_every_s"]) == (1, 0)
     run_train_job(_params(), **common, checkpoint_every_epochs=5, checkpoint_every_s=600)
     assert (got["checkpoint_every_epochs"], got["checkpoint_every_s"]) == (5, 600)
+    assert got["checkpoint_auto"] is False
+    run_train_job(_params(), **common, checkpoint_auto=True)  # the config's default reaches train_cell
+    assert got["checkpoint_auto"] is True
 
 
 def test_config_keys_reach_the_rule_as_resources_and_leave_cell_ids_alone():
     default = sc.load_config(ROOT / "config" / "config.yaml")
     res = ResourceConfig.from_config(default)
-    assert (res.checkpoint_every_epochs, res.checkpoint_every_s) == (1, 0)  # today's behaviour
+    assert (res.checkpoint_every_epochs, res.checkpoint_every_s) == (None, None)  # unset: the device decides
+    got = res.execution_resources()
+    assert (got["checkpoint_auto"], got["checkpoint_every_epochs"], got["checkpoint_every_s"]) == (1, 0, 0)
     every = {"resources": {"checkpoint_every_epochs": 5, "checkpoint_every_s": 600}}
     cfg = sc.load_config(ROOT / "config" / "config.yaml", every)
     assert (ResourceConfig.from_config(cfg).checkpoint_every_s, cfg["resources"]["train_threads"]) == (600, 1)
+    got = ResourceConfig.from_config(cfg).execution_resources()
+    assert (got["checkpoint_auto"], got["checkpoint_every_epochs"], got["checkpoint_every_s"]) == (0, 5, 600)
+    # one key set: the other one is off, not the device's choice ("at most every 600 s", as written)
+    only_s = sc.load_config(ROOT / "config" / "config.yaml", {"resources": {"checkpoint_every_s": 600}})
+    got = ResourceConfig.from_config(only_s).execution_resources()
+    assert (got["checkpoint_auto"], got["checkpoint_every_epochs"], got["checkpoint_every_s"]) == (0, 0, 600)
     assert sorted(build_plan(cfg).cells) == sorted(build_plan(default).cells)
     for bad in ({"checkpoint_every_epochs": -1}, {"checkpoint_every_s": 1.5}, {"checkpoint_every_epochs": "3"}):
         with pytest.raises(ConfigError, match="resources.checkpoint_every"):
@@ -278,7 +295,7 @@ def test_config_keys_reach_the_rule_as_resources_and_leave_cell_ids_alone():
     # resources, not params: Snakemake reruns a job whose params change, and this changes no result. The
     # execution settings reach the train and train_rung rules whole (EXECUTION_RESOURCES) and the scripts pass
     # them on whole (execution_settings), so a new one touches no script.
-    for key in ("checkpoint_every_epochs", "checkpoint_every_s", "worker", "worker_idle_s"):
+    for key in ("checkpoint_every_epochs", "checkpoint_every_s", "checkpoint_auto", "worker", "worker_idle_s"):
         assert key in EXECUTION_SETTINGS
     train = (ROOT / "rules" / "train.smk").read_text()  # + what every training rule shares (TRAIN_*)
     shared = {

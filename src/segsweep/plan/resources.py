@@ -43,8 +43,10 @@ class ResourceConfig:
     channels_last: bool | str = "auto"
     ingest_threads: int = 2
     train_retries: int = 1
-    checkpoint_every_epochs: int = 1  # last.pt every N epochs (0: not by count) ...
-    checkpoint_every_s: int = 0  # ... or S seconds (0: not by time); always at the end and on a stop signal
+    # last.pt every N epochs (0: not by count) or S seconds (0: not by time); always at the end and on a stop
+    # signal. Both None (the default): decided on the training device (training.loop.CheckpointEvery.for_device)
+    checkpoint_every_epochs: int | None = None
+    checkpoint_every_s: int | None = None
     worker: bool = True  # train in long-lived trainer workers (segsweep.training.worker)
     worker_idle_s: int = 60  # a worker exits after this long without a cell
     train_stop_margin_s: int = 120  # a Slurm training job stops this long before its time limit ...
@@ -78,7 +80,14 @@ class ResourceConfig:
 
     def execution_resources(self) -> dict[str, int]:
         """The train rules' execution-setting resources (`segsweep.training.job.EXECUTION_SETTINGS`; Snakemake's
-        resources are integers here): the config's values, and ``amp_auto`` / ``channels_last_auto`` = 1 when
-        that setting is ``auto``. Resources are no rerun trigger."""
-        derived = {"amp_auto": self.amp == "auto", "channels_last_auto": self.channels_last == "auto"}
+        resources are integers here): the config's values, ``amp_auto`` / ``channels_last_auto`` = 1 when
+        that setting is ``auto``, and ``checkpoint_auto`` = 1 when neither checkpoint key is set (then both read
+        0 here and the job decides on its device). Resources are no rerun trigger."""
+        derived = {
+            "amp_auto": self.amp == "auto",
+            "channels_last_auto": self.channels_last == "auto",
+            "checkpoint_auto": self.checkpoint_every_epochs is None and self.checkpoint_every_s is None,
+            "checkpoint_every_epochs": self.checkpoint_every_epochs or 0,  # one key set: the other one's None is 0
+            "checkpoint_every_s": self.checkpoint_every_s or 0,
+        }
         return {k: int(derived[k] if k in derived else getattr(self, k)) for k in EXECUTION_SETTINGS}

@@ -151,6 +151,7 @@ def run_attempt(
 EXECUTION_SETTINGS = {
     "checkpoint_every_epochs": int,
     "checkpoint_every_s": int,
+    "checkpoint_auto": bool,  # neither of the two set: decided on the training device (loop.CheckpointEvery)
     "worker": bool,
     "worker_idle_s": int,
     # resources.amp / channels_last "auto" (decided on the training device); their params say only "true"
@@ -227,6 +228,7 @@ def run_cell_attempt(
     evaluation: Mapping | None = None,
     checkpoint_every_epochs: int = 1,
     checkpoint_every_s: float = 0,
+    checkpoint_auto: bool = False,
     worker: bool = False,
     worker_idle_s: float = 60,
     train_stop_margin_s: float = 0,
@@ -236,7 +238,8 @@ def run_cell_attempt(
     (`run_train_job`) and a pruner's rung job (`segsweep.training.rungs.run_rung_job`, with ``stop_at``).
     ``evaluation`` is the config's ``evaluation`` section, passed on for the final evaluation;
     ``checkpoint_every_epochs`` / ``_s`` (config ``resources``, rule resources: no rerun trigger) say how often
-    ``last.pt`` is written; ``worker``: train in the job's trainer worker (`train`); ``amp_auto`` /
+    ``last.pt`` is written, or ``checkpoint_auto`` leaves that to the training device
+    (`loop.CheckpointEvery.for_device`); ``worker``: train in the job's trainer worker (`train`); ``amp_auto`` /
     ``channels_last_auto``: that setting is "auto" (`speed_settings`); ``train_stop_margin_s``,
     ``train_max_stops``: stops in a Slurm job (`train`, `run_attempt`); ``record_failure``: what the last
     allowed crash records."""
@@ -260,6 +263,7 @@ def run_cell_attempt(
             **until,
             checkpoint_every_epochs=checkpoint_every_epochs,
             checkpoint_every_s=checkpoint_every_s,
+            checkpoint_auto=checkpoint_auto,
         )
 
     return run_attempt(

@@ -136,6 +136,9 @@ def _history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
+GPU_EVERY_S = 60  # the default last.pt interval on a GPU (`CheckpointEvery.for_device`)
+
+
 @dataclass(frozen=True)
 class CheckpointEvery:
     """When an epoch's end writes ``last.pt`` (config ``resources.checkpoint_every_epochs`` / ``_s``; module
@@ -152,6 +155,13 @@ class CheckpointEvery:
             )
         if isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float) or not self.seconds >= 0:
             raise ConfigError(f"config key 'resources.checkpoint_every_s': {self.seconds!r} is not a number >= 0")
+
+    @classmethod
+    def for_device(cls, device_type: str) -> CheckpointEvery:
+        """The default (neither config key set): after every epoch on the CPU, where an epoch takes seconds or
+        more; every ``GPU_EVERY_S`` seconds on a GPU, where an epoch can take a tenth of a second and writing
+        a 23 MB ``last.pt`` (~0.09 s here) after each would cost more than the epoch (benchmarks/README.md, 5b)."""
+        return cls(1, 0) if device_type == "cpu" else cls(0, GPU_EVERY_S)
 
     def describe(self) -> str:
         """For the log: 'every 3 epochs or every 600 s,' / 'only' (then: 'after the last epoch...')."""
@@ -392,6 +402,7 @@ def train_cell(
     stop_at: int | None = None,
     checkpoint_every_epochs: int = 1,
     checkpoint_every_s: float = 0,
+    checkpoint_auto: bool = False,
 ) -> CellMetrics | dict:
     """Train one cell and write its outputs to ``out_dir``; return its `CellMetrics` (also metrics.json).
 
@@ -414,16 +425,19 @@ def train_cell(
     epoch's end writes ``last.pt`` (and a pending ``best.pt``): once that many epochs, or seconds, have passed
     since the last write (or since this call began training). It is always written after the run's last
     epoch and on a stop signal. Like ``amp`` they are execution settings (config ``resources``), outside the
-    cell's parameters: they change how much a killed job retrains, never the numbers.
+    cell's parameters: they change how much a killed job retrains, never the numbers. ``checkpoint_auto``
+    (the config's default, neither key set): the training device decides instead (`CheckpointEvery.for_device`).
     """
     t_start = time.perf_counter()
     log = log or logging.getLogger("segsweep.train")
-    every = CheckpointEvery(checkpoint_every_epochs, checkpoint_every_s)
+    every = CheckpointEvery(checkpoint_every_epochs, checkpoint_every_s)  # checked before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(threads))
     dev = resolve_device(device, log)
     amp, channels_last = resolve_speed_settings(amp, channels_last, dev, log)
+    if checkpoint_auto:
+        every = CheckpointEvery.for_device(dev.type)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     data = load_cell_data(params, Path(data_dir), Path(split_path), dev)
@@ -444,7 +458,8 @@ def train_cell(
     run = _resume(tr, params, out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT, log)
     horizon = params.epochs if stop_at is None else min(int(stop_at), params.epochs)
     if every != CheckpointEvery():
-        log.info("last.pt written %s after the last epoch and on a stop signal", every.describe())
+        how = f" (resources.checkpoint_every_*: not set, so decided on the {dev.type})" if checkpoint_auto else ""
+        log.info("last.pt written %s after the last epoch and on a stop signal%s", every.describe(), how)
     # joined on the way out, whatever the way: a cell never returns (nor stops) with a write in flight
     with checkpoint.Writer(log=log) as writer:
         saver = _Saver(tr, run, out_dir, writer, t_start)
