@@ -14,8 +14,8 @@ Measured: the whole run's wall time (the bar: ≤ 300 s on one H100, goal 180 s)
 training job's start → last one's end, from Snakemake's log), GPU utilisation sampled every 0.5 s with
 ``nvidia-smi`` (mean over the training window; the bar: ≥ 60 %), the cells' statuses, the pooled training
 images/s (Σ n_train × epochs / Σ history.csv ``epoch_s``, read by column name) and the precision the jobs
-chose (metrics.json ``execution``). ``last.pt`` is written by time (``--checkpoint-every-s``, 60: the schema's
-advice for a fast GPU; every epoch, the default, would be 75 × 30 writes of 23.4 MB), not every epoch. The run is
+chose (metrics.json ``execution``). ``last.pt`` follows the config's default, which a GPU job resolves to every 60 s (every epoch would be 75 × 30
+fsynced writes of 23.4 MB). The run is
 time-boxed (``--budget-s``): on overrun Snakemake is stopped
 (SIGTERM: the running cells checkpoint) and the grid's time is estimated from the cells finished.
 
@@ -201,10 +201,9 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--checkpoint-every-s",
         type=int,
-        default=60,
-        help="resources.checkpoint_every_s with checkpoint_every_epochs 0, as config.schema.yaml advises on a fast "
-        "GPU: a 23.4 MB last.pt (measured, depth 4 / width 16 with Adam state) after each of the grid's 75 × 30 "
-        "epochs would be 52.6 GB of fsynced writes; 0 = the default, every epoch",
+        default=0,
+        help="set resources.checkpoint_every_s (with checkpoint_every_epochs 0); 0 (default): the config's default, "
+        "which a GPU job resolves to every 60 s",
     )
     ap.add_argument("--keep", type=Path, default=None, help="keep the working directory here")
     ap.add_argument("--out", type=Path, default=None)
