@@ -206,6 +206,12 @@ def main(argv=None) -> dict:
         "which a GPU job resolves to every 60 s",
     )
     ap.add_argument("--keep", type=Path, default=None, help="keep the working directory here")
+    ap.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="copy Snakemake's log and the workers' logs here (the device's $OUT)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -245,6 +251,12 @@ def main(argv=None) -> dict:
     if mps:
         stop_mps(env)
     subprocess.run(["pkill", "-f", f"segsweep.training.worker {tmp}"], check=False)
+    if args.artifacts:  # what a failed run on a lent machine needs to be understood afterwards
+        args.artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log_path, args.artifacts / "gpu_grid_snakemake.log")
+        with open(args.artifacts / "gpu_grid_workers.log", "w") as out:
+            for slot_log in sorted((tmp / "w").glob("*/slot-*.log")):
+                out.write(f"==== {slot_log.name}\n{slot_log.read_text(errors='replace')[-200_000:]}\n")
 
     log_text = log_path.read_text(errors="replace")
     trains = job_times(log_text, "train")
