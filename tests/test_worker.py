@@ -273,3 +273,24 @@ def test_edited_code_gets_new_workers(tmp_path, monkeypatch):
     f = pkg / "training" / "loop.py"
     f.write_text(f.read_text() + "\n# edited\n")
     assert workers.worker_dir() != before
+
+
+def test_another_torch_or_torch_environment_gets_new_workers(tmp_path, monkeypatch):
+    """A worker keeps the torch it imported and the environment it was started with: torch upgraded in place
+    or a changed CUDA / torch / thread-pool variable must not reach an old one; a per-run variable must."""
+    monkeypatch.setenv("SEGSWEEP_WORKER_DIR", str(tmp_path / "w"))
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "version.py").write_text("__version__ = '2.14.1'\n")
+    monkeypatch.setattr(workers, "_torch_dir", lambda: fake)
+    before = workers.worker_dir()
+    (fake / "version.py").write_text("__version__ = '2.15.0'\n")  # pip install -U torch, in place
+    upgraded = workers.worker_dir()
+    assert upgraded != before
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    assert workers.worker_dir() != upgraded
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setenv("SEGSWEEP_RUN", "abc123")  # one id per snakemake invocation: workers outlive it
+    assert workers.worker_dir() == upgraded
+    assert workers.torch_stamp().startswith(str(fake))

@@ -33,8 +33,9 @@ Slots and GPUs: at most as many workers as Snakemake runs training jobs at once 
 limits decide that, as for in-process jobs); slot ``i`` gets GPU ``i mod n`` of the visible ones
 (``CUDA_VISIBLE_DEVICES``, else ``/dev/nvidia<k>``), so ``--resources gpu=K·n`` trains K cells per GPU. A
 worker ends after ``resources.worker_idle_s`` without a cell. The worker directory is keyed by the code
-(every segsweep source file's size and mtime, the interpreter), the working directory and the job's GPUs
-and Slurm job, so an edited checkout never talks to a worker holding the old code.
+(every segsweep source file's size and mtime, the interpreter, the installed torch), the environment variables
+torch and CUDA read, the working directory and the job's GPUs and Slurm job, so an edited checkout or an
+upgraded torch never talks to a worker holding the old code.
 
 Numbers: a worker trains one cell at a time and `loop.train_cell` seeds every generator it uses at the
 start of each cell, so a cell trained in a worker, after other cells, gives the same history.csv and
@@ -46,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -72,6 +74,8 @@ PROTOCOL = 1
 MAX_SLOTS = 256
 START_TIMEOUT_S = 120.0  # a cold worker imports torch and the training code (seconds; minutes on a slow FS)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/segsweep
+# environment variables read by torch, CUDA, cuDNN / cuBLAS and the OpenMP / MKL thread pools
+ENV_PREFIXES = ("CUDA_", "CUBLAS_", "CUDNN_", "PYTORCH_", "TORCH_", "NVIDIA_TF32", "OMP_", "MKL_", "KMP_")
 
 
 class WorkerCrash(RuntimeError):
@@ -112,12 +116,39 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
+def _torch_dir() -> Path | None:
+    spec = importlib.util.find_spec("torch")  # locates the package without importing it (~0.1 ms)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def torch_stamp() -> str:
+    """The installed torch as files (size, mtime of ``__init__.py`` and ``version.py``): torch upgraded in
+    place gives new workers, not one still running the old version."""
+    d = _torch_dir()
+    if d is None:
+        return "no torch"
+    stamps = []
+    for name in ("__init__.py", "version.py"):
+        with contextlib.suppress(OSError):
+            st = (d / name).stat()
+            stamps.append(f"{name} {st.st_size} {st.st_mtime_ns}")
+    return f"{d} " + " ".join(stamps)
+
+
+def worker_environment() -> str:
+    """The environment variables that change what torch, CUDA or the thread pools do (``ENV_PREFIXES``): a
+    worker keeps the environment of the job that started it, so jobs with other values get other workers."""
+    return "\n".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES))
+
+
 def worker_dir() -> Path:
     """The directory of this job's workers (module doc). ``SEGSWEEP_WORKER_DIR`` sets its parent (default
     ``$TMPDIR/segsweep-workers-<uid>``: node-local, short enough for a Unix socket path)."""
     key = "\n".join(
         [
             code_fingerprint(),
+            torch_stamp(),
+            worker_environment(),
             os.path.realpath(os.getcwd()),
             os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             os.environ.get("SLURM_JOB_ID", ""),
