@@ -288,9 +288,14 @@ def test_another_torch_or_torch_environment_gets_new_workers(tmp_path, monkeypat
     (fake / "version.py").write_text("__version__ = '2.15.0'\n")  # pip install -U torch, in place
     upgraded = workers.worker_dir()
     assert upgraded != before
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # another value than this process has (a library imported by an earlier test may have set it)
+    was = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8" if was == ":4096:8" else ":4096:8")
     assert workers.worker_dir() != upgraded
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    if was is None:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    else:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", was)
     monkeypatch.setenv("SEGSWEEP_RUN", "abc123")  # one id per snakemake invocation: workers outlive it
     assert workers.worker_dir() == upgraded
     assert workers.torch_stamp().startswith(str(fake))
