@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -71,6 +70,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
 from bench_train import write_synthetic_dataset  # noqa: E402
+from cell_history import EPOCH_TIME_COLUMN, epoch_times, pooled_images_per_s  # noqa: E402
 
 from segsweep.data.splits import n_train as split_n_train  # noqa: E402
 from segsweep.io import write_json  # noqa: E402
@@ -80,7 +80,6 @@ from segsweep.training.loop import HISTORY_COLUMNS, train_cell  # noqa: E402
 
 STUDY_FILE = ROOT / "config" / "studies" / "seed000_lr_optimizer.yaml"
 MODES = {"fp32": {"amp": False, "channels_last": False}, "amp_bf16_cl": {"amp": True, "channels_last": True}}
-EPOCH_TIME_COLUMN = "epoch_s"  # history.csv: wall seconds of the epoch (training + validation pass)
 GRID_BAR_S = 300.0  # the bar: the whole 75-cell grid in ≤ 5 min on one H100
 # train_cell without its stop-signal wrapper, for the threads of the concurrency test (see `slot`)
 train_cell_core = getattr(train_cell, "__wrapped__", train_cell)
@@ -137,22 +136,6 @@ def grid(dry: bool) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ one cell
-def epoch_times(history_csv: Path) -> list[float]:
-    """The ``epoch_s`` column of a history.csv, by name; RuntimeError if it is missing or not a time."""
-    with open(history_csv, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if EPOCH_TIME_COLUMN not in (reader.fieldnames or ()):
-            raise RuntimeError(
-                f"{history_csv}: no {EPOCH_TIME_COLUMN!r} column (columns: {reader.fieldnames}); "
-                "history.csv changed format: update bench_gpu.py"
-            )
-        times = [float(row[EPOCH_TIME_COLUMN]) for row in reader]
-    bad = [t for t in times if not (math.isfinite(t) and t > 0)]
-    if bad:
-        raise RuntimeError(f"{history_csv}: {EPOCH_TIME_COLUMN} values that are not positive times: {bad[:5]}")
-    return times
-
-
 def run_cell(
     cell: dict,
     data_dir: Path,
@@ -192,12 +175,6 @@ def run_cell(
         "train_epochs_s": round(sum(epoch_s), 3),
         "images_per_s": round(m["n_train"] * len(epoch_s) / sum(epoch_s), 1),
     }
-
-
-def pooled_images_per_s(rows: list[dict]) -> float | None:
-    """Σ training images × epochs / Σ epoch seconds (the grid's throughput, not a mean of per-cell rates)."""
-    secs = sum(r["train_epochs_s"] for r in rows)
-    return round(sum(r["n_train"] * r["epochs_run"] for r in rows) / secs, 1) if secs else None
 
 
 # --------------------------------------------------------------------------------------- concurrency

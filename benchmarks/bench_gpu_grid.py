@@ -27,7 +27,6 @@ without a GPU. Run by ``benchmarks/gpu.sh`` (or ``python benchmarks/bench_gpu_gr
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import math
@@ -45,13 +44,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from cell_history import epoch_times, pooled_images_per_s  # noqa: E402
 from machine import machine, save  # noqa: E402
 
 STUDY = "seed000_lr_optimizer"
 CONFIG = ROOT / "config" / "seed_studies.yaml"
 TARGET = f"results/studies/{STUDY}/cells.csv"  # segsweep.paths.STUDY_DIR
 GRID_BAR_S, GRID_GOAL_S, UTIL_BAR = 300.0, 180.0, 60.0
-EPOCH_TIME_COLUMN = "epoch_s"
 SAMPLE_S = 0.5
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _START = re.compile(r"^(?:local)?rule (\w+):$")
@@ -128,21 +127,15 @@ def read_cells(work: Path) -> list[dict]:
     for metrics in sorted((work / "results" / "cells").glob("*/metrics.json")):
         m = json.loads(metrics.read_text())
         hist = metrics.with_name("history.csv")
-        epoch_s = []
-        if hist.exists():
-            with open(hist, newline="") as fh:
-                reader = csv.DictReader(fh)
-                if EPOCH_TIME_COLUMN not in (reader.fieldnames or ()):
-                    raise RuntimeError(f"{hist}: no {EPOCH_TIME_COLUMN!r} column ({reader.fieldnames})")
-                epoch_s = [float(r[EPOCH_TIME_COLUMN]) for r in reader]
+        epoch_s = epoch_times(hist) if hist.exists() else []
         ex = m.get("execution") or {}
         rows.append(
             {
                 "cell": metrics.parent.name,
                 "status": m.get("status"),
                 "n_train": m.get("n_train"),
-                "epochs": len(epoch_s),
-                "epochs_s": round(sum(epoch_s), 3),
+                "epochs_run": len(epoch_s),
+                "train_epochs_s": round(sum(epoch_s), 3),
                 "amp": ex.get("amp"),
                 "channels_last": ex.get("channels_last"),
                 "device": m.get("device"),
@@ -150,11 +143,6 @@ def read_cells(work: Path) -> list[dict]:
             }
         )
     return rows
-
-
-def pooled_images_per_s(rows: list[dict]) -> float | None:
-    secs = sum(r["epochs_s"] for r in rows)
-    return round(sum((r["n_train"] or 0) * r["epochs"] for r in rows) / secs, 1) if secs else None
 
 
 # ------------------------------------------------------------------------------------------------ MPS

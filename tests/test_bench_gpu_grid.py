@@ -68,7 +68,7 @@ def test_cells_read_epoch_time_by_column_name(bench, tmp_path):
     )
     (cell / "history.csv").write_text("epoch,epoch_s,lr_encoder\n1,2.0,0.5\n2,3.0,0.5\n")
     (row,) = grid.read_cells(tmp_path)
-    assert (row["epochs"], row["epochs_s"], row["amp"]) == (2, 5.0, True)
+    assert (row["epochs_run"], row["train_epochs_s"], row["amp"]) == (2, 5.0, True)
     assert grid.pooled_images_per_s([row]) == 20.0  # 50 images × 2 epochs / 5 s
     (cell / "history.csv").write_text("epoch,lr_encoder\n1,0.5\n")
     with pytest.raises(RuntimeError, match="epoch_s"):
