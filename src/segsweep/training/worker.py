@@ -148,9 +148,8 @@ def worker_dir() -> Path:
         [
             code_fingerprint(),
             torch_stamp(),
-            worker_environment(),
+            worker_environment(),  # CUDA_VISIBLE_DEVICES (the job's GPUs) among them
             os.path.realpath(os.getcwd()),
-            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             os.environ.get("SLURM_JOB_ID", ""),
         ]
     )
